@@ -1,0 +1,166 @@
+"""``hostgate kafka ...`` and ``hostgate topics ...``: the local broker and the topic layout."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+from services.runtime import localbroker
+from services.runtime.localbroker import BrokerConfig
+from services.runtime.topics import TopicLayout, all_topics, ensure_topics
+
+ENV_HELP = (
+    "Environment: HOSTGATE_HOME (default ~/.local/share/hostgate; the Makefile uses ./.hostgate), "
+    "HOSTGATE_KAFKA_PORT (default 19092; the controller listens on the next port), "
+    "HOSTGATE_KAFKA_HEAP (default '-Xms512m -Xmx1g')."
+)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    cfg = BrokerConfig.from_env()
+    localbroker.check_java()
+    localbroker.fetch_jars(cfg, echo=_err)
+    print(f"Kafka {localbroker.KAFKA_VERSION} jars ready in {cfg.paths.lib}")
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    cfg = BrokerConfig.from_env()
+    st = localbroker.up(cfg, timeout_s=args.timeout, echo=_err)
+    print(st.to_json() if args.json else f"Kafka {st.version} is {st.state} on {st.bootstrap} "
+          f"(pid {st.pid}); data in {st.data_dir}, log {st.log_file}")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    cfg = BrokerConfig.from_env()
+    if not localbroker.down(cfg, echo=_err):
+        print("Kafka is not running (nothing started by hostgate)")
+    return 0
+
+
+def _cmd_reset(args: argparse.Namespace) -> int:
+    cfg = BrokerConfig.from_env()
+    localbroker.reset(cfg, echo=_err)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    cfg = BrokerConfig.from_env()
+    st = localbroker.status(cfg)
+    if args.bootstrap:
+        print(st.bootstrap)
+    elif args.json:
+        print(st.to_json())
+    elif not args.quiet:
+        pid = f", pid {st.pid}" if st.pid else ""
+        print(f"Kafka {st.version}: {st.state}{pid}; bootstrap {st.bootstrap}; "
+              f"data {st.data_dir}; log {st.log_file}")
+    return 0 if st.ready else 1
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    cfg = BrokerConfig.from_env()
+    log = cfg.paths.server_log
+    if not log.is_file():
+        print(f"no broker log yet at {log}", file=sys.stderr)
+        return 1
+    cmd = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else []) + [str(log)]
+    return subprocess.call(cmd)
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    return str(args.bootstrap or BrokerConfig.from_env().bootstrap)
+
+
+def _cmd_topics_ensure(args: argparse.Namespace) -> int:
+    layout = TopicLayout.from_env()
+    report = asyncio.run(ensure_topics(_bootstrap(args), layout=layout, fix=args.fix))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"created {len(report.created)}, unchanged {len(report.ok)}, "
+              f"drift {len(report.drift)}, fixed {len(report.fixed)}")
+        for name in report.created:
+            print(f"  created  {name}")
+        for line in report.drift:
+            print(f"  DRIFT    {line}")
+    return 1 if report.drift and not args.fix else 0
+
+
+def _cmd_topics_list(args: argparse.Namespace) -> int:
+    layout = TopicLayout.from_env()
+    rows: list[dict[str, Any]] = [
+        {"name": s.name, "compacted": s.compacted, "purpose": s.purpose,
+         "partitions": s.partitions or layout.partitions, "configs": s.configs(layout.replication)}
+        for s in all_topics()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="hostgate topics")
+    for col in ("topic", "partitions", "policy", "retention", "purpose"):
+        table.add_column(col)
+    for row in rows:
+        cfg = row["configs"]
+        table.add_row(row["name"], str(row["partitions"]), cfg["cleanup.policy"],
+                      cfg.get("retention.ms", "-"), row["purpose"])
+    Console().print(table)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``kafka`` and ``topics`` (and the stage runner's ``run``)."""
+    kafka = sub.add_parser(
+        "kafka", help="run a real single-node Kafka broker locally",
+        description="Run a real single-node Apache Kafka 4.x broker (KRaft) from Maven "
+                    "Central jars. " + ENV_HELP,
+    )
+    ksub = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)
+    p = ksub.add_parser("fetch", help="download the broker's jars (once; cached)")
+    p.set_defaults(func=_cmd_fetch)
+    p = ksub.add_parser("up", help="start the broker and wait until it answers metadata requests")
+    p.add_argument("--timeout", type=float, default=localbroker.READY_TIMEOUT_S,
+                   help="seconds to wait for readiness (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.set_defaults(func=_cmd_up)
+    p = ksub.add_parser("down", help="stop the broker hostgate started (by its PID)")
+    p.set_defaults(func=_cmd_down)
+    p = ksub.add_parser("status", help="fetched / stopped / starting / running; exit 0 only if ready")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    p.add_argument("--quiet", action="store_true", help="print nothing; exit status only")
+    p.add_argument("--bootstrap", action="store_true", help="print only the bootstrap address")
+    p.set_defaults(func=_cmd_status)
+    p = ksub.add_parser("logs", help="show the broker's log")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep following the log")
+    p.set_defaults(func=_cmd_logs)
+    p = ksub.add_parser("reset", help="stop the broker and delete its data (jars are kept)")
+    p.set_defaults(func=_cmd_reset)
+
+    topics = sub.add_parser(
+        "topics", help="create and check hostgate's topics",
+        description="Topics are declared once in services/runtime/topics.py. Environment: "
+                    "HOSTGATE_PARTITIONS (default 6), HOSTGATE_REPLICATION (default 1).",
+    )
+    tsub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
+    p = tsub.add_parser("ensure", help="create missing topics, report drift (exit 1 on drift)")
+    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local broker)")
+    p.add_argument("--fix", action="store_true", help="raise partitions and reset configs")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_topics_ensure)
+    p = tsub.add_parser("list", help="list the declared topics")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=_cmd_topics_list)
+
