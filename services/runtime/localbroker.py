@@ -29,7 +29,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.errors import ConfigError, HostgateError
@@ -101,7 +101,7 @@ class BrokerConfig:
     home: Path
     port: int = DEFAULT_PORT
     heap: str = DEFAULT_HEAP
-    deploy_dir: Path = _repo_deploy_dir()
+    deploy_dir: Path = field(default_factory=_repo_deploy_dir)
 
     @property
     def controller_port(self) -> int:

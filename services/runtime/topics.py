@@ -28,6 +28,10 @@ class TopicSpec:
     compacted: bool = False
     retention_ms: str = FOREVER
     partitions: int | None = None  # None: the deployment's default partition count
+    broker_timestamps: bool = False
+    """``message.timestamp.type=LogAppendTime``: the broker, not the host, stamps each record.
+    The collector takes "now" from these stamps, so its decisions replay deterministically and
+    a host cannot lie about when it sent something."""
 
     def configs(self, replication: int) -> dict[str, str]:
         """The topic-level configs hostgate checks for drift."""
@@ -37,6 +41,8 @@ class TopicSpec:
         }
         if not self.compacted:
             cfg["retention.ms"] = self.retention_ms
+        if self.broker_timestamps:
+            cfg["message.timestamp.type"] = "LogAppendTime"
         return cfg
 
 
@@ -47,10 +53,11 @@ def min_insync(replication: int) -> int:
 
 PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("attest.requests.v1", "agents: enrolment, activation proofs, challenge requests",
-              retention_ms=str(30 * DAY_MS)),
+              retention_ms=str(30 * DAY_MS), broker_timestamps=True),
     TopicSpec("attest.challenges.v1", "collector: credential-activation challenges and nonces",
               retention_ms=str(7 * DAY_MS)),
-    TopicSpec("attest.evidence.v1", "agents: quotes, PCR values, boot and IMA logs (audit)"),
+    TopicSpec("attest.evidence.v1", "agents: quotes, PCR values, boot and IMA logs (audit)",
+              broker_timestamps=True),
     TopicSpec("attest.collected.v1", "collector: evidence that passed intake (audit)"),
     TopicSpec("attest.rejections.v1", "collector: requests and evidence refused at intake"),
     TopicSpec("attest.policies.v1", "operators: attestation policy documents", compacted=True),
