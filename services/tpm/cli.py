@@ -1,0 +1,256 @@
+"""``hostgate log ...``: inspect and verify TCG boot event logs.
+
+Hooks for teammates (create the module and it is picked up; nothing to edit here):
+
+* ``services/tpm/cli_claims.py`` (T2) defines
+  ``register_log_commands(log_subparsers: argparse._SubParsersAction) -> None`` and adds
+  sub-commands under ``hostgate log`` (e.g. ``hostgate log claims FILE``).
+* ``services/tpm/cli_ima.py`` (T3) defines ``register(subparsers: argparse._SubParsersAction)
+  -> None`` and adds top-level commands (e.g. ``hostgate ima show FILE``).
+
+Each sub-parser calls ``set_defaults(func=...)`` with ``func(args) -> int``, and raises
+``HostgateError`` subclasses for user errors (the root CLI prints one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.errors import ConfigError
+from services.tpm.algorithms import alg_by_name
+from services.tpm.eventlog import Event, EventLog, parse_event_log
+from services.tpm.limits import DEFAULT_LIMITS
+from services.tpm.quirks import QUIRKS
+from services.tpm.replay import replay, startup_locality, verify_replay
+
+__all__ = ["load_quoted_pcrs", "read_log_file", "register"]
+
+_CLAIMS_HOOK = "services.tpm.cli_claims"
+_IMA_HOOK = "services.tpm.cli_ima"
+
+
+def _optional_module(name: str) -> Any | None:
+    """Import a teammate's CLI module if it exists (import errors inside it still surface)."""
+    if importlib.util.find_spec(name) is None:
+        return None
+    return importlib.import_module(name)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``hostgate log show|verify`` (and the teammates' hooks, if present)."""
+    log_parser = subparsers.add_parser(
+        "log",
+        help="inspect and verify TCG boot event logs",
+        description="Parse, replay and verify TCG PC Client boot event logs "
+        "(SHA1 and crypto-agile formats, TDX CCEL).",
+    )
+    log_sub = log_parser.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
+    log_parser.set_defaults(func=lambda _args: _help(log_parser))
+
+    show = log_sub.add_parser(
+        "show",
+        help="list the events and the replayed PCR values",
+        description="List every event of a boot event log and the PCR values a replay gives "
+        "(like tpm2_eventlog). The values are what the log claims: nothing is verified.",
+    )
+    show.add_argument("file", type=Path, metavar="FILE", help="binary event log "
+                      "(e.g. /sys/kernel/security/tpm0/binary_bios_measurements)")
+    show.add_argument("--bank", metavar="BANK", help="only this bank (sha1, sha256, sha384, ...)")
+    show.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    show.set_defaults(func=_cmd_show)
+
+    verify = log_sub.add_parser(
+        "verify",
+        help="check that the log replays to given PCR values",
+        description="Replay the log and compare with PCR values (e.g. from a verified quote). "
+        "Exit status 0 if they match, non-zero with the first differing PCR otherwise.",
+        epilog="Known quirks: " + "; ".join(f"{q.id} (PCRs {sorted(q.affected_pcrs)})"
+                                             for q in QUIRKS),
+    )
+    verify.add_argument("file", type=Path, metavar="FILE", help="binary event log")
+    verify.add_argument(
+        "--pcrs", required=True, metavar="FILE_OR_JSON",
+        help='PCR values: a JSON/YAML file or inline JSON, {"sha256": {"0": "hex", ...}}; '
+        "tpm2_pcrread YAML output works too",
+    )
+    verify.add_argument(
+        "--allow-quirk", action="append", default=[], metavar="ID",
+        help="allow this named firmware workaround if a plain replay fails (repeatable)",
+    )
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(func=_cmd_verify)
+
+    claims = _optional_module(_CLAIMS_HOOK)
+    if claims is not None:
+        claims.register_log_commands(log_sub)
+    ima = _optional_module(_IMA_HOOK)
+    if ima is not None:
+        ima.register(subparsers)
+
+
+def _help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def read_log_file(path: Path, max_bytes: int = DEFAULT_LIMITS.max_log_bytes) -> bytes:
+    """Read at most ``max_bytes + 1`` bytes of ``path`` (the parser reports the excess)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _to_bytes(value: Any, bank: str, pcr: int) -> bytes:
+    alg = alg_by_name(bank)
+    size = alg.digest_size if alg is not None else None
+    if isinstance(value, int) and size is not None:  # YAML reads 0x... as an int
+        try:
+            return value.to_bytes(size, "big")
+        except OverflowError as exc:
+            raise ConfigError(f"PCR {pcr} ({bank}) value does not fit in {size} bytes") from exc
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0x")
+        try:
+            return bytes.fromhex(text)
+        except ValueError as exc:
+            raise ConfigError(f"PCR {pcr} ({bank}) is not hex: {value[:80]!r}") from exc
+    raise ConfigError(f"PCR {pcr} ({bank}) value must be a hex string")
+
+
+def load_quoted_pcrs(spec: str) -> dict[str, dict[int, bytes]]:
+    """PCR values from a JSON/YAML file or an inline JSON string: bank -> {pcr: bytes}."""
+    path = Path(spec)
+    text = spec
+    if not spec.lstrip().startswith("{"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read PCR file {spec}: {exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"PCR values are neither JSON nor YAML: {exc}") from exc
+    if isinstance(doc, dict) and isinstance(doc.get("pcrs"), dict):
+        doc = doc["pcrs"]
+    if not isinstance(doc, dict) or not doc:
+        raise ConfigError('PCR values must be a mapping {"bank": {"pcr": "hex"}}')
+    out: dict[str, dict[int, bytes]] = {}
+    for bank, values in doc.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"bank {bank!r} must map PCR indices to values")
+        bank_values: dict[int, bytes] = {}
+        for pcr, value in values.items():
+            try:
+                index = int(pcr)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"bank {bank}: PCR index {pcr!r} is not a number") from exc
+            bank_values[index] = _to_bytes(value, str(bank), index)
+        out[str(bank)] = bank_values
+    return out
+
+
+def _describe(ev: Event) -> str:
+    data = ev.data
+    text = data.rstrip(b"\x00")
+    if text and len(text) <= 120 and all(32 <= c < 127 for c in text):
+        return text.decode("ascii")
+    return f"<{len(data)} bytes>"
+
+
+def _event_json(ev: Event) -> dict[str, Any]:
+    return {
+        "seq": ev.seq,
+        "offset": ev.offset,
+        "pcr": ev.pcr,
+        "type": ev.event_type,
+        "type_name": ev.type_name,
+        "extended": ev.extends,
+        "digests": {b: d.hex() for b, d in ev.digests.items()},
+        "data_offset": ev.data_offset,
+        "data": ev.data.hex(),
+    }
+
+
+def _load(path: Path) -> EventLog:
+    return parse_event_log(read_log_file(path))
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    log = _load(args.file)
+    banks = None if args.bank is None else [args.bank]
+    pcrs = replay(log, banks=banks)
+    if args.json:
+        doc = {
+            "format": log.format,
+            "banks": list(log.banks),
+            "startup_locality": startup_locality(log),
+            "trailing_padding": log.trailing_padding,
+            "events": [_event_json(ev) for ev in log.events],
+            "pcrs": {b: {str(p): v.hex() for p, v in vs.items()} for b, vs in pcrs.items()},
+        }
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+        return 0
+    _print_tables(log, pcrs, args.bank)
+    return 0
+
+
+def _print_tables(log: EventLog, pcrs: dict[str, dict[int, bytes]], bank: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    shown = bank or ("sha256" if "sha256" in log.banks else log.banks[-1])
+    table = Table(title=f"{log.format} event log, banks {', '.join(log.banks)} "
+                        f"(UNTRUSTED until verified)")
+    for col in ("#", "offset", "PCR", "type", shown, "data"):
+        table.add_column(col, overflow="fold")
+    for ev in log.events:
+        pcr = "-1" if ev.pcr == 0xFFFFFFFF else str(ev.pcr)
+        digest = ev.digests.get(shown, b"").hex()
+        table.add_row(str(ev.seq), str(ev.offset), pcr, ev.type_name, digest, _describe(ev))
+    console.print(table)
+    pcr_table = Table(title=f"replayed PCRs (StartupLocality {startup_locality(log)}, "
+                            f"{log.trailing_padding} bytes of padding)")
+    pcr_table.add_column("bank")
+    pcr_table.add_column("PCR")
+    pcr_table.add_column("value", overflow="fold")
+    for b, values in pcrs.items():
+        for p, v in values.items():
+            pcr_table.add_row(b, str(p), v.hex())
+    console.print(pcr_table)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    quoted = load_quoted_pcrs(args.pcrs)
+    log = _load(args.file)
+    result = verify_replay(log, quoted, allowed_quirks=args.allow_quirk)
+    checked = sorted(result.checked_pcrs)
+    if args.json:
+        doc = {
+            "ok": True,
+            "banks": list(result.banks),
+            "unverified_banks": list(result.unverified_banks),
+            "checked_pcrs": checked,
+            "applied_quirks": list(result.applied_quirks),
+            "startup_locality": result.startup_locality,
+            "verified_events": [ev.seq for ev in result.verified_events],
+        }
+        json.dump(doc, sys.stdout, indent=1)
+        print()
+        return 0
+    quirks = ", ".join(result.applied_quirks) or "none"
+    print(f"OK: the log replays to the given PCRs {checked} in {', '.join(result.banks)} "
+          f"(quirks applied: {quirks}; banks not in the log: "
+          f"{', '.join(result.unverified_banks) or 'none'})")
+    return 0

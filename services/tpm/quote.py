@@ -1,0 +1,341 @@
+"""TPM2 quotes and certifications: decode TPMS_ATTEST / TPMT_SIGNATURE, verify them.
+
+Decoding is tpm2-pytss' marshalling (tpm2-tss MU) via :func:`services.tpm.keys.unmarshal_exact`;
+signatures are checked with ``cryptography``. The order of checks is fixed so every failure
+has one distinct error: AK attributes (``KeyAttributeError``) -> signature over the exact
+attest bytes (``InvalidQuoteSignature``) -> magic/type (``MalformedTpmStructure``) -> nonce in
+``extraData`` (``NonceMismatch``, constant-time) -> ``pcrDigest`` over the reported values in
+the quote's selection order (``PcrDigestMismatch``).
+
+References: TPM 2.0 Part 2, 10.12 (TPMS_ATTEST, TPMS_QUOTE_INFO, TPMS_CERTIFY_INFO), 11.3
+(TPMT_SIGNATURE); Part 3, 18.4 (TPM2_Quote: pcrDigest uses the signing scheme's hash).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from tpm2_pytss import TPMS_ATTEST, TPMT_SIGNATURE
+
+from services.tpm.algorithms import alg_by_name, bank_name, hash_constructor
+from services.tpm.errors import (
+    InvalidQuoteSignature,
+    MalformedTpmStructure,
+    NonceMismatch,
+    PcrDigestMismatch,
+    Unsupported,
+    VerificationFailed,
+)
+from services.tpm.keys import (
+    TPM_ALG_ECC,
+    TPM_ALG_ECDSA,
+    TPM_ALG_NULL,
+    TPM_ALG_RSA,
+    TPM_ALG_RSAPSS,
+    TPM_ALG_RSASSA,
+    TpmPublic,
+    check_ak_attributes,
+    decode_public,
+    unmarshal_exact,
+)
+
+__all__ = [
+    "TPM_GENERATED_VALUE",
+    "TPM_ST_ATTEST_CERTIFY",
+    "TPM_ST_ATTEST_QUOTE",
+    "CertifiedNameMismatch",
+    "ClockInfo",
+    "UnverifiedAttest",
+    "VerifiedCertify",
+    "VerifiedQuote",
+    "decode_attest",
+    "pcr_digest",
+    "verify_attest_signature",
+    "verify_certify",
+    "verify_quote",
+]
+
+TPM_GENERATED_VALUE = 0xFF544347
+TPM_ST_ATTEST_CERTIFY = 0x8017
+TPM_ST_ATTEST_QUOTE = 0x8018
+
+_CRYPTO_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha256": hashes.SHA256(),
+    "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512(),
+}
+_MINT = object()  # only this module's verify functions hold it
+
+
+class CertifiedNameMismatch(VerificationFailed):
+    """A TPM2_Certify vouches for another object than the public key it came with."""
+
+
+@dataclass(frozen=True)
+class ClockInfo:
+    """``TPMS_CLOCK_INFO``: ms clock, reset/restart counters, and whether the clock is safe."""
+
+    clock: int
+    reset_count: int
+    restart_count: int
+    safe: bool
+
+
+@dataclass(frozen=True)
+class UnverifiedAttest:
+    """A decoded TPMS_ATTEST whose signature has NOT been checked (anyone can forge one).
+
+    ``selection`` (quotes) lists ``(bank, pcr indices ascending)`` in the structure's order;
+    ``certified_name``/``certified_qualified_name`` are set for certifications.
+    """
+
+    magic: int
+    type: int
+    qualified_signer: bytes
+    extra_data: bytes
+    clock_info: ClockInfo
+    firmware_version: int
+    selection: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    pcr_digest: bytes = b""
+    certified_name: bytes = b""
+    certified_qualified_name: bytes = b""
+
+
+@dataclass(frozen=True)
+class VerifiedQuote:
+    """A quote whose signature, nonce and PCR digest verified; built only by :func:`verify_quote`.
+
+    ``pcr_values`` holds exactly the quoted selection (bank -> PCR -> value);
+    ``hash_alg`` is the signing scheme's hash, which also computed ``pcrDigest``.
+    """
+
+    clock_info: ClockInfo
+    firmware_version: int
+    selection: tuple[tuple[str, tuple[int, ...]], ...]
+    pcr_values: Mapping[str, Mapping[int, bytes]]
+    qualified_signer: bytes
+    ak_name: bytes
+    hash_alg: str
+    _mint: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._mint is not _MINT:
+            raise TypeError("VerifiedQuote is only constructed by verify_quote()")
+
+
+@dataclass(frozen=True)
+class VerifiedCertify:
+    """A TPM2_Certify by a verified signer over ``certified``; built only by :func:`verify_certify`."""
+
+    certified: TpmPublic
+    certified_qualified_name: bytes
+    clock_info: ClockInfo
+    firmware_version: int
+    signer_name: bytes
+    _mint: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._mint is not _MINT:
+            raise TypeError("VerifiedCertify is only constructed by verify_certify()")
+
+
+def decode_attest(data: bytes) -> UnverifiedAttest:
+    """Decode an untrusted TPMS_ATTEST and check its magic; signature NOT checked."""
+    a = unmarshal_exact(TPMS_ATTEST, data, "TPMS_ATTEST")
+    assert isinstance(a, TPMS_ATTEST)
+    magic = int(a.magic)
+    if magic != TPM_GENERATED_VALUE:
+        raise MalformedTpmStructure(
+            f"magic {magic:#010x} is not TPM_GENERATED_VALUE", offset=0, field="magic"
+        )
+    ci = a.clockInfo
+    base = UnverifiedAttest(
+        magic=magic,
+        type=int(a.type),
+        qualified_signer=bytes(a.qualifiedSigner),
+        extra_data=bytes(a.extraData),
+        clock_info=ClockInfo(
+            int(ci.clock), int(ci.resetCount), int(ci.restartCount), bool(int(ci.safe))
+        ),
+        firmware_version=int(a.firmwareVersion),
+    )
+    if base.type == TPM_ST_ATTEST_QUOTE:
+        q = a.attested.quote
+        sel: list[tuple[str, tuple[int, ...]]] = []
+        for i in range(int(q.pcrSelect.count)):
+            s = q.pcrSelect.pcrSelections[i]
+            bitmap = bytes(s.pcrSelect)[: int(s.sizeofSelect)]
+            pcrs = tuple(
+                8 * j + b for j, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1
+            )
+            sel.append((bank_name(int(s.hash)), pcrs))
+        return replace(base, selection=tuple(sel), pcr_digest=bytes(q.pcrDigest))
+    if base.type == TPM_ST_ATTEST_CERTIFY:
+        c = a.attested.certify
+        return replace(
+            base, certified_name=bytes(c.name), certified_qualified_name=bytes(c.qualifiedName)
+        )
+    return base
+
+
+def verify_attest_signature(signer: TpmPublic, attest: bytes, signature: bytes) -> str:
+    """Verify a TPMT_SIGNATURE over the exact ``attest`` bytes; return the hash alg name.
+
+    RSASSA-PKCS1-v1_5, RSAPSS (any salt length, as TPMs differ) and ECDSA. The signature's
+    scheme must suit the key type and equal the key's fixed scheme when it has one.
+    """
+    sig = unmarshal_exact(TPMT_SIGNATURE, signature, "TPMT_SIGNATURE")
+    assert isinstance(sig, TPMT_SIGNATURE)
+    alg = int(sig.sigAlg)
+    if alg in (TPM_ALG_RSASSA, TPM_ALG_RSAPSS):
+        body = sig.signature.rsassa if alg == TPM_ALG_RSASSA else sig.signature.rsapss
+        hash_id, raw = int(body.hash), bytes(body.sig)
+    elif alg == TPM_ALG_ECDSA:
+        body = sig.signature.ecdsa
+        hash_id = int(body.hash)
+        raw = encode_dss_signature(
+            int.from_bytes(bytes(body.signatureR), "big"),
+            int.from_bytes(bytes(body.signatureS), "big"),
+        )
+    else:
+        raise InvalidQuoteSignature(
+            f"signature algorithm {alg:#06x} is not RSASSA, RSAPSS or ECDSA"
+        )
+    key_type = TPM_ALG_RSA if alg != TPM_ALG_ECDSA else TPM_ALG_ECC
+    if signer.type != key_type:
+        raise InvalidQuoteSignature("signature algorithm does not match the key type")
+    if signer.sig_scheme != TPM_ALG_NULL and (signer.sig_scheme, signer.sig_hash) != (alg, hash_id):
+        raise InvalidQuoteSignature("signature scheme differs from the key's fixed scheme")
+    hash_name = bank_name(hash_id)
+    h = _CRYPTO_HASHES.get(hash_name)
+    if h is None:
+        raise Unsupported(f"signature hash {hash_name} is not accepted")
+    key = signer.crypto_key()
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            pad: padding.AsymmetricPadding = (
+                padding.PKCS1v15()
+                if alg == TPM_ALG_RSASSA
+                else padding.PSS(mgf=padding.MGF1(h), salt_length=padding.PSS.AUTO)
+            )
+            key.verify(raw, attest, pad, h)
+        else:
+            key.verify(raw, attest, ec.ECDSA(h))
+    except InvalidSignature as exc:
+        raise InvalidQuoteSignature("signature does not verify with the given key") from exc
+    except ValueError as exc:  # e.g. a signature longer than the modulus
+        raise InvalidQuoteSignature(f"signature is not well formed for the key: {exc}") from exc
+    return hash_name
+
+
+def pcr_digest(
+    selection: tuple[tuple[str, tuple[int, ...]], ...],
+    pcr_values: Mapping[str, Mapping[int, bytes]],
+    hash_alg: str,
+) -> bytes:
+    """``H(PCR values concatenated in selection order)``; raises if a value is missing."""
+    h = hash_constructor(hash_alg)()
+    for bank, pcrs in selection:
+        size = _bank_size(bank)
+        values = pcr_values.get(bank, {})
+        for pcr in pcrs:
+            value = values.get(pcr)
+            if value is None:
+                raise PcrDigestMismatch(f"quoted PCR {pcr} of bank {bank} was not reported")
+            if len(value) != size:
+                raise PcrDigestMismatch(f"reported PCR {pcr} of bank {bank} is not {size} bytes")
+            h.update(bytes(value))
+    return bytes(h.digest())
+
+
+def _bank_size(bank: str) -> int:
+    alg = alg_by_name(bank)
+    if alg is None:
+        raise Unsupported(f"PCR bank {bank!r} is not supported")
+    return alg.digest_size
+
+
+def verify_quote(
+    ak_public: bytes,
+    attest: bytes,
+    signature: bytes,
+    *,
+    nonce: bytes,
+    pcr_values: Mapping[str, Mapping[int, bytes]],
+) -> VerifiedQuote:
+    """Verify a TPM2_Quote made by the AK ``ak_public`` (marshalled TPM2B_PUBLIC).
+
+    ``nonce`` is what the verifier issued (compared in constant time with ``extraData``);
+    ``pcr_values`` the host's reported PCR values, of which the quoted selection must hash to
+    ``pcrDigest``. Returns the trusted :class:`VerifiedQuote` or raises the
+    ``VerificationFailed`` / ``MalformedInput`` family.
+    """
+    ak = decode_public(ak_public)
+    check_ak_attributes(ak)
+    hash_alg = verify_attest_signature(ak, attest, signature)
+    a = decode_attest(attest)
+    if a.type != TPM_ST_ATTEST_QUOTE:
+        raise MalformedTpmStructure(
+            f"attest type {a.type:#06x} is not TPM_ST_ATTEST_QUOTE", offset=4, field="type"
+        )
+    if not hmac.compare_digest(a.extra_data, bytes(nonce)):
+        raise NonceMismatch("quote extraData is not the issued nonce")
+    digest = pcr_digest(a.selection, pcr_values, hash_alg)
+    if not hmac.compare_digest(digest, a.pcr_digest):
+        raise PcrDigestMismatch(
+            f"pcrDigest {a.pcr_digest.hex()} != {hash_alg}(reported PCRs {_sel_text(a.selection)})"
+        )
+    quoted = {bank: {p: bytes(pcr_values[bank][p]) for p in pcrs} for bank, pcrs in a.selection}
+    return VerifiedQuote(
+        clock_info=a.clock_info,
+        firmware_version=a.firmware_version,
+        selection=a.selection,
+        pcr_values=quoted,
+        qualified_signer=a.qualified_signer,
+        ak_name=ak.name,
+        hash_alg=hash_alg,
+        _mint=_MINT,
+    )
+
+
+def _sel_text(selection: tuple[tuple[str, tuple[int, ...]], ...]) -> str:
+    return "+".join(f"{bank}:{','.join(map(str, pcrs))}" for bank, pcrs in selection)
+
+
+def verify_certify(
+    signer_public: bytes,
+    attest: bytes,
+    signature: bytes,
+    *,
+    nonce: bytes,
+    certified_public: bytes,
+) -> VerifiedCertify:
+    """Verify a TPM2_Certify: ``signer_public`` (an AK) vouches that ``certified_public`` is
+    loaded in the same TPM. Checks AK attributes, signature, type, nonce and certified name."""
+    signer = decode_public(signer_public)
+    check_ak_attributes(signer)
+    verify_attest_signature(signer, attest, signature)
+    a = decode_attest(attest)
+    if a.type != TPM_ST_ATTEST_CERTIFY:
+        raise MalformedTpmStructure(
+            f"attest type {a.type:#06x} is not TPM_ST_ATTEST_CERTIFY", offset=4, field="type"
+        )
+    if not hmac.compare_digest(a.extra_data, bytes(nonce)):
+        raise NonceMismatch("certify extraData is not the issued nonce")
+    certified = decode_public(certified_public)
+    if not hmac.compare_digest(a.certified_name, certified.name):
+        raise CertifiedNameMismatch("certified name is not the name of the given public key")
+    return VerifiedCertify(
+        certified=certified,
+        certified_qualified_name=a.certified_qualified_name,
+        clock_info=a.clock_info,
+        firmware_version=a.firmware_version,
+        signer_name=signer.name,
+        _mint=_MINT,
+    )
