@@ -1,0 +1,163 @@
+"""``hostgate agent ...`` and ``hostgate fleet ...``: the host side and the fleet simulator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from services.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``agent`` and ``fleet`` command groups."""
+    agent = subparsers.add_parser("agent", help="the host agent's TPM side",
+                                  description="Inspect and drive this host's TPM.")
+    agent_sub = agent.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
+    status = agent_sub.add_parser(
+        "status", help="show the TPM's EKs, AK and active PCR banks",
+        description="Connect to a TPM and show its active PCR banks, its EKs (with whether an "
+                    "EK certificate is in NV) and the agent's AK if a state file holds one.")
+    status.add_argument("--tcti", default=os.environ.get("HOSTGATE_TCTI", "device:/dev/tpmrm0"),
+                        help="TCTI string, e.g. device:/dev/tpmrm0 or "
+                             "swtpm:host=127.0.0.1,port=2321 (default: $HOSTGATE_TCTI or "
+                             "device:/dev/tpmrm0)")
+    status.add_argument("--state-file", type=Path, default=None,
+                        help="the agent's state file holding its AK (optional)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.set_defaults(func=_agent_status)
+
+    fleet = subparsers.add_parser("fleet", help="simulated hosts with software TPMs",
+                                  description="Simulate hosts with swtpm software TPMs.")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
+    sim = fleet_sub.add_parser(
+        "simulate", help="start N hosts, enrol and attest them locally, then stop them",
+        description="Start N simulated hosts (one swtpm each, distinct EKs from a private EK "
+                    "CA), boot them from golden images with optional tamper profiles, enrol "
+                    "them (credential activation), take one quote each, check it locally "
+                    "(quote, log replay, golden PCRs) and stop everything.")
+    sim.add_argument("--hosts", type=int, default=4, help="number of hosts (default 4)")
+    sim.add_argument("--tamper", action="append", default=[], metavar="PROFILE=COUNT",
+                     help="make COUNT hosts compromised as PROFILE (repeatable); see "
+                          "--list-profiles")
+    sim.add_argument("--image", default=None,
+                     help="golden image for every host (default: images take turns)")
+    sim.add_argument("--workers", type=int, default=4, help="thread pool size (default 4)")
+    sim.add_argument("--workdir", type=Path, default=None,
+                     help="directory for TPM states and the EK CA (default: a temporary one, "
+                          "removed afterwards)")
+    sim.add_argument("--list-profiles", action="store_true",
+                     help="list tamper profiles and golden images, then exit")
+    sim.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sim.set_defaults(func=_fleet_simulate)
+
+
+def _agent_status(args: argparse.Namespace) -> int:
+    from tpm2_pytss.TSS2_Exception import TSS2_Exception
+
+    from services.agent.tpm import AgentTpm, AgentTpmError
+    from services.errors import HostgateError
+
+    doc: dict[str, Any] = {"tcti": args.tcti}
+    with AgentTpm(args.tcti, state_file=args.state_file) as tpm:
+        doc["banks"] = list(tpm.active_banks())
+        doc["eks"] = {}
+        for kind in ("rsa", "ecc", "ecc384"):
+            try:
+                ek = tpm.ek(kind)
+            except (TSS2_Exception, ValueError, HostgateError) as exc:  # no EK of this kind
+                doc["eks"][kind] = {"error": str(exc)}
+                continue
+            doc["eks"][kind] = {"public_bytes": len(ek.public),
+                                "certificate": ek.certificate is not None}
+        try:
+            ak = tpm.load_ak()
+            doc["ak"] = {"kind": ak.kind, "name": ak.name.hex(), "parent": ak.parent}
+        except AgentTpmError as exc:
+            doc["ak"] = {"error": str(exc)}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"TPM at {args.tcti}")
+    table.add_column("item")
+    table.add_column("value")
+    table.add_row("active PCR banks", ", ".join(doc["banks"]))
+    for kind, info in doc["eks"].items():
+        value = (info["error"] if "error" in info else
+                 f"present, EK certificate in NV: {'yes' if info['certificate'] else 'no'}")
+        table.add_row(f"EK {kind}", value)
+    ak_doc = doc["ak"]
+    table.add_row("AK", ak_doc.get("error") or f"{ak_doc['kind']} name {ak_doc['name'][:24]}…")
+    Console().print(table)
+    return 0
+
+
+def _parse_tampers(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        name, sep, count = item.partition("=")
+        if not sep:
+            count = "1"
+        try:
+            out[name] = out.get(name, 0) + int(count)
+        except ValueError as exc:
+            raise ConfigError(f"--tamper {item!r}: COUNT must be an integer") from exc
+    return out
+
+
+def _fleet_simulate(args: argparse.Namespace) -> int:
+    from services.agent import selfcheck
+    from services.agent.fleet import Fleet, plan_hosts
+    from services.agent.measured_boot import IMAGES
+    from services.agent.tamper import PROFILES
+    from services.tpm.credential import make_credential
+
+    if args.list_profiles:
+        for p in PROFILES.values():
+            print(f"{p.name:26} {p.family:8} {p.description}")
+        for name, image in IMAGES.items():
+            print(f"image {name:20} {image.family}")
+        return 0
+    specs = plan_hosts(args.hosts, _parse_tampers(args.tamper), args.image)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hostgate-fleet-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        with Fleet(workdir, specs, workers=args.workers) as fleet:
+            for h in fleet:
+                secret = secrets.token_bytes(32)
+                enrolled = h.activate(make_credential(h.ek_public, h.ak_public, secret)) == secret
+                nonce = secrets.token_bytes(32)
+                verdict = selfcheck.check(h.quote(nonce), nonce, h.ak_public,
+                                          selfcheck.golden_pcrs(h.image, h.spec.seed))
+                rows.append({"host_id": h.host_id, "image": h.image, "tamper": h.tamper,
+                             "tcti": h.tcti, "ek_cert": h.ek_cert is not None,
+                             "enrolled": enrolled, "ok": verdict.ok, "stage": verdict.stage,
+                             "reason": verdict.reason})
+            timings = fleet.timings
+    summary = {"hosts": rows, "timings_s": None if timings is None else {
+        "provision": round(timings.provision_s, 3), "start_swtpm": round(timings.start_swtpm_s, 3),
+        "enrol_prepare": round(timings.enrol_prepare_s, 3)}}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} simulated hosts")
+    for col in ("host", "image", "tamper", "enrolled", "verdict", "reason"):
+        table.add_column(col)
+    for r in rows:
+        label = "[green]pass[/]" if r["ok"] else f"[red]fail ({r['stage']})[/]"
+        table.add_row(r["host_id"], r["image"], r["tamper"] or "-",
+                      "yes" if r["enrolled"] else "[red]no[/]", label, r["reason"][:70])
+    Console().print(table)
+    if summary["timings_s"]:
+        Console().print(f"timings (s): {summary['timings_s']}")
+    return 0

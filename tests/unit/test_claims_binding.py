@@ -1,0 +1,130 @@
+"""Data-to-digest binding and fail-closed rules, on real corpus events altered by hand.
+
+The events come from real logs (``$HOSTGATE_CORPUS``); each test changes one field the way an
+attacker editing the log would (the digests stay those the TPM was extended with).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from functools import cache
+
+import pytest
+
+from services.tpm.bindings import (
+    QUIRK_BOOT_VARIABLE_DATA_ONLY,
+    QUIRK_SHIM_AUTHORITY_EXTRA_BYTE,
+    check_binding,
+    require_binding,
+)
+from services.tpm.claims import REASONS, extract_claims
+from services.tpm.errors import DigestMismatch
+from services.tpm.eventlog import Event, EventLog, EventType, parse_event_log
+from tests.conftest import corpus_path
+
+CORPUS = corpus_path()
+
+
+@cache
+def log(prefix: str) -> EventLog:
+    (path,) = (CORPUS / "logs").glob(f"{prefix}__*")
+    return parse_event_log(path.read_bytes())
+
+
+def first(prefix: str, etype: int, pcr: int | None = None, name: bytes = b"") -> Event:
+    return next(
+        e for e in log(prefix).events
+        if e.event_type == etype and (pcr is None or e.pcr == pcr) and name in e.data
+    )
+
+
+def claims_with(prefix: str, replaced: Event) -> list[tuple[str, bool]]:
+    events = [replaced if e.seq == replaced.seq else e for e in log(prefix).events]
+    c = extract_claims(events, banks=log(prefix).banks)
+    return [(a.reason, a.fatal) for a in c.anomalies if a.seq == replaced.seq]
+
+
+def test_secure_boot_variable_binds() -> None:
+    ev = first("A40", EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, 7, "SecureBoot".encode("utf-16-le"))
+    assert check_binding(ev).status == "bound"
+
+
+def test_flipping_secure_boot_byte_is_a_fatal_mismatch() -> None:
+    ev = first("A39", EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, 7, "SecureBoot".encode("utf-16-le"))
+    forged = dataclasses.replace(ev, data=ev.data[:-1] + b"\x01")
+    assert check_binding(forged).status == "mismatch"
+    assert claims_with("A39", forged) == [("tpm.binding.digest_mismatch", True)]
+    events = [forged if e.seq == ev.seq else e for e in log("A39").events]
+    assert extract_claims(events, banks=log("A39").banks).secure_boot is None  # never read
+    with pytest.raises(DigestMismatch) as exc:
+        require_binding(forged)
+    assert exc.value.seq == ev.seq and exc.value.offset == ev.data_offset
+
+
+def test_forged_grub_kernel_cmdline_is_caught() -> None:
+    ev = first("A31", EventType.EV_IPL, 8, b"kernel_cmdline: ")
+    assert check_binding(ev).status == "bound"
+    forged = dataclasses.replace(ev, data=ev.data.replace(b" ro", b" rw init=/bin/sh", 1))
+    assert claims_with("A31", forged) == [("tpm.binding.digest_mismatch", True)]
+
+
+def test_changed_event_type_in_pcr7_fails_closed() -> None:
+    ev = first("A40", EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, 7, "db".encode("utf-16-le"))
+    assert claims_with("A40", dataclasses.replace(ev, event_type=0x0000DEAD)) == [
+        ("tpm.event.unknown_type", True)
+    ]
+    assert claims_with("A40", dataclasses.replace(ev, event_type=EventType.EV_POST_CODE)) == [
+        ("tpm.event.unexpected_type", True)
+    ]
+
+
+def test_unknown_type_outside_fail_closed_pcrs_is_not_fatal() -> None:
+    # real: A42 (Intel server) logs an event of type 0x40e in PCR 0
+    c = extract_claims(log("A42").events, banks=log("A42").banks)
+    assert [(a.reason, a.pcr, a.fatal) for a in c.anomalies] == [("tpm.event.unknown_type", 0, False)]
+
+
+def test_undecodable_data_in_pcr7_fails_closed_elsewhere_not() -> None:
+    ev = first("A40", EventType.EV_EFI_VARIABLE_DRIVER_CONFIG, 7, "KEK".encode("utf-16-le"))
+    short = ev.data[:40]
+    digests = {b: hashlib.new(b, short).digest() for b in ev.digests}
+    broken = dataclasses.replace(ev, data=short, digests=digests)
+    assert claims_with("A40", broken) == [("tpm.event.undecodable", True)]
+    boot = first("A32", EventType.EV_EFI_VARIABLE_BOOT, 1, "Boot0000".encode("utf-16-le"))
+    cut = boot.data[:-30]
+    broken_boot = dataclasses.replace(
+        boot, data=cut, digests={b: hashlib.new(b, cut).digest() for b in boot.digests}
+    )
+    assert claims_with("A32", broken_boot) == [("tpm.event.undecodable", False)]
+
+
+def test_error_separator_is_fatal() -> None:
+    ev = first("A31", EventType.EV_SEPARATOR, 4)
+    err = b"\x01\x00\x00\x00"
+    forged = dataclasses.replace(ev, data=err, digests={b: hashlib.new(b, err).digest() for b in ev.digests})
+    assert claims_with("A31", forged) == [("tpm.separator.error", True)]
+
+
+def test_quirk_boot_variable_data_only() -> None:
+    ev = first("A31", EventType.EV_EFI_VARIABLE_BOOT, 1, "BootOrder".encode("utf-16-le"))
+    result = check_binding(ev)
+    assert (result.status, result.quirk) == ("quirk", QUIRK_BOOT_VARIABLE_DATA_ONLY)
+    require_binding(ev, allowed_quirks=frozenset({QUIRK_BOOT_VARIABLE_DATA_ONLY}))
+    with pytest.raises(DigestMismatch):
+        require_binding(ev)
+
+
+def test_quirk_shim_authority_extra_byte() -> None:
+    ev = first("S10", EventType.EV_EFI_VARIABLE_AUTHORITY, 7, "Shim".encode("utf-16-le"))
+    result = check_binding(ev)
+    assert (result.status, result.quirk) == ("quirk", QUIRK_SHIM_AUTHORITY_EXTRA_BYTE)
+
+
+def test_image_loads_are_not_bound() -> None:
+    ev = first("A31", EventType.EV_EFI_BOOT_SERVICES_APPLICATION)
+    assert check_binding(ev).status == "not_bound"
+
+
+def test_reason_ids_are_dotted_and_listed() -> None:
+    assert all(r.startswith("tpm.") and r.count(".") == 2 for r in REASONS)
