@@ -1,0 +1,548 @@
+#!/usr/bin/env python3
+"""Generate hostgate's Strimzi topics and users and its per-stage workloads.
+
+Everything topic-shaped is read from ``services/runtime/topics.py`` (the one declaration the
+runtime's ``hostgate topics ensure`` also uses), so the Kubernetes manifests cannot drift from
+it: ``tests/unit/test_deploy_manifests.py`` renders them again and compares them with the
+committed files byte for byte.
+
+Writes three files under ``deploy/k8s/generated/``:
+
+``topics.yaml``
+    one ``KafkaTopic`` per topic of ``all_topics(extra_stages=())`` (the runtime's own test
+    stage ``eostest`` is left out), with partitions, replicas and the topic configs hostgate
+    checks for drift (``cleanup.policy``, ``retention.ms``, ``min.insync.replicas``).
+``users.yaml``
+    one ``KafkaUser`` (mutual-TLS authentication, ``simple`` authorization) per stage with
+    least-privilege ACLs derived from ``STAGE_IO`` below, plus the agents', the SOC's, the
+    operators' and KEDA's users.
+``stages.yaml``
+    per stage: a ``Deployment``, a ``PodDisruptionBudget`` and a KEDA ``ScaledObject`` on
+    consumer lag; one ``TriggerAuthentication`` for KEDA's own TLS principal.
+
+Usage::
+
+    python deploy/k8s/generate.py            # rewrite the files
+    python deploy/k8s/generate.py --check    # exit 1 and name the stale files if they differ
+
+Pure apart from ``main``: ``render()`` returns the file texts and touches nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+from services.runtime.topics import (  # noqa: E402  (needs the path above)
+    STAGES,
+    STATE_TABLES,
+    TopicSpec,
+    all_topics,
+    changelog_topic,
+    dlq_topic,
+)
+
+OUT_DIR: Final = Path(__file__).resolve().parent / "generated"
+
+# --- deployment-wide settings (the README's sizing note explains the numbers) ------------------
+
+NAMESPACE: Final = "hostgate"
+CLUSTER: Final = "hostgate-kafka"
+"""Name of the Strimzi ``Kafka`` resource in ``deploy/k8s/kafka.yaml``."""
+BOOTSTRAP: Final = f"{CLUSTER}-kafka-bootstrap.{NAMESPACE}.svc:9093"
+"""Strimzi's bootstrap Service for the internal TLS listener named ``tls`` on port 9093."""
+CLUSTER_CA_SECRET: Final = f"{CLUSTER}-cluster-ca-cert"
+"""Secret the Cluster Operator keeps the brokers' CA certificate in (key ``ca.crt``)."""
+DEFAULT_PARTITIONS: Final = 48
+"""Every host-keyed topic and every changelog shares one partition count: a stage's task *p*
+owns partition *p* of each of its inputs and changelogs (co-partitioning)."""
+REPLICAS: Final = 3
+IMAGE: Final = "hostgate:0.1.0"
+"""Placeholder image reference; override it with kustomize ``images:``."""
+HTTP_PORT: Final = 9400
+KEDA_KAFKA_VERSION: Final = "4.0.0"
+"""sarama protocol version KEDA speaks; its 1.0.0 default predates Kafka 4's 2.1 baseline."""
+TERMINATION_GRACE_S: Final = 60
+"""SIGTERM drains the current batch and commits its transaction; a batch is bounded well below
+this, and the broker aborts a transaction of a killed worker after its timeout anyway."""
+UID: Final = 10001
+"""The non-root user baked into ``deploy/Dockerfile``."""
+
+
+@dataclass(frozen=True)
+class StageIO:
+    """Which topics a stage reads and writes besides its own DLQ and changelogs.
+
+    ``inputs`` are consumed in the stage's consumer group (co-partitioned with its changelogs,
+    and what KEDA watches for lag); ``tables`` are read whole, outside the group (e.g. the
+    verifier's policy table); ``outputs`` are produced in the stage's transactions.
+    """
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    tables: tuple[str, ...] = ()
+
+
+# From DESIGN.md's pipeline table. Every name is checked against topics.py in ``check_io``.
+STAGE_IO: Final[Mapping[str, StageIO]] = {
+    "collector": StageIO(
+        inputs=("attest.requests.v1", "attest.evidence.v1"),
+        outputs=("attest.challenges.v1", "attest.collected.v1", "attest.rejections.v1"),
+    ),
+    "verifier": StageIO(
+        inputs=("attest.collected.v1",),
+        outputs=("attest.verdicts.v1",),
+        tables=("attest.policies.v1",),
+    ),
+    "issuer": StageIO(
+        inputs=("attest.verdicts.v1", "attest.incidents.v1"),
+        outputs=("attest.credentials.v1", "attest.hosts.v1"),
+    ),
+    "incidents": StageIO(
+        inputs=("attest.verdicts.v1", "attest.rejections.v1", "attest.remediation.v1"),
+        outputs=("attest.incidents.v1", "soc.findings.ocsf.v1"),
+    ),
+}
+
+# Principals that are not stages: (read topics, write topics, consumer-group prefix).
+AGENTS_IO: Final = (
+    ("attest.challenges.v1", "attest.credentials.v1"),
+    ("attest.requests.v1", "attest.evidence.v1"),
+    "hostgate.agent.",
+)
+SOC_IO: Final = (
+    ("attest.incidents.v1", "soc.findings.ocsf.v1", "attest.hosts.v1", "attest.rejections.v1"),
+    ("attest.remediation.v1",),
+    "hostgate.soc.",
+)
+OPERATOR_IO: Final = (
+    ("attest.policies.v1", *(dlq_topic(s) for s in STAGES)),
+    ("attest.policies.v1",),
+    "hostgate.operator.",
+)
+
+
+class GenerateError(Exception):
+    """STAGE_IO names a topic or stage that ``services/runtime/topics.py`` does not declare."""
+
+
+def group_id(stage: str) -> str:
+    """The stage's consumer group (``HOSTGATE_GROUP``)."""
+    return f"hostgate.{stage}"
+
+
+def transactional_prefix(stage: str) -> str:
+    """Prefix of the stage's per-partition transactional ids
+    ``hostgate.<stage>.<topic>.<partition>``."""
+    return f"hostgate.{stage}."
+
+
+def resource_name(topic: str) -> str:
+    """A Kubernetes object name for a topic (DNS-1123 subdomain: lowercase, digits, ``-.``)."""
+    name = topic.lower().replace("_", "-")
+    if not name or len(name) > 253 or not all(c.isalnum() or c in "-." for c in name):
+        raise GenerateError(f"topic {topic!r} has no valid Kubernetes resource name")
+    return name
+
+
+def production_topics() -> tuple[TopicSpec, ...]:
+    """Every topic a deployment needs (no test-only stage)."""
+    return all_topics(extra_stages=())
+
+
+def check_io(specs: Iterable[TopicSpec]) -> None:
+    """Fail if STAGE_IO and topics.py disagree (a renamed topic must break generation)."""
+    declared = {s.name for s in specs}
+    if set(STAGE_IO) != set(STAGES):
+        raise GenerateError(
+            f"STAGE_IO stages {sorted(STAGE_IO)} != topics.STAGES {sorted(STAGES)}")
+    named: list[tuple[str, str]] = []
+    for stage, io in STAGE_IO.items():
+        named += [(f"STAGE_IO[{stage!r}]", t) for t in (*io.inputs, *io.outputs, *io.tables)]
+    for label, (read, write, _) in (("AGENTS_IO", AGENTS_IO), ("SOC_IO", SOC_IO),
+                                    ("OPERATOR_IO", OPERATOR_IO)):
+        named += [(label, t) for t in (*read, *write)]
+    missing = sorted({f"{where}: {topic}" for where, topic in named if topic not in declared})
+    if missing:
+        raise GenerateError("topics not declared in services/runtime/topics.py: "
+                            + "; ".join(missing))
+
+
+# --- KafkaTopic ------------------------------------------------------------------------------
+
+
+def kafka_topic(spec: TopicSpec, partitions: int, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kafka.strimzi.io/v1",
+        "kind": "KafkaTopic",
+        "metadata": {
+            "name": resource_name(spec.name),
+            "labels": {"strimzi.io/cluster": CLUSTER, "app.kubernetes.io/part-of": "hostgate"},
+        },
+        "spec": {
+            "topicName": spec.name,
+            "partitions": spec.partitions or partitions,
+            "replicas": replicas,
+            "config": spec.configs(replicas),
+        },
+    }
+
+
+# --- KafkaUser -------------------------------------------------------------------------------
+
+
+def _acl(rtype: str, name: str, ops: Sequence[str], pattern: str = "literal") -> dict[str, Any]:
+    return {
+        "type": "allow",
+        "resource": {"type": rtype, "name": name, "patternType": pattern},
+        "operations": list(ops),
+    }
+
+
+def _merge_topic_acls(wanted: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """One ACL entry per topic with its operations in a fixed order (stable output)."""
+    order = ("Read", "Write", "Describe")
+    ops: dict[str, set[str]] = {}
+    for topic, op in wanted:
+        ops.setdefault(topic, set()).update((op, "Describe"))
+    return [_acl("topic", t, [o for o in order if o in ops[t]]) for t in sorted(ops)]
+
+
+def stage_acls(stage: str) -> list[dict[str, Any]]:
+    """Least privilege for one stage's principal.
+
+    Read (+Describe) on its inputs and tables; Write (+Describe) on its outputs and DLQ; Read and
+    Write on its changelogs (written in its transactions, read back to rebuild state); Read on
+    its own group (offset commits inside transactions need it); Write+Describe on its
+    transactional-id prefix. No cluster IdempotentWrite: since Kafka 3.0 (KIP-679) Write on a
+    topic suffices for idempotence, and a transactional producer is authorised by its
+    transactional id.
+    """
+    io = STAGE_IO[stage]
+    changelogs = [changelog_topic(stage, t) for t in STATE_TABLES.get(stage, ())]
+    wanted = [(t, "Read") for t in (*io.inputs, *io.tables, *changelogs)]
+    wanted += [(t, "Write") for t in (*io.outputs, dlq_topic(stage), *changelogs)]
+    return [
+        *_merge_topic_acls(wanted),
+        _acl("group", group_id(stage), ["Read"]),
+        _acl("transactionalId", transactional_prefix(stage), ["Write", "Describe"], "prefix"),
+    ]
+
+
+def client_acls(read: Iterable[str], write: Iterable[str], group_prefix: str
+                ) -> list[dict[str, Any]]:
+    """A plain (non-transactional, idempotent) client: topics plus its own group prefix."""
+    wanted = [(t, "Read") for t in read] + [(t, "Write") for t in write]
+    return [*_merge_topic_acls(wanted), _acl("group", group_prefix, ["Read"], "prefix")]
+
+
+def keda_acls() -> list[dict[str, Any]]:
+    """KEDA only computes lag: Describe on the stages' input topics and groups."""
+    inputs = sorted({t for io in STAGE_IO.values() for t in io.inputs})
+    return [
+        *[_acl("topic", t, ["Describe"]) for t in inputs],
+        *[_acl("group", group_id(s), ["Describe"]) for s in STAGES],
+    ]
+
+
+def kafka_user(name: str, component: str, acls: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "kafka.strimzi.io/v1",
+        "kind": "KafkaUser",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "strimzi.io/cluster": CLUSTER,
+                "app.kubernetes.io/part-of": "hostgate",
+                "app.kubernetes.io/component": component,
+            },
+        },
+        "spec": {
+            "authentication": {"type": "tls"},
+            "authorization": {"type": "simple", "acls": acls},
+        },
+    }
+
+
+def users() -> list[dict[str, Any]]:
+    out = [kafka_user(f"hostgate-{s}", s, stage_acls(s)) for s in STAGES]
+    out.append(kafka_user("hostgate-agents", "agent", client_acls(*AGENTS_IO)))
+    out.append(kafka_user("hostgate-soc", "soc", client_acls(*SOC_IO)))
+    out.append(kafka_user("hostgate-operator", "operator", client_acls(*OPERATOR_IO)))
+    out.append(kafka_user("hostgate-keda", "autoscaler", keda_acls()))
+    return out
+
+
+# --- Deployment, PodDisruptionBudget, ScaledObject ---------------------------------------------
+
+# (cpu request, cpu limit, memory request, memory limit). The verifier is CPU-bound (signature
+# checks, log replay): it gets a whole core. Memory: a batch of ≤ 100 KiB records plus the
+# state tables of the pod's partitions; one collector pod holding all partitions of a
+# 1,000,000-host fleet keeps ~1.5 GiB of enrolments (deploy/README.md, sizing).
+RESOURCES: Final[Mapping[str, tuple[str, str, str, str]]] = {
+    "collector": ("500m", "2", "1Gi", "3Gi"),
+    "verifier": ("1", "1", "384Mi", "768Mi"),
+    "issuer": ("250m", "1", "512Mi", "1Gi"),
+    "incidents": ("250m", "1", "256Mi", "512Mi"),
+}
+
+
+def _labels(stage: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "hostgate", "app.kubernetes.io/component": stage}
+
+
+def _secret_volume(name: str, secret: str) -> dict[str, Any]:
+    return {"name": name, "secret": {"secretName": secret, "defaultMode": 0o440}}
+
+
+def _stage_mounts(stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                       list[dict[str, Any]]]:
+    """(env, volumes, volumeMounts) that only one stage has."""
+    if stage == "collector":
+        return (
+            [{"name": "HOSTGATE_EK_CA_DIR", "value": "/etc/hostgate/ek-ca"}],
+            [{"name": "ek-ca", "configMap": {"name": "hostgate-ek-ca", "defaultMode": 0o444}}],
+            [{"name": "ek-ca", "mountPath": "/etc/hostgate/ek-ca", "readOnly": True}],
+        )
+    if stage == "issuer":
+        return (
+            [
+                {"name": "HOSTGATE_ISSUER_CA_CERT", "value": "/etc/hostgate/issuer-ca/ca.crt"},
+                {"name": "HOSTGATE_ISSUER_CA_KEY", "value": "/etc/hostgate/issuer-ca/ca.key"},
+                {"name": "HOSTGATE_ISSUER_CA_PASSPHRASE_FILE",
+                 "value": "/etc/hostgate/issuer-ca-passphrase/passphrase"},
+            ],
+            [
+                _secret_volume("issuer-ca", "hostgate-issuer-ca"),
+                _secret_volume("issuer-ca-passphrase", "hostgate-issuer-ca-passphrase"),
+            ],
+            [
+                {"name": "issuer-ca", "mountPath": "/etc/hostgate/issuer-ca", "readOnly": True},
+                {"name": "issuer-ca-passphrase", "mountPath": "/etc/hostgate/issuer-ca-passphrase",
+                 "readOnly": True},
+            ],
+        )
+    return [], [], []
+
+
+def deployment(stage: str) -> dict[str, Any]:
+    cpu_req, cpu_lim, mem_req, mem_lim = RESOURCES[stage]
+    extra_env, extra_vols, extra_mounts = _stage_mounts(stage)
+    env = [
+        {"name": "HOSTGATE_BOOTSTRAP", "value": BOOTSTRAP},
+        {"name": "HOSTGATE_GROUP", "value": group_id(stage)},
+        {"name": "HOSTGATE_HTTP_PORT", "value": str(HTTP_PORT)},
+        {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
+        {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
+        {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
+        {"name": "HOSTGATE_KAFKA_SSL_KEYFILE", "value": "/etc/hostgate/kafka-user/user.key"},
+        *extra_env,
+    ]
+    probe = {"port": "http", "scheme": "HTTP"}
+    container = {
+        "name": stage,
+        "image": IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["run", stage],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": env,
+        "startupProbe": {"httpGet": {"path": "/healthz", **probe},
+                         "periodSeconds": 5, "failureThreshold": 60},
+        "livenessProbe": {"httpGet": {"path": "/healthz", **probe},
+                          "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/readyz", **probe},
+                           "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
+        "resources": {"requests": {"cpu": cpu_req, "memory": mem_req},
+                      "limits": {"cpu": cpu_lim, "memory": mem_lim}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "kafka-ca", "mountPath": "/etc/hostgate/kafka-ca", "readOnly": True},
+            {"name": "kafka-user", "mountPath": "/etc/hostgate/kafka-user", "readOnly": True},
+            *extra_mounts,
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"hostgate-{stage}", "labels": _labels(stage)},
+        "spec": {
+            # No ``replicas``: KEDA's HPA owns it (see the ScaledObject).
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": _labels(stage)},
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {
+                    "labels": _labels(stage),
+                    "annotations": {"prometheus.io/scrape": "true",
+                                    "prometheus.io/port": str(HTTP_PORT),
+                                    "prometheus.io/path": "/metrics"},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": UID,
+                                        "runAsGroup": UID, "fsGroup": UID,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "topologySpreadConstraints": [{
+                        "maxSkew": 1,
+                        "topologyKey": "kubernetes.io/hostname",
+                        "whenUnsatisfiable": "ScheduleAnyway",
+                        "labelSelector": {"matchLabels": _labels(stage)},
+                    }],
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                        _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
+                        _secret_volume("kafka-user", f"hostgate-{stage}"),
+                        *extra_vols,
+                    ],
+                },
+            },
+        },
+    }
+
+
+def pod_disruption_budget(stage: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": f"hostgate-{stage}", "labels": _labels(stage)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(stage)}},
+    }
+
+
+def trigger_authentication() -> dict[str, Any]:
+    """KEDA's TLS client identity: its own KafkaUser (Describe only), never a stage's."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": "hostgate-keda-kafka",
+                     "labels": {"app.kubernetes.io/part-of": "hostgate"}},
+        "spec": {"secretTargetRef": [
+            {"parameter": "ca", "name": CLUSTER_CA_SECRET, "key": "ca.crt"},
+            {"parameter": "cert", "name": "hostgate-keda", "key": "user.crt"},
+            {"parameter": "key", "name": "hostgate-keda", "key": "user.key"},
+        ]},
+    }
+
+
+def scaled_object(stage: str, partitions: int) -> dict[str, Any]:
+    """Scale one stage on its consumer group's lag, one trigger per input topic (the HPA takes
+    the largest). Replicas never exceed the partition count (``allowIdleConsumers: "false"``
+    and ``maxReplicaCount``); at least one stays up so challenges are answered promptly."""
+    triggers = [{
+        "type": "kafka",
+        "metadata": {
+            "bootstrapServers": BOOTSTRAP,
+            "consumerGroup": group_id(stage),
+            "topic": topic,
+            "lagThreshold": "200",
+            "activationLagThreshold": "1",
+            "offsetResetPolicy": "earliest",
+            "allowIdleConsumers": "false",
+            "version": KEDA_KAFKA_VERSION,
+            "tls": "enable",
+        },
+        "authenticationRef": {"name": "hostgate-keda-kafka"},
+    } for topic in STAGE_IO[stage].inputs]
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": f"hostgate-{stage}", "labels": _labels(stage)},
+        "spec": {
+            "scaleTargetRef": {"name": f"hostgate-{stage}"},
+            "minReplicaCount": 1,
+            "maxReplicaCount": partitions,
+            "pollingInterval": 15,
+            "cooldownPeriod": 300,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                # Every scale step rebalances the group: grow fast, shrink slowly.
+                "scaleUp": {"stabilizationWindowSeconds": 30,
+                            "policies": [{"type": "Percent", "value": 100,
+                                          "periodSeconds": 60}]},
+                "scaleDown": {"stabilizationWindowSeconds": 300,
+                              "policies": [{"type": "Pods", "value": 1,
+                                            "periodSeconds": 120}]},
+            }}},
+            "triggers": triggers,
+        },
+    }
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+HEADER: Final = (
+    "# GENERATED by deploy/k8s/generate.py from services/runtime/topics.py - do not edit.\n"
+    "# Regenerate with: python deploy/k8s/generate.py\n"
+)
+
+
+def dump_all(docs: Iterable[Mapping[str, Any]]) -> str:
+    body = yaml.safe_dump_all(list(docs), sort_keys=False, default_flow_style=False, width=100,
+                              explicit_start=True)
+    return HEADER + body
+
+
+def render(partitions: int = DEFAULT_PARTITIONS, replicas: int = REPLICAS) -> dict[str, str]:
+    """File name (relative to ``deploy/k8s/generated``) -> YAML text."""
+    specs = production_topics()
+    check_io(specs)
+    stage_docs: list[dict[str, Any]] = [trigger_authentication()]
+    for stage in STAGES:
+        stage_docs += [deployment(stage), pod_disruption_budget(stage),
+                       scaled_object(stage, partitions)]
+    return {
+        "topics.yaml": dump_all(kafka_topic(s, partitions, replicas) for s in specs),
+        "users.yaml": dump_all(users()),
+        "stages.yaml": dump_all(stage_docs),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Generate deploy/k8s/generated/*.yaml from services/runtime/topics.py.")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if a committed file differs")
+    args = parser.parse_args(argv)
+    try:
+        files = render()
+    except GenerateError as exc:
+        print(f"generate.py: {exc}", file=sys.stderr)
+        return 2
+    stale = [name for name, text in files.items()
+             if not (OUT_DIR / name).is_file() or (OUT_DIR / name).read_text() != text]
+    if args.check:
+        for name in stale:
+            print(f"stale: deploy/k8s/generated/{name} (run python deploy/k8s/generate.py)",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    OUT_DIR.mkdir(exist_ok=True)
+    for name in stale:
+        (OUT_DIR / name).write_text(files[name])
+        print(f"wrote deploy/k8s/generated/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
