@@ -3,12 +3,12 @@
 # Waits for the dpkg lock instead of failing when another apt run holds it.
 set -euo pipefail
 
-PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc openjdk-17-jre-headless maven)
+PACKAGES=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc openjdk-17-jre-headless maven softhsm2)
 # Commands that prove a package is present; cheaper and more robust than dpkg queries
 # when Java/Maven came from somewhere other than Debian.
 declare -A PROBE=(
   [swtpm]=swtpm [swtpm-tools]=swtpm_setup [tpm2-tools]=tpm2_eventlog [gcc]=gcc
-  [openjdk-17-jre-headless]=java [maven]=mvn [pkg-config]=pkg-config
+  [openjdk-17-jre-headless]=java [maven]=mvn [pkg-config]=pkg-config [softhsm2]=softhsm2-util
 )
 
 missing=()
