@@ -1,0 +1,303 @@
+"""``hostgate incidents ...``: read incidents and work them (acknowledge, root cause, remediate,
+close).
+
+Read commands (``list``, ``show``, ``tail``) read ``attest.incidents.v1`` with a read_committed
+consumer that joins no group and commits nothing. Write commands publish one
+``RemediationCommand`` to ``attest.remediation.v1`` keyed by the incident's host (looked up on
+``attest.incidents.v1`` unless ``--host`` is given); the incidents stage applies it or publishes
+a ``RemediationRejected`` record saying why not, which ``show`` and ``tail`` display.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from services.errors import HostgateError
+from services.incidents.stage import IncidentsTopics
+
+ACTIONS = {"ack": "ACKNOWLEDGE", "root-cause": "ROOT_CAUSE", "remediate": "REMEDIATE",
+           "close": "CLOSE"}
+
+
+class IncidentNotFound(HostgateError):
+    """No record on the incidents topic names that incident."""
+
+
+class BrokerUnavailable(HostgateError):
+    """The Kafka broker could not be reached."""
+
+    retriable = True
+
+
+def _topics(args: argparse.Namespace) -> IncidentsTopics:
+    return IncidentsTopics(args.topic_prefix)
+
+
+def _plain(value: Any) -> Any:
+    """A decoded Avro value as JSON-friendly data (bytes as hex, times as RFC 3339)."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (none if it does not exist)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (doc,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(int(p["partition"]) for p in doc.get("partitions") or [])
+
+
+async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of ``topic`` up to its end now, decoded, oldest first per
+    partition (each with ``_subject`` and ``_coordinates``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    from services.runtime.codec import Codec
+
+    codec = Codec.load()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                                enable_auto_commit=False, group_id=None)
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise BrokerUnavailable(f"no Kafka broker at {bootstrap}: {exc}") from exc
+    try:
+        parts = await _partitions(bootstrap, topic)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, records in batch.items():
+                for rec in records:
+                    if rec.offset >= end[tp] or rec.value is None:
+                        continue
+                    try:
+                        decoded = codec.decode(rec.value)
+                    except HostgateError:
+                        continue
+                    row = dict(decoded.record)
+                    row["_subject"] = decoded.subject
+                    row["_coordinates"] = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+                    out.append(row)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def _summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Latest lifecycle event per incident."""
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row["_subject"] == "hostgate.IncidentEvent":
+            latest[row["incident_id"]] = row
+    return latest
+
+
+def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(_plain(data), indent=2, sort_keys=True))
+    else:
+        print("\n".join(lines) if lines else "(none)")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = asyncio.run(_read_all(args.bootstrap, _topics(args).incidents))
+    incs = [r for r in _summaries(rows).values() if args.all or r["status"] != "CLOSED"]
+    lines = [f"{r['incident_id']}  {r['host_id']:<24} {r['status']:<13} "
+             f"occurrences={r['occurrences']}  opened={_plain(r['opened_at'])}" for r in incs]
+    _print(args, [{k: v for k, v in r.items() if not k.startswith("_")} for r in incs], lines)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    rows = [r for r in asyncio.run(_read_all(args.bootstrap, _topics(args).incidents))
+            if r["incident_id"] == args.incident_id]
+    if not rows:
+        raise IncidentNotFound(f"no incident {args.incident_id} on {_topics(args).incidents}")
+    lines = []
+    for r in rows:
+        if r["_subject"] == "hostgate.IncidentEvent":
+            lines.append(f"{_plain(r['occurred_at'])}  {r['event']:<12} -> {r['status']:<12} "
+                         f"by {r['actor']}: {r['note']}")
+        else:
+            lines.append(f"{_plain(r['rejected_at'])}  REJECTED {r['action']} by {r['actor']}: "
+                         f"{r['reason']} ({r['detail']})")
+    _print(args, rows, lines)
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    async def follow() -> int:
+        from aiokafka import AIOKafkaConsumer
+
+        from services.runtime.codec import Codec
+
+        codec = Codec.load()
+        consumer = AIOKafkaConsumer(_topics(args).incidents, bootstrap_servers=args.bootstrap,
+                                    group_id=None, isolation_level="read_committed",
+                                    enable_auto_commit=False,
+                                    auto_offset_reset="earliest" if args.from_beginning
+                                    else "latest")
+        await consumer.start()
+        seen = 0
+        stop_at = time.monotonic() + args.timeout if args.timeout else None
+        try:
+            while args.max == 0 or seen < args.max:
+                if stop_at is not None and time.monotonic() > stop_at:
+                    break
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    for rec in records:
+                        if rec.value is None:
+                            continue
+                        decoded = codec.decode(rec.value)
+                        row = {"_subject": decoded.subject, **decoded.record}
+                        print(json.dumps(_plain(row), sort_keys=True) if args.json else
+                              f"{decoded.subject.split('.')[-1]} "
+                              f"{json.dumps(_plain(dict(decoded.record)), sort_keys=True)}",
+                              flush=True)
+                        seen += 1
+        finally:
+            await consumer.stop()
+        return 0
+
+    return asyncio.run(follow())
+
+
+async def _publish(bootstrap: str, topic: str, key: str, value: bytes) -> None:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                                acks="all")
+    try:
+        await producer.start()
+        await producer.send_and_wait(topic, value, key=key.encode("utf-8"))
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"could not publish to {topic} at {bootstrap}: {exc}") from exc
+    finally:
+        await producer.stop()
+
+
+def _cmd_write(args: argparse.Namespace) -> int:
+    from services.runtime.codec import Codec
+
+    topics = _topics(args)
+    host = args.host
+    if host is None:
+        rows = asyncio.run(_read_all(args.bootstrap, topics.incidents))
+        hosts = {r["host_id"] for r in rows if r["incident_id"] == args.incident_id}
+        if len(hosts) != 1:
+            raise IncidentNotFound(f"no incident {args.incident_id} on {topics.incidents} "
+                                   "(give --host if it is too new to be there)")
+        host = hosts.pop()
+    record = {"command_id": f"cli-{uuid.uuid4()}", "incident_id": args.incident_id,
+              "host_id": host, "action": ACTIONS[args.incidents_cmd], "actor": args.actor,
+              "reason": args.reason, "issued_at": int(time.time() * 1000)}
+    value = Codec.load().encode("hostgate.RemediationCommand", record)
+    asyncio.run(_publish(args.bootstrap, topics.remediation, host, value))
+    summary = {k: record[k] for k in ("command_id", "incident_id", "host_id", "action")}
+    _print(args, summary, [f"published {record['action']} {record['command_id']} for "
+                           f"{args.incident_id} (host {host}); the stage's answer appears in "
+                           f"`hostgate incidents show {args.incident_id}`"])
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``hostgate incidents``."""
+    p = subparsers.add_parser(
+        "incidents", help="list, inspect and work attestation incidents",
+        description="Incidents are opened by the incidents stage when a host fails attestation "
+                    "(one per host; repeated failures add occurrences). Work them through "
+                    "OPEN -> ACKNOWLEDGED -> ROOT_CAUSED -> REMEDIATED -> CLOSED.")
+    sub = p.add_subparsers(dest="incidents_cmd", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP",
+                                                              "127.0.0.1:19092"),
+                        help="Kafka bootstrap servers [HOSTGATE_BOOTSTRAP]")
+        sp.add_argument("--topic-prefix",
+                        default=os.environ.get("HOSTGATE_INCIDENTS_TOPIC_PREFIX", ""),
+                        help="prefix of the incidents topics [HOSTGATE_INCIDENTS_TOPIC_PREFIX]")
+        sp.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = sub.add_parser("list", help="incidents not yet closed (latest event of each)")
+    sp.add_argument("--all", action="store_true", help="include closed incidents")
+    common(sp)
+    sp.set_defaults(func=_cmd_list)
+    sp = sub.add_parser("show", help="every event and refused command of one incident")
+    sp.add_argument("incident_id")
+    common(sp)
+    sp.set_defaults(func=_cmd_show)
+    sp = sub.add_parser("tail", help="follow attest.incidents.v1 and print each record")
+    sp.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
+    sp.add_argument("--max", type=int, default=0, help="stop after N records (0: never)")
+    sp.add_argument("--timeout", type=float, default=0, help="stop after S seconds (0: never)")
+    common(sp)
+    sp.set_defaults(func=_cmd_tail)
+    helps = {"ack": "acknowledge (take) an OPEN incident",
+             "root-cause": "record the root cause (--reason) of an ACKNOWLEDGED incident",
+             "remediate": "mark a ROOT_CAUSED incident's host remediated",
+             "close": "close a REMEDIATED incident after the post-mortem"}
+    for name, text in helps.items():
+        sp = sub.add_parser(name, help=text, description=text + ". Publishes a "
+                            "RemediationCommand; an invalid step is refused by the stage "
+                            "with a RemediationRejected record.")
+        sp.add_argument("incident_id")
+        sp.add_argument("--actor", required=True, help="who you are (recorded on the incident)")
+        sp.add_argument("--reason", required=True,
+                        help="why; for root-cause, the root cause itself")
+        sp.add_argument("--host", help="the incident's host (default: looked up)")
+        common(sp)
+        sp.set_defaults(func=_cmd_write)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``hostgate incidents ...`` on its own (``python -m services.incidents.cli``), the way
+    the root CLI does: a ``HostgateError`` is one line on stderr and exit status 2."""
+    import sys
+
+    parser = argparse.ArgumentParser(prog="hostgate")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except HostgateError as exc:
+        print(f"hostgate: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""Prometheus metrics and the /healthz /readyz /metrics HTTP endpoint of one worker.
+
+Each worker has its own ``CollectorRegistry`` (no global state, so tests can run several workers
+in one process). The HTTP server is a deliberately tiny asyncio server: GET only, request line
+and headers bounded, one response per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MAX_REQUEST_BYTES: Final = 8192
+REQUEST_TIMEOUT_S: Final = 5.0
+
+
+class WorkerMetrics:
+    """The metrics every stage exports (label ``stage`` on all of them)."""
+
+    def __init__(self, stage: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.stage = stage
+        self.records_in = Counter("hostgate_records_in", "Input records processed (committed)",
+                                  ["stage"], registry=r)
+        self.records_out = Counter("hostgate_records_out", "Output records committed",
+                                   ["stage"], registry=r)
+        self.dlq = Counter("hostgate_dlq_records", "Records sent to the DLQ (committed)",
+                           ["stage", "reason"], registry=r)
+        self.errors = Counter("hostgate_errors", "Transactions that failed and were retried",
+                              ["stage", "kind"], registry=r)
+        self.batch_latency = Histogram(
+            "hostgate_batch_seconds", "Time to plan and commit one transaction", ["stage"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r)
+        self.lag = Gauge("hostgate_consumer_lag", "Records between position and the last stable "
+                         "offset", ["stage", "topic", "partition"], registry=r)
+        self.tasks = Gauge("hostgate_tasks", "Tasks (input partitions) this worker runs",
+                           ["stage"], registry=r)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+
+class HealthServer:
+    """Serves ``/healthz`` (the loop is alive), ``/readyz`` (the worker is processing) and
+    ``/metrics``. ``port=0`` in the config means no server; here port 0 asks the OS for one."""
+
+    def __init__(self, metrics: WorkerMetrics, ready: Callable[[], bool],
+                 heartbeat: Callable[[], float], *, stale_after_s: float = 60.0) -> None:
+        self._metrics = metrics
+        self._ready = ready
+        self._heartbeat = heartbeat
+        self._stale_after_s = stale_after_s
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        self._server = await asyncio.start_server(self._handle, host, port,
+                                                  limit=MAX_REQUEST_BYTES)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _route(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/healthz":
+            alive = time.monotonic() - self._heartbeat() < self._stale_after_s
+            return (200, "text/plain", b"ok\n") if alive else (503, "text/plain", b"stale\n")
+        if path == "/readyz":
+            return (200, "text/plain", b"ready\n") if self._ready() else (
+                503, "text/plain", b"not ready\n")
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, self._metrics.render()
+        return 404, "text/plain", b"not found\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+            parts = head.split(b"\r\n", 1)[0].split(b" ")
+            if len(parts) != 3 or parts[0] != b"GET":
+                status, ctype, body = 405, "text/plain", b"GET only\n"
+            else:
+                status, ctype, body = self._route(parts[1].decode("ascii", "replace"))
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
+                ConnectionError):
+            writer.close()
+            return
+        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
+                  503: "Service Unavailable"}[status]
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()

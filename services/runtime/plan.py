@@ -1,0 +1,187 @@
+"""Decision assembly: raw Kafka records in, the records one transaction must write out.
+
+Pure (no Kafka client, no clock, no I/O): the worker hands it the records it fetched for one
+task and the task's state; it returns a ``BatchPlan`` the worker sends in one transaction. Every
+input record ends in exactly one of three places, never nowhere:
+
+1. ``decide`` succeeded: its outputs (with an ``hg-id`` header) and its state changes (as
+   changelog records, on the task's own changelog partition);
+2. ``decide`` raised and the stage's ``on_error`` policy returned a decision: that decision;
+3. the record could not be decoded, or ``decide``/``on_error``/encoding the result failed: one
+   DLQ record with the original key, value and headers plus the failure context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from services.runtime.dlq import REASON_DECODE, REASON_STAGE_ERROR, Failure, dlq_headers
+from services.runtime.stage import (
+    Coordinates,
+    Decision,
+    Headers,
+    InputRecord,
+    OverlayState,
+    Stage,
+)
+
+H_ID: Final = "hg-id"
+"""Header carrying an output's deterministic id."""
+H_STAGE: Final = "hg-stage"
+"""Header naming the stage that wrote an output."""
+
+
+class DecodedLike(Protocol):
+    """What ``plan_batch`` needs from ``services.runtime.codec.Decoded``."""
+
+    @property
+    def subject(self) -> str: ...
+    @property
+    def record(self) -> dict[str, Any]: ...
+
+
+class CodecLike(Protocol):
+    """The part of ``services.runtime.codec.Codec`` the planner uses."""
+
+    def encode(self, subject: str, record: Mapping[str, Any]) -> bytes: ...
+    def decode(self, data: bytes, *, expected: Any = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A fetched Kafka record, bytes untouched (untrusted)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+    @property
+    def coordinates(self) -> Coordinates:
+        return Coordinates(self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class OutRecord:
+    """A record to produce. ``partition`` None: the producer's partitioner picks (by key)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    partition: int | None = None
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """What happened to one input, for the decision's log event and the metrics."""
+
+    coordinates: Coordinates
+    key: str | None
+    result: str  # "ok" | "on-error" | "dlq"
+    outputs: int
+    facts: Mapping[str, str | int | bool] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class BatchPlan:
+    """Everything one transaction writes, in order, plus the outcome per input record."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    outcomes: list[RecordOutcome] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    """(topic, partition) -> offset of the last planned record + 1 (what to commit)."""
+
+    @property
+    def dlq_count(self) -> int:
+        return sum(1 for o in self.outcomes if o.result == "dlq")
+
+
+class StageOutputError(Exception):
+    """A decision that cannot be written (unknown table, undeclared subject...): a stage bug."""
+
+
+def _decode_key(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode("utf-8")  # UnicodeDecodeError -> DLQ
+
+
+def _decision_records(
+    stage: Stage, codec: CodecLike, decision: Decision, task_partition: int
+) -> list[OutRecord]:
+    """Encode a decision's outputs and state changes; raises on anything unwritable."""
+    out: list[OutRecord] = []
+    for o in decision.outputs:
+        headers = (*o.headers, (H_ID, o.id.encode("utf-8")), (H_STAGE, stage.name.encode()))
+        out.append(OutRecord(o.topic, o.key.encode("utf-8"),
+                             codec.encode(o.subject, o.record), headers))
+    for upd in decision.state_updates:
+        if upd.table not in stage.tables:
+            raise StageOutputError(f"stage {stage.name!r} has no state table {upd.table!r}")
+        value = None if upd.value is None else codec.encode(stage.tables[upd.table], upd.value)
+        out.append(OutRecord(stage.changelog_of(upd.table), upd.key.encode("utf-8"), value,
+                             (), partition=task_partition))
+    return out
+
+
+def plan_batch(
+    stage: Stage,
+    codec: CodecLike,
+    raw_records: Sequence[RawRecord],
+    state: OverlayState,
+    *,
+    group: str,
+    task_partition: int,
+) -> BatchPlan:
+    """Plan one transaction for one task. ``state`` collects the batch's pending updates so later
+    records in the batch see earlier ones; the caller commits or discards them."""
+    plan = BatchPlan()
+    for raw in raw_records:
+        plan.next_offsets[(raw.topic, raw.partition)] = raw.offset + 1
+        try:
+            if raw.value is None:
+                raise ValueError("record has no value (null)")
+            decoded = codec.decode(raw.value, expected=stage.input_subjects)
+            key = _decode_key(raw.key)
+        except Exception as exc:  # codec errors, bad UTF-8 keys: all undecodable
+            _to_dlq(plan, stage, raw, group, Failure(REASON_DECODE, exc))
+            continue
+        inp = InputRecord(key, decoded.subject, decoded.record, raw.coordinates,
+                          raw.timestamp_ms, raw.headers)
+        result = "ok"
+        try:
+            decision = stage.decide(inp, state)
+            records = _decision_records(stage, codec, decision, task_partition)
+        except Exception as exc:
+            if stage.on_error is None:
+                _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc), key)
+                continue
+            try:
+                decision = stage.on_error(inp, exc)
+                records = _decision_records(stage, codec, decision, task_partition)
+            except Exception as exc2:
+                _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc2), key)
+                continue
+            result = "on-error"
+        state.apply(decision.state_updates)
+        plan.records.extend(records)
+        plan.outcomes.append(RecordOutcome(raw.coordinates, key, result,
+                                           len(decision.outputs), decision.log))
+    return plan
+
+
+def _to_dlq(plan: BatchPlan, stage: Stage, raw: RawRecord, group: str, failure: Failure,
+            key: str | None = None) -> None:
+    headers = dlq_headers(raw.headers, stage=stage.name, group=group,
+                          coordinates=raw.coordinates, timestamp_ms=raw.timestamp_ms,
+                          failure=failure)
+    plan.records.append(OutRecord(stage.dlq, raw.key, raw.value, headers))
+    exc = failure.exception
+    plan.outcomes.append(RecordOutcome(raw.coordinates, key, "dlq", 0,
+                                       {"dlq_reason": failure.reason},
+                                       error=f"{type(exc).__name__}"))

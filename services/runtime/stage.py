@@ -1,0 +1,199 @@
+"""The contract between a stage's pure core and the runtime shell.
+
+A stage is a value (``Stage``) holding a pure function ``decide(inp, state) -> Decision``. The
+core never imports Kafka: it sees an ``InputRecord`` (already decoded, with the coordinates it
+came from) and a read-only ``StateView``, and returns a ``Decision`` describing outputs and state
+changes. The shell (``services.runtime.worker``) is the only code that talks to Kafka; it turns
+decisions into one transaction per batch.
+
+Nothing here is trusted more than the bytes it came from: ``InputRecord.record`` only passed the
+codec's schema check, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.runtime.topics import changelog_topic, dlq_topic
+
+Headers = tuple[tuple[str, bytes], ...]
+"""Kafka record headers, in order; names may repeat (Kafka allows it; the last one wins)."""
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    """Where a Kafka record lives: enough to fetch it again."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One decoded input record as a stage sees it (schema-checked, otherwise untrusted)."""
+
+    key: str | None
+    subject: str
+    record: Mapping[str, Any]
+    coordinates: Coordinates
+    timestamp_ms: int
+    headers: Headers = ()
+
+
+class StateView(Protocol):
+    """Read-only lookups in the stage's state tables (values are decoded Avro records)."""
+
+    def get(self, table: str, key: str) -> Mapping[str, Any] | None:
+        """The current value of ``key`` in ``table``, or None if absent or deleted."""
+        ...
+
+
+@dataclass(frozen=True)
+class Output:
+    """One record to produce. ``id`` is deterministic, derived from the input (the runtime
+    puts it in the ``hg-id`` header so any consumer can de-duplicate)."""
+
+    topic: str
+    key: str
+    subject: str
+    record: Mapping[str, Any]
+    id: str
+    headers: Headers = ()
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """Set (``value``) or delete (``value=None``, a tombstone) one key of one state table."""
+
+    table: str
+    key: str
+    value: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a stage decided for one input: records to produce and state to change."""
+
+    outputs: tuple[Output, ...] = ()
+    state_updates: tuple[StateUpdate, ...] = ()
+    log: Mapping[str, str | int | bool] = field(default_factory=dict)
+    """A few non-secret facts for the decision's log event (e.g. a verdict, a reason id)."""
+
+
+Decide = Callable[[InputRecord, StateView], Decision]
+OnError = Callable[[InputRecord, Exception], Decision]
+Reduce = Callable[[Mapping[str, Any] | None, Mapping[str, Any] | None], Mapping[str, Any] | None]
+"""``(current, incoming) -> kept`` for one key of a global table (None = absent/tombstone)."""
+
+
+def last_write_wins(current: Mapping[str, Any] | None,
+                    incoming: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The default reduce of a global table: the newest record of a key replaces the old one."""
+    return incoming
+
+
+@dataclass(frozen=True)
+class GlobalTableSpec:
+    """A read-only table every worker of a stage holds in full, whatever partitions it owns.
+
+    The runtime (``services.runtime.globaltable``) reads all partitions of ``topic`` (compacted,
+    read_committed, no consumer group) to its end before the worker processes anything, then
+    keeps following it. ``decide`` reads it through the ``StateView`` under its table name.
+    Values are records of ``subject``; ``reduce`` folds each new record of a key into the kept
+    one (e.g. keep the highest version).
+    """
+
+    topic: str
+    subject: str
+    reduce: Reduce = last_write_wins
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage as the runtime runs it.
+
+    ``tables`` maps each state table to the Avro subject of its values. ``on_error`` is the
+    stage's policy for an exception raised by ``decide`` on a *decodable* record: it returns the
+    decision to commit instead (e.g. a failed verdict). Without it, or if it raises too, the
+    record goes to the stage's DLQ with the exception in the headers. Either way the stage keeps
+    going and nothing is silently dropped.
+
+    The input topics, the state changelogs and hence the tasks are co-partitioned: task *p* owns
+    partition *p* of every input topic and of every changelog (see ``services.runtime.worker``).
+    """
+
+    name: str
+    input_topics: tuple[str, ...]
+    input_subjects: frozenset[str]
+    decide: Decide
+    tables: Mapping[str, str] = field(default_factory=dict)
+    on_error: OnError | None = None
+    dlq: str = ""
+    changelogs: Mapping[str, str] = field(default_factory=dict)
+    global_tables: Mapping[str, GlobalTableSpec] = field(default_factory=dict)
+    """Read-only tables over whole compacted topics (see :class:`GlobalTableSpec`)."""
+
+    def __post_init__(self) -> None:
+        if not self.input_topics:
+            raise ValueError(f"stage {self.name!r}: no input topics")
+        clash = set(self.global_tables) & set(self.tables)
+        if clash:
+            raise ValueError(f"stage {self.name!r}: {sorted(clash)} are both state and global "
+                             "tables")
+        if not self.dlq:
+            object.__setattr__(self, "dlq", dlq_topic(self.name))
+        logs = {t: self.changelogs.get(t) or changelog_topic(self.name, t) for t in self.tables}
+        object.__setattr__(self, "changelogs", logs)
+
+    def changelog_of(self, table: str) -> str:
+        """The compacted topic that holds ``table``."""
+        return self.changelogs[table]
+
+
+class StateLookup(Protocol):
+    """One read-only table: ``get(key)`` (a global table's view)."""
+
+    def get(self, key: str) -> Mapping[str, Any] | None: ...
+
+
+class OverlayState:
+    """A ``StateView`` over committed state plus the not-yet-committed updates of the current
+    transaction. Pure bookkeeping: the shell merges ``pending`` into the committed tables only
+    after the transaction commits, and throws it away on abort."""
+
+    def __init__(self, committed: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                 global_tables: Mapping[str, StateLookup] | None = None) -> None:
+        self._committed = committed
+        self._global = global_tables or {}
+        self.pending: dict[tuple[str, str], Mapping[str, Any] | None] = {}
+
+    def get(self, table: str, key: str) -> Mapping[str, Any] | None:
+        glob = self._global.get(table)
+        if glob is not None:
+            return glob.get(key)
+        if (table, key) in self.pending:
+            return self.pending[(table, key)]
+        return self._committed.get(table, {}).get(key)
+
+    def apply(self, updates: Sequence[StateUpdate]) -> None:
+        for upd in updates:
+            self.pending[(upd.table, upd.key)] = upd.value
+
+
+def merge_pending(
+    committed: dict[str, dict[str, Mapping[str, Any]]],
+    pending: Mapping[tuple[str, str], Mapping[str, Any] | None],
+) -> None:
+    """Fold a committed transaction's updates into the in-memory tables (deletes remove)."""
+    for (table, key), value in pending.items():
+        rows = committed.setdefault(table, {})
+        if value is None:
+            rows.pop(key, None)
+        else:
+            rows[key] = value

@@ -1,0 +1,527 @@
+"""The worker shell: Kafka consume → ``decide`` → produce, exactly once. The only aiokafka user.
+
+Zombie safety (aiokafka issue 844). aiokafka speaks only the v0 transaction APIs, so
+``send_offsets_to_transaction`` carries no consumer-group generation (no KIP-447 fencing): a
+worker that was evicted from the group (a long GC or a blocked loop — it never saw the
+revocation) could still commit outputs and offsets for partitions that now belong to someone
+else. Draining or aborting in ``on_partitions_revoked`` cannot help there, because such a zombie
+never runs its revoke callback. So we use the EOS-v1 scheme Kafka Streams used before KIP-447:
+**one transactional producer per task**, ``transactional.id = <group>.task-<p>``, created when
+task *p* is assigned and closed when it is revoked. Whoever takes over task *p* calls
+InitProducerId with the same id: the coordinator bumps the epoch, aborts any transaction the old
+owner left open, and from then on every call of the old producer fails with ``ProducerFenced``.
+
+Tasks and co-partitioning. Task *p* owns partition *p* of every input topic and of every state
+changelog (the Range assignor with equal partition counts gives every member the same partition
+numbers of every topic; the worker checks the counts at start). A task writes its state only to
+changelog partition *p*, so the state a task needs is exactly its own changelog partitions, and
+only one transactional id ever writes each of them. On assignment the task restores only those
+partitions (read_committed, up to the last stable offset), then seeks its inputs to the committed
+offsets — after InitProducerId, so nothing of a previous owner is still pending.
+
+The commit path of one transaction (``_transact``), in order:
+
+1. ``begin_transaction`` on the task's producer;
+2. plan records in chunks (``plan.plan_batch``: decode, decide, encode; DLQ what fails) and
+   ``send`` each chunk's outputs, changelog writes and DLQ records; stop taking records once the
+   transaction has been open ``batch_max_ms`` (the rest go in the next transaction);
+3. wait for every send to be acknowledged;
+4. ``send_offsets_to_transaction`` with the next offset of every input partition, one call per
+   transaction (batched: aiokafka bug #1098 hits offsets committed one by one);
+5. ``commit_transaction``;
+6. only then fold the batch's state updates into the in-memory tables, count metrics and log
+   one ``decision`` event per input record.
+
+On any failure in steps 1 to 5 the task is reset: its producer is dropped (the next InitProducerId with the
+same id aborts whatever it left open — no need to trust an ``abort`` on a broken connection), a
+new producer is started, the state is restored from the changelog and the inputs are rewound to
+the committed offsets (aiokafka does not rewind after an abort). A reset that fails (broker down)
+is retried with back-off while the task's partitions are paused. ``ProducerFenced`` means another
+worker owns the task: back off for two session timeouts, by when the group has moved on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from services.errors import ConfigError, HostgateError
+from services.runtime.codec import Codec
+from services.runtime.config import WorkerConfig
+from services.runtime.logging import get_logger
+from services.runtime.metrics import WorkerMetrics
+from services.runtime.plan import BatchPlan, RawRecord, plan_batch
+from services.runtime.stage import OverlayState, Stage, merge_pending
+
+PLAN_CHUNK = 64
+"""Records planned between two checks of the transaction's age."""
+RESTORE_TIMEOUT_S = 120.0
+PRODUCER_BATCH_BYTES = 256 * 1024
+"""Producer batch size per partition (aiokafka's 16 KiB default means many small requests)."""
+STOP_TIMEOUT_S = 10.0
+MAX_BACKOFF_S = 10.0
+
+Tables = dict[str, dict[str, Mapping[str, Any]]]
+
+
+class StateRestoreError(HostgateError):
+    """A changelog record could not be read back (fail closed: the task does not start)."""
+
+    retriable = True
+
+
+@dataclass
+class Task:
+    """Task ``partition``: its producer, its committed state, its offsets."""
+
+    partition: int
+    producer: AIOKafkaProducer | None = None
+    tables: Tables = field(default_factory=dict)
+    ready: bool = False
+    failures: int = 0
+    retry_at: float = 0.0
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs one stage until ``stop`` is set. See the module docstring for the guarantees."""
+
+    def __init__(self, stage: Stage, config: WorkerConfig, codec: Codec,
+                 metrics: WorkerMetrics | None = None) -> None:
+        self.stage = stage
+        self.config = config
+        self.codec = codec
+        self.metrics = metrics or WorkerMetrics(stage.name)
+        self.log = get_logger(stage=stage.name, group=config.group)
+        self.tasks: dict[int, Task] = {}
+        self.heartbeat = time.monotonic()
+        self.started = False
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._restorer: AIOKafkaConsumer | None = None
+        self._plain_producer: AIOKafkaProducer | None = None
+
+    # -- readiness --------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Joined and every assigned task restored and running."""
+        return self.started and all(t.ready for t in self.tasks.values())
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume, decide and commit until ``stop`` is set; then commit nothing half-done,
+        leave the group and close every producer. An unreachable broker at start is waited
+        for (with back-off), not fatal."""
+        try:
+            backoff = 0.5
+            while not stop.is_set():
+                try:
+                    await self._connect()
+                    break
+                except (KafkaError, OSError, TimeoutError) as exc:
+                    await self._disconnect()
+                    self.log.warning("broker.unavailable", error=type(exc).__name__,
+                                     detail=str(exc)[:300], retry_in_s=backoff)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
+                    backoff = min(MAX_BACKOFF_S, backoff * 2)
+            if stop.is_set():
+                return
+            assert self._consumer is not None
+            self._consumer.subscribe(list(self.stage.input_topics), listener=self)
+            self.started = True
+            self.log.info("worker.started", inputs=list(self.stage.input_topics),
+                          exactly_once=self.config.exactly_once)
+            while not stop.is_set():
+                await self._poll_once()
+        finally:
+            await self._shutdown()
+
+    async def _connect(self) -> None:
+        cfg = self.config
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=cfg.group,
+            group_instance_id=cfg.instance_id,
+            client_id=f"{cfg.group}.consumer",
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=cfg.batch_max_records,
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=max(300, cfg.session_timeout_ms // 4),
+            rebalance_timeout_ms=max(cfg.session_timeout_ms, 3 * cfg.batch_max_ms + 10_000),
+        )
+        self._restorer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap, group_id=None, enable_auto_commit=False,
+            isolation_level="read_committed", client_id=f"{cfg.group}.restore",
+        )
+        await self._consumer.start()
+        await self._restorer.start()
+        if not cfg.exactly_once:
+            self._plain_producer = AIOKafkaProducer(
+                bootstrap_servers=cfg.bootstrap, enable_idempotence=True, acks="all",
+                client_id=f"{cfg.group}.producer", linger_ms=5,
+                max_batch_size=PRODUCER_BATCH_BYTES)
+            await self._plain_producer.start()
+        await self._check_copartitioned()
+
+    async def _disconnect(self) -> None:
+        for client in (self._consumer, self._restorer, self._plain_producer):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.stop(), STOP_TIMEOUT_S)
+        self._consumer = self._restorer = self._plain_producer = None
+
+    async def _shutdown(self) -> None:
+        self.started = False
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._consumer.stop(), STOP_TIMEOUT_S)
+        async with self._lock:
+            for task in list(self.tasks.values()):
+                await self._close_producer(task)
+            self.tasks.clear()
+        await self._disconnect()
+        self.log.info("worker.stopped")
+
+    async def _check_copartitioned(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        topics = [*self.stage.input_topics, *self.stage.changelogs.values()]
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap,
+                                    client_id=f"{self.config.group}.admin")
+        await admin.start()
+        try:
+            described = await admin.describe_topics(topics)
+        finally:
+            await admin.close()
+        counts: dict[str, int] = {}
+        for doc in described:
+            if doc.get("error_code") or not doc.get("partitions"):
+                raise ConfigError(f"stage {self.stage.name}: topic {doc.get('topic')!r} does "
+                                  "not exist (run `hostgate topics ensure`)")
+            counts[str(doc["topic"])] = len(doc["partitions"])
+        if len(set(counts.values())) > 1:
+            raise ConfigError(
+                f"stage {self.stage.name}: inputs and state changelogs must be co-partitioned "
+                f"(same partition count), found {counts}")
+
+    # -- rebalance listener (aiokafka awaits these before it rejoins / returns records) ----
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self._lock:  # waits for the batch in flight to commit
+            for p in sorted({tp.partition for tp in revoked}):
+                task = self.tasks.pop(p, None)
+                if task is not None:
+                    await self._close_producer(task)
+            self.metrics.tasks.labels(self.stage.name).set(len(self.tasks))
+            self.log.info("tasks.revoked", partitions=sorted({tp.partition for tp in revoked}))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        async with self._lock:
+            parts = sorted({tp.partition for tp in assigned})
+            for p in parts:
+                self.tasks.setdefault(p, Task(p))
+            self.metrics.tasks.labels(self.stage.name).set(len(self.tasks))
+            await self._init_tasks([self.tasks[p] for p in parts])
+            self.log.info("tasks.assigned", partitions=parts,
+                          ready=[p for p in parts if self.tasks[p].ready])
+
+    # -- task initialisation ----------------------------------------------------------------
+
+    def _input_tps(self, partition: int) -> list[TopicPartition]:
+        return [TopicPartition(t, partition) for t in self.stage.input_topics]
+
+    async def _init_tasks(self, tasks: Sequence[Task]) -> None:
+        """Producer (fences the previous owner), state, input positions. Caller holds the lock."""
+        if not tasks:
+            return
+        assert self._consumer is not None
+        try:
+            if self.config.exactly_once:
+                await asyncio.gather(*(self._new_producer(t) for t in tasks))
+            restored = await self._restore([t.partition for t in tasks])
+            for task in tasks:
+                task.tables = restored[task.partition]
+                await self._rewind(task)
+                task.ready, task.failures = True, 0
+                self._consumer.resume(*self._input_tps(task.partition))
+        except (KafkaError, HostgateError, OSError, TimeoutError) as exc:
+            for task in tasks:
+                if not task.ready:
+                    self._mark_broken(task, exc)
+
+    async def _new_producer(self, task: Task) -> None:
+        await self._close_producer(task)
+        cfg = self.config
+        producer = AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap,
+            transactional_id=cfg.transactional_id(task.partition),
+            transaction_timeout_ms=cfg.txn_timeout_ms,
+            client_id=f"{cfg.transactional_id(task.partition)}",
+            linger_ms=5,
+            max_batch_size=PRODUCER_BATCH_BYTES,
+        )
+        try:
+            await producer.start()  # InitProducerId: bump the epoch, abort what was left open
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), STOP_TIMEOUT_S)
+            raise
+        task.producer = producer
+
+    async def _close_producer(self, task: Task) -> None:
+        producer, task.producer, task.ready = task.producer, None, False
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), STOP_TIMEOUT_S)
+
+    async def _rewind(self, task: Task) -> None:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        for tp in self._input_tps(task.partition):
+            if tp not in assigned:
+                continue
+            offset = await self._consumer.committed(tp)
+            if offset is None:
+                await self._consumer.seek_to_beginning(tp)
+                task.committed.pop((tp.topic, tp.partition), None)
+            else:
+                self._consumer.seek(tp, offset)
+                task.committed[(tp.topic, tp.partition)] = offset
+
+    async def _restore(self, partitions: Sequence[int]) -> dict[int, Tables]:
+        """Read each task's changelog partitions from the start up to the last stable offset."""
+        assert self._restorer is not None
+        result: dict[int, Tables] = {p: {t: {} for t in self.stage.tables} for p in partitions}
+        topic_table = {self.stage.changelog_of(t): t for t in self.stage.tables}
+        tps = [TopicPartition(topic, p) for topic in topic_table for p in partitions]
+        if not tps:
+            return result
+        r = self._restorer
+        r.assign(tps)
+        await r.seek_to_beginning(*tps)
+        ends = await r.end_offsets(tps)
+        deadline = time.monotonic() + RESTORE_TIMEOUT_S
+        pending = {tp for tp in tps if ends[tp] > 0}
+        count = 0
+        while pending:
+            if time.monotonic() > deadline:
+                raise StateRestoreError(f"restoring {sorted(map(str, pending))} took longer than "
+                                        f"{RESTORE_TIMEOUT_S:.0f}s")
+            batch = await r.getmany(*pending, timeout_ms=500, max_records=5000)
+            for tp, records in batch.items():
+                table = topic_table[tp.topic]
+                rows = result[tp.partition][table]
+                for rec in records:
+                    self._restore_one(rows, table, tp, rec)
+                    count += 1
+            for tp in list(pending):
+                if await r.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        r.assign([])
+        self.log.info("state.restored", partitions=list(partitions), records=count)
+        return result
+
+    def _restore_one(self, rows: dict[str, Mapping[str, Any]], table: str, tp: TopicPartition,
+                     rec: ConsumerRecord[Any, Any]) -> None:
+        where = f"{tp.topic}[{tp.partition}]@{rec.offset}"
+        try:
+            key = bytes(rec.key).decode("utf-8")
+        except (TypeError, UnicodeDecodeError) as exc:
+            raise StateRestoreError(f"{where}: changelog key is not UTF-8 text") from exc
+        if rec.value is None:
+            rows.pop(key, None)
+            return
+        try:
+            decoded = self.codec.decode(rec.value, expected={self.stage.tables[table]})
+        except HostgateError as exc:
+            raise StateRestoreError(f"{where}: changelog value does not decode: {exc}") from exc
+        rows[key] = decoded.record
+
+    def _mark_broken(self, task: Task, exc: BaseException) -> None:
+        assert self._consumer is not None
+        task.ready = False
+        task.failures += 1
+        if isinstance(exc, ProducerFenced):
+            delay = 2 * self.config.session_timeout_ms / 1000
+        else:
+            delay = min(MAX_BACKOFF_S, 0.2 * 2 ** (task.failures - 1))
+        task.retry_at = time.monotonic() + delay
+        tps = [tp for tp in self._input_tps(task.partition) if tp in self._consumer.assignment()]
+        self._consumer.pause(*tps)
+        self.metrics.errors.labels(self.stage.name, type(exc).__name__).inc()
+        self.log.warning("task.broken", partition=task.partition, error=type(exc).__name__,
+                         detail=str(exc)[:300], retry_in_s=round(delay, 2))
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _poll_once(self) -> None:
+        assert self._consumer is not None
+        self.heartbeat = time.monotonic()
+        now = time.monotonic()
+        due = [t for t in self.tasks.values() if not t.ready and t.retry_at <= now]
+        if due:
+            async with self._lock:
+                await self._init_tasks([t for t in due if self.tasks.get(t.partition) is t
+                                        and not t.ready and t.retry_at <= now])
+        snapshot = dict(self.tasks)
+        try:
+            fetched = await self._consumer.getmany(timeout_ms=self.config.poll_timeout_ms,
+                                                   max_records=self.config.batch_max_records)
+        except KafkaError as exc:
+            self.metrics.errors.labels(self.stage.name, type(exc).__name__).inc()
+            self.log.warning("poll.failed", error=type(exc).__name__, detail=str(exc)[:300])
+            await asyncio.sleep(0.5)
+            return
+        if not fetched:
+            self._update_lag()
+            return
+        by_task: dict[int, list[RawRecord]] = defaultdict(list)
+        for tp, records in fetched.items():
+            by_task[tp.partition].extend(_raw(rec) for rec in records)
+        async with self._lock:
+            jobs = []
+            for p, raws in by_task.items():
+                task = self.tasks.get(p)
+                # Records fetched for a task that was replaced or is broken since the poll are
+                # dropped here: its (re)initialisation rewinds to the committed offsets.
+                if task is None or task is not snapshot.get(p) or not task.ready:
+                    continue
+                jobs.append(self._run_task(task, raws))
+            await asyncio.gather(*jobs)
+        self._update_lag()
+
+    async def _run_task(self, task: Task, raws: list[RawRecord]) -> None:
+        start = 0
+        while start < len(raws) and task.ready:
+            t0 = time.monotonic()
+            try:
+                if self.config.exactly_once:
+                    start, plan, pending = await self._transact(task, raws, start)
+                else:
+                    start, plan, pending = await self._at_least_once(task, raws, start)
+            except (KafkaError, HostgateError, OSError, TimeoutError) as exc:
+                self.log.warning("transaction.failed", partition=task.partition,
+                                 error=type(exc).__name__, detail=str(exc)[:300])
+                self._mark_broken(task, exc)
+                await self._close_producer(task)
+                return
+            merge_pending(task.tables, pending)
+            self._account(plan, time.monotonic() - t0)
+
+    async def _transact(self, task: Task, raws: Sequence[RawRecord],
+                        start: int) -> tuple[int, BatchPlan, Any]:
+        """One transaction over ``raws[start:]`` (or the part that fits in ``batch_max_ms``);
+        returns where the next one starts. Steps as in the module docstring."""
+        producer = task.producer
+        assert producer is not None
+        overlay = OverlayState(task.tables)
+        deadline_start = time.monotonic()
+        deadline = deadline_start + self.config.batch_max_ms / 1000
+        total = BatchPlan()
+        futures: list[asyncio.Future[Any]] = []
+        await producer.begin_transaction()  # 1
+        i = start
+        while i < len(raws) and (i == start or time.monotonic() < deadline):  # 2
+            chunk = raws[i:i + PLAN_CHUNK]
+            i += len(chunk)
+            plan = plan_batch(self.stage, self.codec, chunk, overlay, group=self.config.group,
+                              task_partition=task.partition)
+            for rec in plan.records:
+                futures.append(await producer.send(
+                    rec.topic, value=rec.value, key=rec.key, partition=rec.partition,
+                    headers=list(rec.headers)))
+            total.records.extend(plan.records)
+            total.outcomes.extend(plan.outcomes)
+            total.next_offsets.update(plan.next_offsets)
+        t_planned = time.monotonic()
+        await _all_acked(futures)  # 3
+        t_acked = time.monotonic()
+        offsets = {TopicPartition(t, p): o for (t, p), o in total.next_offsets.items()}
+        await producer.send_offsets_to_transaction(offsets, self.config.group)  # 4
+        t_offsets = time.monotonic()
+        await producer.commit_transaction()  # 5
+        t_end = time.monotonic()
+        self.log.debug("transaction.committed", partition=task.partition,
+                       records=len(total.outcomes), plan_send_ms=_ms(t_planned - deadline_start),
+                       acks_ms=_ms(t_acked - t_planned), offsets_ms=_ms(t_offsets - t_acked),
+                       commit_ms=_ms(t_end - t_offsets))
+        task.committed.update(total.next_offsets)  # 6 (the caller merges state)
+        return i, total, overlay.pending
+
+    async def _at_least_once(self, task: Task, raws: Sequence[RawRecord],
+                             start: int) -> tuple[int, BatchPlan, Any]:
+        """Benchmark baseline: same plan, idempotent producer, offsets committed after acks."""
+        assert self._plain_producer is not None and self._consumer is not None
+        overlay = OverlayState(task.tables)
+        plan = plan_batch(self.stage, self.codec, raws[start:], overlay,
+                          group=self.config.group, task_partition=task.partition)
+        futures = [await self._plain_producer.send(
+            r.topic, value=r.value, key=r.key, partition=r.partition, headers=list(r.headers))
+            for r in plan.records]
+        await _all_acked(futures)
+        await self._consumer.commit(
+            {TopicPartition(t, p): o for (t, p), o in plan.next_offsets.items()})
+        task.committed.update(plan.next_offsets)
+        return len(raws), plan, overlay.pending
+
+    # -- accounting -------------------------------------------------------------------------
+
+    def _account(self, plan: BatchPlan, seconds: float) -> None:
+        name = self.stage.name
+        m = self.metrics
+        m.batch_latency.labels(name).observe(seconds)
+        m.records_in.labels(name).inc(len(plan.outcomes))
+        outs = sum(o.outputs for o in plan.outcomes)
+        m.records_out.labels(name).inc(outs)
+        for o in plan.outcomes:
+            c = o.coordinates
+            if o.result == "dlq":
+                m.dlq.labels(name, str(o.facts.get("dlq_reason", "?"))).inc()
+                self.log.warning("decision", key=o.key, topic=c.topic, partition=c.partition,
+                                 offset=c.offset, result=o.result, error=o.error, **o.facts)
+            else:
+                self.log.info("decision", key=o.key, topic=c.topic, partition=c.partition,
+                              offset=c.offset, result=o.result, outputs=o.outputs, **o.facts)
+
+    def _update_lag(self) -> None:
+        assert self._consumer is not None
+        for task in self.tasks.values():
+            for tp in self._input_tps(task.partition):
+                lso = self._consumer.last_stable_offset(tp)
+                done = task.committed.get((tp.topic, tp.partition))
+                if lso is not None and done is not None:
+                    self.metrics.lag.labels(self.stage.name, tp.topic,
+                                            str(tp.partition)).set(max(0, lso - done))
+
+
+async def _all_acked(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait for every send; raise the first failure (retrieving all, so none is left unread)."""
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _raw(rec: ConsumerRecord[Any, Any]) -> RawRecord:
+    headers = tuple((str(k), bytes(v) if v is not None else b"") for k, v in rec.headers or ())
+    return RawRecord(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value,
+                     headers)
