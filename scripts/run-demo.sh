@@ -5,6 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 HG="$VENV/bin/hostgate"
+export HOSTGATE_HOME=${HOSTGATE_HOME:-$PWD/.hostgate}
 
 started_here=0
 if ! "$HG" kafka status --quiet; then

@@ -5,6 +5,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 HG="$VENV/bin/hostgate"
+export HOSTGATE_HOME=${HOSTGATE_HOME:-$PWD/.hostgate}
 export HOSTGATE_CORPUS=${HOSTGATE_CORPUS:-../shared/corpus}
 
 started_here=0

@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                         help="the agent's state file holding its AK (optional)")
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=_agent_status)
+    _register_kafka_commands(agent_sub)
 
     fleet = subparsers.add_parser("fleet", help="simulated hosts with software TPMs",
                                   description="Simulate hosts with swtpm software TPMs.")
@@ -160,4 +161,99 @@ def _fleet_simulate(args: argparse.Namespace) -> int:
     Console().print(table)
     if summary["timings_s"]:
         Console().print(f"timings (s): {summary['timings_s']}")
+    return 0
+
+
+# -- hostgate agent enroll | attest: the Kafka side (services.agent.client) ------------------
+
+def _register_kafka_commands(agent_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``agent enroll`` and ``agent attest`` (talk to the collector over Kafka)."""
+    import socket
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tcti", default=os.environ.get("HOSTGATE_TCTI", "device:/dev/tpmrm0"),
+                       help="TCTI string (default: $HOSTGATE_TCTI or device:/dev/tpmrm0)")
+        p.add_argument("--state-file", type=Path, required=True,
+                       help="the agent's state file holding its AK (TPM-wrapped blobs)")
+        p.add_argument("--host-id", default=os.environ.get("HOSTGATE_HOST_ID",
+                                                           socket.gethostname()),
+                       help="this host's id, the Kafka key (default: $HOSTGATE_HOST_ID or "
+                            "the hostname)")
+        p.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP",
+                                                             "127.0.0.1:19092"),
+                       help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or "
+                            "127.0.0.1:19092)")
+        p.add_argument("--topic-namespace",
+                       default=os.environ.get("HOSTGATE_TOPIC_NAMESPACE", ""),
+                       help="topic prefix of an isolated deployment [HOSTGATE_TOPIC_NAMESPACE]")
+        p.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds to wait for the collector's answer (default 60)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    enroll = agent_sub.add_parser(
+        "enroll", help="create an AK and enrol it with the collector over Kafka",
+        description="Create a new attestation key under the EK (saved in --state-file), send "
+                    "EnrollmentRequested with the EK certificate, activate the collector's "
+                    "MakeCredential challenge in this TPM and send the proof. Running it again "
+                    "rotates the AK (same EK). The collector confirms nothing: a refusal shows "
+                    "on attest.rejections.v1 and the next attest gets no nonce.")
+    common(enroll)
+    enroll.add_argument("--ak-kind", choices=("ecc", "rsa"), default="ecc",
+                        help="AK algorithm (default ecc: P-256 ECDSA)")
+    enroll.set_defaults(func=_agent_enroll)
+
+    attest = agent_sub.add_parser(
+        "attest", help="ask for a nonce, quote, and send the evidence over Kafka",
+        description="Send ChallengeRequested, wait for the NonceIssued, quote the requested "
+                    "PCRs in every active bank with the enrolled AK and send EvidenceSubmitted "
+                    "with the boot log (and the IMA list if given).")
+    common(attest)
+    attest.add_argument("--boot-log", type=Path,
+                        default=Path("/sys/kernel/security/tpm0/binary_bios_measurements"),
+                        help="TCG boot event log (default: the kernel's securityfs copy)")
+    attest.add_argument("--ima-log", type=Path, default=None,
+                        help="IMA binary_runtime_measurements to send (default: none)")
+    attest.set_defaults(func=_agent_attest)
+
+
+def _run_client(args: argparse.Namespace, action: str) -> dict[str, Any]:
+    import asyncio
+    import dataclasses
+
+    from services.agent.client import AgentClient, ClientConfig, TpmHost
+    from services.agent.tpm import AgentTpm
+    from services.collector.config import TopicNames
+
+    config = ClientConfig(args.bootstrap, TopicNames(args.topic_namespace),
+                          timeout_s=args.timeout)
+    with AgentTpm(args.tcti, state_file=args.state_file) as tpm:
+        if action == "enroll":
+            tpm.create_ak(args.ak_kind)
+        host = TpmHost(args.host_id, tpm, boot_log=getattr(args, "boot_log", Path("/dev/null")),
+                       ima_log=getattr(args, "ima_log", None))
+
+        async def go() -> Any:
+            async with AgentClient(host, config) as client:
+                return await (client.enroll() if action == "enroll" else client.attest())
+
+        result = asyncio.run(go())
+    doc = {k: (v.hex() if isinstance(v, bytes) else v)
+           for k, v in dataclasses.asdict(result).items()}
+    return {"host_id": args.host_id, action: doc}
+
+
+def _agent_enroll(args: argparse.Namespace) -> int:
+    doc = _run_client(args, "enroll")
+    print(json.dumps(doc, indent=2) if args.json else
+          f"{args.host_id}: activation proof sent for challenge "
+          f"{doc['enroll']['challenge_id']}")
+    return 0
+
+
+def _agent_attest(args: argparse.Namespace) -> int:
+    doc = _run_client(args, "attest")
+    a = doc["attest"]
+    print(json.dumps(doc, indent=2) if args.json else
+          f"{args.host_id}: evidence {a['evidence_id']} sent for challenge {a['challenge_id']} "
+          f"(partition {a['partition']}, offset {a['offset']})")
     return 0

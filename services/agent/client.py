@@ -1,0 +1,458 @@
+"""The agent's Kafka side: enrol (credential activation) and attest over the pipeline's topics.
+
+``AgentClient(host, config)`` speaks for one host. It publishes to ``attest.requests.v1`` and
+``attest.evidence.v1`` with an idempotent producer (``acks=all``), keyed by the host id, and reads
+``attest.challenges.v1`` (``read_committed``: only what the collector committed) from the one
+partition the default partitioner maps its key to, keeping only records for its host id and
+the request it is waiting for. Before each request it positions the reader at the partition's
+end, so the answer cannot be missed.
+
+* ``enroll()``: ``EnrollmentRequested`` (EK certificate and public, AK public) → waits for the
+  ``ActivationChallenge`` → ``TPM2_ActivateCredential`` in its TPM → ``ActivationProof``. The
+  collector confirms nothing to the host: a failed proof shows on ``attest.rejections.v1`` and
+  the next ``attest()`` gets no nonce.
+* ``attest()``: ``ChallengeRequested`` → waits for ``NonceIssued`` → quotes the requested PCRs in
+  every active bank over the nonce → ``EvidenceSubmitted`` with the boot log and the IMA list.
+
+Retries: starting retries with exponential back-off while the broker is unreachable (up to
+``connect_timeout_s``); sends rely on the idempotent producer's retries; every wait has a
+timeout and raises ``AgentTimeout`` naming what did not arrive.
+
+The host is a ``HostSide``: ``TpmHost`` (a real TPM through ``AgentTpm``) or ``SimulatedHostSide``
+(the fleet simulator). Tamper profiles that work on the *protocol* — which challenge a host
+answers and when — are ``EvidenceHook``s here (``hook_for``): ``replayed_nonce`` answers with
+the previous round's challenge and nonce and a fresh quote over that used nonce;
+``stale_quote`` quotes at once but holds the evidence until the nonce has expired. Profiles
+that work on the *TPM output* (``wrong_ak``, ``pcr_bank_downgrade``, ``forged_log``) live in
+the simulated host's ``quote`` and log (``services.agent.fleet``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from services.agent.tpm import Quote
+from services.collector.config import TopicNames
+from services.errors import HostgateError
+from services.tpm.credential import CredentialChallenge
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from services.agent.fleet import SimulatedHost
+    from services.agent.tpm import AgentTpm
+    from services.runtime.codec import Codec
+
+AGENT_VERSION = "hostgate-agent/0.1"
+DEFAULT_BOOT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
+DEFAULT_IMA_LOG = Path("/sys/kernel/security/ima/binary_runtime_measurements")
+MAX_HOLD_S = 600.0
+_BANK_SYMBOLS = {"sha1": "SHA1", "sha256": "SHA256", "sha384": "SHA384", "sha512": "SHA512"}
+
+
+class AgentClientError(HostgateError):
+    """The agent could not complete an exchange with the collector."""
+
+
+class AgentTimeout(AgentClientError):
+    """An answer from the collector did not arrive in time (or the broker is unreachable)."""
+
+    retriable = True
+
+
+class ActivationFailed(AgentClientError):
+    """The TPM refused ``ActivateCredential``: the challenge is not for this TPM's EK and AK."""
+
+    def __init__(self, message: str, *, challenge_id: str) -> None:
+        self.challenge_id = challenge_id
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """What the host presents at enrolment (marshalled TPM2B_PUBLICs, DER certificate)."""
+
+    ek_public: bytes
+    ek_cert: bytes | None
+    ak_public: bytes
+
+
+class HostSide(Protocol):
+    """A host's TPM and logs as the client uses them; every method may block (it is called
+    in a worker thread)."""
+
+    @property
+    def host_id(self) -> str: ...
+    def identity(self) -> HostIdentity: ...
+    def banks(self) -> tuple[str, ...]: ...
+    def activate(self, challenge: CredentialChallenge) -> bytes: ...
+    def quote(self, nonce: bytes, pcrs: Sequence[int]) -> Quote: ...
+    def boot_log(self) -> bytes: ...
+    def ima_log(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class EvidenceDraft:
+    """The evidence about to be sent; a hook may return a changed copy."""
+
+    challenge_id: str
+    nonce: bytes
+    quote: Quote
+    boot_log: bytes
+    ima_log: bytes | None
+    pcrs: tuple[int, ...]
+    expires_at_ms: int
+    hold_until_ms: int | None = None
+    """Wall-clock time (ms) before which the evidence must not be sent."""
+
+
+EvidenceHook = Callable[[EvidenceDraft, Sequence[EvidenceDraft], HostSide], EvidenceDraft]
+"""(draft, earlier drafts sent by this client, host) -> the draft to send."""
+
+
+def replay_previous_nonce(draft: EvidenceDraft, history: Sequence[EvidenceDraft],
+                          host: HostSide) -> EvidenceDraft:
+    """``replayed_nonce``: answer with the previous round's challenge and nonce, quoted anew."""
+    if not history:
+        return draft
+    prev = history[-1]
+    return dataclasses.replace(draft, challenge_id=prev.challenge_id, nonce=prev.nonce,
+                               quote=host.quote(prev.nonce, prev.pcrs))
+
+
+def hold_past_expiry(draft: EvidenceDraft, history: Sequence[EvidenceDraft],
+                     host: HostSide) -> EvidenceDraft:
+    """``stale_quote``: quote now, send one second after the nonce expired."""
+    return dataclasses.replace(draft, hold_until_ms=draft.expires_at_ms + 1000)
+
+
+def hook_for(tamper: str | None) -> EvidenceHook | None:
+    """The client-side hook of an evidence tamper profile (None for the others)."""
+    return {"replayed_nonce": replay_previous_nonce,
+            "stale_quote": hold_past_expiry}.get(tamper or "")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How the client reaches the pipeline."""
+
+    bootstrap: str
+    topics: TopicNames = field(default_factory=TopicNames)
+    timeout_s: float = 60.0
+    """Longest wait for one answer from the collector."""
+    connect_timeout_s: float = 60.0
+    """Longest time to keep retrying while the broker is unreachable."""
+    offered_pcrs: tuple[int, ...] = tuple(range(8))
+    agent_version: str = AGENT_VERSION
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    """What ``enroll`` sent and answered."""
+
+    request_id: str
+    challenge_id: str
+    proof_request_id: str
+
+
+@dataclass(frozen=True)
+class AttestResult:
+    """What ``attest`` sent: ids, the nonce and where the evidence landed."""
+
+    request_id: str
+    evidence_id: str
+    challenge_id: str
+    nonce: bytes
+    partition: int
+    offset: int
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class AgentClient:
+    """One host's conversation with the collector (see the module docstring)."""
+
+    def __init__(self, host: HostSide, config: ClientConfig, *, codec: Codec | None = None,
+                 hook: EvidenceHook | None = None) -> None:
+        from services.runtime.codec import Codec
+
+        self.host = host
+        self.config = config
+        self.codec = codec or Codec.load()
+        self.hook = hook
+        self.history: list[EvidenceDraft] = []
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tp: Any = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> AgentClient:
+        """Connect (retrying with back-off) and attach to the host's challenge partition."""
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka.errors import KafkaError
+        from aiokafka.partitioner import DefaultPartitioner
+
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        delay = 0.2
+        while True:
+            producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap,
+                                        enable_idempotence=True, acks="all",
+                                        client_id=f"agent.{self.host.host_id}",
+                                        max_request_size=8 * 1024 * 1024)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, group_id=None,
+                                        enable_auto_commit=False,
+                                        isolation_level="read_committed",
+                                        client_id=f"agent.{self.host.host_id}")
+            try:
+                await producer.start()
+                await consumer.start()
+                parts = sorted(await producer.partitions_for(self.config.topics.challenges))
+                break
+            except (KafkaError, OSError) as exc:
+                await _stop_quietly(producer, consumer)
+                if time.monotonic() + delay > deadline:
+                    raise AgentTimeout(
+                        f"Kafka at {self.config.bootstrap} unreachable for "
+                        f"{self.config.connect_timeout_s:.0f}s: {type(exc).__name__}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        partition = DefaultPartitioner()(self.host.host_id.encode(), parts, parts)
+        self._tp = TopicPartition(self.config.topics.challenges, partition)
+        consumer.assign([self._tp])
+        self._producer, self._consumer = producer, consumer
+        return self
+
+    async def stop(self) -> None:
+        """Close both Kafka clients."""
+        producer, consumer, self._producer, self._consumer = (self._producer, self._consumer,
+                                                              None, None)
+        await _stop_quietly(producer, consumer)
+
+    async def __aenter__(self) -> AgentClient:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- exchanges ---------------------------------------------------------------------------
+
+    async def enroll(self) -> EnrollResult:
+        """Enrol this host's AK (see the module docstring); ``ActivationFailed`` if the TPM
+        cannot activate the challenge."""
+        ident = await asyncio.to_thread(self.host.identity)
+        request_id = f"enr-{uuid.uuid4().hex}"
+        challenge = await self._request(
+            self.config.topics.requests, "hostgate.EnrollmentRequested",
+            {"request_id": request_id, "host_id": self.host.host_id,
+             "agent_version": self.config.agent_version, "ek_cert": ident.ek_cert,
+             "ek_public": ident.ek_public, "ak_public": ident.ak_public, "sent_at": _now_ms()},
+            "hostgate.ActivationChallenge", request_id, "ActivationChallenge")
+        cred = CredentialChallenge(bytes(challenge["credential_blob"]),
+                                   bytes(challenge["encrypted_secret"]))
+        try:
+            secret = await asyncio.to_thread(self.host.activate, cred)
+        except Exception as exc:  # TSS2_Exception: the TPM refused
+            raise ActivationFailed(f"the TPM refused ActivateCredential for challenge "
+                                   f"{challenge['challenge_id']}: {exc}",
+                                   challenge_id=challenge["challenge_id"]) from exc
+        proof_id = await self.send_proof(challenge["challenge_id"], secret)
+        return EnrollResult(request_id, challenge["challenge_id"], proof_id)
+
+    async def send_proof(self, challenge_id: str, secret: bytes) -> str:
+        """Publish an ``ActivationProof``; returns its request id."""
+        proof_id = f"proof-{uuid.uuid4().hex}"
+        await self._send(self.config.topics.requests, "hostgate.ActivationProof",
+                         {"request_id": proof_id, "host_id": self.host.host_id,
+                          "challenge_id": challenge_id, "secret_proof": secret,
+                          "sent_at": _now_ms()})
+        return proof_id
+
+    async def attest(self) -> AttestResult:
+        """One attestation round (see the module docstring)."""
+        banks = await asyncio.to_thread(self.host.banks)
+        request_id = f"ask-{uuid.uuid4().hex}"
+        offered = [{"bank": _BANK_SYMBOLS[b], "pcrs": list(self.config.offered_pcrs)}
+                   for b in banks if b in _BANK_SYMBOLS]
+        issued = await self._request(
+            self.config.topics.requests, "hostgate.ChallengeRequested",
+            {"request_id": request_id, "host_id": self.host.host_id, "requested_pcrs": offered,
+             "sent_at": _now_ms()},
+            "hostgate.NonceIssued", request_id, "NonceIssued")
+        nonce = bytes(issued["nonce"])
+        pcrs = tuple(sorted({p for sel in issued["pcr_selection"] for p in sel["pcrs"]}))
+        quote = await asyncio.to_thread(self.host.quote, nonce, pcrs)
+        boot_log = await asyncio.to_thread(self.host.boot_log)
+        ima_log = await asyncio.to_thread(self.host.ima_log)
+        expires = _epoch_ms(issued["expires_at"])
+        draft = EvidenceDraft(issued["challenge_id"], nonce, quote, boot_log, ima_log, pcrs,
+                              expires)
+        if self.hook is not None:
+            draft = await asyncio.to_thread(self.hook, draft, tuple(self.history), self.host)
+        if draft.hold_until_ms is not None:
+            wait_s = (draft.hold_until_ms - _now_ms()) / 1000
+            if wait_s > MAX_HOLD_S:
+                raise AgentClientError(f"refusing to hold evidence for {wait_s:.0f}s")
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+        evidence_id = f"ev-{uuid.uuid4().hex}"
+        q = draft.quote
+        meta = await self._send(self.config.topics.evidence, "hostgate.EvidenceSubmitted", {
+            "evidence_id": evidence_id, "host_id": self.host.host_id,
+            "challenge_id": draft.challenge_id, "nonce": draft.nonce,
+            "quote_attest": q.attest, "quote_signature": q.signature,
+            "pcr_values": [{"bank": _BANK_SYMBOLS[bank], "pcr": pcr, "value": value}
+                           for bank, values in sorted(q.pcr_values.items())
+                           for pcr, value in sorted(values.items())],
+            "active_banks": [_BANK_SYMBOLS[b] for b in banks if b in _BANK_SYMBOLS],
+            "boot_log": draft.boot_log, "ima_log": draft.ima_log,
+            "agent_version": self.config.agent_version, "quoted_at": _now_ms(),
+            "sent_at": _now_ms()})
+        self.history.append(draft)
+        return AttestResult(request_id, evidence_id, draft.challenge_id, draft.nonce,
+                            meta.partition, meta.offset)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _send(self, topic: str, subject: str, record: Mapping[str, Any]) -> Any:
+        if self._producer is None:
+            raise AgentClientError("client is not started")
+        from aiokafka.errors import KafkaError
+
+        value = self.codec.encode(subject, record)
+        try:
+            return await asyncio.wait_for(
+                self._producer.send_and_wait(topic, value, key=self.host.host_id.encode()),
+                self.config.timeout_s)
+        except (KafkaError, TimeoutError) as exc:
+            raise AgentTimeout(f"could not publish {subject} to {topic} within "
+                               f"{self.config.timeout_s:.0f}s: {type(exc).__name__}") from exc
+
+    async def _request(self, topic: str, subject: str, record: Mapping[str, Any],
+                       answer_subject: str, request_id: str, what: str) -> Mapping[str, Any]:
+        """Send ``record`` and wait for the ``answer_subject`` addressed to ``request_id``."""
+        assert self._consumer is not None
+        await self._consumer.seek_to_end(self._tp)
+        await self._consumer.position(self._tp)
+        await self._send(topic, subject, record)
+        deadline = time.monotonic() + self.config.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            batch = await self._consumer.getmany(self._tp, timeout_ms=int(min(left, 1.0) * 1000))
+            for rec in batch.get(self._tp, []):
+                if rec.value is None or rec.key != self.host.host_id.encode():
+                    continue
+                try:
+                    decoded = self.codec.decode(rec.value, expected={answer_subject})
+                except HostgateError:
+                    continue  # another record type (or one we cannot read): not our answer
+                body = decoded.record
+                if body.get("host_id") == self.host.host_id and \
+                        body.get("request_id") == request_id:
+                    return body
+        raise AgentTimeout(f"no {what} for request {request_id} on {self._tp.topic} within "
+                           f"{self.config.timeout_s:.0f}s (collector down, or the request was "
+                           "refused: see attest.rejections.v1)")
+
+
+def _epoch_ms(value: Any) -> int:
+    from services.collector.common import epoch_ms
+
+    return epoch_ms(value)
+
+
+async def _stop_quietly(*clients: Any) -> None:
+    for client in clients:
+        if client is None:
+            continue
+        try:
+            await asyncio.wait_for(client.stop(), 10)
+        except Exception:  # closing after a failure: nothing more to do
+            continue
+
+
+# -- host sides ------------------------------------------------------------------------------
+
+class TpmHost:
+    """A real host: its TPM through ``AgentTpm`` (AK from the agent's state file) and its logs
+    from files (the kernel's securityfs by default)."""
+
+    def __init__(self, host_id: str, tpm: AgentTpm, *, boot_log: Path = DEFAULT_BOOT_LOG,
+                 ima_log: Path | None = None, max_log_bytes: int = 8 * 1024 * 1024) -> None:
+        self._host_id = host_id
+        self.tpm = tpm
+        self.boot_log_path = boot_log
+        self.ima_log_path = ima_log
+        self.max_log_bytes = max_log_bytes
+
+    @property
+    def host_id(self) -> str:
+        return self._host_id
+
+    def identity(self) -> HostIdentity:
+        ek = self.tpm.ek()
+        return HostIdentity(ek.public, ek.certificate, self.tpm.load_ak().public)
+
+    def banks(self) -> tuple[str, ...]:
+        return self.tpm.active_banks()
+
+    def activate(self, challenge: CredentialChallenge) -> bytes:
+        return self.tpm.activate_credential(challenge)
+
+    def quote(self, nonce: bytes, pcrs: Sequence[int]) -> Quote:
+        return self.tpm.quote(nonce, pcrs)
+
+    def _read(self, path: Path) -> bytes:
+        try:
+            with path.open("rb") as f:
+                data = f.read(self.max_log_bytes + 1)
+        except OSError as exc:
+            raise AgentClientError(f"cannot read {path}: {exc.strerror}") from exc
+        if len(data) > self.max_log_bytes:
+            raise AgentClientError(f"{path} is larger than {self.max_log_bytes} bytes")
+        return data
+
+    def boot_log(self) -> bytes:
+        return self._read(self.boot_log_path)
+
+    def ima_log(self) -> bytes | None:
+        return None if self.ima_log_path is None else self._read(self.ima_log_path)
+
+
+class SimulatedHostSide:
+    """A fleet-simulator host (its own tamper profile applies inside ``quote`` and the log)."""
+
+    def __init__(self, sim: SimulatedHost, *, ak_public: bytes | None = None) -> None:
+        self.sim = sim
+        self._ak_public = ak_public
+
+    @property
+    def host_id(self) -> str:
+        return self.sim.host_id
+
+    def identity(self) -> HostIdentity:
+        return HostIdentity(self.sim.ek_public, self.sim.ek_cert,
+                            self._ak_public or self.sim.ak_public)
+
+    def banks(self) -> tuple[str, ...]:
+        return ("sha1", "sha256")  # what swtpm_setup allocates for the fleet
+
+    def activate(self, challenge: CredentialChallenge) -> bytes:
+        return self.sim.activate(challenge)
+
+    def quote(self, nonce: bytes, pcrs: Sequence[int]) -> Quote:
+        return self.sim.quote(nonce, pcrs).quote
+
+    def boot_log(self) -> bytes:
+        return self.sim.event_log
+
+    def ima_log(self) -> bytes | None:
+        return None

@@ -1,0 +1,204 @@
+"""Evidence intake: enrolled AK, our nonce (this host's, unexpired, unused), size limits.
+
+Checks, in order (the first failure is the rejection; nothing is dropped):
+
+1. key = ``host_id`` (``HOST_MISMATCH``), ids bounded (``MALFORMED``);
+2. the host has an enrolled AK (``UNENROLLED_AK``);
+3. sizes: boot log bytes and events, IMA bytes and entries, quote, signature, PCR values
+   (``OVER_LIMITS``). Event and entry counts come from the tpm library's parsers run with the
+   intake limits; a log that does not *parse* is not refused here — a broken log from an
+   enrolled host is evidence in itself and gets a failed verdict from the verifier;
+4. the challenge: issued by us (``UNKNOWN_NONCE``), to this host (``UNKNOWN_NONCE``, anomaly),
+   with this nonce (``UNKNOWN_NONCE``), not used before (``REPLAYED_NONCE``, anomaly), not
+   expired (``STALE_NONCE``);
+5. the quote is signed by the host's enrolled AK (``BAD_SIGNATURE`` — stops ``wrong_ak`` here),
+   is a TPM2_Quote (``MALFORMED``), over this nonce (``REPLAYED_NONCE`` if over a nonce this
+   collector saw used, else ``UNKNOWN_NONCE``).
+
+Checks before the signature never consume the challenge: anyone who may write to the evidence
+topic can name any host, so only evidence signed by the host's AK may change its state. PCR
+digest, log replay and policy are the verifier's; ``EvidenceCollected`` carries the enrolled
+AK, the EK identity and the counters of the host's previous accepted quote for that.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Final
+
+from services.collector.challenges import CHALLENGES, HOSTS, NONCES, new_track, sweep
+from services.collector.common import (
+    check_identity,
+    coordinates_record,
+    epoch_ms,
+    output_id,
+    record_digest,
+    reject,
+)
+from services.collector.config import CollectorConfig, IntakeLimits
+from services.collector.enrollment import TABLE as ENROLLMENTS
+from services.collector.enrollment import is_enrolled
+from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
+from services.tpm import eventlog, ima
+from services.tpm.errors import (
+    InvalidQuoteSignature,
+    LimitExceeded,
+    MalformedInput,
+    TpmError,
+    Unsupported,
+)
+from services.tpm.keys import decode_public
+from services.tpm.limits import Limits as LogLimits
+from services.tpm.quote import TPM_ST_ATTEST_QUOTE, decode_attest, verify_attest_signature
+
+SUBJECT_EVIDENCE: Final = "hostgate.EvidenceSubmitted"
+SUBJECT_COLLECTED: Final = "hostgate.EvidenceCollected"
+MAX_NONCE_BYTES: Final = 64
+
+
+def size_problem(rec: Any, limits: IntakeLimits) -> str:
+    """A sentence naming the first size or count limit ``rec`` exceeds, or ``""``."""
+    boot_log = bytes(rec["boot_log"])
+    ima_log = None if rec.get("ima_log") is None else bytes(rec["ima_log"])
+    sized = (("boot_log", len(boot_log), limits.max_boot_log_bytes, "bytes"),
+             ("ima_log", len(ima_log or b""), limits.max_ima_bytes, "bytes"),
+             ("quote_attest", len(rec["quote_attest"]), limits.max_quote_bytes, "bytes"),
+             ("quote_signature", len(rec["quote_signature"]), limits.max_signature_bytes,
+              "bytes"),
+             ("nonce", len(rec["nonce"]), MAX_NONCE_BYTES, "bytes"),
+             ("pcr_values", len(rec["pcr_values"]), limits.max_pcr_values, "entries"))
+    for name, size, limit, unit in sized:
+        if size > limit:
+            return f"field {name} has {size} {unit} (limit {limit})"
+    try:
+        eventlog.parse_event_log(boot_log, limits=LogLimits(
+            max_log_bytes=limits.max_boot_log_bytes, max_events=limits.max_log_events))
+    except LimitExceeded as exc:
+        return f"field boot_log: {exc}"
+    except TpmError:
+        pass  # does not parse: the verifier's verdict, not an intake refusal
+    if ima_log:
+        try:
+            ima.parse_binary(ima_log, limits=ima.Limits(max_input_bytes=limits.max_ima_bytes,
+                                                        max_entries=limits.max_ima_entries))
+        except LimitExceeded as exc:
+            return f"field ima_log: {exc}"
+        except TpmError:
+            pass
+    return ""
+
+
+def _used_nonce_detail(used: Any, host: str, what: str) -> str:
+    ev = used["evidence"]
+    where = f"{ev['topic']}[{ev['partition']}]@{ev['offset']}"
+    if used["host_id"] != host:
+        return f"{what} was issued to and used by another host (evidence {where})"
+    return f"{what} was already used by evidence {where}"
+
+
+def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> Decision:
+    """An ``EvidenceSubmitted``: forward to ``attest.collected.v1`` or reject with a reason."""
+    topic = cfg.topics.rejections
+    bad = check_identity(inp, ("evidence_id", "challenge_id"), cfg.limits.max_id_chars)
+    if bad is not None:
+        return reject(inp, topic, *bad)
+    rec = inp.record
+    host: str = rec["host_id"]
+    now = inp.timestamp_ms
+    enrolment = state.get(ENROLLMENTS, host)
+    if not is_enrolled(enrolment):
+        return reject(inp, topic, "UNENROLLED_AK", f"host {host!r} has no enrolled AK")
+    assert enrolment is not None
+    problem = size_problem(rec, cfg.limits)
+    if problem:
+        return reject(inp, topic, "OVER_LIMITS", problem)
+
+    nonce = bytes(rec["nonce"])
+    challenge_id: str = rec["challenge_id"]
+    pending = state.get(CHALLENGES, challenge_id)
+    if pending is None:
+        used = state.get(NONCES, nonce.hex())
+        if used is not None:
+            return reject(inp, topic, "REPLAYED_NONCE", _used_nonce_detail(used, host, "nonce"),
+                          extra_log={"anomaly": True})
+        return reject(inp, topic, "UNKNOWN_NONCE",
+                      f"field challenge_id {challenge_id[:80]!r}: no open challenge of that id "
+                      "(never issued, already used or forgotten after expiry)")
+    if pending["host_id"] != host:
+        return reject(inp, topic, "UNKNOWN_NONCE",
+                      f"field challenge_id {challenge_id[:80]!r} was issued to another host",
+                      extra_log={"anomaly": True})
+    issued_nonce = bytes(pending["nonce"])
+    if not hmac.compare_digest(issued_nonce, nonce):
+        return reject(inp, topic, "UNKNOWN_NONCE",
+                      f"field nonce is not the nonce issued with challenge {challenge_id[:80]!r}")
+
+    current = state.get(HOSTS, host)
+    track = dict(current) if current is not None else new_track(host, now)
+    updates = sweep(track, state, now)  # also tombstones this challenge if it expired
+    expires = epoch_ms(pending["expires_at"])
+    if now > expires:
+        return reject(inp, topic, "STALE_NONCE",
+                      f"nonce of challenge {challenge_id[:80]!r} expired {now - expires} ms "
+                      "before the evidence arrived",
+                      state_updates=(*updates, StateUpdate(HOSTS, host, track)))
+
+    attest = bytes(rec["quote_attest"])
+    try:
+        ak = decode_public(bytes(enrolment["ak_public"]))
+        verify_attest_signature(ak, attest, bytes(rec["quote_signature"]))
+    except (InvalidQuoteSignature, Unsupported) as exc:
+        return reject(inp, topic, "BAD_SIGNATURE",
+                      f"field quote_signature: not a signature by the host's enrolled AK: {exc}",
+                      extra_log={"anomaly": True})
+    except MalformedInput as exc:
+        return reject(inp, topic, "MALFORMED", f"field quote_signature: {exc}")
+    try:
+        quoted = decode_attest(attest)
+    except MalformedInput as exc:
+        return reject(inp, topic, "MALFORMED", f"field quote_attest: {exc}")
+    if quoted.type != TPM_ST_ATTEST_QUOTE:
+        return reject(inp, topic, "MALFORMED",
+                      f"field quote_attest: type {quoted.type:#06x} is not TPM_ST_ATTEST_QUOTE")
+    if not hmac.compare_digest(quoted.extra_data, issued_nonce):
+        used = state.get(NONCES, quoted.extra_data.hex()) if quoted.extra_data else None
+        if used is not None:
+            return reject(inp, topic, "REPLAYED_NONCE",
+                          _used_nonce_detail(used, host, "the quote's extraData nonce"),
+                          extra_log={"anomaly": True})
+        return reject(inp, topic, "UNKNOWN_NONCE",
+                      "field quote_attest: extraData is not the issued nonce (the quote was "
+                      "made for another challenge)", extra_log={"anomaly": True})
+
+    ci = quoted.clock_info
+    counters = {"reset_count": ci.reset_count, "restart_count": ci.restart_count,
+                "clock": ci.clock & 0x7FFF_FFFF_FFFF_FFFF, "safe": ci.safe}
+    source = coordinates_record(inp)
+    collected = {
+        "evidence": dict(rec),
+        "evidence_digest": record_digest(inp.subject, rec),
+        "source": source,
+        "ak_public": bytes(enrolment["ak_public"]),
+        "ak_name": bytes(enrolment["ak_name"]),
+        "ek": enrolment["ek"],
+        "previous_counters": track.get("last_counters"),
+        "nonce_issued_at": epoch_ms(pending["issued_at"]),
+        "received_at": now,
+    }
+    used_row = {"nonce": issued_nonce, "host_id": host, "challenge_id": challenge_id,
+                "evidence": source, "used_at": now, "expires_at": expires}
+    track.update(
+        last_counters=counters, last_evidence=source, updated_at=now,
+        open_challenges=[c for c in track["open_challenges"] if c != challenge_id],
+        used_nonces=[*track["used_nonces"], issued_nonce.hex()],
+    )
+    out = Output(topic=cfg.topics.collected, key=host, subject=SUBJECT_COLLECTED,
+                 record=collected, id=output_id(inp, "collected"))
+    return Decision(
+        outputs=(out,),
+        state_updates=(*updates, StateUpdate(CHALLENGES, challenge_id, None),
+                       StateUpdate(NONCES, issued_nonce.hex(), used_row),
+                       StateUpdate(HOSTS, host, track)),
+        log={"outcome": "collected", "reset_count": ci.reset_count,
+             "first_quote": collected["previous_counters"] is None},
+    )

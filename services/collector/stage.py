@@ -1,0 +1,35 @@
+"""``hostgate run collector``: the collector as the runtime runs it (the thin shell).
+
+Reads its configuration from the environment once (``services.collector.config``) and binds
+it into the pure core. Inputs: ``attest.requests.v1`` and ``attest.evidence.v1`` (both with
+``LogAppendTime``: the broker's stamp is the collector's only clock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+from services.collector.config import CollectorConfig, load_config
+from services.collector.core import INPUT_SUBJECTS, TABLES, decide, on_error
+from services.runtime.stage import Stage
+
+
+def stage_from_config(cfg: CollectorConfig) -> Stage:
+    """The collector stage for an explicit config (tests, benchmarks)."""
+    topics = cfg.topics
+    return Stage(
+        name="collector",
+        input_topics=(topics.requests, topics.evidence),
+        input_subjects=INPUT_SUBJECTS,
+        decide=partial(decide, cfg=cfg),
+        tables=TABLES,
+        on_error=partial(on_error, cfg=cfg),
+        dlq=topics.dlq,
+        changelogs={t: topics.changelog(t) for t in TABLES},
+    )
+
+
+def build_stage(env: Mapping[str, str]) -> Stage:
+    """The collector stage configured from ``env``."""
+    return stage_from_config(load_config(env))
