@@ -4,11 +4,11 @@
 inputs ``attest.verdicts.v1``, ``attest.rejections.v1``, ``attest.remediation.v1``; tables
 ``incidents`` (``IncidentState`` per host) and ``hosts`` (``IncidentsRoster`` per partition).
 
-OCSF findings are JSON, not Avro. The runtime's ``Output`` carries an Avro subject and record
-only; when it gains a raw value (``Output.raw_value: bytes``, produced as-is instead of being
-Avro-encoded) this shell sends each validated finding to ``soc.findings.ocsf.v1`` with its
-CloudEvents binary-mode headers. Until then the findings are rendered and validated all the
-same, and the decision's log counts them as ``ocsf_unsent`` (visible, not silent).
+OCSF findings are JSON, not Avro: each finding is validated against the OCSF schema and sent
+to ``soc.findings.ocsf.v1`` as a raw output (``Output.raw_value``, produced as-is, in the same
+transaction as the incident events and state), with its CloudEvents binary-mode headers
+(``ce_*`` and ``content-type: application/json``). A finding that does not validate makes
+``decide`` raise, so the input goes to the DLQ rather than an invalid finding reaching a SIEM.
 
 Liveness on idle partitions: the roster check runs on every input of a partition, with "now"
 = that input's Kafka timestamp. A partition that can stay silent for longer than the window needs
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
 from services.errors import ConfigError
 from services.incidents.cloudevents import binary_headers
@@ -47,8 +47,6 @@ from services.incidents.ocsf import SocFinding, validate
 from services.incidents.roster import ROSTER_SUBJECT, TABLE_HOSTS
 from services.runtime.stage import Decision, InputRecord, Output, Stage, StateView
 
-RAW_OUTPUTS: Final = "raw_value" in {f.name for f in dataclasses.fields(Output)}
-"""Whether this runtime's ``Output`` can carry a raw (non-Avro) value."""
 FINDING_SUBJECT: Final = "application/json"
 """What a raw finding output names as its subject (no Avro subject: it is OCSF JSON)."""
 
@@ -88,27 +86,19 @@ class IncidentsTopics:
 
 
 def finding_output(finding: SocFinding, config: IncidentsConfig) -> Output:
-    """A validated finding as a raw-JSON ``Output`` (only where ``RAW_OUTPUTS``)."""
+    """A validated finding as a raw-JSON ``Output`` with its CloudEvents headers."""
     validate(finding.body)
-    fields: dict[str, Any] = {
-        "topic": config.findings_topic, "key": finding.host_id, "subject": FINDING_SUBJECT,
-        "record": {}, "id": finding.uid,
-        "headers": binary_headers(finding.cloudevent(config.ce_source)),
-        "raw_value": finding.to_json(),
-    }
-    return Output(**fields)
+    return Output(config.findings_topic, finding.host_id, FINDING_SUBJECT, {}, finding.uid,
+                  headers=binary_headers(finding.cloudevent(config.ce_source)),
+                  raw_value=finding.to_json())
 
 
 def decide_for_runtime(inp: InputRecord, state: StateView, config: IncidentsConfig) -> Decision:
-    """The core's decision with its findings turned into outputs (or counted as unsent)."""
+    """The core's decision with its findings turned into raw-JSON outputs."""
     result = decide(inp, state, config)
     if not result.findings:
         return result.decision
     d = result.decision
-    if not RAW_OUTPUTS:
-        for f in result.findings:
-            validate(f.body)
-        return dataclasses.replace(d, log={**d.log, "ocsf_unsent": len(result.findings)})
     outs = tuple(finding_output(f, config) for f in result.findings)
     return dataclasses.replace(d, outputs=(*d.outputs, *outs),
                                log={**d.log, "ocsf_findings": len(outs)})

@@ -269,7 +269,8 @@ def _output_id(kind: str, inp: InputRecord) -> str:
 
 
 def decide(inp: InputRecord, view: StateView, *, ca: IssuingCA,
-           config: IssuerConfig = IssuerConfig()) -> Decision:
+           config: IssuerConfig = IssuerConfig(), credentials_topic: str = CREDENTIALS_TOPIC,
+           hosts_topic: str = HOSTS_TOPIC) -> Decision:
     """The issuer stage's ``decide``: verdicts and incident events in, credentials, host states
     and the ``hosts`` table out. Other subjects on the inputs are ignored (logged)."""
     if inp.subject not in (VERDICT_SUBJECT, INCIDENT_SUBJECT):
@@ -286,11 +287,11 @@ def decide(inp: InputRecord, view: StateView, *, ca: IssuingCA,
         outcome = apply_incident_event(inp.record, current)
     outputs: list[Output] = []
     if outcome.credential is not None:
-        outputs.append(Output(CREDENTIALS_TOPIC, host_id, "hostgate.CredentialIssued",
+        outputs.append(Output(credentials_topic, host_id, "hostgate.CredentialIssued",
                               outcome.credential, outcome.credential["credential_id"]))
     updates: tuple[StateUpdate, ...] = ()
     if outcome.host_state is not None:
-        outputs.append(Output(HOSTS_TOPIC, host_id, "hostgate.HostState", outcome.host_state,
+        outputs.append(Output(hosts_topic, host_id, "hostgate.HostState", outcome.host_state,
                               _output_id("hs", inp)))
         updates = (StateUpdate(HOSTS_TABLE, host_id, outcome.state.to_record()),)
     log: dict[str, str | int | bool] = {"host_id": host_id, "trust": outcome.state.state.value,
@@ -302,10 +303,14 @@ def decide(inp: InputRecord, view: StateView, *, ca: IssuingCA,
     return Decision(tuple(outputs), updates, log)
 
 
-def make_decide(ca: IssuingCA, config: IssuerConfig = IssuerConfig()) -> Decide:
-    """``decide`` bound to a CA and config, as ``services.runtime.stage.Stage`` wants it."""
+def make_decide(ca: IssuingCA, config: IssuerConfig = IssuerConfig(),
+                credentials_topic: str = CREDENTIALS_TOPIC,
+                hosts_topic: str = HOSTS_TOPIC) -> Decide:
+    """``decide`` bound to a CA, config and output topics, as ``services.runtime.stage.Stage``
+    wants it."""
     def bound(inp: InputRecord, view: StateView) -> Decision:
-        return decide(inp, view, ca=ca, config=config)
+        return decide(inp, view, ca=ca, config=config, credentials_topic=credentials_topic,
+                      hosts_topic=hosts_topic)
     return bound
 
 

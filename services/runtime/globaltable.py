@@ -10,7 +10,8 @@ one in full through a :class:`GlobalTable`:
    partition of the topic;
 2. :meth:`GlobalTable.start` seeks to the beginning and reads up to the end offsets it saw at
    start, so the worker begins processing only with the whole table loaded (fail closed: a
-   table that cannot be loaded in time stops the worker from starting);
+   missing topic is a ``ConfigError``; a table that cannot be read in time raises
+   ``TimeoutError``, which the worker's connect loop retries with back-off);
 3. then a background task keeps following the topic; each record is folded into the table
    with the spec's ``reduce`` (tombstones delete unless ``reduce`` says otherwise).
 
@@ -27,9 +28,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from services.errors import HostgateError
+from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
 from services.runtime.logging import get_logger
 from services.runtime.stage import GlobalTableSpec
@@ -37,12 +39,7 @@ from services.runtime.stage import GlobalTableSpec
 LOAD_TIMEOUT_S = 120.0
 FOLLOW_POLL_MS = 500
 STOP_TIMEOUT_S = 10.0
-
-
-class GlobalTableError(HostgateError):
-    """A global table could not be loaded (topic missing, broker unreachable, too slow)."""
-
-    retriable = True
+METADATA_RETRIES = 20
 
 
 class GlobalTable:
@@ -80,10 +77,10 @@ class GlobalTable:
         self._consumer = consumer
         try:
             await asyncio.wait_for(self._load(consumer), timeout_s)
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # the worker's connect loop retries on TimeoutError
             await self.stop()
-            raise GlobalTableError(f"global table {self.name}: could not read "
-                                   f"{self.spec.topic} within {timeout_s:.0f}s") from exc
+            raise TimeoutError(f"global table {self.name}: could not read "
+                               f"{self.spec.topic} within {timeout_s:.0f}s") from exc
         except BaseException:
             await self.stop()
             raise
@@ -92,12 +89,8 @@ class GlobalTable:
         self._follower = asyncio.create_task(self._follow(consumer))
 
     async def _load(self, consumer: AIOKafkaConsumer) -> None:
-        await consumer.topics()  # refresh metadata so the partitions are known
-        parts = consumer.partitions_for_topic(self.spec.topic)
-        if not parts:
-            raise GlobalTableError(f"global table {self.name}: topic {self.spec.topic!r} does "
-                                   "not exist (run `hostgate topics ensure`)")
-        tps = [TopicPartition(self.spec.topic, p) for p in sorted(parts)]
+        count = await self._partition_count()
+        tps = [TopicPartition(self.spec.topic, p) for p in range(count)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -111,6 +104,23 @@ class GlobalTable:
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
+
+    async def _partition_count(self) -> int:
+        """Partitions of the topic, from the broker (a just-created topic may take a moment to
+        appear in metadata: retried for a few seconds before ``ConfigError``)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap,
+                                    client_id=f"{self._client_id}.admin")
+        await admin.start()
+        try:
+            for _ in range(METADATA_RETRIES):
+                (doc,) = await admin.describe_topics([self.spec.topic])
+                if not doc.get("error_code") and doc.get("partitions"):
+                    return len(doc["partitions"])
+                await asyncio.sleep(0.25)
+        finally:
+            await admin.close()
+        raise ConfigError(f"global table {self.name}: topic {self.spec.topic!r} does not exist "
+                          "(run `hostgate topics ensure`)")
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:

@@ -4,8 +4,9 @@ Pure (no Kafka client, no clock, no I/O): the worker hands it the records it fet
 task and the task's state; it returns a ``BatchPlan`` the worker sends in one transaction. Every
 input record ends in exactly one of three places, never nowhere:
 
-1. ``decide`` succeeded: its outputs (with an ``hg-id`` header) and its state changes (as
-   changelog records, on the task's own changelog partition);
+1. ``decide`` succeeded: its outputs (with an ``hg-id`` header; Avro-encoded, or an output's
+   ``raw_value`` bytes as they are) and its state changes (as changelog records, on the task's
+   own changelog partition);
 2. ``decide`` raised and the stage's ``on_error`` policy returned a decision: that decision;
 3. the record could not be decoded, or ``decide``/``on_error``/encoding the result failed: one
    DLQ record with the original key, value and headers plus the failure context.
@@ -118,13 +119,13 @@ def _decision_records(
     out: list[OutRecord] = []
     for o in decision.outputs:
         headers = (*o.headers, (H_ID, o.id.encode("utf-8")), (H_STAGE, stage.name.encode()))
-        out.append(OutRecord(o.topic, o.key.encode("utf-8"),
-                             codec.encode(o.subject, o.record), headers))
+        value = o.raw_value if o.raw_value is not None else codec.encode(o.subject, o.record)
+        out.append(OutRecord(o.topic, o.key.encode("utf-8"), value, headers))
     for upd in decision.state_updates:
         if upd.table not in stage.tables:
             raise StageOutputError(f"stage {stage.name!r} has no state table {upd.table!r}")
-        value = None if upd.value is None else codec.encode(stage.tables[upd.table], upd.value)
-        out.append(OutRecord(stage.changelog_of(upd.table), upd.key.encode("utf-8"), value,
+        state = None if upd.value is None else codec.encode(stage.tables[upd.table], upd.value)
+        out.append(OutRecord(stage.changelog_of(upd.table), upd.key.encode("utf-8"), state,
                              (), partition=task_partition))
     return out
 

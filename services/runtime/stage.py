@@ -57,7 +57,11 @@ class StateView(Protocol):
 @dataclass(frozen=True)
 class Output:
     """One record to produce. ``id`` is deterministic, derived from the input (the runtime
-    puts it in the ``hg-id`` header so any consumer can de-duplicate)."""
+    puts it in the ``hg-id`` header so any consumer can de-duplicate).
+
+    ``raw_value``: bytes produced as the record value *instead of* Avro-encoding ``record``
+    (e.g. OCSF JSON for a SIEM); ``subject`` then only names the content (such as
+    ``application/json``) and the stage sets any content-type header itself."""
 
     topic: str
     key: str
@@ -65,6 +69,7 @@ class Output:
     record: Mapping[str, Any]
     id: str
     headers: Headers = ()
+    raw_value: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

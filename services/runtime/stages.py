@@ -18,6 +18,7 @@ STAGE_FACTORIES: Mapping[str, str] = {
     "incidents": "services.incidents.stage:build_stage",
     "collector": "services.collector.stage:build_stage",
     "verifier": "services.verifier.stage:build_stage",
+    "issuer": "services.issuer.stage:build_stage",
 }
 
 

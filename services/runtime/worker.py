@@ -19,6 +19,10 @@ only one transactional id ever writes each of them. On assignment the task resto
 partitions (read_committed, up to the last stable offset), then seeks its inputs to the committed
 offsets — after InitProducerId, so nothing of a previous owner is still pending.
 
+Global tables (``Stage.global_tables``, ``services.runtime.globaltable``): read in full on
+connect, before the worker subscribes, and followed from then on; ``decide`` sees them through
+the same ``StateView`` as its own tables. They are read-only and not part of any transaction.
+
 The commit path of one transaction (``_transact``), in order:
 
 1. ``begin_transaction`` on the task's producer;
@@ -58,6 +62,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
 from services.runtime.config import WorkerConfig
+from services.runtime.globaltable import GlobalTable, start_global_tables
 from services.runtime.logging import get_logger
 from services.runtime.metrics import WorkerMetrics
 from services.runtime.plan import BatchPlan, RawRecord, plan_batch
@@ -110,6 +115,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer: AIOKafkaConsumer | None = None
         self._restorer: AIOKafkaConsumer | None = None
         self._plain_producer: AIOKafkaProducer | None = None
+        self.global_tables: dict[str, GlobalTable] = {}
+        """The stage's global tables (``Stage.global_tables``), loaded before any processing."""
 
     # -- readiness --------------------------------------------------------------------------
 
@@ -177,8 +184,15 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 max_batch_size=PRODUCER_BATCH_BYTES)
             await self._plain_producer.start()
         await self._check_copartitioned()
+        if self.stage.global_tables:  # whole tables read before the first record is decided
+            self.global_tables = await start_global_tables(
+                self.stage.global_tables, bootstrap=cfg.bootstrap, codec=self.codec,
+                client_prefix=cfg.group)
 
     async def _disconnect(self) -> None:
+        tables, self.global_tables = self.global_tables, {}
+        for table in tables.values():
+            await table.stop()
         for client in (self._consumer, self._restorer, self._plain_producer):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -429,7 +443,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         returns where the next one starts. Steps as in the module docstring."""
         producer = task.producer
         assert producer is not None
-        overlay = OverlayState(task.tables)
+        overlay = OverlayState(task.tables, self.global_tables)
         deadline_start = time.monotonic()
         deadline = deadline_start + self.config.batch_max_ms / 1000
         total = BatchPlan()
@@ -467,7 +481,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                              start: int) -> tuple[int, BatchPlan, Any]:
         """Benchmark baseline: same plan, idempotent producer, offsets committed after acks."""
         assert self._plain_producer is not None and self._consumer is not None
-        overlay = OverlayState(task.tables)
+        overlay = OverlayState(task.tables, self.global_tables)
         plan = plan_batch(self.stage, self.codec, raws[start:], overlay,
                           group=self.config.group, task_partition=task.partition)
         futures = [await self._plain_producer.send(

@@ -17,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.incidents.cloudevents import read_binary_headers
 from services.incidents.ocsf import validate
-from services.incidents.stage import RAW_OUTPUTS, IncidentsTopics
+from services.incidents.stage import IncidentsTopics
 from services.runtime.codec import Codec
 from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
 from tests.integration.runtime_support import (
@@ -130,16 +130,15 @@ async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
             shown.stdout
         assert await read_committed(t.dlq) == []
 
-        if not RAW_OUTPUTS:
-            pytest.xfail("the runtime's Output cannot carry raw JSON yet: OCSF findings are "
-                         "rendered and validated but not produced (see services.incidents.stage)")
         findings = await read_committed(t.findings)
         bodies = [json.loads(r.value or b"") for r in findings]
         assert [b["class_uid"] for b in bodies].count(2004) == 1
         assert [b["class_uid"] for b in bodies].count(2005) == 5
         for r, body in zip(findings, bodies, strict=True):
             validate(body)
-            assert read_binary_headers(r.headers)["ce_subject"] == host
+            ce = read_binary_headers(r.headers)
+            assert ce["ce_subject"] == host and ce["content-type"] == "application/json"
+            assert r.key == host.encode()
     finally:
         worker.terminate()
         try:

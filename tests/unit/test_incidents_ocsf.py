@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -151,8 +152,7 @@ def test_broken_cloudevents_headers_are_refused(headers: list[tuple[str, bytes]]
         read_binary_headers(headers)
 
 
-def test_stage_is_registered_and_reports_unsent_findings_until_the_runtime_has_raw_values(
-) -> None:
+def test_stage_is_registered_and_emits_findings_as_raw_json_outputs() -> None:
     stage = build_registered("incidents", {"HOSTGATE_INCIDENTS_TOPIC_PREFIX": "t1."})
     assert stage.input_topics == ("t1.attest.verdicts.v1", "t1.attest.rejections.v1",
                                   "t1.attest.remediation.v1")
@@ -160,7 +160,7 @@ def test_stage_is_registered_and_reports_unsent_findings_until_the_runtime_has_r
     assert stage.tables == {"incidents": "hostgate.IncidentState",
                             "hosts": "hostgate.IncidentsRoster"}
     d = Driver()
-    from services.incidents.stage import RAW_OUTPUTS, config_from_env
+    from services.incidents.stage import config_from_env
     from services.runtime.stage import Coordinates, InputRecord
     from tests.unit.incidents_support import roundtrip
 
@@ -168,10 +168,16 @@ def test_stage_is_registered_and_reports_unsent_findings_until_the_runtime_has_r
     inp = InputRecord("host-a", VERDICT, roundtrip(VERDICT, verdict("host-a", 1)),
                       Coordinates("attest.verdicts.v1", 0, 0), T0)
     decision = decide_for_runtime(inp, d.state, config)
-    if RAW_OUTPUTS:
-        raw = [o for o in decision.outputs if o.subject == FINDING_SUBJECT]
-        assert len(raw) == 2 and decision.log["ocsf_findings"] == 2
-    else:
-        assert [o.subject for o in decision.outputs] == ["hostgate.IncidentEvent"]
-        assert decision.log["ocsf_unsent"] == 2
+    assert [o.subject for o in decision.outputs] == ["hostgate.IncidentEvent",
+                                                     FINDING_SUBJECT, FINDING_SUBJECT]
+    raw = [o for o in decision.outputs if o.subject == FINDING_SUBJECT]
+    assert decision.log["ocsf_findings"] == 2
+    for out in raw:
+        assert out.topic == config.findings_topic and out.key == "host-a"
+        assert out.raw_value is not None
+        body = json.loads(out.raw_value)
+        validate(body)
+        assert body["class_uid"] in (2004, 2005)
+        ce = read_binary_headers(out.headers)
+        assert ce["content-type"] == "application/json" and ce["ce_subject"] == "host-a"
     assert build_stage({}).name == "incidents"
