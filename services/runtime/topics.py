@@ -76,7 +76,7 @@ STAGES: tuple[str, ...] = ("collector", "verifier", "issuer", "incidents")
 STATE_TABLES: Mapping[str, tuple[str, ...]] = {
     "collector": ("enrollments", "challenges", "nonces", "hosts"),
     "verifier": (),
-    "issuer": ("hosts", "serials"),
+    "issuer": ("hosts",),
     "incidents": ("incidents", "hosts"),
     # The runtime's own exactly-once test stage (tests/ and bench/ only).
     "eostest": ("counters",),
