@@ -411,9 +411,18 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             jobs = []
             for p, raws in by_task.items():
                 task = self.tasks.get(p)
-                # Records fetched for a task that was replaced or is broken since the poll are
-                # dropped here: its (re)initialisation rewinds to the committed offsets.
-                if task is None or task is not snapshot.get(p) or not task.ready:
+                # Records fetched for a task that is gone or broken are dropped here: its
+                # (re)initialisation rewinds to the committed offsets.
+                if task is None or not task.ready:
+                    continue
+                if task is not snapshot.get(p):
+                    # (Re)initialised during this poll (e.g. the first assignment happens inside
+                    # getmany): the records may predate its rewind, so drop them — and rewind
+                    # again, or the consumer's position would skip them for good.
+                    try:
+                        await self._rewind(task)
+                    except (KafkaError, OSError, TimeoutError) as exc:
+                        self._mark_broken(task, exc)  # its re-initialisation rewinds
                     continue
                 jobs.append(self._run_task(task, raws))
             await asyncio.gather(*jobs)

@@ -1,0 +1,132 @@
+"""Verifier core benchmark: evidences/s on one core, quote + replay + claims + policy, no Kafka.
+
+Run: .venv/bin/python bench/verifier.py [--seconds S] [--profile]
+
+Evidence: simulator evidence only (real swtpm quotes over synthesised golden-image boots): 3
+clean hosts of each of the 3 images plus one host per tamper profile that reaches the verifier
+(11), i.e. 20 EvidenceCollected records, appraised round-robin. The policy is derived with P's
+``from-log`` from one clean host per image. Baselines in the same run, same records:
+``verify_quote`` alone (the floor every variant pays) and the agent's local selfcheck (quote +
+replay + golden-PCR compare, no claims, no policy). ``--profile`` prints the top of a cProfile
+of the full appraisal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import platform
+import pstats
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from services.agent import selfcheck
+from services.agent.fleet import Evidence
+from services.tpm.eventlog import parse_event_log
+from services.tpm.quote import verify_quote
+from services.tpm.replay import verify_replay
+from services.verifier.core import BANK_SYMBOLS, appraise
+from tests.unit.verifier_support import (
+    VERIFIER_PROFILES,
+    collected_for,
+    nonce_for,
+    sim_fleet,
+)
+
+
+def _rate(fn: Callable[[Any], object], items: list[Any], seconds: float) -> tuple[float, float]:
+    """(ops per wall second, ops per CPU second) running ``fn`` round-robin for ``seconds``."""
+    n = 0
+    w0, c0 = time.perf_counter(), time.process_time()
+    while time.perf_counter() - w0 < seconds:
+        for item in items:
+            fn(item)
+        n += len(items)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return n / wall, n / max(cpu, 1e-9)
+
+
+def _pcrs(col: dict[str, Any]) -> dict[str, dict[int, bytes]]:
+    out: dict[str, dict[int, bytes]] = {}
+    for item in col["evidence"]["pcr_values"]:
+        out.setdefault(BANK_SYMBOLS[item["bank"]], {})[item["pcr"]] = item["value"]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="time per variant")
+    ap.add_argument("--profile", action="store_true", help="cProfile the full appraisal")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="hostgate-bench-verifier-") as tmp, \
+            sim_fleet(Path(tmp), clean_per_image=3) as sim:
+        hosts = list(sim.fleet)
+        cols = [collected_for(h, offset=i) for i, h in enumerate(hosts)]
+        quotes = [(c, _pcrs(c)) for c in cols]
+        selfchecks = []
+        for h in hosts:
+            ev: Evidence = h.quote(nonce_for(h.host_id, 9))
+            selfchecks.append((ev, nonce_for(h.host_id, 9), h.ak_public,
+                               selfcheck.golden_pcrs(h.image, h.spec.seed)))
+        passed = sum(appraise(c, sim.policy).passed for c in cols)
+        print(f"{len(cols)} evidences ({passed} pass, {len(VERIFIER_PROFILES)} tamper profiles)")
+
+        def quote_only(item: tuple[dict[str, Any], dict[str, dict[int, bytes]]]) -> object:
+            c, pcrs = item
+            e = c["evidence"]
+            return verify_quote(c["ak_public"], e["quote_attest"], e["quote_signature"],
+                                nonce=e["nonce"], pcr_values=pcrs)
+
+        def quote_replay(item: tuple[dict[str, Any], dict[str, dict[int, bytes]]]) -> object:
+            q = quote_only(item)
+            assert hasattr(q, "pcr_values")
+            log = parse_event_log(item[0]["evidence"]["boot_log"])
+            try:
+                return verify_replay(log, q.pcr_values)
+            except Exception:  # forged_log: the mismatch is the expected outcome
+                return None
+
+        def full(c: dict[str, Any]) -> object:
+            return appraise(c, sim.policy)
+
+        def local(item: tuple[Evidence, bytes, bytes, Any]) -> object:
+            return selfcheck.check(*item)
+
+        rows = [
+            ("verify_quote only (floor)", _rate(quote_only, quotes, args.seconds)),
+            ("quote + parse + verify_replay", _rate(quote_replay, quotes, args.seconds)),
+            ("agent selfcheck (quote + replay + golden PCRs)",
+             _rate(local, selfchecks, args.seconds)),
+            ("**appraise: quote + counters + banks + replay + claims + policy + EAR**",
+             _rate(full, cols, args.seconds)),
+        ]
+        base = rows[2][1][1]
+        print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
+              f"load={os.getloadavg()[0]:.1f} python={platform.python_version()}")
+        print("| variant (one core) | evidences/s (wall) | per CPU-s | x selfcheck (CPU) |")
+        print("|---|---:|---:|---:|")
+        for name, (wall, cpu) in rows:
+            print(f"| {name} | {wall:.0f} | {cpu:.0f} | {cpu / base:.2f} |")
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(20):
+                for c in cols:
+                    appraise(c, sim.policy)
+            prof.disable()
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+            print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

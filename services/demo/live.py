@@ -1,0 +1,97 @@
+"""The demo's live view (rich): a progress bar and the fleet table, refreshed as records arrive.
+
+Rendering is a pure function of the run state (:func:`render`); :class:`LiveView` only owns
+the rich ``Live`` display. Without a terminal (CI, pipes) it prints one line per phase instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from services.demo.orchestrator import RunState, is_final
+from services.demo.report import DemoRun, HostOutcome, judge, outcome_cell, plain_rules
+
+_STYLE = {"TRUSTED": "bold green", "PASS": "green", "QUARANTINED": "bold red", "FAIL": "red",
+          "REJECTED": "red", "PENDING": "dim", "REVOKED": "yellow"}
+
+
+def _bar(done: int, total: int, width: int = 32) -> str:
+    filled = int(width * done / total) if total else width
+    return "█" * filled + "░" * (width - filled)
+
+
+def host_table(hosts: list[HostOutcome], *, title: str, checks: list[str] | None = None
+               ) -> Table:
+    """The fleet table: host, image, tamper profile, verdict, failed rules, outcome."""
+    table = Table(title=title, expand=True)
+    table.add_column("host", no_wrap=True)
+    table.add_column("image", no_wrap=True)
+    table.add_column("tamper profile")
+    table.add_column("verdict")
+    table.add_column("failed rules (plain words)", ratio=3, overflow="fold")
+    table.add_column("outcome", ratio=2, overflow="fold")
+    if checks is not None:
+        table.add_column("check")
+    for i, h in enumerate(hosts):
+        verdict = h.verdict or (f"rejected: {h.rejection}" if h.rejection else "…")
+        row: list[RenderableType] = [
+            h.host_id, h.image, h.tamper or "—", verdict, plain_rules(h) or "—",
+            Text(outcome_cell(h), style=_STYLE.get(h.status, ""))]
+        if checks is not None:
+            row.append(checks[i])
+        table.add_row(*row)
+    return table
+
+
+def render(st: RunState) -> RenderableType:
+    """One frame of the live view."""
+    total = len(st.rows)
+    done = sum(is_final(h, issuer_running=st.issuer_running) for h in st.rows.values())
+    head = Text.assemble((f"hostgate demo {st.run_id}  ", "bold"),
+                         (f"{_bar(done, total)} {done}/{total} hosts final  ", "cyan"),
+                         (st.phase, "italic"))
+    return Group(head, host_table(list(st.rows.values()), title="fleet"))
+
+
+def final_table(run: DemoRun) -> Table:
+    """The final table with the self-check column."""
+    checks = [("✔ " if j.ok else "✘ ") + j.why for j in run.judgements()]
+    status = "matches the tamper mix" if run.ok else "DOES NOT match the tamper mix"
+    return host_table(list(run.hosts), title=f"hostgate demo {run.run_id}: {status}",
+                      checks=checks)
+
+
+class LiveView:
+    """A rich ``Live`` display on ``console``; a no-op frame sink when there is no terminal."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live: Live | None = None
+        self._phase = ""
+
+    def __enter__(self) -> LiveView:
+        if self.console.is_terminal:
+            self.live = Live(console=self.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+            self.live = None
+
+    def tick(self, st: RunState) -> None:
+        """Show the current state."""
+        if self.live is not None:
+            self.live.update(render(st))
+        elif st.phase != self._phase:
+            self._phase = st.phase
+            self.console.print(f"[demo {st.run_id}] {st.phase}")
+
+
+__all__ = ["LiveView", "final_table", "host_table", "judge", "render"]

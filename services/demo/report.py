@@ -1,0 +1,320 @@
+"""The demo's outcome as data: per-host results, the self-check, JSON and a self-contained HTML.
+
+Everything here is pure. :func:`judge` decides whether one host ended the way its tamper profile
+says it must (the demo checks itself); :func:`to_json` and :func:`render_html` write the run
+(the HTML has inline CSS and no external assets, so it can be mailed or archived as one file).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from services.verifier import reasons
+
+#: What must stop each tamper profile: verifier rule/reason ids, or ``intake.<REASON>`` for an
+#: intake rejection. A tampered host passes the self-check only if it was refused (failed
+#: verdict or rejection) and at least one of these ids is among the reasons.
+EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
+    "secure_boot_off": frozenset({"policy.secureboot.enabled"}),
+    "boot_debugging_on": frozenset({"policy.debug.boot_debugging"}),
+    "kernel_debugger_on": frozenset({"policy.debug.kernel_debugger"}),
+    "test_signing_on": frozenset({"policy.debug.test_signing"}),
+    "code_integrity_off": frozenset({"policy.codeintegrity.enabled"}),
+    "unknown_bootloader": frozenset({"policy.bootchain.applications"}),
+    "revoked_in_dbx": frozenset({"policy.bootchain.applications"}),
+    "db_tampered": frozenset({"policy.secureboot.db"}),
+    "kernel_cmdline_tampered": frozenset({"policy.bootchain.kernel_cmdline"}),
+    "forged_log": frozenset({reasons.REPLAY_PCR_MISMATCH}),
+    "pcr_bank_downgrade": frozenset({reasons.BANKS_DOWNGRADE}),
+    # The simulator quotes a nonce the collector never issued for this challenge: intake names
+    # it REPLAYED_NONCE if it saw that nonce used, else UNKNOWN_NONCE. Both stop the replay.
+    "replayed_nonce": frozenset({"intake.REPLAYED_NONCE", "intake.UNKNOWN_NONCE"}),
+    "stale_quote": frozenset({"intake.STALE_NONCE", "intake.UNKNOWN_NONCE",
+                              "intake.REPLAYED_NONCE"}),
+    "wrong_ak": frozenset({"intake.BAD_SIGNATURE"}),
+}
+
+TRUSTED: Final = "TRUSTED"
+QUARANTINED: Final = "QUARANTINED"
+
+
+@dataclass(frozen=True)
+class RuleFailure:
+    """One failed rule as shown to a person."""
+
+    rule_id: str
+    sentence: str
+    event: str = ""
+    """The offending event, one line (``PCR 7 #12 EV_...: summary``), or empty."""
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    """What happened to one host in the run (every field as observed on the topics)."""
+
+    host_id: str
+    image: str
+    tamper: str | None
+    verdict: str | None = None
+    """``PASS``/``FAIL`` from ``attest.verdicts.v1`` (None: no verdict)."""
+    verdict_id: str = ""
+    failed_rules: tuple[RuleFailure, ...] = ()
+    rejection: str | None = None
+    """Intake rejection reason (``attest.rejections.v1``), if any."""
+    rejection_detail: str = ""
+    trust: str | None = None
+    """Trust state from ``attest.hosts.v1`` (issuer)."""
+    cert_serial: str | None = None
+    incident_id: str | None = None
+    credential_id: str | None = None
+    error: str = ""
+    """What went wrong on the host side (enrolment or attestation), if anything."""
+
+    @property
+    def reason_ids(self) -> frozenset[str]:
+        """Every reason this host was refused for (rule ids and ``intake.<REASON>``)."""
+        ids = {r.rule_id for r in self.failed_rules}
+        if self.rejection:
+            ids.add(f"intake.{self.rejection}")
+        return frozenset(ids)
+
+    @property
+    def status(self) -> str:
+        """``TRUSTED``/``QUARANTINED`` (issuer), else the verdict or rejection, else pending."""
+        if self.trust:
+            return self.trust
+        if self.rejection:
+            return "REJECTED"
+        return self.verdict or "PENDING"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Whether one host ended as its profile demands, and if not, why."""
+
+    ok: bool
+    why: str
+
+
+def judge(h: HostOutcome, *, issuer_running: bool) -> Judgement:
+    """The demo's self-check for one host (see ``EXPECTED_REASONS``)."""
+    if h.tamper is None:
+        if h.rejection:
+            return Judgement(False, f"clean host rejected at intake ({h.rejection})")
+        if h.verdict != "PASS":
+            rules = ", ".join(sorted(h.reason_ids)) or "no verdict"
+            return Judgement(False, f"clean host did not pass ({rules})")
+        if issuer_running and (h.trust != TRUSTED or not h.cert_serial):
+            return Judgement(False, f"clean host passed but is {h.trust or 'not'} trusted "
+                                    "with a certificate")
+        return Judgement(True, "trusted" if issuer_running else "passed")
+    want = EXPECTED_REASONS.get(h.tamper, frozenset())
+    if h.verdict == "PASS" and not h.rejection:
+        return Judgement(False, f"tampered host ({h.tamper}) passed")
+    if h.verdict is None and not h.rejection:
+        return Judgement(False, f"tampered host ({h.tamper}) got no verdict or rejection")
+    if not want & h.reason_ids:
+        got = ", ".join(sorted(h.reason_ids))
+        return Judgement(False, f"{h.tamper} refused for {got}, expected one of "
+                                f"{', '.join(sorted(want))}")
+    if issuer_running and (h.trust != QUARANTINED or not h.incident_id):
+        return Judgement(False, f"{h.tamper} refused but is {h.trust or 'not'} quarantined "
+                                f"with an incident ({h.incident_id or 'none'})")
+    return Judgement(True, "refused for the right reason")
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One demo run, as written to ``report.json`` and ``report.html``."""
+
+    run_id: str
+    started_at: str
+    finished_at: str
+    duration_s: float
+    policy_id: str
+    policy_digest: str
+    stages: tuple[str, ...]
+    issuer_running: bool
+    hosts: tuple[HostOutcome, ...]
+    notes: tuple[str, ...] = ()
+    timings: Mapping[str, float] = field(default_factory=dict)
+
+    def judgements(self) -> list[Judgement]:
+        """The self-check of every host, in host order."""
+        return [judge(h, issuer_running=self.issuer_running) for h in self.hosts]
+
+    @property
+    def ok(self) -> bool:
+        """True when every host ended as its tamper profile demands."""
+        return all(j.ok for j in self.judgements())
+
+    def counts(self) -> dict[str, int]:
+        """Hosts per final status."""
+        out: dict[str, int] = {}
+        for h in self.hosts:
+            out[h.status] = out.get(h.status, 0) + 1
+        return out
+
+
+def to_json(run: DemoRun) -> dict[str, Any]:
+    """The run as a JSON document (stable keys; what ``--json`` prints)."""
+    hosts = []
+    for h, j in zip(run.hosts, run.judgements(), strict=True):
+        hosts.append({
+            "host_id": h.host_id, "image": h.image, "tamper": h.tamper, "status": h.status,
+            "verdict": h.verdict, "verdict_id": h.verdict_id,
+            "failed_rules": [{"rule_id": r.rule_id, "sentence": r.sentence, "event": r.event}
+                             for r in h.failed_rules],
+            "rejection": h.rejection, "rejection_detail": h.rejection_detail,
+            "trust": h.trust, "cert_serial": h.cert_serial, "incident_id": h.incident_id,
+            "credential_id": h.credential_id, "error": h.error,
+            "check": {"ok": j.ok, "why": j.why}})
+    return {"run_id": run.run_id, "started_at": run.started_at,
+            "finished_at": run.finished_at, "duration_s": round(run.duration_s, 2),
+            "policy": {"id": run.policy_id, "digest": run.policy_digest},
+            "stages": list(run.stages), "issuer_running": run.issuer_running,
+            "counts": run.counts(), "ok": run.ok, "notes": list(run.notes),
+            "timings": dict(run.timings), "hosts": hosts}
+
+
+def plain_rules(h: HostOutcome) -> str:
+    """The failed rules in plain words, one line (for tables)."""
+    if h.rejection:
+        return f"refused at intake: {h.rejection_detail or h.rejection}"
+    if h.error and not h.failed_rules:
+        return h.error
+    return "; ".join(r.sentence for r in h.failed_rules)
+
+
+def outcome_cell(h: HostOutcome) -> str:
+    """``TRUSTED serial …`` / ``QUARANTINED incident …`` / the verdict, for tables."""
+    if h.trust == TRUSTED:
+        return f"TRUSTED (cert {h.cert_serial or '?'})"
+    if h.trust:
+        return f"{h.trust} (incident {h.incident_id or '?'})"
+    if h.incident_id:
+        return f"{h.status} (incident {h.incident_id})"
+    return h.status
+
+
+# --- HTML ---------------------------------------------------------------------------------
+_CSS: Final = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;
+background:#f4f5f7;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:18px 28px}
+header h1{margin:0;font-size:20px}header p{margin:4px 0 0;color:#b8c0d0;font-size:13px}
+main{padding:20px 28px;max-width:1200px}
+.cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:18px}
+.card{background:#fff;border-radius:8px;padding:12px 18px;min-width:120px;
+box-shadow:0 1px 2px rgba(0,0,0,.08)}
+.card b{display:block;font-size:26px}.card span{color:#5a6477;font-size:12px}
+.ok b{color:#1f8a4c}.bad b{color:#c0392b}.warn b{color:#b7791f}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px;
+margin-bottom:22px}
+.tile{border-radius:6px;padding:8px 10px;color:#fff;text-decoration:none;font-size:12px}
+.tile strong{display:block;font-size:13px;word-break:break-all}
+.TRUSTED,.PASS{background:#1f8a4c}.QUARANTINED,.FAIL,.REJECTED{background:#c0392b}
+.PENDING,.UNKNOWN,.REVOKED{background:#7f8c8d}
+table{border-collapse:collapse;width:100%;background:#fff;margin-bottom:22px}
+th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e3e6eb;vertical-align:top}
+th{background:#eef0f4;font-weight:600}
+.badge{display:inline-block;border-radius:4px;padding:1px 7px;color:#fff;font-size:12px}
+.miss{background:#fdecea}
+details{background:#fff;border-radius:8px;margin-bottom:10px;padding:10px 16px;
+box-shadow:0 1px 2px rgba(0,0,0,.06)}
+summary{cursor:pointer;font-weight:600}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace;background:#eef0f4;padding:1px 4px;
+border-radius:3px;word-break:break-all}
+ul{margin:6px 0 0 18px;padding:0}li{margin-bottom:4px}
+"""
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _card(value: object, label: str, cls: str = "") -> str:
+    return f'<div class="card {cls}"><b>{_e(value)}</b><span>{_e(label)}</span></div>'
+
+
+def _details(h: HostOutcome, j: Judgement) -> str:
+    parts = [f'<details id="{_e(h.host_id)}"{" open" if not j.ok else ""}>',
+             f'<summary>{_e(h.host_id)} — <span class="badge {_e(h.status)}">{_e(h.status)}'
+             f"</span> {_e(h.image)}{' · tampered: ' + _e(h.tamper) if h.tamper else ''}"
+             "</summary><ul>"]
+    if h.verdict:
+        parts.append(f"<li>verdict <b>{_e(h.verdict)}</b> <code>{_e(h.verdict_id[:24])}"
+                     "</code></li>")
+    if h.rejection:
+        parts.append(f"<li>refused at intake: <b>{_e(h.rejection)}</b> — "
+                     f"{_e(h.rejection_detail)}</li>")
+    for r in h.failed_rules:
+        ev = f"<br>offending event: <code>{_e(r.event)}</code>" if r.event else ""
+        parts.append(f"<li><code>{_e(r.rule_id)}</code> {_e(r.sentence)}{ev}</li>")
+    if h.cert_serial:
+        parts.append(f"<li>certificate serial <code>{_e(h.cert_serial)}</code>"
+                     f"{' (credential ' + _e(h.credential_id) + ')' if h.credential_id else ''}"
+                     "</li>")
+    if h.incident_id:
+        parts.append(f"<li>incident <code>{_e(h.incident_id)}</code></li>")
+    if h.error:
+        parts.append(f"<li>host side: {_e(h.error)}</li>")
+    parts.append(f"<li>self-check: {'✔' if j.ok else '✘'} {_e(j.why)}</li></ul></details>")
+    return "".join(parts)
+
+
+def render_html(run: DemoRun) -> str:
+    """A self-contained HTML page of the run (inline CSS, no scripts, no external assets)."""
+    judged = run.judgements()
+    counts = run.counts()
+    tampered = sum(1 for h in run.hosts if h.tamper)
+    mism = sum(1 for j in judged if not j.ok)
+    cards = [_card(len(run.hosts), "hosts"), _card(tampered, "tampered", "warn"),
+             _card(counts.get(TRUSTED, counts.get("PASS", 0)), "trusted / passed", "ok"),
+             _card(sum(n for k, n in counts.items() if k in (QUARANTINED, "FAIL", "REJECTED")),
+                   "quarantined / refused", "bad"),
+             _card("✔ matches" if run.ok else f"✘ {mism} off", "tamper mix", "ok" if run.ok
+                   else "bad")]
+    tiles = "".join(
+        f'<a class="tile {_e(h.status)}" href="#{_e(h.host_id)}"><strong>{_e(h.host_id)}'
+        f"</strong>{_e(h.image)}<br>{_e(h.tamper or 'clean')} → {_e(h.status)}</a>"
+        for h in run.hosts)
+    rows = "".join(
+        f'<tr class="{"" if j.ok else "miss"}"><td>{_e(h.host_id)}</td><td>{_e(h.image)}</td>'
+        f"<td>{_e(h.tamper or '—')}</td><td>{_e(h.verdict or h.rejection or '—')}</td>"
+        f"<td>{_e(plain_rules(h))}</td><td>{_e(outcome_cell(h))}</td>"
+        f"<td>{'✔' if j.ok else '✘ ' + _e(j.why)}</td></tr>"
+        for h, j in zip(run.hosts, judged, strict=True))
+    notes = "".join(f"<li>{_e(n)}</li>" for n in run.notes)
+    details = "".join(_details(h, j) for h, j in zip(run.hosts, judged, strict=True))
+    return (
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>hostgate demo {_e(run.run_id)}</title><style>{_CSS}</style></head><body>"
+        f"<header><h1>hostgate fleet attestation — run {_e(run.run_id)}</h1>"
+        f"<p>{_e(run.started_at)} · {run.duration_s:.1f} s · policy {_e(run.policy_id)} "
+        f"<code>{_e(run.policy_digest[:23])}</code> · stages {_e(', '.join(run.stages))}</p>"
+        f"</header><main><div class=\"cards\">{''.join(cards)}</div>"
+        f"<h2>Fleet</h2><div class=\"grid\">{tiles}</div>"
+        "<h2>Hosts</h2><table><tr><th>host</th><th>image</th><th>tamper profile</th>"
+        "<th>verdict</th><th>failed rules</th><th>outcome</th><th>check</th></tr>"
+        f"{rows}</table><h2>Details</h2>{details}"
+        f"{'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}</main></body></html>\n")
+
+
+def rule_event_line(event: Mapping[str, Any] | None) -> str:
+    """One line for a ``hostgate.OffendingEvent`` record (empty for None)."""
+    if not event:
+        return ""
+    return (f"PCR {event.get('pcr')} event #{event.get('seq')} "
+            f"{event.get('event_type_name', '')}: {event.get('data_summary', '')}")
+
+
+def outcomes_by_status(hosts: Sequence[HostOutcome]) -> dict[str, list[str]]:
+    """Host ids grouped by final status (for summaries)."""
+    out: dict[str, list[str]] = {}
+    for h in hosts:
+        out.setdefault(h.status, []).append(h.host_id)
+    return out

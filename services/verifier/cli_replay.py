@@ -1,0 +1,330 @@
+"""``hostgate replay``: re-verify recorded evidence from ``attest.collected.v1`` (audit replay).
+
+The Kafka side of :mod:`services.verifier.replay`. It has its own consumer per topic — no
+consumer group, no offset commits, ``read_committed`` — so it has no effect on the live stages.
+Each consumer is assigned every partition of its topic (the broker serves them in parallel) and
+reads up to the end offsets taken when it started; the three topics are read concurrently.
+
+* without ``--policy``: every recorded verdict is recomputed under the policy it names (found by
+  digest among every record of ``attest.policies.v1``) and compared field by field; any
+  difference is a finding and the exit status is 1;
+* with ``--policy FILE``: a what-if — which hosts would change verdict under that policy, and
+  why; the exit status is 0.
+
+Times (``--from``/``--to``) select collected evidence by its record timestamp: ISO 8601
+(``2026-01-01T10:00``, UTC unless an offset is given), a date, epoch milliseconds, or a
+duration back from now (``15m``, ``2h``, ``7d``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.errors import ConfigError, HostgateError
+from services.verifier.replay import (
+    AuditReport,
+    Located,
+    PolicyIndex,
+    WhatIfReport,
+    audit,
+    what_if,
+)
+
+COLLECTED_SUBJECT = "hostgate.EvidenceCollected"
+VERDICT_SUBJECT = "hostgate.Verdict"
+POLICY_SUBJECT = "hostgate.PolicyPublished"
+READ_TIMEOUT_S = 300.0
+_DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ReplayError(HostgateError):
+    """Replay could not read what it needs (topic missing, broker unreachable, bad option)."""
+
+
+def parse_time(text: str, *, now_ms: int) -> int:
+    """``--from``/``--to`` value -> epoch milliseconds (see the module docstring)."""
+    raw = text.strip()
+    m = _DURATION.match(raw)
+    if m:
+        return now_ms - int(m.group(1)) * _UNIT_S[m.group(2)] * 1000
+    if raw.isdigit():
+        return int(raw)
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(f"time {text!r} is not ISO 8601, epoch milliseconds or a duration "
+                          "like 15m/2h/7d") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Partition count of each existing topic in ``topics`` (missing topics are left out)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="hostgate.replay")
+    await admin.start()
+    try:
+        docs = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return {str(d["topic"]): len(d["partitions"]) for d in docs
+            if d.get("partitions") and not d.get("error_code")}
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What to read from one topic."""
+
+    topic: str
+    subject: str
+    start_ms: int | None = None
+    end_ms: int | None = None
+    host: str | None = None
+
+
+async def read_topic(bootstrap: str, spec: ReadSpec, codec: Any,
+                     on_record: Callable[[], None] | None = None) -> list[Located]:
+    """Every committed record of ``spec.topic`` from ``start_ms`` up to the end offsets taken
+    now (``end_ms`` bounds by record timestamp), decoded as ``spec.subject``; tombstones and
+    other hosts' records (``spec.host``, by key) are skipped."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import KafkaError
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed",
+                                client_id="hostgate.replay", auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=8 * 1024 * 1024)
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        raise ReplayError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}") from exc
+    try:
+        count = (await partition_counts(bootstrap, [spec.topic])).get(spec.topic, 0)
+        if not count:
+            raise ReplayError(f"topic {spec.topic} does not exist")
+        tps = [TopicPartition(spec.topic, p) for p in range(count)]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        if spec.start_ms is not None:
+            found = await consumer.offsets_for_times({tp: spec.start_ms for tp in tps})
+            for tp in tps:
+                hit = found.get(tp)
+                consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        out: list[Located] = []
+        key = spec.host.encode() if spec.host is not None else None
+        pending = {tp for tp in tps if ends[tp] > 0}
+        for tp in list(pending):
+            if await consumer.position(tp) >= ends[tp]:
+                pending.discard(tp)
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while pending:
+            if time.monotonic() > deadline:
+                raise ReplayError(f"could not read {spec.topic} to its end offsets within "
+                                  f"{READ_TIMEOUT_S:.0f}s")
+            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=2000)
+            for tp, recs in batch.items():
+                for r in recs:
+                    if r.offset >= ends[tp]:
+                        pending.discard(tp)
+                        break
+                    if r.value is None or (key is not None and r.key != key):
+                        continue
+                    if spec.end_ms is not None and r.timestamp > spec.end_ms:
+                        continue
+                    try:
+                        rec = codec.decode(r.value, expected={spec.subject}).record
+                    except HostgateError:
+                        continue  # not this record type: the verifier DLQs such bytes
+                    out.append(Located(r.topic, r.partition, r.offset, r.timestamp, rec))
+                    if on_record is not None:
+                        on_record()
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        out.sort(key=lambda loc: (loc.partition, loc.offset))
+        return out
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Everything replay read."""
+
+    collected: list[Located]
+    verdicts: list[Located]
+    policies: list[Located]
+
+
+async def read_recorded(bootstrap: str, *, namespace: str = "", start_ms: int | None = None,
+                        end_ms: int | None = None, host: str | None = None,
+                        on_record: Callable[[], None] | None = None) -> Recorded:
+    """Read collected evidence, verdicts and policies concurrently (see the module docstring)."""
+    from services.runtime.codec import Codec
+    from services.verifier.stage import VerifierTopics
+
+    topics = VerifierTopics(namespace)
+    codec = Codec.load()
+    collected, verdicts, policies = await asyncio.gather(
+        read_topic(bootstrap, ReadSpec(topics.collected, COLLECTED_SUBJECT, start_ms, end_ms,
+                                       host), codec, on_record),
+        read_topic(bootstrap, ReadSpec(topics.verdicts, VERDICT_SUBJECT, start_ms, None, host),
+                   codec, on_record),
+        read_topic(bootstrap, ReadSpec(topics.policies, POLICY_SUBJECT), codec))
+    return Recorded(collected, verdicts, policies)
+
+
+def run_replay(recorded: Recorded, *, policy_text: str | None, time_filtered: bool,
+               progress: Callable[[int], None] | None = None) -> AuditReport | WhatIfReport:
+    """Audit (no policy) or what-if over what was read."""
+    collected_keys = {(c.topic, c.partition, c.offset) for c in recorded.collected}
+    verdicts = recorded.verdicts
+    if time_filtered:  # verdicts of evidence outside the range are not this run's business
+        verdicts = [v for v in verdicts if (str(v.record["collected"]["topic"]),
+                                            int(v.record["collected"]["partition"]),
+                                            int(v.record["collected"]["offset"]))
+                    in collected_keys]
+    if policy_text is None:
+        index = PolicyIndex.build(p.record for p in recorded.policies)
+        return audit(recorded.collected, verdicts, index, progress=progress)
+    return what_if(recorded.collected, verdicts, load_what_if_policy(policy_text),
+                   progress=progress)
+
+
+def load_what_if_policy(text: str) -> Any:
+    """The ``PolicyInForce`` of a policy file (version from ``metadata.version`` if numeric)."""
+    from services.verifier.policy.loader import load_policy
+    from services.verifier.policy_in_force import load_in_force, published_record
+
+    meta = load_policy(text).metadata.version
+    version = int(meta) if meta.isdigit() and len(meta) < 10 else 0
+    return load_in_force(published_record(text, version=version, published_at_ms=0,
+                                          author="what-if"))
+
+
+# --- output ---------------------------------------------------------------------------------
+def _print_audit(report: AuditReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table(title="audit replay", show_header=False)
+    summary.add_row("evidence records read", str(report.evidences))
+    summary.add_row("recorded verdicts", str(report.verdicts))
+    summary.add_row("reproduced exactly", f"[green]{report.reproduced}[/green]")
+    summary.add_row("by result", ", ".join(f"{k} {n}" for k, n in sorted(
+        report.by_result.items())) or "-")
+    colour = "green" if report.ok else "red"
+    summary.add_row("findings", f"[{colour}]{len(report.findings)}[/{colour}]")
+    console.print(summary)
+    if report.findings:
+        table = Table(title="findings")
+        for col in ("kind", "host", "where", "what"):
+            table.add_column(col, overflow="fold")
+        for f in report.findings:
+            what = f.message + "".join(f"\n  {d.field}: recorded {d.recorded} / replayed "
+                                       f"{d.replayed}" for d in f.diffs[:6])
+            table.add_row(f.kind.value, f.host_id, f.where, what)
+        console.print(table)
+
+
+def _print_what_if(report: WhatIfReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"what-if under {report.policy}: {report.evidences} evidence records, "
+                  f"{len(report.changes)} would change ({len(report.hosts)} hosts)")
+    if report.changes:
+        table = Table(title="verdicts that would change")
+        for col in ("host", "evidence", "recorded", "would be", "why"):
+            table.add_column(col, overflow="fold")
+        for c in report.changes:
+            why = "; ".join(c.sentences) or (
+                "no longer fails: " + ", ".join(c.removed_rules) if c.removed_rules else "-")
+            table.add_row(c.host_id, c.where, c.recorded, c.would_be, why)
+        console.print(table)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    now_ms = int(time.time() * 1000)
+    start = parse_time(args.from_time, now_ms=now_ms) if args.from_time else None
+    end = parse_time(args.to_time, now_ms=now_ms) if args.to_time else None
+    if start is not None and end is not None and end < start:
+        raise ConfigError("--to is before --from")
+    policy_text = None
+    if args.policy is not None:
+        from services.verifier.publish import read_policy_text
+
+        policy_text = read_policy_text(args.policy)
+    bootstrap = args.broker or os.environ.get("HOSTGATE_BOOTSTRAP") or "127.0.0.1:19092"
+    namespace = os.environ.get("HOSTGATE_TOPIC_NAMESPACE", "").strip()
+    console = Console(stderr=True)
+    show = console.is_terminal and not args.json
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True, disable=not show) as bar:
+        reading = bar.add_task("reading records", total=None)
+        recorded = asyncio.run(read_recorded(
+            bootstrap, namespace=namespace, start_ms=start, end_ms=end, host=args.host,
+            on_record=lambda: bar.advance(reading)))
+        total = len(recorded.verdicts if policy_text is None else recorded.collected)
+        task = bar.add_task("re-appraising", total=total)
+        report = run_replay(recorded, policy_text=policy_text,
+                            time_filtered=start is not None or end is not None,
+                            progress=lambda n: bar.update(task, completed=n))
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=1, sort_keys=True)
+        print()
+    elif isinstance(report, AuditReport):
+        _print_audit(report)
+    else:
+        _print_what_if(report)
+    if isinstance(report, AuditReport):
+        return 0 if report.ok else 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``hostgate replay``."""
+    p = subparsers.add_parser(
+        "replay", help="re-verify recorded evidence and compare with the recorded verdicts",
+        description="Audit replay. Reads attest.collected.v1, attest.verdicts.v1 and "
+        "attest.policies.v1 with its own consumers (no group, no commits, read_committed: "
+        "the live stages are not affected) and re-appraises the evidence with the verifier's "
+        "core. Without --policy every recorded verdict must be reproduced exactly under the "
+        "policy it names; any difference is a finding (a bug, or a tampered record) and the "
+        "exit status is 1. With --policy it is a what-if: which hosts would change verdict "
+        "under that policy, and why.",
+        epilog="TIME is ISO 8601 (UTC unless an offset is given), epoch milliseconds, or a "
+        "duration back from now such as 15m, 2h, 7d; it selects evidence by record timestamp. "
+        "Environment: HOSTGATE_BOOTSTRAP, HOSTGATE_TOPIC_NAMESPACE.")
+    p.add_argument("--from", dest="from_time", metavar="TIME", default=None,
+                   help="only evidence recorded at or after TIME")
+    p.add_argument("--to", dest="to_time", metavar="TIME", default=None,
+                   help="only evidence recorded at or before TIME")
+    p.add_argument("--host", default=None, metavar="ID", help="only this host's records")
+    p.add_argument("--policy", type=Path, default=None, metavar="FILE",
+                   help="what-if: appraise under this policy YAML instead of the recorded ones")
+    p.add_argument("--broker", default=None, metavar="HOST:PORT",
+                   help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or "
+                        "127.0.0.1:19092)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_replay)

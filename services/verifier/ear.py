@@ -1,0 +1,243 @@
+"""EAR-style appraisal: the AR4SI trustworthiness vector and the EAT Attestation Result claims.
+
+References (IETF RATS, work in progress):
+
+* AR4SI — *Attestation Results for Secure Interactions*, draft-ietf-rats-ar4si, section 2.3:
+  eight trustworthiness claims (``instance-identity``, ``configuration``, ``executables``,
+  ``file-system``, ``hardware``, ``runtime-opaque``, ``storage-opaque``, ``sourced-data``), each
+  a small signed integer whose range is its *tier*: **none** -1..1, **affirming** 2..31,
+  **warning** 32..95, **contraindicated** 96..127 (negative values mirror these ranges and are
+  reserved for private use). Generic values valid for every claim: 0 no claim, 1 unexpected
+  evidence, -1 verifier malfunction, 99 cryptographic validation failed.
+* EAR — *EAT Attestation Results*, draft-fv-rats-ear (now draft-ietf-rats-ear): claims
+  ``eat_profile`` (``tag:github.com,2023:veraison/ear``), ``iat``, ``ear.verifier-id``
+  (``developer``, ``build``) and per attester in ``submods``: ``ear.status`` (the worst tier of
+  the vector), ``ear.trustworthiness-vector`` (claim name -> integer) and
+  ``ear.appraisal-policy-id``.
+
+The claim values used here (names as in AR4SI / the veraison EAR implementations): instance
+2 trustworthy, 96 untrustworthy, 97 unrecognised; configuration 2 approved, 96 unsupportable;
+executables 3 approved boot, 96 contraindicated; file-system 2 approved, 96 contraindicated;
+hardware 2 genuine; storage-opaque 2 hardware-keys-encrypted-secrets (the AK is fixedTPM).
+``runtime-opaque`` and ``sourced-data`` are never claimed: a boot quote says nothing of them.
+
+hostgate does not sign the EAR (the verdict travels in a Kafka transaction, not to a relying
+party over the network); the JSON is canonical so audit replay reproduces it byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final
+
+from services.verifier import reasons
+
+EAT_PROFILE: Final = "tag:github.com,2023:veraison/ear"
+VERIFIER_DEVELOPER: Final = "hostgate"
+VERIFIER_BUILD: Final = "hostgate-verifier/1"
+SUBMOD: Final = "tpm-measured-boot"
+"""Name of the one attester (submod) a hostgate EAR describes."""
+
+CLAIMS: Final[tuple[str, ...]] = (
+    "instance-identity", "configuration", "executables", "file-system", "hardware",
+    "runtime-opaque", "storage-opaque", "sourced-data",
+)
+"""AR4SI claim names, in the draft's order (also the order of ``hostgate.TrustVector``)."""
+
+# generic values (AR4SI 2.3.3)
+NO_CLAIM: Final = 0
+UNEXPECTED_EVIDENCE: Final = 1
+VERIFIER_MALFUNCTION: Final = -1
+CRYPTO_VALIDATION_FAILED: Final = 99
+# per-claim values
+TRUSTWORTHY_INSTANCE: Final = 2
+UNTRUSTWORTHY_INSTANCE: Final = 96
+UNRECOGNIZED_INSTANCE: Final = 97
+APPROVED_CONFIG: Final = 2
+UNSUPPORTABLE_CONFIG: Final = 96
+APPROVED_BOOT: Final = 3
+CONTRAINDICATED_RUNTIME: Final = 96
+APPROVED_FILES: Final = 2
+CONTRAINDICATED_FILES: Final = 96
+GENUINE_HARDWARE: Final = 2
+HW_KEYS_ENCRYPTED_SECRETS: Final = 2
+
+
+class Tier(StrEnum):
+    """AR4SI trustworthiness tier (the symbol names of ``hostgate.TrustTier``, lower-cased)."""
+
+    NONE = "none"
+    AFFIRMING = "affirming"
+    WARNING = "warning"
+    CONTRAINDICATED = "contraindicated"
+
+    @property
+    def avro(self) -> str:
+        """The ``hostgate.TrustTier`` symbol."""
+        return self.name
+
+
+_RANK: Final = {Tier.NONE: 0, Tier.AFFIRMING: 1, Tier.WARNING: 2, Tier.CONTRAINDICATED: 3}
+
+
+def tier_of(value: int) -> Tier:
+    """The tier of an AR4SI claim value (negative values mirror the positive ranges)."""
+    v = abs(value)
+    if v <= 1:
+        return Tier.NONE
+    if v <= 31:
+        return Tier.AFFIRMING
+    if v <= 95:
+        return Tier.WARNING
+    return Tier.CONTRAINDICATED
+
+
+@dataclass(frozen=True)
+class TrustVector:
+    """One AR4SI value per claim (``CLAIMS`` order)."""
+
+    instance_identity: int = NO_CLAIM
+    configuration: int = NO_CLAIM
+    executables: int = NO_CLAIM
+    file_system: int = NO_CLAIM
+    hardware: int = NO_CLAIM
+    runtime_opaque: int = NO_CLAIM
+    storage_opaque: int = NO_CLAIM
+    sourced_data: int = NO_CLAIM
+
+    def values(self) -> dict[str, int]:
+        """Claim name (AR4SI spelling) -> value."""
+        return {name: getattr(self, name.replace("-", "_")) for name in CLAIMS}
+
+    @property
+    def status(self) -> Tier:
+        """``ear.status``: the worst tier in the vector."""
+        return max((tier_of(v) for v in self.values().values()), key=_RANK.__getitem__)
+
+    def to_avro(self) -> dict[str, str]:
+        """The ``hostgate.TrustVector`` record (tiers only)."""
+        return {name.replace("-", "_"): tier_of(v).avro for name, v in self.values().items()}
+
+
+# Which AR4SI claim a failed non-policy reason contradicts, and with which value.
+_REASON_CLAIMS: Final[dict[str, tuple[str, int]]] = {
+    reasons.QUOTE_BAD_SIGNATURE: ("instance_identity", CRYPTO_VALIDATION_FAILED),
+    reasons.QUOTE_NONCE_MISMATCH: ("instance_identity", CRYPTO_VALIDATION_FAILED),
+    reasons.QUOTE_PCR_DIGEST_MISMATCH: ("instance_identity", CRYPTO_VALIDATION_FAILED),
+    reasons.QUOTE_AK_ATTRIBUTES: ("instance_identity", UNTRUSTWORTHY_INSTANCE),
+    reasons.QUOTE_AK_NAME_MISMATCH: ("instance_identity", UNRECOGNIZED_INSTANCE),
+    reasons.QUOTE_MALFORMED: ("instance_identity", UNEXPECTED_EVIDENCE),
+    reasons.QUOTE_UNSUPPORTED: ("instance_identity", UNEXPECTED_EVIDENCE),
+    reasons.EVIDENCE_MALFORMED: ("instance_identity", UNEXPECTED_EVIDENCE),
+    reasons.COUNTERS_WENT_BACKWARDS: ("instance_identity", UNTRUSTWORTHY_INSTANCE),
+    reasons.BANKS_DOWNGRADE: ("configuration", UNSUPPORTABLE_CONFIG),
+    reasons.LOG_MALFORMED: ("executables", UNEXPECTED_EVIDENCE),
+    reasons.LOG_UNSUPPORTED: ("executables", UNEXPECTED_EVIDENCE),
+    reasons.REPLAY_PCR_MISMATCH: ("executables", CONTRAINDICATED_RUNTIME),
+    reasons.IMA_MALFORMED: ("file_system", UNEXPECTED_EVIDENCE),
+    reasons.IMA_PCR_MISMATCH: ("file_system", CONTRAINDICATED_FILES),
+    reasons.IMA_BOOT_AGGREGATE: ("file_system", CONTRAINDICATED_FILES),
+    reasons.POLICY_NONE_IN_FORCE: ("configuration", NO_CLAIM),
+    reasons.POLICY_UNUSABLE: ("configuration", VERIFIER_MALFUNCTION),
+    reasons.INTERNAL_ERROR: ("instance_identity", VERIFIER_MALFUNCTION),
+}
+
+# Policy rule-id prefixes -> the AR4SI claim the rule speaks for (longest prefix wins).
+_RULE_CLAIMS: Final[tuple[tuple[str, str], ...]] = (
+    ("policy.codeintegrity.boot_applications", "executables"),
+    ("policy.codeintegrity.drivers", "executables"),
+    ("policy.codeintegrity.ima_", "file_system"),
+    ("policy.codeintegrity.", "configuration"),
+    ("policy.secureboot.", "configuration"),
+    ("policy.debug.", "configuration"),
+    ("policy.banks.", "configuration"),
+    ("policy.bootchain.", "executables"),
+    ("policy.reference.", "executables"),
+    ("policy.evidence.", "executables"),
+    ("policy.custom.", "configuration"),
+)
+_AFFIRM: Final = {"configuration": APPROVED_CONFIG, "executables": APPROVED_BOOT,
+                  "file_system": APPROVED_FILES}
+_CONTRA: Final = {"configuration": UNSUPPORTABLE_CONFIG, "executables": CONTRAINDICATED_RUNTIME,
+                  "file_system": CONTRAINDICATED_FILES}
+
+
+def rule_claim(rule_id: str) -> str:
+    """The AR4SI claim (attribute spelling) a policy rule id speaks for."""
+    for prefix, claim in _RULE_CLAIMS:
+        if rule_id.startswith(prefix):
+            return claim
+    return "configuration"
+
+
+@dataclass(frozen=True)
+class AppraisalFacts:
+    """What the core established, as the vector needs it."""
+
+    quote_verified: bool
+    ek_chain_verified: bool
+    failed_reasons: tuple[str, ...]
+    """Non-policy reason ids that failed (``services.verifier.reasons``)."""
+    rule_outcomes: tuple[tuple[str, bool], ...] = ()
+    """(policy rule id, passed) for every evaluated, applicable policy rule."""
+
+
+def trust_vector(facts: AppraisalFacts) -> TrustVector:
+    """The AR4SI vector for one appraisal; contradictions win over affirmations."""
+    v: dict[str, int] = {}
+    if facts.quote_verified:
+        v["instance_identity"] = TRUSTWORTHY_INSTANCE
+        v["storage_opaque"] = HW_KEYS_ENCRYPTED_SECRETS
+        if facts.ek_chain_verified:
+            v["hardware"] = GENUINE_HARDWARE
+    by_claim: dict[str, list[bool]] = {}
+    for rule_id, passed in facts.rule_outcomes:
+        by_claim.setdefault(rule_claim(rule_id), []).append(passed)
+    for claim, outcomes in sorted(by_claim.items()):
+        v[claim] = _AFFIRM[claim] if all(outcomes) else _CONTRA[claim]
+    for reason in sorted(set(facts.failed_reasons)):
+        claim, value = _REASON_CLAIMS.get(reason, ("instance_identity", VERIFIER_MALFUNCTION))
+        current = v.get(claim, NO_CLAIM)
+        if (_RANK[tier_of(value)] >= _RANK[tier_of(current)]
+                or tier_of(current) is Tier.AFFIRMING):
+            v[claim] = value
+    return TrustVector(**v)
+
+
+def policy_uri(policy_id: str, version: int, digest_hex: str) -> str:
+    """``ear.appraisal-policy-id`` for a hostgate policy version."""
+    if not policy_id:
+        return "policy://hostgate/none"
+    return f"policy://hostgate/{policy_id}/{version}#sha256:{digest_hex}"
+
+
+def ear_claims(vector: TrustVector, *, iat_seconds: int, policy_id_uri: str,
+               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The EAR claims-set (unsigned) for one appraisal."""
+    sub: dict[str, Any] = {
+        "ear.status": vector.status.value,
+        "ear.trustworthiness-vector": vector.values(),
+        "ear.appraisal-policy-id": policy_id_uri,
+    }
+    if extra:
+        sub.update(extra)
+    return {
+        "eat_profile": EAT_PROFILE,
+        "iat": iat_seconds,
+        "ear.verifier-id": {"developer": VERIFIER_DEVELOPER, "build": VERIFIER_BUILD},
+        "submods": {SUBMOD: sub},
+    }
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON text: sorted keys, compact, ASCII only, no NaN."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+
+
+def worst(tiers: Iterable[Tier]) -> Tier:
+    """The worst of ``tiers`` (NONE if empty)."""
+    return max(tiers, key=_RANK.__getitem__, default=Tier.NONE)

@@ -1,0 +1,366 @@
+"""Derive a policy from one or more golden boot logs (``hostgate policy from-log``).
+
+Each golden log is parsed, replayed against itself and turned into claims (:func:`golden_from_log`:
+a *log-only* reading — nothing is quoted, so it describes a log, it does not authenticate one).
+:func:`derive_policy` then writes a reviewable YAML policy that every golden log passes:
+
+* sets that must *contain* the host's values (PK/KEK/db, boot images, drivers, SI policies,
+  command lines, PCR 7 variable names, accepted anomalies) are the **union** across the logs;
+* sets the host must *hold* (dbx revocations) are the **intersection**;
+* flags (Secure Boot, Windows debug controls, code integrity, DEP, HVCI) are written only where
+  every log agrees; otherwise they are left out with a comment saying so;
+* the boot chain is position-wise: stage *i* accepts the *i*-th application of every log
+  (stages beyond the shortest chain are optional);
+* one reference group per distinct firmware build (PCRs 0 and 2 in the strongest bank).
+
+Every value carries a YAML comment naming the file and event it came from. A golden log whose
+claims fail closed (a fatal anomaly) is refused: it cannot be a reference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from services.tpm.claims import BootApplication, Claims, extract_claims
+from services.tpm.eventlog import Event, EventLog, EventType, parse_event_log
+from services.tpm.replay import replay, verify_replay
+from services.verifier.policy.errors import PolicyError
+from services.verifier.policy.evaluate import subject
+from services.verifier.policy.events import EventIndex
+from services.verifier.policy.loader import load_policy
+from services.verifier.policy.model import API_VERSION, DEBUG_FLAGS, KIND, Policy
+from services.verifier.policy.rules import Subject, hvci_on, hypervisor_launched
+from services.verifier.policy.yamlout import Commented, dump
+
+__all__ = ["DerivedPolicy", "Golden", "derive_policy", "golden_from_log"]
+
+_BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
+_GROUP_PCRS: Final = (0, 2)
+_FIRMWARE_PCRS: Final = frozenset(range(8))
+_NAME_RE: Final = re.compile(r"[^A-Za-z0-9._-]+")
+_HASH_SIZES: Final = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
+
+
+@dataclass(frozen=True)
+class Golden:
+    """One golden log read for derivation (or for a log-only ``check``)."""
+
+    source: str
+    log: EventLog
+    claims: Claims
+    events: tuple[Event, ...]
+
+    def subject(self) -> Subject:
+        """The log as a policy subject (active banks = the log's declared banks)."""
+        return subject(self.claims, self.events, active_banks=self.log.banks)
+
+
+@dataclass(frozen=True)
+class DerivedPolicy:
+    """The YAML text (with provenance comments) and the policy it loads to."""
+
+    text: str
+    policy: Policy
+
+
+def golden_from_log(
+    data: bytes, source: str, *, registers: Literal["tpm", "ccel"] | None = None
+) -> Golden:
+    """Parse ``data``, replay it against itself and extract claims (log-only, untrusted).
+
+    ``registers=None`` detects an Intel TDX CCEL log by its Spec ID event in MR index 1.
+    Raises the ``services.tpm`` errors for a log that does not parse or replay.
+    """
+    log = parse_event_log(data)
+    if registers is None:
+        first = log.events[0] if log.events else None
+        is_ccel = (first is not None and first.pcr == 1
+                   and first.event_type == EventType.EV_NO_ACTION)
+        registers = "ccel" if is_ccel else "tpm"
+    result = verify_replay(log, replay(log))
+    claims = extract_claims(result, measurement_registers=registers)
+    return Golden(source=source, log=log, claims=claims, events=result.verified_events)
+
+
+def _best_bank(digests: Any) -> str | None:
+    return next((b for b in _BANK_PREFERENCE if b in digests), None)
+
+
+class _Collector:
+    """Union of reference values with the first place each was seen."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def add(self, alg: str, hex_value: str, name: str, where: str) -> None:
+        self._items.setdefault((alg, hex_value), (name, where))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def entries(self) -> list[Any]:
+        out = []
+        for (alg, hx), (name, where) in sorted(self._items.items()):
+            entry: dict[str, Any] = {alg: hx}
+            if name:
+                entry["name"] = name
+            out.append(Commented(entry, where))
+        return out
+
+
+def _where(g: Golden, seq: int | None) -> str:
+    return f"{g.source} event {seq}" if seq is not None and seq >= 0 else g.source
+
+
+def _all_agree(values: Iterable[Any]) -> tuple[bool, Any]:
+    vals = list(values)
+    if not vals or any(v is None for v in vals) or len(set(vals)) != 1:
+        return False, None
+    return True, vals[0]
+
+
+def _banks(golden: Sequence[Golden]) -> dict[str, Any]:
+    common: set[int] | None = None
+    for g in golden:
+        bank = _best_bank(g.claims.pcrs)
+        have = set(g.claims.pcrs.get(bank, {})) if bank else set()
+        common = have if common is None else common & have
+    pcrs = sorted((common or set()) & _FIRMWARE_PCRS)
+    return {"requirePcrs": Commented(pcrs, "firmware PCRs replayed in every golden log"),
+            "refuseSha1Only": True}
+
+
+def _secure_boot(golden: Sequence[Golden]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    agree, state = _all_agree(g.claims.secure_boot for g in golden)
+    if agree:
+        note = "every golden log" + (" has Secure Boot ON" if state else
+                                     " has Secure Boot OFF: review before use")
+        out["enabled"] = Commented(bool(state), note)
+    for label in ("PK", "KEK", "db"):
+        dbs = [(g, g.claims.database(label)) for g in golden]
+        if any(db is None for _, db in dbs):
+            continue
+        col = _Collector()
+        for g, db in dbs:
+            assert db is not None
+            for e in db.entries:
+                col.add("sha256", e.digest.hex(), e.subject or f"{e.kind} hash",
+                        _where(g, db.seq))
+        out[label.lower()] = {"allowed": col.entries()}
+    dbx = [(g, g.claims.database("dbx")) for g in golden]
+    if all(db is not None for _, db in dbx):
+        common: set[str] | None = None
+        names: dict[str, tuple[str, str]] = {}
+        for g, db in dbx:
+            assert db is not None
+            hexes = {e.digest.hex() for e in db.entries}
+            common = hexes if common is None else common & hexes
+            for e in db.entries:
+                names.setdefault(e.digest.hex(), (e.subject or "", _where(g, db.seq)))
+        col = _Collector()
+        for hx in sorted(common or ()):
+            col.add("sha256", hx, *names[hx])
+        out["dbx"] = {"required": col.entries()}
+    variables: dict[str, str] = {}
+    for g in golden:
+        for seq, name in EventIndex(g.events).pcr7_variables():
+            variables.setdefault(name, _where(g, seq))
+    out["pcr7Variables"] = [Commented(n, w) for n, w in sorted(variables.items())]
+    return out
+
+
+def _windows(golden: Sequence[Golden]) -> list[Golden]:
+    return [g for g in golden if g.claims.windows is not None]
+
+
+def _flag_sources(win: Sequence[Golden], attr: str, values: Sequence[Any]) -> str:
+    where = []
+    for g, v in zip(win, values, strict=True):
+        seq = EventIndex(g.events).windows_flag_event(attr, v) if v is not None else None
+        where.append(_where(g, seq) if seq is not None else f"{g.source} (not measured)")
+    return "as measured in " + ", ".join(where)
+
+
+def _debug(win: Sequence[Golden]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, attr in DEBUG_FLAGS:
+        vals = []
+        raw = []
+        for g in win:
+            w = g.claims.windows
+            assert w is not None
+            v = getattr(w, attr)
+            raw.append(v)
+            if v is None and attr == "hypervisor_debug" and not hypervisor_launched(w):
+                v = False
+            vals.append(v)
+        agree, value = _all_agree(vals)
+        if agree:
+            out[key] = Commented(bool(value), _flag_sources(win, attr, raw))
+    return out
+
+
+def _image_digests(col: _Collector, g: Golden, app: BootApplication) -> None:
+    bank = _best_bank(app.digests)
+    if bank is not None:
+        col.add(bank, app.digests[bank].hex(), app.file_path or "", _where(g, app.seq))
+
+
+def _code_integrity(golden: Sequence[Golden], win: Sequence[Golden]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if win:
+        ws = [g.claims.windows for g in win]
+        for key, attr, vals in (("enabled", "code_integrity", [w.code_integrity for w in ws if w]),
+                                ("dep", "dep", [w.dep for w in ws if w]),
+                                ("hvci", "", [bool(hvci_on(w)) for w in ws if w])):
+            agree, value = _all_agree(vals)
+            if agree and len(vals) == len(ws):
+                note = (_flag_sources(win, attr, vals) if attr else
+                        "HVCI policy as measured in " + ", ".join(g.source for g in win))
+                out[key] = Commented(bool(value), note)
+        if all(w is not None and w.si_policies for w in ws):
+            col = _Collector()
+            for g in win:
+                assert g.claims.windows is not None
+                for p in g.claims.windows.si_policies:
+                    alg = (p.hash_algorithm or _HASH_SIZES.get(len(p.digest), "sha256")).lower()
+                    col.add(alg, p.digest.hex(), f"{p.name} v{p.version}", g.source)
+            out["siPolicies"] = col.entries()
+    apps = _Collector()
+    drivers = _Collector()
+    every_has_app = True
+    for g in golden:
+        has_app = False
+        for app in g.claims.boot_applications:
+            if app.kind == "application":
+                has_app = True
+                _image_digests(apps, g, app)
+            else:
+                _image_digests(drivers, g, app)
+        every_has_app = every_has_app and has_app
+        if g.claims.windows is not None:
+            for i, m in enumerate(g.claims.windows.loaded_modules):
+                alg = (m.hash_algorithm or _HASH_SIZES.get(len(m.authenticode_hash), "")).lower()
+                if alg:
+                    drivers.add(alg, m.authenticode_hash.hex(), m.file_path or "",
+                                f"{g.source} Windows module #{i}")
+    if every_has_app:
+        out["bootApplications"] = {"allowedDigests": apps.entries()}
+    out["drivers"] = {"allowedDigests": drivers.entries()}
+    return out
+
+
+def _boot_chain(golden: Sequence[Golden]) -> dict[str, Any]:
+    chains = [(g, [a for a in g.claims.boot_applications if a.kind == "application"])
+              for g in golden]
+    shortest = min(len(c) for _, c in chains)
+    longest = max(len(c) for _, c in chains)
+    out: dict[str, Any] = {}
+    if longest:
+        stages = []
+        for i in range(longest):
+            col = _Collector()
+            name = ""
+            for g, chain in chains:
+                if i < len(chain):
+                    _image_digests(col, g, chain[i])
+                    path = chain[i].file_path or ""
+                    name = name or path.replace("\\", "/").rsplit("/", 1)[-1]
+            stages.append({"name": name or f"stage {i + 1}", "digests": col.entries(),
+                           "optional": i >= shortest})
+        out["applications"] = stages
+    linux = [g for g in golden if g.claims.windows is None]
+    if linux and all(g.claims.kernel_cmdlines for g in linux):
+        lines: dict[str, str] = {}
+        for g in linux:
+            idx = EventIndex(g.events)
+            for line in g.claims.kernel_cmdlines:
+                lines.setdefault(line, _where(g, idx.cmdline_event(line)))
+        out["kernelCmdline"] = {"required": [], "forbidden": [],
+                                "allowed": [Commented(t, w) for t, w in sorted(lines.items())]}
+    return out
+
+
+def _group_name(source: str, taken: set[str]) -> str:
+    base = _NAME_RE.sub("-", source.rsplit("/", 1)[-1]).strip("-._")[:100] or "golden"
+    if not base[0].isalnum():
+        base = "g" + base
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    taken.add(name)
+    return name
+
+
+def _groups(golden: Sequence[Golden]) -> list[Any]:
+    seen: dict[tuple[Any, ...], int] = {}
+    groups: list[dict[str, Any]] = []
+    sources: list[list[str]] = []
+    taken: set[str] = set()
+    for g in golden:
+        bank = _best_bank(g.claims.pcrs)
+        if bank is None:
+            continue
+        values = {p: g.claims.pcrs[bank][p].hex() for p in _GROUP_PCRS if p in g.claims.pcrs[bank]}
+        if not values:
+            continue
+        key = (bank, tuple(sorted(values.items())))
+        if key in seen:
+            sources[seen[key]].append(g.source)
+            continue
+        seen[key] = len(groups)
+        groups.append({"name": _group_name(g.source, taken), "pcrs": {bank: values}})
+        sources.append([g.source])
+    return [Commented(grp, "firmware build of " + ", ".join(src))
+            for grp, src in zip(groups, sources, strict=True)]
+
+
+def _anomalies(golden: Sequence[Golden]) -> list[Any]:
+    found: dict[str, str] = {}
+    for g in golden:
+        for a in g.claims.anomalies:
+            found.setdefault(a.reason, _where(g, a.seq))
+    return [Commented(r, f"seen in {w}: review") for r, w in sorted(found.items())]
+
+
+def derive_policy(
+    golden: Sequence[Golden],
+    *,
+    policy_id: str = "derived",
+    version: str = "1",
+    description: str | None = None,
+) -> DerivedPolicy:
+    """Write a policy every ``golden`` log passes; raise :class:`PolicyError` if one cannot."""
+    if not golden:
+        raise PolicyError("derivation needs at least one golden log")
+    for g in golden:
+        fatal = [a for a in g.claims.anomalies if a.fatal]
+        if fatal:
+            a = fatal[0]
+            raise PolicyError(f"golden log {g.source} fails closed ({a.reason} at event {a.seq} "
+                              f"in PCR {a.pcr}: {a.detail[:100]}); it cannot be a reference")
+    win = _windows(golden)
+    spec: dict[str, Any] = {"banks": _banks(golden), "secureBoot": _secure_boot(golden)}
+    if win:
+        spec["debug"] = _debug(win)
+    spec["codeIntegrity"] = _code_integrity(golden, win)
+    spec["bootChain"] = _boot_chain(golden)
+    groups = _groups(golden)
+    if groups:
+        spec["referenceGroups"] = groups
+    spec["evidence"] = {"allowedAnomalies": _anomalies(golden)}
+    desc = description or ("Derived from " + ", ".join(g.source for g in golden)
+                           + ". Review every section before use.")
+    doc = {"apiVersion": API_VERSION, "kind": KIND,
+           "metadata": {"id": policy_id, "version": version, "description": desc},
+           "spec": spec}
+    header = ["hostgate attestation policy derived by `hostgate policy from-log`.",
+              "Comments name the golden log and event each value came from."]
+    text = dump(doc, header)
+    return DerivedPolicy(text=text, policy=load_policy(text))
+
+

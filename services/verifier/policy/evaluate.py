@@ -1,0 +1,115 @@
+"""Evaluate a policy against claims: a pure function, same inputs -> byte-identical verdict.
+
+:func:`prepare` compiles a policy's custom CEL rules once; :func:`evaluate` runs every
+configured built-in rule and every custom rule over one :class:`~.rules.Subject` and returns a
+:class:`~.results.Verdict` with results sorted by rule id. Nothing here reads a clock, a file
+or the environment (the CEL wall-clock backstop is off unless the caller sets it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.tpm.claims import Claims
+from services.tpm.eventlog import Event
+from services.verifier.policy import cel, ids
+from services.verifier.policy.events import EventIndex, shorten
+from services.verifier.policy.model import CustomRule, Policy
+from services.verifier.policy.results import Outcome, RuleResult, Verdict
+from services.verifier.policy.rules import (
+    Subject,
+    check_banks,
+    check_boot_chain,
+    check_code_integrity,
+    check_debug,
+    check_evidence,
+    check_reference_groups,
+    check_secure_boot,
+)
+
+__all__ = ["PreparedPolicy", "Subject", "evaluate", "prepare", "subject"]
+
+
+@dataclass(frozen=True)
+class PreparedPolicy:
+    """A policy with its custom rules compiled. Build with :func:`prepare`; reuse per verdict."""
+
+    policy: Policy
+    digest: str
+    programs: tuple[tuple[CustomRule, cel.CompiledExpression], ...]
+
+
+def prepare(policy: Policy) -> PreparedPolicy:
+    """Compile every custom rule once (the loader already refused expressions that fail)."""
+    programs = tuple((r, cel.compile_expression(r.expression)) for r in policy.spec.custom_rules)
+    return PreparedPolicy(policy=policy, digest=policy.digest, programs=programs)
+
+
+def subject(
+    claims: Claims,
+    events: Sequence[Event] = (),
+    *,
+    active_banks: Sequence[str] | None = None,
+    quoted_pcrs: Mapping[str, Sequence[int]] | None = None,
+) -> Subject:
+    """Bundle claims with the replay-verified ``events`` they came from and the quote coverage."""
+    return Subject(
+        claims=claims,
+        index=EventIndex(events),
+        active_banks=tuple(active_banks) if active_banks is not None else None,
+        quoted_pcrs=({b: frozenset(p) for b, p in quoted_pcrs.items()}
+                     if quoted_pcrs is not None else None),
+    )
+
+
+def _custom(prepared: PreparedPolicy, s: Subject, max_steps: int,
+            deadline_seconds: float | None) -> list[RuleResult]:
+    if not prepared.programs:
+        return []
+    out: list[RuleResult] = []
+    try:
+        data = cel.prepare_input(s.claims.to_json_dict())
+    except cel.InputTooLarge as exc:
+        return [RuleResult(ids.custom_rule_id(r.name), Outcome.FAIL,
+                           f"Custom rule {r.name} could not run: {exc.message}.")
+                for r, _ in prepared.programs]
+    for rule, program in prepared.programs:
+        res = cel.evaluate_expression(program, data, max_steps=max_steps,
+                                      deadline_seconds=deadline_seconds)
+        what = rule.description or shorten(rule.expression, 100)
+        if res.passed:
+            out.append(RuleResult(ids.custom_rule_id(rule.name), Outcome.PASS,
+                                  f"Custom rule {rule.name} holds: {what}."))
+        else:
+            out.append(RuleResult(ids.custom_rule_id(rule.name), Outcome.FAIL,
+                                  f"Custom rule {rule.name} failed ({res.reason}): {what}."))
+    return out
+
+
+def evaluate(
+    prepared: PreparedPolicy,
+    s: Subject,
+    *,
+    cel_max_steps: int = cel.DEFAULT_MAX_STEPS,
+    cel_deadline_seconds: float | None = None,
+) -> Verdict:
+    """Judge ``s`` by ``prepared``; deterministic unless ``cel_deadline_seconds`` is set."""
+    spec = prepared.policy.spec
+    results: list[RuleResult] = []
+    if spec.banks is not None:
+        results += check_banks(spec.banks, s)
+    if spec.secure_boot is not None:
+        results += check_secure_boot(spec.secure_boot, s)
+    if spec.debug is not None:
+        results += check_debug(spec.debug, s)
+    if spec.code_integrity is not None:
+        results += check_code_integrity(spec.code_integrity, s)
+    if spec.boot_chain is not None:
+        results += check_boot_chain(spec.boot_chain, s)
+    results += check_reference_groups(spec.reference_groups, s)
+    results += check_evidence(spec.evidence, s)
+    results += _custom(prepared, s, cel_max_steps, cel_deadline_seconds)
+    md = prepared.policy.metadata
+    return Verdict(policy_id=md.id, policy_version=md.version, policy_digest=prepared.digest,
+                   results=tuple(sorted(results, key=lambda r: r.rule_id)))

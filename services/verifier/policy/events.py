@@ -1,0 +1,142 @@
+"""Find the event behind a claim, so a failed rule can name it (pcr, seq, type, digest, summary).
+
+Claims carry event sequence numbers for most records (key databases, authorities, boot
+applications, anomalies) but not for a few folded values (the SecureBoot variable, Windows
+flags, kernel command lines). :class:`EventIndex` finds those by re-reading the same
+replay-verified events with the ``services.tpm`` decoders. It only ever *adds detail*: a rule's
+outcome never depends on it, so evidence without events gives the same verdict outcomes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+from services.tpm import sipa
+from services.tpm.errors import MalformedInput
+from services.tpm.eventlog import Event, EventType
+from services.tpm.ipl import decode_ipl
+from services.tpm.uefi import EFI_GLOBAL_VARIABLE_GUID, decode_uefi_variable_data
+from services.verifier.policy.results import EventRef
+
+_BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
+_SUMMARY_MAX: Final = 160
+_WINDOWS_PCRS: Final = frozenset({12, 13, 14})
+
+
+def shorten(text: str, limit: int = _SUMMARY_MAX) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class EventIndex:
+    """Replay-verified events by sequence number, plus lookups for folded claims."""
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        self._by_seq: dict[int, Event] = {ev.seq: ev for ev in events}
+        self._ordered: tuple[Event, ...] = tuple(sorted(self._by_seq.values(),
+                                                        key=lambda e: e.seq))
+        self._windows: tuple[tuple[int, sipa.WindowsBootConfig], ...] | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self._by_seq)
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        return self._ordered
+
+    def ref(self, seq: int, summary: str, *, pcr: int | None = None,
+            type_name: str | None = None) -> EventRef | None:
+        """An :class:`EventRef` for event ``seq`` (None if unknown and no pcr/type given)."""
+        ev = self._by_seq.get(seq)
+        if ev is None:
+            if pcr is None or seq < 0:
+                return None
+            return EventRef(pcr=pcr, seq=seq, type=type_name or "", digest="",
+                            summary=shorten(summary))
+        return EventRef(pcr=ev.pcr, seq=ev.seq, type=ev.type_name, digest=strongest_digest(ev),
+                        summary=shorten(summary))
+
+    def secure_boot_event(self) -> tuple[int, bytes] | None:
+        """(seq, value) of the last SecureBoot variable measured in PCR 7."""
+        found: tuple[int, bytes] | None = None
+        for ev in self._ordered:
+            if ev.pcr != 7 or ev.event_type != EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
+                continue
+            try:
+                var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+            except MalformedInput:
+                continue
+            if var.name == "SecureBoot" and var.variable_guid == EFI_GLOBAL_VARIABLE_GUID:
+                found = (ev.seq, var.variable_data)
+        return found
+
+    def pcr7_variables(self) -> tuple[tuple[int, str], ...]:
+        """(seq, name) of every UEFI variable measured in PCR 7 (driver config and authority)."""
+        out: list[tuple[int, str]] = []
+        for ev in self._ordered:
+            if ev.pcr != 7 or ev.event_type != EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
+                continue
+            try:
+                var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+            except MalformedInput:
+                out.append((ev.seq, "<undecodable>"))
+                continue
+            out.append((ev.seq, var.name))
+        return tuple(out)
+
+    def windows_flag_event(self, attr: str, value: object) -> int | None:
+        """Seq of the first SIPA block (EV_EVENT_TAG in PCR 12-14) that measured ``attr`` as
+        ``value`` (an attribute of :class:`~services.tpm.sipa.WindowsBootConfig`)."""
+        for seq, cfg in self._windows_blocks():
+            if getattr(cfg, attr, None) == value:
+                return seq
+        return None
+
+    def _windows_blocks(self) -> tuple[tuple[int, sipa.WindowsBootConfig], ...]:
+        """Each SIPA block folded on its own (decoded once per index)."""
+        if self._windows is None:
+            out: list[tuple[int, sipa.WindowsBootConfig]] = []
+            for ev in self._ordered:
+                if ev.pcr not in _WINDOWS_PCRS or ev.event_type != EventType.EV_EVENT_TAG:
+                    continue
+                try:
+                    block = sipa.decode_sipa_events(ev.data, base=ev.data_offset, seq=ev.seq)
+                    out.append((ev.seq, sipa.fold_windows_config([(ev.seq, block)])))
+                except MalformedInput:
+                    continue
+            self._windows = tuple(out)
+        return self._windows
+
+    def cmdline_event(self, line: str) -> int | None:
+        """Seq of the EV_IPL event whose decoded kernel command line is ``line``."""
+        for ev in self._ordered:
+            if ev.event_type != EventType.EV_IPL:
+                continue
+            try:
+                ipl = decode_ipl(ev.data, ev.pcr, base=ev.data_offset, seq=ev.seq)
+            except MalformedInput:
+                continue
+            if ipl.is_kernel_cmdline and ipl.text == line:
+                return ev.seq
+        return None
+
+    def last_event_of_pcr(self, pcr: int) -> Event | None:
+        """The last event extended into ``pcr``."""
+        found = None
+        for ev in self._ordered:
+            if ev.pcr == pcr and ev.extends:
+                found = ev
+        return found
+
+
+def strongest_digest(ev: Event) -> str:
+    """``alg:hex`` of the event's digest in the strongest bank it carries."""
+    for bank in _BANK_PREFERENCE:
+        value = ev.digests.get(bank)
+        if value is not None:
+            return f"{bank}:{value.hex()}"
+    for bank in sorted(ev.digests):
+        return f"{bank}:{ev.digests[bank].hex()}"
+    return ""

@@ -1,0 +1,177 @@
+"""``hostgate policy publish``: put one policy version on the compacted ``attest.policies.v1``.
+
+The document is loaded first (a malformed policy is refused with its line and reason), then the
+topic is read in full (read_committed) to find the newest version already published under the
+same id: a version that is not higher would never be in force (the verifier takes the highest),
+so it is refused. ``--bootstrap`` publishes the first version of a policy into an empty topic
+and refuses if that id already has one (a guard for provisioning scripts).
+
+The record is written by an idempotent producer with ``acks=all``, key = policy id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.errors import ConfigError, HostgateError
+from services.runtime.codec import Codec
+from services.runtime.stage import GlobalTableSpec
+from services.verifier.policy.errors import PolicyError
+from services.verifier.policy.loader import load_policy
+from services.verifier.policy_in_force import POLICY_SUBJECT, newer, published_record
+from services.verifier.stage import VerifierTopics
+
+MAX_POLICY_FILE = 1 << 20
+_VERSION_RE = re.compile(r"^[0-9]{1,9}$")
+
+
+class PublishRefused(HostgateError):
+    """The policy version cannot be published (not newer than the one in the topic...)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What was written, for the CLI's output."""
+
+    topic: str
+    partition: int
+    offset: int
+    policy_id: str
+    version: int
+    digest: str
+    document_sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
+                "policy_id": self.policy_id, "version": self.version, "digest": self.digest,
+                "document_sha256": self.document_sha256}
+
+
+def read_policy_text(path: Path) -> str:
+    """The policy file's text (bounded; UTF-8), as ``ConfigError`` naming the file if unreadable."""
+    try:
+        raw = path.read_bytes()[: MAX_POLICY_FILE + 1]
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy file {path}: {exc.strerror}") from exc
+    if len(raw) > MAX_POLICY_FILE:
+        raise PolicyError(f"policy file {path} is larger than {MAX_POLICY_FILE} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"policy file {path} is not UTF-8 (byte offset {exc.start})") from exc
+
+
+def choose_version(text: str, explicit: int | None) -> int:
+    """``--version`` if given, else the document's ``metadata.version`` when it is an integer."""
+    if explicit is not None:
+        if not 1 <= explicit < 2**31:
+            raise ConfigError("--version must be 1..2147483647")
+        return explicit
+    meta = load_policy(text).metadata.version
+    if not _VERSION_RE.match(meta) or int(meta) < 1:
+        raise ConfigError(f"metadata.version {meta!r} is not a positive integer; pass --version")
+    return int(meta)
+
+
+async def publish(text: str, *, bootstrap: str, version: int, author: str,
+                  topics: VerifierTopics, first_only: bool = False,
+                  now_ms: int | None = None) -> Published:
+    """Publish ``text`` as ``version``; see the module docstring for what is refused."""
+    from aiokafka import AIOKafkaProducer
+
+    from services.runtime.globaltable import GlobalTable
+
+    record = published_record(text, version=version, author=author,
+                              published_at_ms=now_ms if now_ms is not None
+                              else int(time.time() * 1000))
+    policy = load_policy(text)
+    codec = Codec.load()
+    table = GlobalTable("policies", GlobalTableSpec(topics.policies, POLICY_SUBJECT, newer),
+                        bootstrap=bootstrap, codec=codec, client_id="hostgate.policy-publish")
+    await table.start()
+    try:
+        current = table.get(record["policy_id"])
+    finally:
+        await table.stop()
+    pid = record["policy_id"]
+    if current is not None and first_only:
+        raise PublishRefused(f"--bootstrap: policy {pid!r} already has version "
+                             f"{current['version']} in {topics.policies}")
+    if current is not None and int(current["version"]) >= version:
+        raise PublishRefused(f"policy {pid!r} version {version} is not newer than version "
+                             f"{current['version']} already in {topics.policies}; the verifier "
+                             "would keep the newer one (pass a higher --version)")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+                                acks="all", client_id="hostgate.policy-publish")
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topics.policies, codec.encode(POLICY_SUBJECT, record),
+                                            key=pid.encode("utf-8"))
+    finally:
+        await producer.stop()
+    return Published(topic=meta.topic, partition=meta.partition, offset=meta.offset,
+                     policy_id=pid, version=version, digest=policy.digest,
+                     document_sha256=bytes(record["digest"]).hex())
+
+
+def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``publish`` to ``hostgate policy``'s sub-commands."""
+    p = sub.add_parser(
+        "publish",
+        help="publish a policy version to attest.policies.v1 (compacted, key = policy id)",
+        description="Load POLICY (refusing a malformed one with its line and reason), check "
+        "that its version is newer than any already published under the same id, and write it "
+        "as a hostgate.PolicyPublished record keyed by the policy id. Verifiers whose "
+        "HOSTGATE_POLICY_ID names it pick it up within a second; the highest version is the "
+        "one in force.",
+        epilog="Environment: HOSTGATE_BOOTSTRAP (broker; default the local broker), "
+        "HOSTGATE_TOPIC_NAMESPACE (topic prefix for isolated deployments).",
+    )
+    p.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
+    p.add_argument("--bootstrap", action="store_true",
+                   help="first publication: refuse if the policy id already has a version")
+    p.add_argument("--version", type=int, default=None,
+                   help="version to publish (default: metadata.version, if an integer)")
+    p.add_argument("--author", default=None, help="who publishes (default: the login name)")
+    p.add_argument("--broker", default=None, metavar="HOST:PORT",
+                   help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or the local "
+                        "broker)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    p.set_defaults(func=cmd_publish)
+
+
+def _broker(args: argparse.Namespace) -> str:
+    import os
+
+    from services.runtime.localbroker import BrokerConfig
+
+    return str(args.broker or os.environ.get("HOSTGATE_BOOTSTRAP")
+               or BrokerConfig.from_env().bootstrap)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Run ``hostgate policy publish``."""
+    import os
+
+    text = read_policy_text(args.policy)
+    version = choose_version(text, args.version)
+    author = args.author or getpass.getuser()
+    topics = VerifierTopics(os.environ.get("HOSTGATE_TOPIC_NAMESPACE", "").strip())
+    done = asyncio.run(publish(text, bootstrap=_broker(args), version=version, author=author,
+                               topics=topics, first_only=args.bootstrap))
+    if args.json:
+        json.dump(done.to_json(), sys.stdout, indent=1, sort_keys=True)
+        print()
+    else:
+        print(f"published policy {done.policy_id} version {done.version} ({done.digest}) to "
+              f"{done.topic}[{done.partition}]@{done.offset}")
+    return 0
