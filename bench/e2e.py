@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.demo.orchestrator import StageProcess, create_issuing_ca
 from services.runtime.codec import Codec
+from services.runtime.connection import client_kwargs
 from services.runtime.topics import TopicLayout, TopicSpec, all_topics, ensure_topics
 from services.verifier.cli_replay import ReadSpec, read_recorded, read_topic, run_replay
 from services.verifier.core import appraise
@@ -65,7 +66,7 @@ def prepare(workdir: Path, n: int, hosts: int) -> tuple[list[dict[str, Any]], An
 
 async def produce(bootstrap: str, topic: str, records: list[dict[str, Any]], codec: Codec
                   ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
                                 linger_ms=5, max_request_size=8 << 20)
     await producer.start()
     try:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from services.agent.tpm import Quote
 from services.collector.config import TopicNames
 from services.errors import HostgateError
+from services.runtime.connection import client_kwargs
 from services.tpm.credential import CredentialChallenge
 
 if TYPE_CHECKING:
@@ -205,11 +206,11 @@ class AgentClient:
         deadline = time.monotonic() + self.config.connect_timeout_s
         delay = 0.2
         while True:
-            producer = AIOKafkaProducer(bootstrap_servers=self.config.bootstrap,
+            producer = AIOKafkaProducer(**client_kwargs(self.config.bootstrap),
                                         enable_idempotence=True, acks="all",
                                         client_id=f"agent.{self.host.host_id}",
                                         max_request_size=8 * 1024 * 1024)
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, group_id=None,
+            consumer = AIOKafkaConsumer(**client_kwargs(self.config.bootstrap), group_id=None,
                                         enable_auto_commit=False,
                                         isolation_level="read_committed",
                                         client_id=f"agent.{self.host.host_id}")

@@ -41,6 +41,7 @@ from services.issuer.ca import HOST_URN_PREFIX
 from services.issuer.errors import SealedPayloadError
 from services.issuer.kafkaread import topic_partitions
 from services.issuer.sealing import MAX_PAYLOAD_BYTES, open_credential
+from services.runtime.connection import client_kwargs
 from services.tpm.credential import SealedCredential, pcr_selection
 from services.tpm.errors import TpmError
 
@@ -218,7 +219,7 @@ async def receive_credential(bootstrap: str, host_id: str, tpm: Unsealer, *,
     from services.runtime.codec import Codec
 
     codec = Codec.load()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
                                 isolation_level="read_committed", enable_auto_commit=False)
     await consumer.start()
     try:

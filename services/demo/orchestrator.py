@@ -47,6 +47,7 @@ from services.demo.report import (
     rule_event_line,
 )
 from services.errors import ConfigError, HostgateError
+from services.runtime.connection import client_kwargs
 
 REPO: Final = Path(__file__).resolve().parents[2]
 PIPELINE_STAGES: Final = ("collector", "verifier", "incidents", "issuer")
@@ -293,7 +294,7 @@ class Watcher:
         from services.runtime.codec import Codec
 
         self._codec = Codec.load()
-        c = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+        c = AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None,
                              enable_auto_commit=False, isolation_level="read_committed",
                              client_id="hostgate.demo.watch")
         from services.verifier.cli_replay import partition_counts

@@ -22,6 +22,7 @@ from typing import Any
 
 from services.errors import HostgateError
 from services.incidents.stage import IncidentsTopics
+from services.runtime.connection import client_kwargs
 
 ACTIONS = {"ack": "ACKNOWLEDGE", "root-cause": "ROOT_CAUSE", "remediate": "REMEDIATE",
            "close": "CLOSE"}
@@ -58,7 +59,7 @@ async def _partitions(bootstrap: str, topic: str) -> list[int]:
     """The partition numbers of ``topic`` (none if it does not exist)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))
     await admin.start()
     try:
         (doc,) = await admin.describe_topics([topic])
@@ -76,7 +77,7 @@ async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     from services.runtime.codec import Codec
 
     codec = Codec.load()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), isolation_level="read_committed",
                                 enable_auto_commit=False, group_id=None)
     try:
         await consumer.start()
@@ -164,7 +165,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         from services.runtime.codec import Codec
 
         codec = Codec.load()
-        consumer = AIOKafkaConsumer(_topics(args).incidents, bootstrap_servers=args.bootstrap,
+        consumer = AIOKafkaConsumer(_topics(args).incidents, **client_kwargs(args.bootstrap),
                                     group_id=None, isolation_level="read_committed",
                                     enable_auto_commit=False,
                                     auto_offset_reset="earliest" if args.from_beginning
@@ -199,7 +200,7 @@ async def _publish(bootstrap: str, topic: str, key: str, value: bytes) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
                                 acks="all")
     try:
         await producer.start()

@@ -26,6 +26,7 @@ from typing import Any
 from services.errors import ConfigError, HostgateError
 from services.issuer.kafkaread import topic_partitions
 from services.issuer.stage import ENV_TOPIC_PREFIX, IssuerTopics, load_ca_from_env
+from services.runtime.connection import client_kwargs
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 STATES = ("PENDING", "TRUSTED", "QUARANTINED", "REVOKED", "UNKNOWN")
@@ -62,7 +63,7 @@ async def read_hosts(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     from services.runtime.codec import Codec
 
     codec = Codec.load()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
                                 isolation_level="read_committed", enable_auto_commit=False)
     try:
         await consumer.start()

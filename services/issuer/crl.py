@@ -36,6 +36,7 @@ from services.issuer.core import crl_entries
 from services.issuer.errors import IssuerError
 from services.issuer.hoststate import HostTrustState
 from services.issuer.kafkaread import topic_partitions
+from services.runtime.connection import client_kwargs
 
 DEFAULT_INTERVAL: Final = dt.timedelta(hours=1)
 #: Most hosts a CRL builder keeps in memory (a hostile or runaway topic cannot exhaust it).
@@ -118,7 +119,7 @@ async def read_changelog(bootstrap: str, topic: str, timeout_s: float = 60.0
     from aiokafka import AIOKafkaConsumer
     from aiokafka.errors import KafkaError
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
                                 isolation_level="read_committed", enable_auto_commit=False)
     try:
         await consumer.start()
@@ -236,7 +237,7 @@ class CrlService:
         """Read the changelog to its end, sign, start serving, then follow until ``stop``."""
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None,
                                     isolation_level="read_committed", enable_auto_commit=False)
         await consumer.start()
         try:

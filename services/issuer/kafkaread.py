@@ -4,6 +4,7 @@ credential receiver (readers that join no consumer group)."""
 from __future__ import annotations
 
 from services.errors import HostgateError
+from services.runtime.connection import client_kwargs
 
 
 class TopicUnavailable(HostgateError):
@@ -17,7 +18,7 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))
     try:
         await admin.start()
         (doc,) = await admin.describe_topics([topic])

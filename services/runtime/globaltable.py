@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
+from services.runtime.connection import client_kwargs
 from services.runtime.logging import get_logger
 from services.runtime.stage import GlobalTableSpec
 
@@ -70,7 +71,7 @@ class GlobalTable:
     async def start(self, timeout_s: float = LOAD_TIMEOUT_S) -> None:
         """Read the whole topic (up to its end now), then follow it in the background."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
+            **client_kwargs(self._bootstrap), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="earliest",
             client_id=self._client_id)
         await consumer.start()
@@ -108,7 +109,7 @@ class GlobalTable:
     async def _partition_count(self) -> int:
         """Partitions of the topic, from the broker (a just-created topic may take a moment to
         appear in metadata: retried for a few seconds before ``ConfigError``)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap,
+        admin = AIOKafkaAdminClient(**client_kwargs(self._bootstrap),
                                     client_id=f"{self._client_id}.admin")
         await admin.start()
         try:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from services.errors import ConfigError
+from services.runtime.connection import client_kwargs
 
 FOREVER = "-1"
 DAY_MS = 24 * 3600 * 1000
@@ -154,7 +155,7 @@ async def ensure_topics(
     specs = tuple(all_topics() if specs is None else specs)
     layout = layout or TopicLayout.from_env()
     report = EnsureReport()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -62,6 +62,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
 from services.runtime.config import WorkerConfig
+from services.runtime.connection import client_kwargs
 from services.runtime.globaltable import GlobalTable, start_global_tables
 from services.runtime.logging import get_logger
 from services.runtime.metrics import WorkerMetrics
@@ -158,7 +159,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _connect(self) -> None:
         cfg = self.config
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
+            **client_kwargs(cfg.bootstrap),
             group_id=cfg.group,
             group_instance_id=cfg.instance_id,
             client_id=f"{cfg.group}.consumer",
@@ -172,14 +173,14 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             rebalance_timeout_ms=max(cfg.session_timeout_ms, 3 * cfg.batch_max_ms + 10_000),
         )
         self._restorer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap, group_id=None, enable_auto_commit=False,
+            **client_kwargs(cfg.bootstrap), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", client_id=f"{cfg.group}.restore",
         )
         await self._consumer.start()
         await self._restorer.start()
         if not cfg.exactly_once:
             self._plain_producer = AIOKafkaProducer(
-                bootstrap_servers=cfg.bootstrap, enable_idempotence=True, acks="all",
+                **client_kwargs(cfg.bootstrap), enable_idempotence=True, acks="all",
                 client_id=f"{cfg.group}.producer", linger_ms=5,
                 max_batch_size=PRODUCER_BATCH_BYTES)
             await self._plain_producer.start()
@@ -215,7 +216,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         from aiokafka.admin import AIOKafkaAdminClient
 
         topics = [*self.stage.input_topics, *self.stage.changelogs.values()]
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.config.bootstrap,
+        admin = AIOKafkaAdminClient(**client_kwargs(self.config.bootstrap),
                                     client_id=f"{self.config.group}.admin")
         await admin.start()
         try:
@@ -282,7 +283,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._close_producer(task)
         cfg = self.config
         producer = AIOKafkaProducer(
-            bootstrap_servers=cfg.bootstrap,
+            **client_kwargs(cfg.bootstrap),
             transactional_id=cfg.transactional_id(task.partition),
             transaction_timeout_ms=cfg.txn_timeout_ms,
             client_id=f"{cfg.transactional_id(task.partition)}",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError, HostgateError
+from services.runtime.connection import client_kwargs
 from services.verifier.replay import (
     AuditReport,
     Located,
@@ -75,7 +76,7 @@ async def partition_counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
     """Partition count of each existing topic in ``topics`` (missing topics are left out)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="hostgate.replay")
+    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap), client_id="hostgate.replay")
     await admin.start()
     try:
         docs = await admin.describe_topics(topics)
@@ -104,7 +105,7 @@ async def read_topic(bootstrap: str, spec: ReadSpec, codec: Any,
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
                                 enable_auto_commit=False, isolation_level="read_committed",
                                 client_id="hostgate.replay", auto_offset_reset="earliest",
                                 max_partition_fetch_bytes=8 * 1024 * 1024)

@@ -24,6 +24,7 @@ from typing import Any
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
+from services.runtime.connection import client_kwargs
 from services.runtime.stage import GlobalTableSpec
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.loader import load_policy
@@ -110,7 +111,7 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
         raise PublishRefused(f"policy {pid!r} version {version} is not newer than version "
                              f"{current['version']} already in {topics.policies}; the verifier "
                              "would keep the newer one (pass a higher --version)")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True,
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
                                 acks="all", client_id="hostgate.policy-publish")
     await producer.start()
     try:
