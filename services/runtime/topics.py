@@ -13,11 +13,19 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from services.errors import ConfigError
+from services.errors import ConfigError, HostgateError
 from services.runtime.connection import client_kwargs
 
 FOREVER = "-1"
+TOPIC_ALREADY_EXISTS = 36
+"""Kafka protocol error code of a CreateTopics request naming an existing topic."""
 DAY_MS = 24 * 3600 * 1000
+
+
+class TopicError(HostgateError):
+    """The broker refused to create a topic."""
+
+    retriable = True
 
 
 @dataclass(frozen=True)
@@ -161,12 +169,19 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
-            await admin.create_topics([
+            response = await admin.create_topics([
                 NewTopic(s.name, s.partitions or layout.partitions, layout.replication,
                          topic_configs=s.configs(layout.replication))
                 for s in missing
             ])
-            report.created.extend(s.name for s in missing)
+            for name, code, message in response.topic_errors:
+                if code == 0:
+                    report.created.append(name)
+                elif code == TOPIC_ALREADY_EXISTS:
+                    # Metadata had not caught up with a recent creation: check it like the rest.
+                    existing.add(name)
+                else:
+                    raise TopicError(f"creating topic {name} failed: error {code} ({message})")
         present = [s for s in specs if s.name in existing]
         if not present:
             return report

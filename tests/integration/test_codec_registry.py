@@ -159,5 +159,6 @@ def test_timestamps_survive_the_confluent_path(registry: _RegistryStandIn) -> No
         "challenge_id": "c",
         "evidence": {"topic": "attest.evidence.v1", "partition": 2, "offset": 99},
         "used_at": when,
+        "expires_at": when + dt.timedelta(minutes=2),
     }
     assert codec.decode(codec.encode("hostgate.UsedNonce", used)).record == used
