@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.set_defaults(func=_agent_status)
     _register_kafka_commands(agent_sub)
+    _register_credential_command(agent_sub)
 
     fleet = subparsers.add_parser("fleet", help="simulated hosts with software TPMs",
                                   description="Simulate hosts with swtpm software TPMs.")
@@ -256,4 +257,87 @@ def _agent_attest(args: argparse.Namespace) -> int:
     print(json.dumps(doc, indent=2) if args.json else
           f"{args.host_id}: evidence {a['evidence_id']} sent for challenge {a['challenge_id']} "
           f"(partition {a['partition']}, offset {a['offset']})")
+    return 0
+
+
+# -- hostgate agent credential: open this host's TPM-sealed credential -----------------------
+
+def _default_credential_dir() -> Path:
+    home = os.environ.get("HOSTGATE_HOME") or str(Path.home() / ".local" / "share" / "hostgate")
+    return Path(home) / "credentials"
+
+
+def _register_credential_command(agent_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``agent credential`` (services.agent.credential_receiver)."""
+    import socket
+
+    p = agent_sub.add_parser(
+        "credential", help="fetch this host's newest credential and open it in the TPM",
+        description="Wait for this host's newest hostgate.CredentialIssued on "
+                    "attest.credentials.v1 (or the one issued for --verdict-id), import it "
+                    "under this TPM's EK, satisfy its PolicyPCR with the TPM's current PCRs, "
+                    "unseal the content key, decrypt the host key and check it matches the "
+                    "certificate; then write <host-id>.crt and <host-id>.key (PEM, the key "
+                    "mode 0600) into --out. Fails with a clear error when the credential is "
+                    "sealed to another TPM, or the PCRs no longer hold the attested values.",
+        epilog="The private key is written only to --out and never printed or logged.")
+    p.add_argument("--host-id", default=os.environ.get("HOSTGATE_HOST_ID", socket.gethostname()),
+                   help="this host's id, the Kafka key (default: $HOSTGATE_HOST_ID or the "
+                        "hostname)")
+    p.add_argument("--tcti", default=os.environ.get("HOSTGATE_TCTI", "device:/dev/tpmrm0"),
+                   help="TCTI string (default: $HOSTGATE_TCTI or device:/dev/tpmrm0)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="directory for <host-id>.crt and <host-id>.key (created mode 0700; "
+                        "default: $HOSTGATE_HOME/credentials)")
+    p.add_argument("--ca-cert", type=Path, default=None, metavar="PEM",
+                   help="the issuing CA's certificate: refuse a certificate it did not sign")
+    p.add_argument("--verdict-id", default=None,
+                   help="wait for the credential issued for this verdict instead of the newest")
+    p.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP", "127.0.0.1:19092"),
+                   help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or "
+                        "127.0.0.1:19092)")
+    p.add_argument("--topic-namespace", default=os.environ.get("HOSTGATE_TOPIC_NAMESPACE", ""),
+                   help="topic prefix of an isolated deployment [HOSTGATE_TOPIC_NAMESPACE]")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="longest wait for the credential to arrive (default 60)")
+    p.add_argument("--json", action="store_true", help="print JSON (never the key)")
+    p.set_defaults(func=_agent_credential)
+
+
+def _agent_credential(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from cryptography import x509
+
+    from services.agent.credential_receiver import CREDENTIALS_TOPIC, receive_credential
+    from services.agent.tpm import AgentTpm
+
+    if not 0 < args.timeout <= 3600:
+        raise ConfigError("--timeout must be in (0, 3600] seconds")
+    ca = None
+    if args.ca_cert is not None:
+        try:
+            ca = x509.load_pem_x509_certificate(args.ca_cert.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--ca-cert {args.ca_cert}: not a readable PEM certificate "
+                              f"({type(exc).__name__})") from None
+    ns = args.topic_namespace.strip()
+    topic = f"{ns}.{CREDENTIALS_TOPIC}" if ns else CREDENTIALS_TOPIC
+    out = args.out if args.out is not None else _default_credential_dir()
+    with AgentTpm(args.tcti) as tpm:
+        got = asyncio.run(receive_credential(args.bootstrap, args.host_id, tpm, topic=topic,
+                                             verdict_id=args.verdict_id, ca_certificate=ca,
+                                             timeout_s=args.timeout))
+    try:
+        cert_path, key_path = got.write_pem(out)
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write the credential: {exc.strerror}") from None
+    doc = {"host_id": got.host_id, "credential_id": got.credential_id, "serial": got.serial,
+           "verdict_id": got.verdict_id, "record": got.coordinates,
+           "not_after": got.certificate.not_valid_after_utc.isoformat(),
+           "issuer": got.certificate.issuer.rfc4514_string(),
+           "certificate": str(cert_path), "key": str(key_path)}
+    print(json.dumps(doc, indent=2) if args.json else
+          f"{got.host_id}: credential {got.credential_id} (serial {got.serial}) opened in the "
+          f"TPM; certificate {cert_path}, key {key_path} (mode 0600)")
     return 0

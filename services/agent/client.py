@@ -24,7 +24,8 @@ answers and when — are ``EvidenceHook``s here (``hook_for``): ``replayed_nonce
 the previous round's challenge and nonce and a fresh quote over that used nonce;
 ``stale_quote`` quotes at once but holds the evidence until the nonce has expired. Profiles
 that work on the *TPM output* (``wrong_ak``, ``pcr_bank_downgrade``, ``forged_log``) live in
-the simulated host's ``quote`` and log (``services.agent.fleet``).
+the simulated host's ``quote`` and log (``services.agent.fleet``); ``SimulatedHostSide.hook``
+gives a fleet host's hook, and its ``quote`` is then honest for the protocol profiles.
 """
 
 from __future__ import annotations
@@ -429,7 +430,10 @@ class TpmHost:
 
 
 class SimulatedHostSide:
-    """A fleet-simulator host (its own tamper profile applies inside ``quote`` and the log)."""
+    """A fleet-simulator host. Profiles on the TPM output or the log apply inside the host's
+    ``quote`` and log; protocol profiles (``replayed_nonce``, ``stale_quote``) do not: the host
+    quotes the issued nonce honestly and the client applies them through its hook — build the
+    client with ``hook=side.hook`` (``hook_for(tamper)``)."""
 
     def __init__(self, sim: SimulatedHost, *, ak_public: bytes | None = None) -> None:
         self.sim = sim
@@ -449,8 +453,13 @@ class SimulatedHostSide:
     def activate(self, challenge: CredentialChallenge) -> bytes:
         return self.sim.activate(challenge)
 
+    @property
+    def hook(self) -> EvidenceHook | None:
+        """The client-side hook of this host's tamper profile (None for most)."""
+        return hook_for(self.sim.tamper)
+
     def quote(self, nonce: bytes, pcrs: Sequence[int]) -> Quote:
-        return self.sim.quote(nonce, pcrs).quote
+        return self.sim.quote(nonce, pcrs, protocol_hooks=True).quote
 
     def boot_log(self) -> bytes:
         return self.sim.event_log

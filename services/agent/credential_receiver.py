@@ -23,6 +23,7 @@ never logged; writing it to disk is the caller's choice (``write_pem`` writes it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -92,18 +93,36 @@ class ReceivedCredential:
     coordinates: str = ""
 
     def write_pem(self, directory: Path) -> tuple[Path, Path]:
-        """Write ``<host>.crt`` and ``<host>.key`` (PKCS#8, created mode 0600) into
-        ``directory``; returns both paths."""
-        directory.mkdir(parents=True, exist_ok=True)
+        """Write ``<host>.crt`` and ``<host>.key`` (PKCS#8, mode 0600) into ``directory``
+        (created mode 0700 if missing); returns both paths.
+
+        Each file is written beside its target and renamed over it, so a reader never sees a
+        half-written file and an existing key file's looser mode is not inherited."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         cert_path = directory / f"{self.host_id}.crt"
         key_path = directory / f"{self.host_id}.key"
-        cert_path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.host_key.private_bytes(serialization.Encoding.PEM,
-                                                 serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
+        _write_replace(cert_path, self.certificate.public_bytes(serialization.Encoding.PEM),
+                       0o644)
+        _write_replace(key_path, self.host_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), 0o600)
         return cert_path, key_path
+
+
+def _write_replace(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it; never widened past ``mode``
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _bytes(record: Mapping[str, Any], name: str, limit: int, cid: str) -> bytes:
@@ -164,6 +183,24 @@ def _check_certificate(record: Mapping[str, Any], host_id: str, cid: str,
     return cert
 
 
+def _unseal_refusal(exc: Any) -> str:
+    """Why the TPM refused, in words. PolicyPCR failing at unseal means the blob did import
+    under this TPM's EK (it is sealed to this TPM) but the PCRs moved; any other refusal comes
+    from the import. Quirk ``libtpms-import-rc``: libtpms answers an import wrapped to another
+    EK with TPM_RC_FAILURE (0x101) without entering failure mode, where a hardware TPM says
+    TPM_RC_VALUE or TPM_RC_INTEGRITY, so no other code is singled out."""
+    from tpm2_pytss.constants import TPM2_RC
+
+    rc = int(exc.rc)
+    if int(exc.error) in (int(TPM2_RC.POLICY_FAIL), int(TPM2_RC.PCR_CHANGED)):
+        return (f"the TPM refused to import or unseal it: it is sealed to this TPM, but its "
+                f"PCRs no longer hold the attested values (PolicyPCR failed, TPM RC 0x{rc:x}); "
+                "the measured state changed since the attestation — attest again")
+    return (f"the TPM refused to import or unseal it: it is not sealed to this TPM's EK "
+            f"(import failed, TPM RC 0x{rc:x}) — a credential of another TPM, or this host "
+            "enrolled with another TPM")
+
+
 def open_delivery(record: Mapping[str, Any], tpm: Unsealer, *, host_id: str,
                   ca_certificate: x509.Certificate | None = None,
                   coordinates: str = "") -> ReceivedCredential:
@@ -182,10 +219,8 @@ def open_delivery(record: Mapping[str, Any], tpm: Unsealer, *, host_id: str,
     try:
         content_key = tpm.unseal(sealed)
     except TSS2_Exception as exc:
-        raise CredentialRejected(
-            f"the TPM refused to import or unseal it (TPM RC 0x{int(exc.rc):x}): sealed to "
-            "another TPM's EK, or this TPM's PCRs no longer hold the attested values",
-            credential_id=cid, field="sealed") from None
+        raise CredentialRejected(_unseal_refusal(exc), credential_id=cid,
+                                 field="sealed") from None
     try:
         host_key = open_credential(content_key, payload, credential_id=cid,
                                    certificate_der=cert.public_bytes(

@@ -5,7 +5,9 @@ fleet's private local CA (whose root is then a trusted EK CA for the collector),
 swtpms, creates each host's AK and extends its synthesised measured boot. Each
 ``SimulatedHost`` then answers like an agent would: ``ek_cert``, ``ek_public``, ``ak_public``,
 ``event_log``, ``quote(nonce, pcrs)``, ``activate(challenge)``, ``unseal(sealed)`` — with its
-tamper profile applied to what it measures or sends.
+tamper profile applied to what it measures or sends. Over Kafka (``client.SimulatedHostSide``)
+the protocol profiles ``replayed_nonce`` and ``stale_quote`` are left to the agent client's
+evidence hooks, so the collector sees the real protocol abuse (a used nonce, an expired one).
 
 swtpm processes are started from the calling thread (see ``agent.swtpm``); provisioning and
 TPM work run in a small thread pool (the machine has few cores; RSA work is CPU bound).
@@ -241,11 +243,21 @@ class SimulatedHost:
         with self._lock:
             self._need_tpm().extend(pcr, digests)
 
-    def quote(self, nonce: bytes, pcrs: Sequence[int] = DEFAULT_PCRS) -> Evidence:
-        """The evidence this host sends when challenged with ``nonce``."""
+    def quote(self, nonce: bytes, pcrs: Sequence[int] = DEFAULT_PCRS, *,
+              protocol_hooks: bool = False) -> Evidence:
+        """The evidence this host sends when challenged with ``nonce``.
+
+        Locally (``protocol_hooks=False``, e.g. ``hostgate fleet simulate``) every tamper
+        profile applies here: ``replayed_nonce`` quotes a fixed earlier nonce, ``stale_quote``
+        re-sends the quote taken at boot. Over Kafka (``protocol_hooks=True``) those two are
+        the agent client's evidence hooks, which need an honest quote of the issued nonce to
+        work on (a nonce the collector really issued and the host already used; a nonce held
+        past its expiry), so this returns one for them."""
         with self._lock:
             tpm = self._need_tpm()
             mode = self.profile.evidence if self.profile else EvidenceTamper.NONE
+            if protocol_hooks and mode.on_protocol:
+                mode = EvidenceTamper.NONE
             if mode is EvidenceTamper.STALE_QUOTE and self._previous is not None:
                 q = self._previous
             elif mode is EvidenceTamper.REPLAYED_NONCE:

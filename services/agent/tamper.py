@@ -31,6 +31,13 @@ class EvidenceTamper(StrEnum):
     WRONG_AK = "wrong_ak"  # signed by a key that was never enrolled
     PCR_BANK_DOWNGRADE = "pcr_bank_downgrade"  # only SHA-1 quoted though SHA-256 is active
 
+    @property
+    def on_protocol(self) -> bool:
+        """Whether it departs in *which challenge is answered and when* rather than in what the
+        TPM signs: over Kafka the agent client's evidence hook applies it
+        (``services.agent.client.hook_for``), and the host itself quotes honestly."""
+        return self in (EvidenceTamper.REPLAYED_NONCE, EvidenceTamper.STALE_QUOTE)
+
 
 class UnknownTamperProfile(HostgateError):
     """A tamper profile name that is not defined, or one that does not fit the image."""

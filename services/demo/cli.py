@@ -20,10 +20,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     if not 1 <= args.hosts <= 200:
         raise ConfigError("--hosts must be 1..200")
+    if not 2 <= args.nonce_ttl <= 600:
+        raise ConfigError("--nonce-ttl must be 2..600 seconds")
     config = DemoConfig(hosts=args.hosts if args.hosts is not None else DEFAULT_HOSTS,
                         tampers=parse_tampers(args.tamper) if args.tamper else None,
                         seed=args.seed, out=args.out, follow=args.follow,
-                        timeout_s=args.timeout)
+                        timeout_s=args.timeout, nonce_ttl_s=args.nonce_ttl)
     console = Console(stderr=True)
     # library log lines (structlog prints to stdout) must not mix with --json output
     with contextlib.redirect_stdout(sys.stderr), LiveView(console) as view:
@@ -54,9 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "separate `hostgate run` processes, start a fleet of simulated hosts (one swtpm each; "
         "several tampered), let every host enrol and attest over Kafka, and show live "
         "progress and a final table: TRUSTED with certificate serial, or QUARANTINED with "
-        "incident id and the failed rules in plain words. Writes report.json and a "
-        "self-contained report.html. Everything started is stopped on exit or Ctrl-C. The exit "
-        "status is 1 if the outcome does not match the tamper mix.",
+        "incident id and the failed rules in plain words. Every trusted host then fetches its "
+        "credential from attest.credentials.v1 and opens it in its own swtpm (import under the "
+        "EK, PolicyPCR over the attested PCRs, unseal); the table shows whether it opened. "
+        "Writes report.json and a self-contained report.html. Everything started is stopped on "
+        "exit or Ctrl-C. The exit status is 1 if the outcome does not match the tamper mix "
+        "(including a trusted host whose credential did not open).",
         epilog="Needs a running broker (`hostgate kafka up`; `make demo` does it). "
         "Environment: HOSTGATE_BOOTSTRAP, HOSTGATE_HOME (run directories under "
         "$HOSTGATE_HOME/demo/<run-id>/).")
@@ -76,5 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="keep the pipeline running after the fleet is done, until Ctrl-C")
     p.add_argument("--timeout", type=float, default=150.0, metavar="SECONDS",
                    help="longest wait for every host's final state (default 150)")
+    p.add_argument("--nonce-ttl", type=float, default=15.0, metavar="SECONDS",
+                   help="the collector's nonce lifetime in this run (default 15: short, so "
+                        "the stale_quote profile, which holds its evidence past the expiry, "
+                        "costs seconds)")
     p.add_argument("--json", action="store_true", help="print the run as JSON")
     p.set_defaults(func=_cmd_demo)

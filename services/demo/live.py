@@ -14,7 +14,14 @@ from rich.table import Table
 from rich.text import Text
 
 from services.demo.orchestrator import RunState, is_final
-from services.demo.report import DemoRun, HostOutcome, judge, outcome_cell, plain_rules
+from services.demo.report import (
+    DemoRun,
+    HostOutcome,
+    credential_cell,
+    judge,
+    outcome_cell,
+    plain_rules,
+)
 
 _STYLE = {"TRUSTED": "bold green", "PASS": "green", "QUARANTINED": "bold red", "FAIL": "red",
           "REJECTED": "red", "PENDING": "dim", "REVOKED": "yellow"}
@@ -27,7 +34,8 @@ def _bar(done: int, total: int, width: int = 32) -> str:
 
 def host_table(hosts: list[HostOutcome], *, title: str, checks: list[str] | None = None
                ) -> Table:
-    """The fleet table: host, image, tamper profile, verdict, failed rules, outcome."""
+    """The fleet table: host, image, tamper profile, verdict, failed rules, outcome, whether
+    the host's TPM opened its credential."""
     table = Table(title=title, expand=True)
     table.add_column("host", no_wrap=True)
     table.add_column("image", no_wrap=True)
@@ -35,13 +43,19 @@ def host_table(hosts: list[HostOutcome], *, title: str, checks: list[str] | None
     table.add_column("verdict")
     table.add_column("failed rules (plain words)", ratio=3, overflow="fold")
     table.add_column("outcome", ratio=2, overflow="fold")
+    table.add_column("credential opened in TPM", ratio=1, overflow="fold")
     if checks is not None:
-        table.add_column("check")
+        table.add_column("check", ratio=2, overflow="fold")
     for i, h in enumerate(hosts):
-        verdict = h.verdict or (f"rejected: {h.rejection}" if h.rejection else "…")
+        verdict = h.verdict or "…"
+        if h.rejection:  # both: a passing round, then a refused one (replayed_nonce)
+            verdict = f"{h.verdict}; rejected: {h.rejection}" if h.verdict else \
+                f"rejected: {h.rejection}"
         row: list[RenderableType] = [
             h.host_id, h.image, h.tamper or "—", verdict, plain_rules(h) or "—",
-            Text(outcome_cell(h), style=_STYLE.get(h.status, ""))]
+            Text(outcome_cell(h), style=_STYLE.get(h.status, "")),
+            Text(credential_cell(h, short=True), style="dim" if h.credential_opened is None
+                 else "green" if h.credential_opened else "bold red")]
         if checks is not None:
             row.append(checks[i])
         table.add_row(*row)

@@ -11,8 +11,16 @@ Steps (each stops everything started so far when it fails, and on Ctrl-C/SIGTERM
    then the collector with that CA as its EK CA;
 5. wait for every stage's ``/readyz``; a watcher (no group, read_committed, from the end offsets
    taken now) follows rejections, verdicts, incidents, host states and credentials of this run's
-   hosts; every host enrols (credential activation) and attests over Kafka;
-6. when every host has its final state (or the deadline passes), write ``report.json`` and
+   hosts; every host enrols (credential activation) and attests over Kafka. Protocol tamper
+   profiles go through the agent client's evidence hooks: ``replayed_nonce`` attests honestly
+   first (and is trusted), then answers its next challenge with that used nonce;
+   ``stale_quote`` holds its evidence past the nonce's expiry (the collector runs with a short
+   nonce TTL, ``DemoConfig.nonce_ttl_s``, so that takes seconds);
+6. every host that becomes TRUSTED fetches its credential from ``attest.credentials.v1`` and
+   opens it in its own swtpm, as its agent would (``credential_receiver.receive_credential``:
+   import under the EK, PolicyPCR over the attested values, unseal, decrypt the host key,
+   match it to the certificate issued by the run's CA);
+7. when every host has its final state (or the deadline passes), write ``report.json`` and
    ``report.html`` and check the result against the tamper mix.
 
 Stage processes run in their own session (a terminal Ctrl-C reaches only the demo, which stops
@@ -41,6 +49,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from services.demo.report import (
+    BENIGN_REJECTIONS,
+    ROUNDS,
     DemoRun,
     HostOutcome,
     RuleFailure,
@@ -55,8 +65,9 @@ DEFAULT_HOSTS: Final = 12
 DEFAULT_TAMPERS: Final[tuple[tuple[str, int], ...]] = (
     ("secure_boot_off", 1), ("kernel_debugger_on", 1), ("unknown_bootloader", 1),
     ("forged_log", 1), ("replayed_nonce", 1), ("wrong_ak", 1))
-#: Intake rejections the incidents stage treats as benign (no incident, so no quarantine).
-BENIGN_REJECTIONS: Final = frozenset({"RATE_LIMITED", "STALE_NONCE"})
+#: Nonce lifetime the demo's collector runs with: short, so ``stale_quote`` (evidence held past
+#: the expiry) costs seconds, yet ample for an honest host to quote and send.
+DEMO_NONCE_TTL_S: Final = 15.0
 #: Environment of the issuer stage's CA (the issuer shell reads these; see services.issuer).
 ISSUER_CA_ENV: Final = {"key": "HOSTGATE_ISSUER_CA_KEY", "cert": "HOSTGATE_ISSUER_CA_CERT",
                         "passphrase_file": "HOSTGATE_ISSUER_CA_PASSPHRASE_FILE"}
@@ -86,6 +97,10 @@ class DemoConfig:
     concurrency: int = 4
     """Hosts enrolling/attesting at the same time."""
     run_id: str = ""
+    nonce_ttl_s: float = DEMO_NONCE_TTL_S
+    """The collector's nonce lifetime (``HOSTGATE_NONCE_TTL_S``)."""
+    credential_timeout_s: float = 60.0
+    """Longest wait of a trusted host for its credential on the topic."""
 
     def tamper_mix(self) -> dict[str, int]:
         """The tamper counts in force."""
@@ -241,13 +256,14 @@ WATCHED: Final[Mapping[str, str]] = {
 def apply_record(h: HostOutcome, topic: str, rec: Mapping[str, Any]) -> HostOutcome:
     """Fold one observed record of this host into its outcome (pure)."""
     if topic == "attest.rejections.v1":
-        return replace(h, rejection=str(rec["reason"]), rejection_detail=str(rec["detail"]))
+        return replace(h, rejection=str(rec["reason"]), rejection_detail=str(rec["detail"]),
+                       answers=h.answers + 1)
     if topic == "attest.verdicts.v1":
         rules = tuple(RuleFailure(str(f["rule_id"]), str(f["sentence"]),
                                   rule_event_line(f.get("event")))
                       for f in rec["failed_rules"])
         return replace(h, verdict=str(rec["result"]), verdict_id=str(rec["verdict_id"]),
-                       failed_rules=rules)
+                       failed_rules=rules, answers=h.answers + 1)
     if topic == "attest.incidents.v1":
         return replace(h, incident_id=h.incident_id or str(rec["incident_id"]))
     if topic == "attest.hosts.v1":
@@ -260,13 +276,30 @@ def apply_record(h: HostOutcome, topic: str, rec: Mapping[str, Any]) -> HostOutc
     return h
 
 
+def refused_since_trusted(h: HostOutcome) -> bool:
+    """A non-benign rejection or a failed verdict seen: a TRUSTED state is about to change."""
+    return (h.rejection is not None and h.rejection not in BENIGN_REJECTIONS) or \
+        h.verdict == "FAIL"
+
+
+def wants_credential(h: HostOutcome) -> bool:
+    """Whether the host, trusted after its last round, should now open its credential."""
+    return (h.trust == "TRUSTED" and bool(h.cert_serial) and h.verdict == "PASS"
+            and bool(h.verdict_id) and h.answers >= h.rounds and not h.error
+            and not refused_since_trusted(h))
+
+
 def is_final(h: HostOutcome, *, issuer_running: bool) -> bool:
     """Whether nothing more is expected for this host."""
     if h.error and h.verdict is None and h.rejection is None:
         return True
+    if h.answers < h.rounds and not h.error:
+        return False  # more evidence rounds to come
     if issuer_running:
         if h.trust == "TRUSTED":
-            return bool(h.cert_serial)
+            if refused_since_trusted(h):
+                return False  # the quarantine is on its way
+            return bool(h.cert_serial) and (h.credential_opened is not None or bool(h.error))
         if h.trust == "QUARANTINED":
             return bool(h.incident_id) and (h.verdict is not None or h.rejection is not None)
         return h.rejection in BENIGN_REJECTIONS
@@ -352,6 +385,10 @@ class RunState:
     started_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(
         timespec="seconds"))
     fleet: Any = None
+    ca_cert_path: Path | None = None
+    """The issuing CA's certificate: a delivered credential must chain to it."""
+    opening: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    """Hosts fetching and opening their credential (or done)."""
 
     @property
     def issuer_running(self) -> bool:
@@ -428,22 +465,84 @@ async def _wait_ready(st: RunState, timeout_s: float = 90.0) -> None:
         await asyncio.sleep(0.3)
 
 
+async def _wait_round_answered(st: RunState, host_id: str, answers: int,
+                               timeout_s: float) -> None:
+    """Until the host's ``answers``-th verdict/rejection is seen and, for a pass with the issuer
+    running, its trust state is in (the watcher updates ``st.rows`` in this event loop)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        h = st.rows[host_id]
+        if h.answers >= answers and not (st.issuer_running and h.verdict == "PASS"
+                                         and h.trust != "TRUSTED"):
+            return
+        await asyncio.sleep(0.2)
+    raise DemoError(f"host {host_id}: no outcome of evidence round {answers} within "
+                    f"{timeout_s:.0f}s")
+
+
 async def _drive_host(host: Any, config: DemoConfig, codec: Any, st: RunState,
                       sem: asyncio.Semaphore) -> None:
+    """Enrol and attest one host over Kafka, as many rounds as its profile needs; its
+    protocol tamper profile (if any) acts through the client's evidence hook."""
     from services.agent.client import AgentClient, ClientConfig, SimulatedHostSide
     from services.agent.fleet import DEFAULT_PCRS
 
-    async with sem:
-        try:
-            async with AgentClient(SimulatedHostSide(host), ClientConfig(
-                    config.bootstrap, timeout_s=60.0, connect_timeout_s=30.0,
-                    offered_pcrs=DEFAULT_PCRS),
-                    codec=codec) as client:
-                await client.enroll()
-                await client.attest()
-        except HostgateError as exc:
-            st.rows[host.host_id] = replace(st.rows[host.host_id],
-                                            error=f"{type(exc).__name__}: {exc}")
+    side = SimulatedHostSide(host)
+    rounds = st.rows[host.host_id].rounds
+    try:
+        async with AgentClient(side, ClientConfig(
+                config.bootstrap, timeout_s=60.0, connect_timeout_s=30.0,
+                offered_pcrs=DEFAULT_PCRS), codec=codec, hook=side.hook) as client:
+            for n in range(1, rounds + 1):
+                if n > 1:  # let the previous round be judged first (not holding a slot)
+                    await _wait_round_answered(st, host.host_id, n - 1, config.timeout_s)
+                async with sem:
+                    if n == 1:
+                        await client.enroll()
+                    await client.attest()
+    except HostgateError as exc:
+        st.rows[host.host_id] = replace(st.rows[host.host_id],
+                                        error=f"{type(exc).__name__}: {exc}")
+
+
+def _open_credential_blocking(bootstrap: str, host: Any, verdict_id: str,
+                              ca_cert_path: Path | None, timeout_s: float) -> Any:
+    """The host agent's side of delivery, in a worker thread with its own event loop (the
+    TPM work blocks): read the credential issued for ``verdict_id`` and open it in the TPM."""
+    from cryptography import x509
+
+    from services.agent.credential_receiver import receive_credential
+
+    ca = (x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+          if ca_cert_path is not None else None)
+    return asyncio.run(receive_credential(bootstrap, host.host_id, host, verdict_id=verdict_id,
+                                          ca_certificate=ca, timeout_s=timeout_s))
+
+
+async def _open_credential(host: Any, config: DemoConfig, st: RunState,
+                           sem: asyncio.Semaphore) -> None:
+    """Record in the host's row whether its TPM opened the credential of its passing verdict."""
+    h = st.rows[host.host_id]
+    try:
+        async with sem:
+            got = await asyncio.to_thread(_open_credential_blocking, config.bootstrap, host,
+                                          h.verdict_id, st.ca_cert_path,
+                                          config.credential_timeout_s)
+        want = st.rows[host.host_id].cert_serial
+        ok, detail = (True, got.serial) if got.serial == want else (
+            False, f"opened credential has serial {got.serial}, the host state names {want}")
+    except Exception as exc:  # reported per host (Kafka, TPM or delivery error): never fatal
+        ok, detail = False, f"{type(exc).__name__}: {exc}"
+    st.rows[host.host_id] = replace(st.rows[host.host_id], credential_opened=ok,
+                                    credential_detail=detail)
+
+
+def _start_credential_opening(st: RunState, config: DemoConfig,
+                              sem: asyncio.Semaphore) -> None:
+    for host_id, h in st.rows.items():
+        if host_id not in st.opening and wants_credential(h):
+            st.opening[host_id] = asyncio.create_task(
+                _open_credential(st.fleet.host(host_id), config, st, sem))
 
 
 async def _run_fleet(config: DemoConfig, st: RunState,
@@ -461,15 +560,20 @@ async def _run_fleet(config: DemoConfig, st: RunState,
         st.phase = "hosts enrolling and attesting"
         codec = Codec.load()
         sem = asyncio.Semaphore(max(1, config.concurrency))
+        opening_sem = asyncio.Semaphore(max(1, config.concurrency))
         drive = asyncio.gather(*(_drive_host(h, config, codec, st, sem) for h in st.fleet))
         deadline = time.monotonic() + config.timeout_s
         while st.done() < len(st.rows) and time.monotonic() < deadline:
             await watcher.poll()
+            if st.issuer_running:
+                _start_credential_opening(st, config, opening_sem)
             on_tick(st)
             for name, proc in st.stages.items():
                 if not proc.alive():
                     raise DemoError(f"stage {name} died; its log ends:\n{proc.log_tail()}")
         await drive
+        if st.opening:
+            await asyncio.gather(*st.opening.values())
         if st.done() < len(st.rows):
             st.notes.append(f"{len(st.rows) - st.done()} hosts had no final state after "
                             f"{config.timeout_s:.0f}s")
@@ -505,7 +609,8 @@ def run_demo(config: DemoConfig, on_tick: Callable[[RunState], None] = lambda st
     run_dir = (config.out or config.home / "demo" / run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     specs = plan(config, run_id)
-    rows = {s.host_id: HostOutcome(s.host_id, s.image, s.tamper) for s in specs}
+    rows = {s.host_id: HostOutcome(s.host_id, s.image, s.tamper,
+                                   rounds=ROUNDS.get(s.tamper or "", 1)) for s in specs}
     st = RunState(run_id, run_dir, rows, policy_id=f"demo-{run_id}")
     stages = available_stages()
     missing = [s for s in PIPELINE_STAGES if s not in stages]
@@ -519,6 +624,7 @@ def run_demo(config: DemoConfig, on_tick: Callable[[RunState], None] = lambda st
         asyncio.run(_prepare_topics_and_policy(config, st))
         t = time.monotonic()
         ca = create_issuing_ca(run_dir / "issuer-ca", dt.datetime.now(dt.UTC))
+        st.ca_cert_path = ca["cert"]
         for stage in stages:
             if stage == "verifier":
                 _start_stage(st, config, stage, {"HOSTGATE_POLICY_ID": st.policy_id})
@@ -534,7 +640,8 @@ def run_demo(config: DemoConfig, on_tick: Callable[[RunState], None] = lambda st
         st.fleet.start()
         t = st.mark("fleet_start", t)
         if "collector" in stages:
-            _start_stage(st, config, "collector", {"HOSTGATE_EK_CA_DIR": str(_ek_ca_dir(st))})
+            _start_stage(st, config, "collector", {"HOSTGATE_EK_CA_DIR": str(_ek_ca_dir(st)),
+                                                   "HOSTGATE_NONCE_TTL_S": f"{config.nonce_ttl_s:g}"})
         try:
             asyncio.run(_run_fleet(config, st, on_tick))
         except KeyboardInterrupt:

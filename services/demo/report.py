@@ -29,14 +29,20 @@ EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
     "kernel_cmdline_tampered": frozenset({"policy.bootchain.kernel_cmdline"}),
     "forged_log": frozenset({reasons.REPLAY_PCR_MISMATCH}),
     "pcr_bank_downgrade": frozenset({reasons.BANKS_DOWNGRADE}),
-    # The simulator quotes a nonce the collector never issued for this challenge: intake names
-    # it REPLAYED_NONCE if it saw that nonce used, else UNKNOWN_NONCE. Both stop the replay.
-    "replayed_nonce": frozenset({"intake.REPLAYED_NONCE", "intake.UNKNOWN_NONCE"}),
-    "stale_quote": frozenset({"intake.STALE_NONCE", "intake.UNKNOWN_NONCE",
-                              "intake.REPLAYED_NONCE"}),
+    # The agent client's hooks (services.agent.client.hook_for): after an honest round the host
+    # answers a new challenge with the previous round's challenge and nonce, one the collector
+    # really issued and saw used; and it holds evidence until its nonce has expired.
+    "replayed_nonce": frozenset({"intake.REPLAYED_NONCE"}),
+    "stale_quote": frozenset({"intake.STALE_NONCE"}),
     "wrong_ak": frozenset({"intake.BAD_SIGNATURE"}),
 }
 
+#: Evidence rounds each profile's agent sends (default 1): ``replayed_nonce`` needs an honest
+#: round whose nonce it can then replay.
+ROUNDS: Final[Mapping[str, int]] = {"replayed_nonce": 2}
+#: Intake rejections the incidents stage treats as benign (a busy or slow host): no incident,
+#: so no quarantine — the host is refused, and simply holds no credential.
+BENIGN_REJECTIONS: Final = frozenset({"RATE_LIMITED", "STALE_NONCE"})
 TRUSTED: Final = "TRUSTED"
 QUARANTINED: Final = "QUARANTINED"
 
@@ -70,6 +76,15 @@ class HostOutcome:
     cert_serial: str | None = None
     incident_id: str | None = None
     credential_id: str | None = None
+    credential_opened: bool | None = None
+    """Whether the host's own TPM opened its credential from ``attest.credentials.v1`` (agent
+    side, ``services.agent.credential_receiver``); None: not tried (not trusted)."""
+    credential_detail: str = ""
+    """The serial of the opened credential, or why it did not open."""
+    rounds: int = 1
+    """Evidence rounds this host's agent sends."""
+    answers: int = 0
+    """Verdicts and intake rejections seen for this host so far."""
     error: str = ""
     """What went wrong on the host side (enrolment or attestation), if anything."""
 
@@ -110,7 +125,11 @@ def judge(h: HostOutcome, *, issuer_running: bool) -> Judgement:
         if issuer_running and (h.trust != TRUSTED or not h.cert_serial):
             return Judgement(False, f"clean host passed but is {h.trust or 'not'} trusted "
                                     "with a certificate")
-        return Judgement(True, "trusted" if issuer_running else "passed")
+        if issuer_running and h.credential_opened is not True:
+            return Judgement(False, "trusted, but its TPM did not open its credential: "
+                                    f"{h.credential_detail or 'not tried'}")
+        return Judgement(True, "trusted, credential opened in its TPM" if issuer_running
+                         else "passed")
     want = EXPECTED_REASONS.get(h.tamper, frozenset())
     if h.verdict == "PASS" and not h.rejection:
         return Judgement(False, f"tampered host ({h.tamper}) passed")
@@ -120,6 +139,12 @@ def judge(h: HostOutcome, *, issuer_running: bool) -> Judgement:
         got = ", ".join(sorted(h.reason_ids))
         return Judgement(False, f"{h.tamper} refused for {got}, expected one of "
                                 f"{', '.join(sorted(want))}")
+    benign = frozenset(f"intake.{r}" for r in BENIGN_REJECTIONS)
+    if issuer_running and h.reason_ids <= benign:
+        # refused as a slow/busy host: no incident by design, and never a credential
+        if h.trust == TRUSTED:
+            return Judgement(False, f"{h.tamper} refused at intake ({h.rejection}) but TRUSTED")
+        return Judgement(True, f"refused at intake ({h.rejection}), no credential")
     if issuer_running and (h.trust != QUARANTINED or not h.incident_id):
         return Judgement(False, f"{h.tamper} refused but is {h.trust or 'not'} quarantined "
                                 f"with an incident ({h.incident_id or 'none'})")
@@ -170,7 +195,9 @@ def to_json(run: DemoRun) -> dict[str, Any]:
                              for r in h.failed_rules],
             "rejection": h.rejection, "rejection_detail": h.rejection_detail,
             "trust": h.trust, "cert_serial": h.cert_serial, "incident_id": h.incident_id,
-            "credential_id": h.credential_id, "error": h.error,
+            "credential_id": h.credential_id,
+            "credential_opened": {"ok": h.credential_opened, "detail": h.credential_detail},
+            "error": h.error,
             "check": {"ok": j.ok, "why": j.why}})
     return {"run_id": run.run_id, "started_at": run.started_at,
             "finished_at": run.finished_at, "duration_s": round(run.duration_s, 2),
@@ -187,6 +214,17 @@ def plain_rules(h: HostOutcome) -> str:
     if h.error and not h.failed_rules:
         return h.error
     return "; ".join(r.sentence for r in h.failed_rules)
+
+
+def credential_cell(h: HostOutcome, *, short: bool = False) -> str:
+    """``yes (serial …)`` / ``no (why)`` / ``—`` (not tried): did the host's TPM open its
+    credential. ``short`` clips the serial and the reason for narrow tables."""
+    if h.credential_opened is None:
+        return "—"
+    detail = h.credential_detail
+    if h.credential_opened:
+        return f"yes (serial {detail[:12] + '…' if short and len(detail) > 13 else detail})"
+    return f"no ({detail[:80] + '…' if short and len(detail) > 81 else detail})"
 
 
 def outcome_cell(h: HostOutcome) -> str:
@@ -258,6 +296,8 @@ def _details(h: HostOutcome, j: Judgement) -> str:
         parts.append(f"<li>certificate serial <code>{_e(h.cert_serial)}</code>"
                      f"{' (credential ' + _e(h.credential_id) + ')' if h.credential_id else ''}"
                      "</li>")
+    if h.credential_opened is not None:
+        parts.append(f"<li>credential opened in its TPM: <b>{_e(credential_cell(h))}</b></li>")
     if h.incident_id:
         parts.append(f"<li>incident <code>{_e(h.incident_id)}</code></li>")
     if h.error:
@@ -286,6 +326,7 @@ def render_html(run: DemoRun) -> str:
         f'<tr class="{"" if j.ok else "miss"}"><td>{_e(h.host_id)}</td><td>{_e(h.image)}</td>'
         f"<td>{_e(h.tamper or '—')}</td><td>{_e(h.verdict or h.rejection or '—')}</td>"
         f"<td>{_e(plain_rules(h))}</td><td>{_e(outcome_cell(h))}</td>"
+        f"<td>{_e(credential_cell(h))}</td>"
         f"<td>{'✔' if j.ok else '✘ ' + _e(j.why)}</td></tr>"
         for h, j in zip(run.hosts, judged, strict=True))
     notes = "".join(f"<li>{_e(n)}</li>" for n in run.notes)
@@ -299,7 +340,8 @@ def render_html(run: DemoRun) -> str:
         f"</header><main><div class=\"cards\">{''.join(cards)}</div>"
         f"<h2>Fleet</h2><div class=\"grid\">{tiles}</div>"
         "<h2>Hosts</h2><table><tr><th>host</th><th>image</th><th>tamper profile</th>"
-        "<th>verdict</th><th>failed rules</th><th>outcome</th><th>check</th></tr>"
+        "<th>verdict</th><th>failed rules</th><th>outcome</th>"
+        "<th>credential opened in TPM</th><th>check</th></tr>"
         f"{rows}</table><h2>Details</h2>{details}"
         f"{'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}</main></body></html>\n")
 

@@ -3,7 +3,9 @@ the records it left on the pipeline's topics.
 
 The demo runs as a separate process (as ``make demo`` runs it) with its own ``HOSTGATE_HOME``;
 its host ids are unique per run (``demo-<run-id>-NN``), so replay here looks only at this run's
-hosts even though the topics are shared.
+hosts even though the topics are shared. The mix covers the verifier (secure_boot_off,
+forged_log), intake (wrong_ak) and the agent client's protocol hooks (replayed_nonce: an honest
+round, then that used nonce again; stale_quote: evidence held past the nonce's expiry).
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from tests.unit.test_replay_core import without_grub_of
 
 pytestmark = [pytest.mark.kafka, pytest.mark.swtpm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
-MIX = {"secure_boot_off": 1, "forged_log": 1, "wrong_ak": 1}
-HOSTS = 6
+MIX = {"secure_boot_off": 1, "forged_log": 1, "wrong_ak": 1, "replayed_nonce": 1,
+       "stale_quote": 1}
+HOSTS = 8
+BENIGN = {"stale_quote"}  # refused at intake as a slow host: no incident, no quarantine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,17 +80,52 @@ def test_demo_matches_the_tamper_mix(demo: DemoResult) -> None:
         if h["tamper"] is None:
             assert h["status"] == "TRUSTED" and h["verdict"] == "PASS", h
             assert h["cert_serial"] and not h["failed_rules"]
+        elif h["tamper"] in BENIGN:
+            assert h["status"] == "REJECTED" and not h["incident_id"], h
+            assert h["verdict"] is None and h["cert_serial"] is None, h
         else:
             assert h["status"] == "QUARANTINED" and h["incident_id"], h
+        if h["tamper"] is not None:
             reasons = {r["rule_id"] for r in h["failed_rules"]}
             if h["rejection"]:
                 reasons.add(f"intake.{h['rejection']}")
             assert reasons & EXPECTED_REASONS[h["tamper"]], h
-    assert doc["counts"] == {"TRUSTED": HOSTS - len(tampers), "QUARANTINED": len(tampers)}
+    benign = sum(1 for t in tampers if t in BENIGN)
+    assert doc["counts"] == {"TRUSTED": HOSTS - len(tampers),
+                             "QUARANTINED": len(tampers) - benign, "REJECTED": benign}
     # the reports are on disk, the HTML self-contained
     assert json.loads((demo.run_dir / "report.json").read_text())["run_id"] == doc["run_id"]
     page = (demo.run_dir / "report.html").read_text()
     assert all(h["host_id"] in page for h in hosts) and "https://" not in page
+
+
+def test_every_trusted_host_opened_its_credential_in_its_tpm(demo: DemoResult) -> None:
+    hosts = demo.doc["hosts"]
+    trusted = [h for h in hosts if h["status"] == "TRUSTED"]
+    assert len(trusted) == HOSTS - sum(MIX.values())
+    for h in trusted:
+        # the serial the host's own TPM recovered is the one the issuer's host state names
+        assert h["credential_opened"] == {"ok": True, "detail": h["cert_serial"]}, h
+        assert h["credential_id"] and h["check"]["ok"] is True
+    for h in hosts:
+        if h["status"] != "TRUSTED":
+            assert h["credential_opened"]["ok"] is None, h
+    page = (demo.run_dir / "report.html").read_text()
+    assert "credential opened in TPM" in page
+    assert all(f"yes (serial {h['cert_serial']})" in page for h in trusted)
+
+
+def test_protocol_tampers_are_refused_for_what_they_did(demo: DemoResult) -> None:
+    by_tamper = {h["tamper"]: h for h in demo.doc["hosts"] if h["tamper"]}
+    replayed = by_tamper["replayed_nonce"]
+    # its honest first round passed (and was trusted); the replay of that round's nonce is
+    # refused as a nonce the collector issued and saw used, not as an unknown one
+    assert replayed["verdict"] == "PASS" and replayed["cert_serial"], replayed
+    assert replayed["rejection"] == "REPLAYED_NONCE", replayed
+    assert "already used by evidence attest.evidence.v1[" in replayed["rejection_detail"]
+    assert replayed["status"] == "QUARANTINED" and replayed["incident_id"]
+    stale = by_tamper["stale_quote"]
+    assert stale["rejection"] == "STALE_NONCE" and "expired" in stale["rejection_detail"]
 
 
 def test_nothing_of_the_run_is_left_running(demo: DemoResult) -> None:
@@ -159,7 +198,7 @@ def test_what_if_policy_flags_the_hosts_running_the_application(
     assert isinstance(report, WhatIfReport)
     # hosts whose boot reaches policy evaluation and runs Fedora's grub
     expected = {h["host_id"] for h in demo.doc["hosts"] if h["image"] == "fedora-40-shim"
-                and h["verdict"] and h["tamper"] in (None, "secure_boot_off")}
+                and h["verdict"] and h["tamper"] in (None, "secure_boot_off", "replayed_nonce")}
     assert expected
     flagged = {c.host_id for c in report.changes
                if "policy.bootchain.applications" in c.added_rules}

@@ -6,11 +6,19 @@ folded in below have the field names of the real Avro schemas."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from services.agent.tamper import PROFILES
-from services.demo.orchestrator import DemoConfig, apply_record, is_final, parse_tampers, plan
+from services.demo.orchestrator import (
+    DemoConfig,
+    apply_record,
+    is_final,
+    parse_tampers,
+    plan,
+    wants_credential,
+)
 from services.demo.report import (
     EXPECTED_REASONS,
     DemoRun,
@@ -31,7 +39,8 @@ def _run(*hosts: HostOutcome, issuer: bool = True) -> DemoRun:
 
 
 CLEAN_OK = HostOutcome("h-00", "fedora-40-shim", None, verdict="PASS", trust="TRUSTED",
-                       cert_serial="1f2e")
+                       cert_serial="1f2e", credential_opened=True, credential_detail="1f2e",
+                       answers=1)
 SB_OK = HostOutcome("h-01", "ubuntu-24.04-shim", "secure_boot_off", verdict="FAIL",
                     failed_rules=(RuleFailure("policy.secureboot.enabled",
                                               "Secure Boot is off.", "PCR 7 event #3 x"),),
@@ -62,11 +71,66 @@ def test_judge_accepts_the_right_outcomes() -> None:
     (HostOutcome("t", "i", "wrong_ak", rejection="BAD_SIGNATURE", trust="TRUSTED"),
      "quarantined"),
     (HostOutcome("t", "i", "forged_log"), "no verdict or rejection"),
+    (HostOutcome("c", "i", None, verdict="PASS", trust="TRUSTED", cert_serial="ab"),
+     "did not open its credential: not tried"),
+    (HostOutcome("c", "i", None, verdict="PASS", trust="TRUSTED", cert_serial="ab",
+                 credential_opened=False, credential_detail="CredentialRejected: sealed"),
+     "did not open its credential: CredentialRejected"),
+    # a replay the collector cannot tie to a used nonce is not the replayed_nonce scenario
+    (HostOutcome("t", "i", "replayed_nonce", rejection="UNKNOWN_NONCE", trust="QUARANTINED",
+                 incident_id="x"), "expected one of intake.REPLAYED_NONCE"),
+    (HostOutcome("t", "i", "stale_quote", rejection="STALE_NONCE", trust="TRUSTED",
+                 cert_serial="ab"), "refused at intake (STALE_NONCE) but TRUSTED"),
 ])
 def test_judge_refuses_the_wrong_outcomes(host: HostOutcome, why: str) -> None:
     j = judge(host, issuer_running=True)
     assert not j.ok and why in j.why
     assert not _run(CLEAN_OK, host).ok
+
+
+def test_protocol_profiles_are_judged_by_their_intake_reason() -> None:
+    stale = HostOutcome("t", "i", "stale_quote", rejection="STALE_NONCE",
+                        rejection_detail="nonce of challenge 'c' expired 912 ms before", answers=1)
+    j = judge(stale, issuer_running=True)
+    assert j.ok and "no credential" in j.why  # benign: refused, no incident, no quarantine
+    assert is_final(stale, issuer_running=True)
+    replayed = HostOutcome("t", "i", "replayed_nonce", verdict="PASS", verdict_id="v1",
+                           trust="QUARANTINED", cert_serial="ab", incident_id="inc-3",
+                           rejection="REPLAYED_NONCE", rounds=2, answers=2)
+    assert judge(replayed, issuer_running=True).ok
+
+
+def test_a_replaying_host_is_final_only_after_its_second_round_is_judged() -> None:
+    h = HostOutcome("h", "img", "replayed_nonce", rounds=2)
+    h = apply_record(h, "attest.verdicts.v1", {"result": "PASS", "verdict_id": "v1",
+                                                "failed_rules": []})
+    h = apply_record(h, "attest.hosts.v1", {"state": "TRUSTED", "cert_serial": "ab",
+                                            "incident_id": None})
+    h = apply_record(h, "attest.credentials.v1", {"credential_id": "c1", "serial": "ab"})
+    assert h.answers == 1 and not wants_credential(h)  # its second round is still to come
+    assert not is_final(h, issuer_running=True)
+    h = apply_record(h, "attest.rejections.v1", {"reason": "REPLAYED_NONCE",
+                                                 "detail": "nonce was already used"})
+    assert h.answers == 2 and h.trust == "TRUSTED"
+    assert not is_final(h, issuer_running=True)  # the quarantine is on its way
+    assert not wants_credential(h)
+    h = apply_record(h, "attest.incidents.v1", {"incident_id": "inc-4"})
+    h = apply_record(h, "attest.hosts.v1", {"state": "QUARANTINED", "cert_serial": None,
+                                            "incident_id": "inc-4"})
+    assert is_final(h, issuer_running=True) and judge(h, issuer_running=True).ok
+
+
+def test_a_trusted_host_is_final_once_it_tried_its_credential() -> None:
+    h = HostOutcome("h", "img", None)
+    h = apply_record(h, "attest.verdicts.v1", {"result": "PASS", "verdict_id": "v1",
+                                                "failed_rules": []})
+    h = apply_record(h, "attest.hosts.v1", {"state": "TRUSTED", "cert_serial": "ab",
+                                            "incident_id": None})
+    assert wants_credential(h) and not is_final(h, issuer_running=True)
+    opened = replace(h, credential_opened=True, credential_detail="ab")
+    assert is_final(opened, issuer_running=True) and judge(opened, issuer_running=True).ok
+    failed = replace(h, credential_opened=False, credential_detail="CredentialNotDelivered")
+    assert is_final(failed, issuer_running=True) and not judge(failed, issuer_running=True).ok
 
 
 def test_without_an_issuer_a_pass_is_enough() -> None:
@@ -105,6 +169,9 @@ def test_json_and_html_report() -> None:
     for h in run.hosts[:3]:
         assert f'id="{h.host_id}"' in page
     assert "cert 1f2e" in page and "inc-2" in page
+    assert "credential opened in TPM" in page and "yes (serial 1f2e)" in page
+    assert doc["hosts"][0]["credential_opened"] == {"ok": True, "detail": "1f2e"}
+    assert doc["hosts"][1]["credential_opened"] == {"ok": None, "detail": ""}
 
 
 def test_plan_uses_unique_run_ids_and_fitting_images() -> None:
