@@ -28,7 +28,7 @@ test: setup
 	@scripts/run-tests.sh
 
 demo: setup
-	@scripts/run-demo.sh
+	@scripts/run-demo.sh $(DEMO_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check services tests bench

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job. Starts the local broker, ensures the topics, runs what the pipeline has today,
-# and stops everything it started, on success, failure or Ctrl-C.
+# The main job: starts the local broker (unless one is running), runs `hostgate demo` (topics,
+# the four stages, a simulated fleet, the final table and reports), and stops what it started,
+# on success, failure or Ctrl-C. Extra arguments go to `hostgate demo` (see its --help).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -15,11 +16,5 @@ fi
 cleanup() { [[ $started_here -eq 1 ]] && "$HG" kafka down; }
 trap cleanup EXIT INT TERM
 
-"$HG" topics ensure || exit 1
-exec_demo=("$HG" demo "$@")
-if "$HG" demo --help >/dev/null 2>&1; then
-  "${exec_demo[@]}"
-else
-  echo "The end-to-end demo (four stages + simulated fleet) is not built yet; see README 'Status'."
-  "$HG" fleet simulate --hosts 6 --tamper secure_boot_off=1 --tamper forged_log=1
-fi
+export HOSTGATE_BOOTSTRAP=$("$HG" kafka status --bootstrap)
+"$HG" demo "$@"
