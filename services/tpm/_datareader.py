@@ -14,6 +14,10 @@ from services.tpm.errors import LimitExceeded, MalformedEventData
 
 __all__ = ["DataReader", "format_guid"]
 
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
 
 def format_guid(raw: bytes) -> str:
     """Canonical lower-case text of a 16-byte EFI_GUID (mixed-endian, UEFI 2.10 appendix A)."""
@@ -56,13 +60,24 @@ class DataReader:
 
     def take(self, n: int, field: str) -> bytes:
         """The next ``n`` bytes; truncation raises with the field's name."""
-        if n < 0 or n > self.remaining:
+        pos = self.pos
+        end = pos + n
+        if n < 0 or end > len(self.data):
             raise self.error(
                 f"{field} needs {n} bytes but only {self.remaining} remain", field
             )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
+        self.pos = end
+        return self.data[pos:end]
+
+    def _unpack(self, fmt: struct.Struct, field: str) -> int:
+        pos = self.pos
+        if pos + fmt.size > len(self.data):
+            raise self.error(
+                f"{field} needs {fmt.size} bytes but only {self.remaining} remain", field
+            )
+        self.pos = pos + fmt.size
+        value: int = fmt.unpack_from(self.data, pos)[0]
+        return value
 
     def rest(self) -> bytes:
         """Everything not yet consumed."""
@@ -74,15 +89,15 @@ class DataReader:
 
     def u16(self, field: str) -> int:
         """Little-endian UINT16."""
-        return int.from_bytes(self.take(2, field), "little")
+        return self._unpack(_U16, field)
 
     def u32(self, field: str) -> int:
         """Little-endian UINT32."""
-        return int.from_bytes(self.take(4, field), "little")
+        return self._unpack(_U32, field)
 
     def u64(self, field: str) -> int:
         """Little-endian UINT64."""
-        return int.from_bytes(self.take(8, field), "little")
+        return self._unpack(_U64, field)
 
     def guid(self, field: str) -> str:
         """An EFI_GUID as canonical text."""
@@ -92,7 +107,9 @@ class DataReader:
         """A reader over the next ``n`` bytes, keeping absolute offsets."""
         start = self.pos
         chunk = self.take(n, field)
-        return DataReader(chunk, base=self.base + start, seq=self.seq)
+        reader = DataReader.__new__(DataReader)
+        reader.data, reader.base, reader.seq, reader.pos = chunk, self.base + start, self.seq, 0
+        return reader
 
     def expect_end(self, field: str) -> None:
         """Raise if bytes remain after a structure that should fill the data exactly."""

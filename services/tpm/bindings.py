@@ -122,10 +122,8 @@ def _matches(event: Event, payload: bytes) -> tuple[list[str], list[str]]:
             ctor = hash_constructor(bank)
         except Unsupported:
             continue
-        h = ctor()
-        h.update(payload)
         checked.append(bank)
-        if h.digest() != digest:
+        if ctor(payload).digest() != digest:
             bad.append(bank)
     return checked, bad
 

@@ -29,14 +29,22 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Final, Literal
 
 from services.tpm import sipa
+from services.tpm._cache import BoundedCache
 from services.tpm.bindings import check_binding
 from services.tpm.errors import MalformedInput
 from services.tpm.eventlog import Event, EventType
-from services.tpm.ipl import LINUX_EFI_INITRD_TAG, LINUX_EFI_LOAD_OPTIONS_TAG, decode_ipl
+from services.tpm.ipl import (
+    LINUX_EFI_INITRD_TAG,
+    LINUX_EFI_LOAD_OPTIONS_TAG,
+    IplString,
+    decode_ipl,
+)
 from services.tpm.replay import ReplayResult
 from services.tpm.uefi import (
+    CACHED_VALUE_MAX,
     EFI_GLOBAL_VARIABLE_GUID,
     KEY_DATABASES,
+    UefiVariableData,
     decode_boot_order,
     decode_firmware_blob,
     decode_firmware_blob2,
@@ -58,6 +66,7 @@ __all__ = [
     "BootApplication",
     "BootOption",
     "Claims",
+    "DecodedEvent",
     "ImaClaim",
     "KeyDatabase",
     "KeyEntry",
@@ -202,6 +211,25 @@ class ImaClaim:
     path: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """Provenance of folded claims: what extraction decoded from one event (a UEFI variable, an
+    EV_IPL string, a SIPA block's own latched flags), so a policy can name the event behind a
+    claim without decoding it again. Kept with the event's pcr, type and data: a lookup only
+    uses it for an event with exactly those (:meth:`matches`). Not part of the JSON claims."""
+
+    pcr: int
+    event_type: int
+    data: bytes
+    variable: UefiVariableData | None = None
+    ipl: IplString | None = None
+    windows_flags: Mapping[str, bool | None] | None = None
+
+    def matches(self, ev: Event) -> bool:
+        """Whether this was decoded from ``ev`` (same PCR, type and data bytes)."""
+        return ev.pcr == self.pcr and ev.event_type == self.event_type and ev.data == self.data
+
+
 @dataclass(frozen=True)
 class Claims:
     """Everything a policy reads. Only meaningful for events whose replay matched a quote
@@ -231,6 +259,10 @@ class Claims:
     quirks_applied: tuple[QuirkUse, ...]
     anomalies: tuple[Anomaly, ...]
     ima: tuple[ImaClaim, ...] | None = None
+    decoded: Mapping[int, DecodedEvent] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Provenance by event seq (:class:`DecodedEvent`); excluded from :meth:`to_json_dict`."""
 
     @property
     def failed_closed(self) -> bool:
@@ -244,21 +276,55 @@ class Claims:
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: field order as declared, bytes as lowercase hex, mapping keys
-        sorted (PCR indices as decimal strings, numerically ordered)."""
+        sorted (PCR indices as decimal strings, numerically ordered). Provenance
+        (:attr:`decoded`) is not included."""
         out = _json(self)
         out["failed_closed"] = self.failed_closed
         assert isinstance(out, dict)
         return out
 
 
+_NOT_JSON: Final = frozenset({"decoded"})
+_SCALARS: Final = frozenset({str, int, bool, float, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = tuple(f.name for f in fields(cls) if f.name not in _NOT_JSON)
+        _FIELD_NAMES[cls] = names
+    return names
+
+
 def _json(value: Any) -> Any:
+    """JSON-ready form: bytes as hex, dataclasses by field, mappings with sorted keys. The
+    common leaf types (str, int, bool, float, None, bytes) are converted inline."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is bytes:
+        return value.hex()
+    if t is tuple or t is list:
+        return [v if type(v) in _SCALARS else v.hex() if type(v) is bytes else _json(v)
+                for v in value]
     if isinstance(value, bytes):
         return value.hex()
     if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _json(getattr(value, f.name)) for f in fields(value)}
+        out: dict[str, Any] = {}
+        for name in _field_names(t):
+            v = getattr(value, name)
+            vt = type(v)
+            out[name] = v if vt in _SCALARS else v.hex() if vt is bytes else _json(v)
+        return out
     if isinstance(value, Mapping):
         keys = sorted(value, key=lambda k: (isinstance(k, str), k))
-        return {str(k): _json(value[k]) for k in keys}
+        out = {}
+        for k in keys:
+            v = value[k]
+            vt = type(v)
+            out[str(k)] = v if vt in _SCALARS else v.hex() if vt is bytes else _json(v)
+        return out
     if isinstance(value, (tuple, list)):
         return [_json(v) for v in value]
     return value
@@ -294,6 +360,8 @@ class _State:
     sipa_blocks: list[tuple[int | None, tuple[sipa.SipaEvent, ...]]] = field(default_factory=list)
     quirks: list[QuirkUse] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
+    decoded: dict[int, DecodedEvent] = field(default_factory=dict)
+    sipa_sources: dict[int, Event] = field(default_factory=dict)
 
     def flag(self, ev: Event, reason: str, detail: str, *, fatal: bool | None = None) -> None:
         is_fatal = ev.pcr in self.fail_closed if fatal is None else fatal
@@ -312,6 +380,7 @@ def _separator(ev: Event, st: _State) -> None:
 
 def _driver_config(ev: Event, st: _State) -> None:
     var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+    st.decoded[ev.seq] = DecodedEvent(ev.pcr, ev.event_type, ev.data, variable=var)
     if ev.pcr == st.sb_pcr:
         if var.name in st.sb_vars:
             st.flag(ev, "tpm.secureboot.duplicate_variable", var.name, fatal=True)
@@ -328,11 +397,26 @@ def _driver_config(ev: Event, st: _State) -> None:
         else:
             st.flag(ev, "tpm.secureboot.invalid_value", f"SecureBoot = {value[:8].hex()}", fatal=True)
     elif var.name in KEY_DATABASES:
-        lists = decode_signature_lists(var.variable_data, base=var.data_offset, seq=ev.seq)
-        entries = tuple(
+        st.dbs.append(KeyDatabase(var.name, var.variable_guid, ev.seq, _key_entries(var, ev.seq)))
+
+
+_KEY_ENTRIES: BoundedCache[bytes, tuple[KeyEntry, ...]] = BoundedCache("key_entries", 64)
+
+
+def _key_entries(var: UefiVariableData, seq: int) -> tuple[KeyEntry, ...]:
+    """The entries of a PK/KEK/db/dbx value; remembered by the SHA-256 of the value (a fleet
+    measures the same databases; entries hold no offsets, failures are not remembered)."""
+    value = var.variable_data
+
+    def decode() -> tuple[KeyEntry, ...]:
+        lists = decode_signature_lists(value, base=var.data_offset, seq=seq)
+        return tuple(
             KeyEntry(e.kind, e.owner, e.digest, e.subject) for lst in lists for e in lst.entries
         )
-        st.dbs.append(KeyDatabase(var.name, var.variable_guid, ev.seq, entries))
+
+    if len(value) > CACHED_VALUE_MAX:
+        return decode()
+    return _KEY_ENTRIES.get_or_compute(hashlib.sha256(value).digest(), decode)
 
 
 def _authority(ev: Event, st: _State) -> None:
@@ -374,6 +458,7 @@ def _boot_variable(ev: Event, st: _State) -> None:
 
 def _ipl(ev: Event, st: _State) -> None:
     ipl = decode_ipl(ev.data, ev.pcr, base=ev.data_offset, seq=ev.seq)
+    st.decoded[ev.seq] = DecodedEvent(ev.pcr, ev.event_type, ev.data, ipl=ipl)
     if ipl.is_kernel_cmdline:
         st.cmdlines.append(ipl.text)
     elif ipl.kind in ("grub_cmd", "grub_legacy_cmd"):
@@ -446,6 +531,7 @@ def _event_tag(ev: Event, st: _State, windows: bool) -> None:
     elif windows and ev.pcr in _WINDOWS_PCRS:
         events = sipa.decode_sipa_events(ev.data, base=ev.data_offset, seq=ev.seq)
         st.sipa_blocks.append((ev.seq, events))
+        st.sipa_sources[ev.seq] = ev
 
 
 def _interpret(ev: Event, st: _State, windows: bool) -> None:
@@ -543,7 +629,12 @@ def extract_claims(
     win = None
     if st.sipa_blocks:
         try:
-            win = sipa.fold_windows_config(st.sipa_blocks)
+            win, per_block = sipa.fold_windows_config_with_blocks(st.sipa_blocks)
+            for seq, own in per_block:
+                src = st.sipa_sources[seq] if seq is not None else None
+                if src is not None:
+                    st.decoded[src.seq] = DecodedEvent(src.pcr, src.event_type, src.data,
+                                                       windows_flags=own)
         except MalformedInput as exc:
             seq = exc.seq if exc.seq is not None else -1
             st.anomalies.append(
@@ -574,4 +665,5 @@ def extract_claims(
         quirks_applied=tuple(st.quirks),
         anomalies=tuple(st.anomalies),
         ima=tuple(ima) if ima is not None else None,
+        decoded=st.decoded,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.tpm._cache import BoundedCache
 from services.tpm._datareader import DataReader, decode_utf16, format_guid
 
 __all__ = [
@@ -184,7 +185,21 @@ def decode_device_path(
     ``MAX_DEVICE_PATH_BYTES`` bytes. An empty input is an empty path (some firmware logs one).
     ``multiple`` accepts further paths after End-Entire (an ``EFI_LOAD_OPTION``'s
     ``FilePathList`` may hold several, UEFI 3.1.3); they render like extra instances (``,``).
+
+    A successful result (it holds no offsets) is remembered by the exact bytes (bounded LRU):
+    the same boot paths recur at every attestation. Failures are never remembered.
     """
+    if len(data) > MAX_DEVICE_PATH_BYTES:
+        return _decode_device_path(data, base, seq, multiple)  # raises LimitExceeded
+    return _PATHS.get_or_compute(
+        (bytes(data), multiple), lambda: _decode_device_path(data, base, seq, multiple)
+    )
+
+
+_PATHS: BoundedCache[tuple[bytes, bool], DevicePath] = BoundedCache("device_paths", 1024)
+
+
+def _decode_device_path(data: bytes, base: int, seq: int | None, multiple: bool) -> DevicePath:
     r = DataReader(data, base=base, seq=seq)
     if len(data) > MAX_DEVICE_PATH_BYTES:
         raise r.limit(

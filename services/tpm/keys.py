@@ -12,6 +12,7 @@ names (Part 1, 26.5): ``QN(hierarchy) = handle``; ``QN(obj) = nameAlg || H_nameA
 
 from __future__ import annotations
 
+import functools
 import hmac
 from dataclasses import dataclass
 from enum import IntFlag
@@ -19,6 +20,7 @@ from enum import IntFlag
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tpm2_pytss import TPM2B_PUBLIC, TSS2_Exception
 
+from services.tpm._cache import BoundedCache
 from services.tpm.algorithms import alg_by_id, alg_by_name, bank_name, hash_constructor
 from services.tpm.errors import KeyAttributeError, MalformedTpmStructure, Unsupported
 
@@ -56,6 +58,14 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {
     0x0005: ec.SECP521R1,  # TPM_ECC_NIST_P521
 }
 _CURVE_NAMES = {0x0003: "nist_p256", 0x0004: "nist_p384", 0x0005: "nist_p521"}
+
+PUBLIC_CACHE_SIZE = 4096
+"""Decoded TPM2B_PUBLIC areas (and their ``cryptography`` keys) remembered, keyed by the exact
+marshalled bytes: one enrolled AK per host is verified again at every attestation."""
+_PUBLIC_CACHE: BoundedCache[bytes, TpmPublic] = BoundedCache("tpm2b_public", PUBLIC_CACHE_SIZE)
+_KEY_CACHE: BoundedCache[tuple[object, ...], PublicKey] = BoundedCache(
+    "crypto_key", PUBLIC_CACHE_SIZE
+)
 
 
 class ObjectAttr(IntFlag):
@@ -118,7 +128,13 @@ class TpmPublic:
     ecc_y: bytes | None = None
 
     def crypto_key(self) -> PublicKey:
-        """The key as a ``cryptography`` public key (RSA or NIST-curve ECC)."""
+        """The key as a ``cryptography`` public key (RSA or NIST-curve ECC); remembered per
+        exact key material (bounded LRU)."""
+        key = (self.type, self.rsa_modulus, self.rsa_exponent, self.ecc_curve, self.ecc_x,
+               self.ecc_y)
+        return _KEY_CACHE.get_or_compute(key, self._build_crypto_key)
+
+    def _build_crypto_key(self) -> PublicKey:
         if self.rsa_modulus is not None and self.rsa_exponent is not None:
             try:
                 return rsa.RSAPublicNumbers(self.rsa_exponent, self.rsa_modulus).public_key()
@@ -158,7 +174,15 @@ def unmarshal_exact(cls: type, data: bytes, what: str) -> object:
 
 
 def decode_public(data: bytes) -> TpmPublic:
-    """Decode an untrusted marshalled ``TPM2B_PUBLIC`` (size-prefixed TPMT_PUBLIC)."""
+    """Decode an untrusted marshalled ``TPM2B_PUBLIC`` (size-prefixed TPMT_PUBLIC).
+
+    Results are remembered per exact input bytes (bounded LRU; failures are not remembered):
+    the decoded value is a pure function of ``data``."""
+    raw = bytes(data)
+    return _PUBLIC_CACHE.get_or_compute(raw, lambda: _decode_public(raw))
+
+
+def _decode_public(data: bytes) -> TpmPublic:
     pub = unmarshal_exact(TPM2B_PUBLIC, data, "TPM2B_PUBLIC")
     assert isinstance(pub, TPM2B_PUBLIC)
     area = pub.publicArea
@@ -229,14 +253,24 @@ def check_ak_attributes(pub: TpmPublic) -> None:
 
     Raises ``KeyAttributeError`` naming every missing or forbidden attribute.
     """
-    missing = [a.name for a in ObjectAttr if a in AK_REQUIRED and a not in pub.attributes]
-    forbidden = ["DECRYPT"] if ObjectAttr.DECRYPT in pub.attributes else []
-    if pub.type not in (TPM_ALG_RSA, TPM_ALG_ECC):
-        forbidden.append(f"type {pub.type:#06x}")
+    problem = _ak_attribute_problem(int(pub.attributes), pub.type)
+    if problem is not None:
+        raise KeyAttributeError(problem)
+
+
+@functools.lru_cache(maxsize=64)
+def _ak_attribute_problem(attributes: int, key_type: int) -> str | None:
+    """What disqualifies (attributes, type) as an AK, or None (pure; memoised: a fleet's AKs
+    share one template)."""
+    attrs = ObjectAttr(attributes)
+    missing = [a.name for a in ObjectAttr if a in AK_REQUIRED and a not in attrs]
+    forbidden = ["DECRYPT"] if ObjectAttr.DECRYPT in attrs else []
+    if key_type not in (TPM_ALG_RSA, TPM_ALG_ECC):
+        forbidden.append(f"type {key_type:#06x}")
     if missing or forbidden:
-        raise KeyAttributeError(
-            f"not an attestation key: missing {missing or 'nothing'}, forbidden {forbidden or 'nothing'}"
-        )
+        return (f"not an attestation key: missing {missing or 'nothing'}, "
+                f"forbidden {forbidden or 'nothing'}")
+    return None
 
 
 def same_key(pub: TpmPublic, key: object) -> bool:

@@ -13,15 +13,18 @@ References: TPM 2.0 Part 2, 10.12 (TPMS_ATTEST, TPMS_QUOTE_INFO, TPMS_CERTIFY_IN
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tpm2_pytss import TPMS_ATTEST, TPMT_SIGNATURE
+from tpm2_pytss.types import ffi
 
 from services.tpm.algorithms import alg_by_name, bank_name, hash_constructor
 from services.tpm.errors import (
@@ -145,43 +148,57 @@ class VerifiedCertify:
             raise TypeError("VerifiedCertify is only constructed by verify_certify()")
 
 
+def _tpm2b(value: Any, field_name: str) -> bytes:
+    """The bytes of a TPM2B C struct as tpm2-tss unmarshalled it (``size`` bytes of its array;
+    the MU functions refuse a size beyond the array)."""
+    raw: bytes = ffi.buffer(getattr(value, field_name), value.size)[:]
+    return raw
+
+
+@functools.lru_cache(maxsize=256)
+def _pcrs_of(bitmap: bytes) -> tuple[int, ...]:
+    """PCR indices (ascending) selected by a TPMS_PCR_SELECTION bitmap (pure; memoised, as
+    fleets quote the same selections)."""
+    return tuple(8 * j + b for j, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1)
+
+
 def decode_attest(data: bytes) -> UnverifiedAttest:
-    """Decode an untrusted TPMS_ATTEST and check its magic; signature NOT checked."""
+    """Decode an untrusted TPMS_ATTEST and check its magic; signature NOT checked.
+
+    tpm2-tss' ``Tss2_MU_TPMS_ATTEST_Unmarshal`` (through tpm2-pytss) does the decoding; the
+    fields are then read once each from the C structure it filled."""
     a = unmarshal_exact(TPMS_ATTEST, data, "TPMS_ATTEST")
     assert isinstance(a, TPMS_ATTEST)
-    magic = int(a.magic)
+    c = a._cdata
+    magic = int(c.magic)
     if magic != TPM_GENERATED_VALUE:
         raise MalformedTpmStructure(
             f"magic {magic:#010x} is not TPM_GENERATED_VALUE", offset=0, field="magic"
         )
-    ci = a.clockInfo
-    base = UnverifiedAttest(
-        magic=magic,
-        type=int(a.type),
-        qualified_signer=bytes(a.qualifiedSigner),
-        extra_data=bytes(a.extraData),
-        clock_info=ClockInfo(
-            int(ci.clock), int(ci.resetCount), int(ci.restartCount), bool(int(ci.safe))
-        ),
-        firmware_version=int(a.firmwareVersion),
-    )
-    if base.type == TPM_ST_ATTEST_QUOTE:
-        q = a.attested.quote
+    ci = c.clockInfo
+    atype = int(c.type)
+    clock_info = ClockInfo(int(ci.clock), int(ci.resetCount), int(ci.restartCount),
+                           bool(int(ci.safe)))
+    signer = _tpm2b(c.qualifiedSigner, "name")
+    extra = _tpm2b(c.extraData, "buffer")
+    firmware = int(c.firmwareVersion)
+    if atype == TPM_ST_ATTEST_QUOTE:
+        q = c.attested.quote
         sel: list[tuple[str, tuple[int, ...]]] = []
-        for i in range(int(q.pcrSelect.count)):
-            s = q.pcrSelect.pcrSelections[i]
-            bitmap = bytes(s.pcrSelect)[: int(s.sizeofSelect)]
-            pcrs = tuple(
-                8 * j + b for j, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1
-            )
-            sel.append((bank_name(int(s.hash)), pcrs))
-        return replace(base, selection=tuple(sel), pcr_digest=bytes(q.pcrDigest))
-    if base.type == TPM_ST_ATTEST_CERTIFY:
-        c = a.attested.certify
-        return replace(
-            base, certified_name=bytes(c.name), certified_qualified_name=bytes(c.qualifiedName)
-        )
-    return base
+        pcr_select = q.pcrSelect
+        selections = pcr_select.pcrSelections
+        for i in range(int(pcr_select.count)):
+            s = selections[i]
+            size = int(s.sizeofSelect)
+            sel.append((bank_name(int(s.hash)), _pcrs_of(ffi.buffer(s.pcrSelect)[:size])))
+        return UnverifiedAttest(magic, atype, signer, extra, clock_info, firmware,
+                                selection=tuple(sel), pcr_digest=_tpm2b(q.pcrDigest, "buffer"))
+    if atype == TPM_ST_ATTEST_CERTIFY:
+        cert = c.attested.certify
+        return UnverifiedAttest(magic, atype, signer, extra, clock_info, firmware,
+                                certified_name=_tpm2b(cert.name, "name"),
+                                certified_qualified_name=_tpm2b(cert.qualifiedName, "name"))
+    return UnverifiedAttest(magic, atype, signer, extra, clock_info, firmware)
 
 
 def verify_attest_signature(signer: TpmPublic, attest: bytes, signature: bytes) -> str:
@@ -192,16 +209,17 @@ def verify_attest_signature(signer: TpmPublic, attest: bytes, signature: bytes) 
     """
     sig = unmarshal_exact(TPMT_SIGNATURE, signature, "TPMT_SIGNATURE")
     assert isinstance(sig, TPMT_SIGNATURE)
-    alg = int(sig.sigAlg)
+    c = sig._cdata  # the C structure tpm2-tss filled; each field read once
+    alg = int(c.sigAlg)
     if alg in (TPM_ALG_RSASSA, TPM_ALG_RSAPSS):
-        body = sig.signature.rsassa if alg == TPM_ALG_RSASSA else sig.signature.rsapss
-        hash_id, raw = int(body.hash), bytes(body.sig)
+        body = c.signature.rsassa if alg == TPM_ALG_RSASSA else c.signature.rsapss
+        hash_id, raw = int(body.hash), _tpm2b(body.sig, "buffer")
     elif alg == TPM_ALG_ECDSA:
-        body = sig.signature.ecdsa
+        body = c.signature.ecdsa
         hash_id = int(body.hash)
         raw = encode_dss_signature(
-            int.from_bytes(bytes(body.signatureR), "big"),
-            int.from_bytes(bytes(body.signatureS), "big"),
+            int.from_bytes(_tpm2b(body.signatureR, "buffer"), "big"),
+            int.from_bytes(_tpm2b(body.signatureS, "buffer"), "big"),
         )
     else:
         raise InvalidQuoteSignature(
@@ -241,6 +259,7 @@ def pcr_digest(
 ) -> bytes:
     """``H(PCR values concatenated in selection order)``; raises if a value is missing."""
     h = hash_constructor(hash_alg)()
+    parts: list[bytes] = []
     for bank, pcrs in selection:
         size = _bank_size(bank)
         values = pcr_values.get(bank, {})
@@ -250,7 +269,8 @@ def pcr_digest(
                 raise PcrDigestMismatch(f"quoted PCR {pcr} of bank {bank} was not reported")
             if len(value) != size:
                 raise PcrDigestMismatch(f"reported PCR {pcr} of bank {bank} is not {size} bytes")
-            h.update(bytes(value))
+            parts.append(bytes(value))
+    h.update(b"".join(parts))
     return bytes(h.digest())
 
 

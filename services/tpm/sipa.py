@@ -38,6 +38,7 @@ from typing import Final
 from services.tpm._datareader import DataReader, decode_utf16
 
 __all__ = [
+    "FLAG_ATTRIBUTES",
     "MAX_SIPA_DEPTH",
     "MAX_SIPA_EVENTS",
     "LoadedModule",
@@ -48,6 +49,7 @@ __all__ = [
     "decode_sipa_events",
     "decode_tagged_event",
     "fold_windows_config",
+    "fold_windows_config_with_blocks",
 ]
 
 MAX_SIPA_DEPTH: Final = 8
@@ -311,15 +313,27 @@ _LISTS: Final = {
 }
 
 
+FLAG_ATTRIBUTES: Final = (*_LATCH_ON.values(), *_LATCH_OFF.values(), "dep")
+"""The latched boolean attributes of :class:`WindowsBootConfig` (debug flags, code integrity,
+DEP): the ones :func:`fold_windows_config_with_blocks` reports per block."""
+
+
 def fold_windows_config(
     blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
 ) -> WindowsBootConfig:
     """Fold decoded SIPA blocks (``(event seq, events)`` in log order) into one latched
     :class:`WindowsBootConfig`. Raises ``MalformedEventData`` for a known SIPA type whose
     payload does not have its documented shape. Only meaningful for replay-verified events."""
-    flags: dict[str, bool | None] = {
-        n: None for n in (*_LATCH_ON.values(), *_LATCH_OFF.values(), "dep")
-    }
+    return fold_windows_config_with_blocks(blocks)[0]
+
+
+def fold_windows_config_with_blocks(
+    blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
+) -> tuple[WindowsBootConfig, tuple[tuple[int | None, dict[str, bool | None]], ...]]:
+    """:func:`fold_windows_config`, plus each block's own latched :data:`FLAG_ATTRIBUTES`
+    (``(seq, {attribute: value})`` in block order, equal to what folding that block alone
+    gives), so the event that decided a flag can be named without decoding the blocks again."""
+    flags: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
     lists: dict[str, list[int]] = {n: [] for n in _LISTS.values()}
     boot_rev: list[bytes] = []
     os_rev: list[bytes] = []
@@ -330,20 +344,31 @@ def fold_windows_config(
     unknown: set[int] = set()
     counter: int | None = None
     count = 0
+    per_block: list[tuple[int | None, dict[str, bool | None]]] = []
     for seq, events in blocks:
+        own: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
+        own_dep: list[int] = []
         for top in events:
             for ev in top.walk():
                 count += 1
                 t = ev.type
                 if t in _LATCH_ON:
-                    on = _int(ev, seq, _LATCH_ON[t]) != 0
-                    flags[_LATCH_ON[t]] = bool(flags[_LATCH_ON[t]]) or on
+                    name = _LATCH_ON[t]
+                    on = _int(ev, seq, name) != 0
+                    flags[name] = bool(flags[name]) or on
+                    own[name] = bool(own[name]) or on
                 elif t in _LATCH_OFF:
-                    on = _int(ev, seq, _LATCH_OFF[t]) != 0
-                    prior = flags[_LATCH_OFF[t]]
-                    flags[_LATCH_OFF[t]] = on if prior is None else (prior and on)
+                    name = _LATCH_OFF[t]
+                    on = _int(ev, seq, name) != 0
+                    prior = flags[name]
+                    flags[name] = on if prior is None else (prior and on)
+                    mine = own[name]
+                    own[name] = on if mine is None else (mine and on)
                 elif t in _LISTS:
-                    lists[_LISTS[t]].append(_int(ev, seq, _LISTS[t]))
+                    value = _int(ev, seq, _LISTS[t])
+                    lists[_LISTS[t]].append(value)
+                    if t == DATA_EXECUTION_PREVENTION:
+                        own_dep.append(value)
                 elif t == SI_POLICY:
                     policies.append(_si_policy(ev, seq))
                 elif t == BOOT_REVOCATION_LIST:
@@ -360,9 +385,12 @@ def fold_windows_config(
                     counter = _int(ev, seq, "BootCounter")
                 elif not ev.is_container and t & SIPA_TYPE_MASK in (0, 0x000B0000, 0x000F0000):
                     unknown.add(t)
+        if own_dep:
+            own["dep"] = NX_ALWAYS_OFF not in own_dep
+        per_block.append((seq, own))
     if lists["dep_policy"]:
         flags["dep"] = NX_ALWAYS_OFF not in lists["dep_policy"]
-    return WindowsBootConfig(
+    config = WindowsBootConfig(
         **flags,  # type: ignore[arg-type]
         **{k: tuple(v) for k, v in lists.items()},  # type: ignore[arg-type]
         boot_revision_lists=tuple(boot_rev),
@@ -375,3 +403,4 @@ def fold_windows_config(
         sipa_event_count=count,
         unknown_types=tuple(sorted(unknown)),
     )
+    return config, tuple(per_block)

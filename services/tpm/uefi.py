@@ -23,6 +23,7 @@ from typing import Final
 
 from cryptography import x509
 
+from services.tpm._cache import BoundedCache
 from services.tpm._datareader import DataReader, decode_utf16, format_guid
 from services.tpm.devicepath import DevicePath, decode_device_path
 
@@ -196,18 +197,32 @@ class SignatureList:
     entries: tuple[SignatureEntry, ...]
 
 
-def _certificate_entry(owner: str, der: bytes) -> SignatureEntry:
-    digest = hashlib.sha256(der).digest()
+CACHED_VALUE_MAX: Final = 256 * 1024
+"""Largest variable value whose decoded signature lists are remembered (real dbx: ~25 KiB)."""
+_SUBJECTS: BoundedCache[bytes, tuple[str | None, str | None]] = BoundedCache("x509_subject", 2048)
+_LISTS: BoundedCache[bytes, tuple[SignatureList, ...]] = BoundedCache("efi_signature_lists", 64)
+_SIG_DATA: BoundedCache[bytes, SignatureEntry] = BoundedCache("efi_signature_data", 1024)
+
+
+def _x509_subject(der: bytes) -> tuple[str | None, str | None]:
+    """(RFC 4514 subject, None) or (None, why the DER does not parse)."""
     try:
         # Real db/KEK certificates break RFC 5280 in small ways (negative serials, odd
         # attribute lengths); cryptography warns about them. They are data, not our problem.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cert = x509.load_der_x509_certificate(der)
-            subject = cert.subject.rfc4514_string()
+            return cert.subject.rfc4514_string(), None
     except ValueError as exc:
-        return SignatureEntry(owner, "x509", der, digest, None, f"unparseable DER: {exc}")
-    return SignatureEntry(owner, "x509", der, digest, subject)
+        return None, f"unparseable DER: {exc}"
+
+
+def _certificate_entry(owner: str, der: bytes) -> SignatureEntry:
+    digest = hashlib.sha256(der).digest()
+    # the subject is a pure function of the DER: remembered by its SHA-256 (db/KEK
+    # certificates are the same on every host of a fleet)
+    subject, error = _SUBJECTS.get_or_compute(digest, lambda: _x509_subject(der))
+    return SignatureEntry(owner, "x509", der, digest, subject, error)
 
 
 def _entry(sig_type: str, owner: str, value: bytes) -> SignatureEntry:
@@ -226,7 +241,20 @@ def decode_signature_lists(
     ``SignatureSize`` u32, header bytes, then ``EFI_SIGNATURE_DATA`` entries of
     ``SignatureSize`` bytes (``SignatureOwner`` GUID + data). Hash-typed lists must have the
     hash's size. At most ``MAX_SIGNATURE_ENTRIES`` entries in all.
+
+    A successful result (which holds no offsets) is remembered by the SHA-256 of ``data``
+    (bounded LRU, values up to :data:`CACHED_VALUE_MAX` bytes): db/dbx are identical across a
+    fleet. Failures are never remembered, so their offsets are always this call's.
     """
+    if len(data) > CACHED_VALUE_MAX:
+        return _decode_signature_lists(data, base, seq)
+    key = hashlib.sha256(data).digest()
+    return _LISTS.get_or_compute(key, lambda: _decode_signature_lists(data, base, seq))
+
+
+def _decode_signature_lists(
+    data: bytes, base: int, seq: int | None
+) -> tuple[SignatureList, ...]:
     r = DataReader(data, base=base, seq=seq)
     lists: list[SignatureList] = []
     total = 0
@@ -278,8 +306,16 @@ def decode_signature_data(
     Normally one ``EFI_SIGNATURE_DATA`` (owner GUID + X.509 DER, or + a SHA-256 hash). Some shim
     versions log the bare DER with no owner (``shim-authority-extra-byte`` quirk); that case is
     recognised by the DER SEQUENCE tag ``0x30 0x82`` at offset 0 and gets the owner ``""``.
-    A 48-byte value is owner + SHA-256 (an image authorised by hash).
+    A 48-byte value is owner + SHA-256 (an image authorised by hash). Successful results are
+    remembered by the SHA-256 of ``data`` (bounded LRU; failures never).
     """
+    if len(data) > CACHED_VALUE_MAX:
+        return _decode_signature_data(data, base, seq)
+    key = hashlib.sha256(data).digest()
+    return _SIG_DATA.get_or_compute(key, lambda: _decode_signature_data(data, base, seq))
+
+
+def _decode_signature_data(data: bytes, base: int, seq: int | None) -> SignatureEntry:
     r = DataReader(data, base=base, seq=seq)
     if data[:2] == b"\x30\x82":
         return _certificate_entry("", data)

@@ -27,6 +27,7 @@ party over the network); the JSON is canonical so audit replay reproduces it byt
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -165,6 +166,7 @@ _CONTRA: Final = {"configuration": UNSUPPORTABLE_CONFIG, "executables": CONTRAIN
                   "file_system": CONTRAINDICATED_FILES}
 
 
+@functools.lru_cache(maxsize=1024)
 def rule_claim(rule_id: str) -> str:
     """The AR4SI claim (attribute spelling) a policy rule id speaks for."""
     for prefix, claim in _RULE_CLAIMS:

@@ -56,7 +56,7 @@ def subject(
     """Bundle claims with the replay-verified ``events`` they came from and the quote coverage."""
     return Subject(
         claims=claims,
-        index=EventIndex(events),
+        index=EventIndex(events, claims.decoded),
         active_banks=tuple(active_banks) if active_banks is not None else None,
         quoted_pcrs=({b: frozenset(p) for b, p in quoted_pcrs.items()}
                      if quoted_pcrs is not None else None),

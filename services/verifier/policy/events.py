@@ -1,22 +1,30 @@
 """Find the event behind a claim, so a failed rule can name it (pcr, seq, type, digest, summary).
 
 Claims carry event sequence numbers for most records (key databases, authorities, boot
-applications, anomalies) but not for a few folded values (the SecureBoot variable, Windows
-flags, kernel command lines). :class:`EventIndex` finds those by re-reading the same
-replay-verified events with the ``services.tpm`` decoders. It only ever *adds detail*: a rule's
-outcome never depends on it, so evidence without events gives the same verdict outcomes.
+applications, anomalies). For folded values (the SecureBoot variable, Windows flags, kernel
+command lines) :class:`EventIndex` walks the same replay-verified events and reads what claim
+extraction already decoded from each (``Claims.decoded``, checked to be that very event: same
+PCR, type and data); only an event the claims did not decode (e.g. one whose binding failed) is
+decoded again here with the ``services.tpm`` decoders, so the answer is the same either way. It
+only ever *adds detail*: a rule's outcome never depends on it, so evidence without events gives
+the same verdict outcomes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from services.tpm import sipa
+from services.tpm.claims import DecodedEvent
 from services.tpm.errors import MalformedInput
 from services.tpm.eventlog import Event, EventType
-from services.tpm.ipl import decode_ipl
-from services.tpm.uefi import EFI_GLOBAL_VARIABLE_GUID, decode_uefi_variable_data
+from services.tpm.ipl import IplString, decode_ipl
+from services.tpm.uefi import (
+    EFI_GLOBAL_VARIABLE_GUID,
+    UefiVariableData,
+    decode_uefi_variable_data,
+)
 from services.verifier.policy.results import EventRef
 
 _BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
@@ -33,11 +41,31 @@ def shorten(text: str, limit: int = _SUMMARY_MAX) -> str:
 class EventIndex:
     """Replay-verified events by sequence number, plus lookups for folded claims."""
 
-    def __init__(self, events: Iterable[Event]) -> None:
+    def __init__(self, events: Iterable[Event],
+                 decoded: Mapping[int, DecodedEvent] | None = None) -> None:
         self._by_seq: dict[int, Event] = {ev.seq: ev for ev in events}
         self._ordered: tuple[Event, ...] = tuple(sorted(self._by_seq.values(),
                                                         key=lambda e: e.seq))
+        self._decoded: Mapping[int, DecodedEvent] = decoded if decoded is not None else {}
         self._windows: tuple[tuple[int, sipa.WindowsBootConfig], ...] | None = None
+        self._flags: tuple[tuple[int, Mapping[str, object]], ...] | None = None
+
+    def _prior(self, ev: Event) -> DecodedEvent | None:
+        """What claim extraction decoded from exactly this event, if anything."""
+        found = self._decoded.get(ev.seq)
+        return found if found is not None and found.matches(ev) else None
+
+    def _variable(self, ev: Event) -> UefiVariableData:
+        prior = self._prior(ev)
+        if prior is not None and prior.variable is not None:
+            return prior.variable
+        return decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+
+    def _ipl(self, ev: Event) -> IplString:
+        prior = self._prior(ev)
+        if prior is not None and prior.ipl is not None:
+            return prior.ipl
+        return decode_ipl(ev.data, ev.pcr, base=ev.data_offset, seq=ev.seq)
 
     def __bool__(self) -> bool:
         return bool(self._by_seq)
@@ -65,7 +93,7 @@ class EventIndex:
             if ev.pcr != 7 or ev.event_type != EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
                 continue
             try:
-                var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+                var = self._variable(ev)
             except MalformedInput:
                 continue
             if var.name == "SecureBoot" and var.variable_guid == EFI_GLOBAL_VARIABLE_GUID:
@@ -79,7 +107,7 @@ class EventIndex:
             if ev.pcr != 7 or ev.event_type != EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
                 continue
             try:
-                var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+                var = self._variable(ev)
             except MalformedInput:
                 out.append((ev.seq, "<undecodable>"))
                 continue
@@ -89,10 +117,36 @@ class EventIndex:
     def windows_flag_event(self, attr: str, value: object) -> int | None:
         """Seq of the first SIPA block (EV_EVENT_TAG in PCR 12-14) that measured ``attr`` as
         ``value`` (an attribute of :class:`~services.tpm.sipa.WindowsBootConfig`)."""
+        if attr in sipa.FLAG_ATTRIBUTES:
+            for seq, flags in self._block_flags():
+                if flags.get(attr) == value:
+                    return seq
+            return None
         for seq, cfg in self._windows_blocks():
             if getattr(cfg, attr, None) == value:
                 return seq
         return None
+
+    def _block_flags(self) -> tuple[tuple[int, Mapping[str, object]], ...]:
+        """Each SIPA block's own latched flags: from the claims' provenance where it has the
+        block, else by decoding and folding the block on its own (as :meth:`_windows_blocks`)."""
+        if self._flags is None:
+            out: list[tuple[int, Mapping[str, object]]] = []
+            for ev in self._ordered:
+                if ev.pcr not in _WINDOWS_PCRS or ev.event_type != EventType.EV_EVENT_TAG:
+                    continue
+                prior = self._prior(ev)
+                if prior is not None and prior.windows_flags is not None:
+                    out.append((ev.seq, prior.windows_flags))
+                    continue
+                try:
+                    block = sipa.decode_sipa_events(ev.data, base=ev.data_offset, seq=ev.seq)
+                    cfg = sipa.fold_windows_config([(ev.seq, block)])
+                except MalformedInput:
+                    continue
+                out.append((ev.seq, {a: getattr(cfg, a) for a in sipa.FLAG_ATTRIBUTES}))
+            self._flags = tuple(out)
+        return self._flags
 
     def _windows_blocks(self) -> tuple[tuple[int, sipa.WindowsBootConfig], ...]:
         """Each SIPA block folded on its own (decoded once per index)."""
@@ -115,7 +169,7 @@ class EventIndex:
             if ev.event_type != EventType.EV_IPL:
                 continue
             try:
-                ipl = decode_ipl(ev.data, ev.pcr, base=ev.data_offset, seq=ev.seq)
+                ipl = self._ipl(ev)
             except MalformedInput:
                 continue
             if ipl.is_kernel_cmdline and ipl.text == line:
