@@ -40,9 +40,8 @@ from cryptography.x509.oid import NameOID
 from services.errors import HostgateError
 from services.issuer.ca import HOST_URN_PREFIX
 from services.issuer.errors import SealedPayloadError
-from services.issuer.kafkaread import topic_partitions
 from services.issuer.sealing import MAX_PAYLOAD_BYTES, open_credential
-from services.runtime.connection import client_kwargs
+from services.runtime.readers import groupless_consumer, rewind, topic_partitions
 from services.tpm.credential import SealedCredential, pcr_selection
 from services.tpm.errors import TpmError
 
@@ -248,16 +247,13 @@ async def receive_credential(bootstrap: str, host_id: str, tpm: Unsealer, *,
     same partition are skipped unread; a record that does not decode is skipped (it cannot be
     ours: the issuer writes Avro). Raises ``CredentialNotDelivered`` after ``timeout_s``.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import TopicPartition
     from aiokafka.partitioner import DefaultPartitioner
 
     from services.runtime.codec import Codec
 
     codec = Codec.load()
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
-                                isolation_level="read_committed", enable_auto_commit=False)
-    await consumer.start()
-    try:
+    async with groupless_consumer(bootstrap) as consumer:
         deadline = time.monotonic() + timeout_s
         parts = await topic_partitions(bootstrap, topic)
         while not parts and time.monotonic() < deadline:
@@ -267,9 +263,7 @@ async def receive_credential(bootstrap: str, host_id: str, tpm: Unsealer, *,
             raise CredentialNotDelivered(f"topic {topic} does not exist at {bootstrap}")
         key = host_id.encode("utf-8")
         tp = TopicPartition(topic, DefaultPartitioner()(key, parts, parts))
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
+        end = (await rewind(consumer, [tp]))[tp]
         newest: tuple[Mapping[str, Any], str] | None = None
         while time.monotonic() < deadline:
             batch = await consumer.getmany(tp, timeout_ms=500)
@@ -293,8 +287,6 @@ async def receive_credential(bootstrap: str, host_id: str, tpm: Unsealer, *,
             f"no credential for host {host_id}"
             + (f" and verdict {verdict_id}" if verdict_id else "")
             + f" on {topic} within {timeout_s:.0f}s")
-    finally:
-        await consumer.stop()
 
 
 __all__ = [

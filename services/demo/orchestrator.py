@@ -57,7 +57,6 @@ from services.demo.report import (
     rule_event_line,
 )
 from services.errors import ConfigError, HostgateError
-from services.runtime.connection import client_kwargs
 
 REPO: Final = Path(__file__).resolve().parents[2]
 PIPELINE_STAGES: Final = ("collector", "verifier", "incidents", "issuer")
@@ -318,28 +317,28 @@ class Watcher:
         self.bootstrap = bootstrap
         self.rows = rows
         self._consumer: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
         self._codec: Any = None
 
     async def start(self) -> None:
         """Connect and position at the end of every watched partition."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka import TopicPartition
 
         from services.runtime.codec import Codec
-
-        self._codec = Codec.load()
-        c = AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None,
-                             enable_auto_commit=False, isolation_level="read_committed",
-                             client_id="hostgate.demo.watch")
+        from services.runtime.readers import groupless_consumer
         from services.verifier.cli_replay import partition_counts
 
+        self._codec = Codec.load()
         counts = await partition_counts(self.bootstrap, list(WATCHED))
-        await c.start()
-        tps = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
-        c.assign(tps)
-        await c.seek_to_end(*tps)
-        for tp in tps:
-            await c.position(tp)
-        self._consumer = c
+        async with contextlib.AsyncExitStack() as stack:
+            c = await stack.enter_async_context(
+                groupless_consumer(self.bootstrap, client_id="hostgate.demo.watch"))
+            tps = [TopicPartition(t, p) for t, n in counts.items() for p in range(n)]
+            c.assign(tps)
+            await c.seek_to_end(*tps)
+            for tp in tps:
+                await c.position(tp)
+            self._consumer, self._stack = c, stack.pop_all()
 
     async def poll(self) -> None:
         """Fetch what arrived and fold it in."""
@@ -361,10 +360,10 @@ class Watcher:
 
     async def stop(self) -> None:
         """Close the consumer."""
-        if self._consumer is not None:
+        if self._stack is not None:
             with contextlib.suppress(Exception):
-                await self._consumer.stop()
-            self._consumer = None
+                await self._stack.aclose()
+            self._consumer = self._stack = None
 
 
 # --- the run ------------------------------------------------------------------------------

@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 from services.errors import HostgateError
 from services.incidents.stage import IncidentsTopics
 from services.runtime.connection import client_kwargs
+from services.runtime.readers import (
+    groupless_consumer,
+    jsonable,
+    read_to_end,
+    rewind,
+    topic_partitions,
+)
 
 ACTIONS = {"ack": "ACKNOWLEDGE", "root-cause": "ROOT_CAUSE", "remediate": "REMEDIATE",
            "close": "CLOSE"}
@@ -42,78 +47,33 @@ def _topics(args: argparse.Namespace) -> IncidentsTopics:
     return IncidentsTopics(args.topic_prefix)
 
 
-def _plain(value: Any) -> Any:
-    """A decoded Avro value as JSON-friendly data (bytes as hex, times as RFC 3339)."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of ``topic`` (none if it does not exist)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))
-    await admin.start()
-    try:
-        (doc,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return sorted(int(p["partition"]) for p in doc.get("partitions") or [])
-
-
 async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
     """Every committed record of ``topic`` up to its end now, decoded, oldest first per
-    partition (each with ``_subject`` and ``_coordinates``)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import KafkaError
+    partition (each with ``_subject`` and ``_coordinates``); after 30 s, what was read."""
+    from aiokafka import TopicPartition
 
     from services.runtime.codec import Codec
 
     codec = Codec.load()
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), isolation_level="read_committed",
-                                enable_auto_commit=False, group_id=None)
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise BrokerUnavailable(f"no Kafka broker at {bootstrap}: {exc}") from exc
-    try:
-        parts = await _partitions(bootstrap, topic)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    async with groupless_consumer(bootstrap, error=BrokerUnavailable) as consumer:
+        parts = await topic_partitions(bootstrap, topic)
+        tps = [TopicPartition(topic, p) for p in parts]
         if not tps:
             return []
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
+        end = await rewind(consumer, tps)
         out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            batch = await consumer.getmany(timeout_ms=500)
-            for tp, records in batch.items():
-                for rec in records:
-                    if rec.offset >= end[tp] or rec.value is None:
-                        continue
-                    try:
-                        decoded = codec.decode(rec.value)
-                    except HostgateError:
-                        continue
-                    row = dict(decoded.record)
-                    row["_subject"] = decoded.subject
-                    row["_coordinates"] = f"{rec.topic}[{rec.partition}]@{rec.offset}"
-                    out.append(row)
+        async for rec in read_to_end(consumer, tps, end, timeout_s=30, timed_out=None):
+            if rec.offset >= end[TopicPartition(rec.topic, rec.partition)] or rec.value is None:
+                continue
+            try:
+                decoded = codec.decode(rec.value)
+            except HostgateError:
+                continue
+            row = dict(decoded.record)
+            row["_subject"] = decoded.subject
+            row["_coordinates"] = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+            out.append(row)
         return out
-    finally:
-        await consumer.stop()
 
 
 def _summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -127,7 +87,7 @@ def _summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(_plain(data), indent=2, sort_keys=True))
+        print(json.dumps(jsonable(data), indent=2, sort_keys=True))
     else:
         print("\n".join(lines) if lines else "(none)")
 
@@ -136,7 +96,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     rows = asyncio.run(_read_all(args.bootstrap, _topics(args).incidents))
     incs = [r for r in _summaries(rows).values() if args.all or r["status"] != "CLOSED"]
     lines = [f"{r['incident_id']}  {r['host_id']:<24} {r['status']:<13} "
-             f"occurrences={r['occurrences']}  opened={_plain(r['opened_at'])}" for r in incs]
+             f"occurrences={r['occurrences']}  opened={jsonable(r['opened_at'])}" for r in incs]
     _print(args, [{k: v for k, v in r.items() if not k.startswith("_")} for r in incs], lines)
     return 0
 
@@ -149,10 +109,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     lines = []
     for r in rows:
         if r["_subject"] == "hostgate.IncidentEvent":
-            lines.append(f"{_plain(r['occurred_at'])}  {r['event']:<12} -> {r['status']:<12} "
+            lines.append(f"{jsonable(r['occurred_at'])}  {r['event']:<12} -> {r['status']:<12} "
                          f"by {r['actor']}: {r['note']}")
         else:
-            lines.append(f"{_plain(r['rejected_at'])}  REJECTED {r['action']} by {r['actor']}: "
+            lines.append(f"{jsonable(r['rejected_at'])}  REJECTED {r['action']} by {r['actor']}: "
                          f"{r['reason']} ({r['detail']})")
     _print(args, rows, lines)
     return 0
@@ -160,20 +120,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     async def follow() -> int:
-        from aiokafka import AIOKafkaConsumer
-
         from services.runtime.codec import Codec
 
         codec = Codec.load()
-        consumer = AIOKafkaConsumer(_topics(args).incidents, **client_kwargs(args.bootstrap),
-                                    group_id=None, isolation_level="read_committed",
-                                    enable_auto_commit=False,
-                                    auto_offset_reset="earliest" if args.from_beginning
-                                    else "latest")
-        await consumer.start()
-        seen = 0
-        stop_at = time.monotonic() + args.timeout if args.timeout else None
-        try:
+        async with groupless_consumer(args.bootstrap, _topics(args).incidents,
+                                      error=BrokerUnavailable,
+                                      auto_offset_reset="earliest" if args.from_beginning
+                                      else "latest") as consumer:
+            seen = 0
+            stop_at = time.monotonic() + args.timeout if args.timeout else None
             while args.max == 0 or seen < args.max:
                 if stop_at is not None and time.monotonic() > stop_at:
                     break
@@ -184,13 +139,11 @@ def _cmd_tail(args: argparse.Namespace) -> int:
                             continue
                         decoded = codec.decode(rec.value)
                         row = {"_subject": decoded.subject, **decoded.record}
-                        print(json.dumps(_plain(row), sort_keys=True) if args.json else
+                        print(json.dumps(jsonable(row), sort_keys=True) if args.json else
                               f"{decoded.subject.split('.')[-1]} "
-                              f"{json.dumps(_plain(dict(decoded.record)), sort_keys=True)}",
+                              f"{json.dumps(jsonable(dict(decoded.record)), sort_keys=True)}",
                               flush=True)
                         seen += 1
-        finally:
-            await consumer.stop()
         return 0
 
     return asyncio.run(follow())

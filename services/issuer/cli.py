@@ -19,14 +19,18 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError, HostgateError
-from services.issuer.kafkaread import topic_partitions
 from services.issuer.stage import ENV_TOPIC_PREFIX, IssuerTopics, load_ca_from_env
-from services.runtime.connection import client_kwargs
+from services.runtime.readers import (
+    groupless_consumer,
+    jsonable,
+    read_to_end,
+    rewind,
+    topic_partitions,
+)
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 STATES = ("PENDING", "TRUSTED", "QUARANTINED", "REVOKED", "UNKNOWN")
@@ -40,74 +44,44 @@ def _topics(args: argparse.Namespace) -> IssuerTopics:
     return IssuerTopics(args.topic_prefix)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, dt.datetime):
-        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 # -- hosts ---------------------------------------------------------------------------------
 
 
 async def read_hosts(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     """The newest ``hostgate.HostState`` per host on ``topic`` now (tombstones remove)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import KafkaError
+    from aiokafka import TopicPartition
 
     from services.runtime.codec import Codec
 
     codec = Codec.load()
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
-                                isolation_level="read_committed", enable_auto_commit=False)
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise HostgateError(f"no Kafka broker at {bootstrap}: {exc}") from None
-    try:
+    async with groupless_consumer(bootstrap, error=HostgateError) as consumer:
         parts = await topic_partitions(bootstrap, topic)
         if not parts:
             raise ConfigError(f"topic {topic} does not exist at {bootstrap}")
         tps = [TopicPartition(topic, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await rewind(consumer, tps)
         hosts: dict[str, dict[str, Any]] = {}
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            if loop.time() > deadline:
-                raise HostgateError(f"could not read {topic} to its end within 60s")
-            batch = await consumer.getmany(*tps, timeout_ms=500)
-            for tp in tps:
-                for rec in batch.get(tp, []):
-                    if rec.key is None:
-                        continue
-                    key = rec.key.decode("utf-8", "replace")
-                    if rec.value is None:
-                        hosts.pop(key, None)
-                        continue
-                    try:
-                        decoded = codec.decode(rec.value, expected={"hostgate.HostState"})
-                    except HostgateError:
-                        continue  # not ours to show; the issuer never writes such a record
-                    row = dict(decoded.record)
-                    row["_coordinates"] = f"{rec.topic}[{rec.partition}]@{rec.offset}"
-                    hosts[key] = row
+        async for rec in read_to_end(consumer, tps, ends, timeout_s=60, timed_out=lambda: (
+                HostgateError(f"could not read {topic} to its end within 60s"))):
+            if rec.key is None:
+                continue
+            key = rec.key.decode("utf-8", "replace")
+            if rec.value is None:
+                hosts.pop(key, None)
+                continue
+            try:
+                decoded = codec.decode(rec.value, expected={"hostgate.HostState"})
+            except HostgateError:
+                continue  # not ours to show; the issuer never writes such a record
+            row = dict(decoded.record)
+            row["_coordinates"] = f"{rec.topic}[{rec.partition}]@{rec.offset}"
+            hosts[key] = row
         return hosts
-    finally:
-        await consumer.stop()
 
 
 def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(_plain(data), indent=2, sort_keys=True))
+        print(json.dumps(jsonable(data), indent=2, sort_keys=True))
     else:
         print("\n".join(lines) if lines else "(none)")
 
@@ -115,7 +89,7 @@ def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
 def _cmd_hosts_list(args: argparse.Namespace) -> int:
     hosts = asyncio.run(read_hosts(args.bootstrap, _topics(args).hosts))
     rows = [h for _, h in sorted(hosts.items()) if args.state is None or h["state"] == args.state]
-    lines = [f"{h['host_id']:<32} {h['state']:<12} since={_plain(h['since'])}  "
+    lines = [f"{h['host_id']:<32} {h['state']:<12} since={jsonable(h['since'])}  "
              + (f"serial={h['cert_serial']}" if h.get("cert_serial") else
                 f"incident={h['incident_id']}" if h.get("incident_id") else "")
              for h in rows]
@@ -130,7 +104,7 @@ def _cmd_hosts_show(args: argparse.Namespace) -> int:
         raise HostNotFound(f"no host {args.host_id!r} on {_topics(args).hosts}")
     keys = ("host_id", "state", "since", "reason", "cert_serial", "cert_not_after",
             "incident_id", "verdict_id", "_coordinates")
-    lines = [f"{k.lstrip('_'):<15} {_plain(host.get(k))}" for k in keys if host.get(k) is not None]
+    lines = [f"{k.lstrip('_'):<15} {jsonable(host.get(k))}" for k in keys if host.get(k) is not None]
     _print(args, host, lines)
     return 0
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -35,8 +34,7 @@ from services.issuer.ca import IssuingCA, build_crl
 from services.issuer.core import crl_entries
 from services.issuer.errors import IssuerError
 from services.issuer.hoststate import HostTrustState
-from services.issuer.kafkaread import topic_partitions
-from services.runtime.connection import client_kwargs
+from services.runtime.readers import groupless_consumer, read_to_end, rewind, topic_partitions
 
 DEFAULT_INTERVAL: Final = dt.timedelta(hours=1)
 #: Most hosts a CRL builder keeps in memory (a hostile or runaway topic cannot exhaust it).
@@ -116,22 +114,8 @@ def crl_summary(crl: x509.CertificateRevocationList) -> dict[str, Any]:
 async def read_changelog(bootstrap: str, topic: str, timeout_s: float = 60.0
                          ) -> list[ChangelogRecord]:
     """Every committed record of ``topic`` up to its end now (read_committed, no group)."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.errors import KafkaError
-
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
-                                isolation_level="read_committed", enable_auto_commit=False)
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise CrlSourceError(f"no Kafka broker at {bootstrap}: {exc}") from None
-    try:
-        follower = _Follower(consumer, topic)
-        await follower.assign(bootstrap)
-        return await follower.read_to_end(timeout_s)
-    finally:
-        await consumer.stop()
+    async with groupless_consumer(bootstrap, error=CrlSourceError) as consumer:
+        return await _Follower(consumer, topic).read_to_end(bootstrap, timeout_s)
 
 
 class _Follower:
@@ -144,16 +128,6 @@ class _Follower:
         self.topic = topic
         self.codec = Codec.load()
         self.tps: list[Any] = []
-
-    async def assign(self, bootstrap: str) -> None:
-        from aiokafka import TopicPartition
-
-        parts = await topic_partitions(bootstrap, self.topic)
-        if not parts:
-            raise CrlSourceError(f"topic {self.topic} does not exist")
-        self.tps = [TopicPartition(self.topic, p) for p in parts]
-        self.consumer.assign(self.tps)
-        await self.consumer.seek_to_beginning(*self.tps)
 
     def _decode(self, rec: Any) -> ChangelogRecord | None:
         where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
@@ -168,6 +142,26 @@ class _Follower:
             return ChangelogRecord(key, {"_undecodable": str(exc)[:200]}, where)
         return ChangelogRecord(key, decoded.record, where)
 
+    async def read_to_end(self, bootstrap: str, timeout_s: float) -> list[ChangelogRecord]:
+        """Assign every partition from its beginning and read up to the end offsets now (and
+        whatever came with the last fetch: ``poll`` continues from there)."""
+        from aiokafka import TopicPartition
+
+        parts = await topic_partitions(bootstrap, self.topic)
+        if not parts:
+            raise CrlSourceError(f"topic {self.topic} does not exist")
+        self.tps = [TopicPartition(self.topic, p) for p in parts]
+        ends = await rewind(self.consumer, self.tps)
+        out: list[ChangelogRecord] = []
+        async for rec in read_to_end(self.consumer, self.tps, ends, timeout_s=timeout_s,
+                                     timed_out=lambda: CrlSourceError(
+                                         f"could not read {self.topic} to its end in "
+                                         f"{timeout_s:.0f}s")):
+            decoded = self._decode(rec)
+            if decoded is not None:
+                out.append(decoded)
+        return out
+
     async def poll(self, timeout_ms: int = 500) -> list[ChangelogRecord]:
         batch = await self.consumer.getmany(*self.tps, timeout_ms=timeout_ms)
         out = []
@@ -177,19 +171,6 @@ class _Follower:
                 if decoded is not None:
                     out.append(decoded)
         return out
-
-    async def read_to_end(self, timeout_s: float) -> list[ChangelogRecord]:
-        ends = await self.consumer.end_offsets(self.tps)
-        out: list[ChangelogRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while True:
-            positions = [await self.consumer.position(tp) for tp in self.tps]
-            if all(p >= ends[tp] for p, tp in zip(positions, self.tps, strict=True)):
-                return out
-            if time.monotonic() > deadline:
-                raise CrlSourceError(f"could not read {self.topic} to its end in "
-                                     f"{timeout_s:.0f}s")
-            out.extend(await self.poll())
 
 
 class CrlService:
@@ -235,27 +216,21 @@ class CrlService:
     async def run(self, host: str, port: int, stop: asyncio.Event,
                   started: Callable[[int], None] | None = None) -> None:
         """Read the changelog to its end, sign, start serving, then follow until ``stop``."""
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(**client_kwargs(self.bootstrap), group_id=None,
-                                    isolation_level="read_committed", enable_auto_commit=False)
-        await consumer.start()
-        try:
-            follower = _Follower(consumer, self.topic)
-            await follower.assign(self.bootstrap)
-            self._apply(await follower.read_to_end(120.0))
-            self._server = await asyncio.start_server(self._handle, host, port,
-                                                      limit=MAX_REQUEST_BYTES)
-            if started is not None:
-                started(self.port)
-            while not stop.is_set():
-                records = await follower.poll(timeout_ms=500)
-                self._apply(records)
-        finally:
-            if self._server is not None:
-                self._server.close()
-                await self._server.wait_closed()
-            await consumer.stop()
+        async with groupless_consumer(self.bootstrap, error=CrlSourceError) as consumer:
+            try:
+                follower = _Follower(consumer, self.topic)
+                self._apply(await follower.read_to_end(self.bootstrap, 120.0))
+                self._server = await asyncio.start_server(self._handle, host, port,
+                                                          limit=MAX_REQUEST_BYTES)
+                if started is not None:
+                    started(self.port)
+                while not stop.is_set():
+                    records = await follower.poll(timeout_ms=500)
+                    self._apply(records)
+            finally:
+                if self._server is not None:
+                    self._server.close()
+                    await self._server.wait_closed()
 
     def _route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":

@@ -33,6 +33,7 @@ from typing import Any
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.connection import client_kwargs
+from services.runtime.readers import groupless_consumer
 from services.verifier.replay import (
     AuditReport,
     Located,
@@ -102,18 +103,12 @@ async def read_topic(bootstrap: str, spec: ReadSpec, codec: Any,
     """Every committed record of ``spec.topic`` from ``start_ms`` up to the end offsets taken
     now (``end_ms`` bounds by record timestamp), decoded as ``spec.subject``; tombstones and
     other hosts' records (``spec.host``, by key) are skipped."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import KafkaError
+    from aiokafka import TopicPartition
 
-    consumer = AIOKafkaConsumer(**client_kwargs(bootstrap), group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed",
-                                client_id="hostgate.replay", auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=8 * 1024 * 1024)
-    try:
-        await consumer.start()
-    except KafkaError as exc:
-        raise ReplayError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}") from exc
-    try:
+    async with groupless_consumer(bootstrap, error=ReplayError,
+                                  unreachable="cannot reach Kafka at {bootstrap}: {exc_type}",
+                                  client_id="hostgate.replay", auto_offset_reset="earliest",
+                                  max_partition_fetch_bytes=8 * 1024 * 1024) as consumer:
         count = (await partition_counts(bootstrap, [spec.topic])).get(spec.topic, 0)
         if not count:
             raise ReplayError(f"topic {spec.topic} does not exist")
@@ -159,8 +154,6 @@ async def read_topic(bootstrap: str, spec: ReadSpec, codec: Any,
                     pending.discard(tp)
         out.sort(key=lambda loc: (loc.partition, loc.offset))
         return out
-    finally:
-        await consumer.stop()
 
 
 @dataclass(frozen=True)
