@@ -39,7 +39,7 @@ from services.tpm.errors import TpmError  # noqa: E402
 
 try:
     from services.tpm.claims import extract_claims
-except ImportError:  # T2's module not there yet
+except ImportError:  # a checkout without the claims step
     extract_claims = None  # type: ignore[assignment]
 
 

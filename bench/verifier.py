@@ -4,8 +4,8 @@ Run: .venv/bin/python bench/verifier.py [--seconds S] [--profile]
 
 Evidence: simulator evidence only (real swtpm quotes over synthesised golden-image boots): 3
 clean hosts of each of the 3 images plus one host per tamper profile that reaches the verifier
-(11), i.e. 20 EvidenceCollected records, appraised round-robin. The policy is derived with P's
-``from-log`` from one clean host per image. Baselines in the same run, same records:
+(11), i.e. 20 EvidenceCollected records, appraised round-robin. The policy is derived with
+``hostgate policy from-log`` from one clean host per image. Baselines in the same run, same records:
 ``verify_quote`` alone (the floor every variant pays) and the agent's local selfcheck (quote +
 replay + golden-PCR compare, no claims, no policy). ``--profile`` prints the top of a cProfile
 of the full appraisal.

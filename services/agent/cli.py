@@ -15,7 +15,7 @@ from services.errors import ConfigError
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``agent`` and ``fleet`` command groups."""
-    agent = subparsers.add_parser("agent", help="the host agent's TPM side",
+    agent = subparsers.add_parser("agent", help="the host agent: enrol, attest and open credentials with a TPM",
                                   description="Inspect and drive this host's TPM.")
     agent_sub = agent.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
     status = agent_sub.add_parser(

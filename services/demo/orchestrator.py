@@ -3,7 +3,7 @@
 Steps (each stops everything started so far when it fails, and on Ctrl-C/SIGTERM):
 
 1. plan the fleet (``services.agent.fleet.plan_hosts``; ids ``demo-<run-id>-NN``, unique per run);
-2. ensure the topics; derive the default policy from the simulator's golden images (P's
+2. ensure the topics; derive the default policy from the simulator's golden images (the
    ``from-log`` derivation) and publish it as ``demo-<run-id>`` version 1;
 3. create the issuer's CA (P-256, encrypted PEM, passphrase in a 0600 file) and start the stages
    that need no fleet (verifier, incidents, issuer) as ``hostgate run <stage>`` processes;

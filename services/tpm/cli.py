@@ -1,12 +1,9 @@
 """``hostgate log ...``: inspect and verify TCG boot event logs.
 
-Hooks for teammates (create the module and it is picked up; nothing to edit here):
+Two neighbours add their own commands through this module's ``register``:
 
-* ``services/tpm/cli_claims.py`` (T2) defines
-  ``register_log_commands(log_subparsers: argparse._SubParsersAction) -> None`` and adds
-  sub-commands under ``hostgate log`` (e.g. ``hostgate log claims FILE``).
-* ``services/tpm/cli_ima.py`` (T3) defines ``register(subparsers: argparse._SubParsersAction)
-  -> None`` and adds top-level commands (e.g. ``hostgate ima show FILE``).
+* ``services/tpm/cli_claims.py`` adds ``hostgate log claims FILE`` under ``hostgate log``;
+* ``services/tpm/cli_ima.py`` adds ``hostgate ima show|verify FILE``.
 
 Each sub-parser calls ``set_defaults(func=...)`` with ``func(args) -> int``, and raises
 ``HostgateError`` subclasses for user errors (the root CLI prints one line, no traceback).
@@ -15,8 +12,6 @@ Each sub-parser calls ``set_defaults(func=...)`` with ``func(args) -> int``, and
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -33,19 +28,11 @@ from services.tpm.replay import replay, startup_locality, verify_replay
 
 __all__ = ["load_quoted_pcrs", "read_log_file", "register"]
 
-_CLAIMS_HOOK = "services.tpm.cli_claims"
-_IMA_HOOK = "services.tpm.cli_ima"
 
-
-def _optional_module(name: str) -> Any | None:
-    """Import a teammate's CLI module if it exists (import errors inside it still surface)."""
-    if importlib.util.find_spec(name) is None:
-        return None
-    return importlib.import_module(name)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``hostgate log show|verify`` (and the teammates' hooks, if present)."""
+    """Register ``hostgate log show|verify|claims`` and ``hostgate ima``."""
     log_parser = subparsers.add_parser(
         "log",
         help="inspect and verify TCG boot event logs",
@@ -88,12 +75,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
 
-    claims = _optional_module(_CLAIMS_HOOK)
-    if claims is not None:
-        claims.register_log_commands(log_sub)
-    ima = _optional_module(_IMA_HOOK)
-    if ima is not None:
-        ima.register(subparsers)
+    # Imported here: both use this module's file and PCR helpers.
+    from services.tpm import cli_claims, cli_ima
+
+    cli_claims.register_log_commands(log_sub)
+    cli_ima.register(subparsers)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:

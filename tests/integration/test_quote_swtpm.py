@@ -1,6 +1,6 @@
 """Quotes, certifications and EK certificates from a real TPM 2.0 (swtpm via tpm2-pytss).
 
-Uses teammate A's ``services.agent.swtpm`` (private LocalCA, provisioning, processes stopped
+Uses ``services.agent.swtpm`` (private LocalCA, provisioning, processes stopped
 by PID). Each test gets a fresh swtpm on a copy of one provisioned state; every transient
 object is flushed (libtpms has 3 slots and no resource manager). ECC P-256 AKs except one
 RSA-2048 test.

@@ -1,7 +1,7 @@
 """The verifier core on real swtpm evidence from the fleet simulator (no mocks).
 
 One fleet per module: one host per tamper profile that reaches the verifier, two clean hosts of
-each golden image. The policy is derived (P's ``from-log``) from the first clean host of each
+each golden image. The policy is derived (``from-log``) from the first clean host of each
 image only, so the second clean host of each image shows a policy generalises across hosts.
 """
 

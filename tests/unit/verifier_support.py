@@ -1,5 +1,5 @@
 """Shared helpers of the verifier tests: a simulated fleet (real swtpm), a policy derived from its
-clean hosts with P's ``from-log`` derivation, and EvidenceCollected records built from its quotes.
+clean hosts with the ``from-log`` derivation, and EvidenceCollected records built from its quotes.
 
 Provenance: every log and quote here is produced on the fly by ``services.agent.fleet`` (one
 swtpm per host, golden images from ``services.agent.measured_boot``); nothing is stored.
@@ -20,7 +20,7 @@ from services.verifier.policy.derive import derive_policy, golden_from_log
 from services.verifier.policy_in_force import PolicyInForce, load_in_force, published_record
 from services.verifier.simulate import collected_record, submitted_record
 
-#: Tamper profiles the collector stops at intake (teammate C); the rest reach the verifier.
+#: Tamper profiles the collector stops at intake; the rest reach the verifier.
 INTAKE_PROFILES = frozenset({"replayed_nonce", "stale_quote", "wrong_ak"})
 VERIFIER_PROFILES = tuple(p for p in PROFILES if p not in INTAKE_PROFILES)
 RECEIVED_AT_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed "now" from the record
