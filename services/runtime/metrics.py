@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -32,6 +32,10 @@ class WorkerMetrics:
                                    ["stage"], registry=r)
         self.dlq = Counter("hostgate_dlq_records", "Records sent to the DLQ (committed)",
                            ["stage", "reason"], registry=r)
+        self.decisions = Counter(
+            "hostgate_decisions", "Committed decisions by what the stage decided (e.g. the "
+            "collector's rejections by reason, the verifier's verdicts)",
+            ["stage", "outcome", "reason"], registry=r)
         self.errors = Counter("hostgate_errors", "Transactions that failed and were retried",
                               ["stage", "kind"], registry=r)
         self.batch_latency = Histogram(
@@ -46,6 +50,22 @@ class WorkerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)
+
+
+MAX_LABEL_CHARS: Final = 64
+
+
+def decision_labels(result: str, facts: Mapping[str, str | int | bool]) -> tuple[str, str]:
+    """(outcome, reason) labels of one committed decision.
+
+    Stages name what they decided in their decision's log facts: ``outcome`` (the collector's
+    ``enrolled``, ``nonce-issued``, ``rejected``) or ``verdict`` (PASS/FAIL), and ``reason`` (a
+    rejection reason enum). Only these few, enum-valued facts become labels, cut to a bound, so
+    a hostile record cannot grow the metric's label set.
+    """
+    outcome = str(facts.get("outcome") or facts.get("verdict") or result)[:MAX_LABEL_CHARS]
+    reason = str(facts.get("reason", ""))[:MAX_LABEL_CHARS]
+    return outcome, reason
 
 
 class HealthServer:

@@ -65,7 +65,7 @@ from services.runtime.config import WorkerConfig
 from services.runtime.connection import client_kwargs
 from services.runtime.globaltable import GlobalTable, start_global_tables
 from services.runtime.logging import get_logger
-from services.runtime.metrics import WorkerMetrics
+from services.runtime.metrics import WorkerMetrics, decision_labels
 from services.runtime.plan import BatchPlan, RawRecord, plan_batch
 from services.runtime.stage import OverlayState, Stage, merge_pending
 
@@ -519,6 +519,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.log.warning("decision", key=o.key, topic=c.topic, partition=c.partition,
                                  offset=c.offset, result=o.result, error=o.error, **o.facts)
             else:
+                m.decisions.labels(name, *decision_labels(o.result, o.facts)).inc()
                 self.log.info("decision", key=o.key, topic=c.topic, partition=c.partition,
                               offset=c.offset, result=o.result, outputs=o.outputs, **o.facts)
 

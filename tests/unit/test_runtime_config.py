@@ -108,3 +108,18 @@ async def test_health_endpoint() -> None:
         assert await _http(server.port, b"GET /" + b"a" * 10000 + b"\r\n\r\n") == b""
     finally:
         await server.stop()
+
+
+def test_decision_labels_come_from_enum_facts_only() -> None:
+    from services.runtime.metrics import MAX_LABEL_CHARS, WorkerMetrics, decision_labels
+
+    assert decision_labels("ok", {"outcome": "rejected", "reason": "REPLAYED_NONCE",
+                                  "host_id": "h1"}) == ("rejected", "REPLAYED_NONCE")
+    assert decision_labels("ok", {"verdict": "FAIL", "verdict_id": "abc"}) == ("FAIL", "")
+    assert decision_labels("on-error", {}) == ("on-error", "")
+    outcome, _ = decision_labels("ok", {"outcome": "x" * 500})
+    assert len(outcome) == MAX_LABEL_CHARS
+    m = WorkerMetrics("collector")
+    m.decisions.labels("collector", "rejected", "STALE_NONCE").inc()
+    assert b'hostgate_decisions_total{outcome="rejected",reason="STALE_NONCE",stage="collector"} 1.0' \
+        in m.render()
