@@ -6,6 +6,11 @@ consumer that joins no group and commits nothing. Write commands publish one
 ``RemediationCommand`` to ``attest.remediation.v1`` keyed by the incident's host (looked up on
 ``attest.incidents.v1`` unless ``--host`` is given); the incidents stage applies it or publishes
 a ``RemediationRejected`` record saying why not, which ``show`` and ``tail`` display.
+
+``tick`` is the liveness ticker, a small process an operator runs beside the stage: every
+``--every`` seconds it produces one ``LivenessTick`` to each partition of
+``attest.remediation.v1`` (explicit partition), so stale hosts are reported even when a partition
+gets no traffic at all.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import argparse
 import asyncio
 import json
 import os
+import socket
+import sys
 import time
 import uuid
 from typing import Any
@@ -164,6 +171,72 @@ async def _publish(bootstrap: str, topic: str, key: str, value: bytes) -> None:
         await producer.stop()
 
 
+async def _tick_round(producer: Any, bootstrap: str, topic: str, ticker: str) -> list[int]:
+    """Produce one ``LivenessTick`` to every partition of ``topic``; the partitions ticked."""
+    from aiokafka.errors import KafkaError
+
+    from services.incidents.roster import roster_key
+    from services.runtime.codec import Codec
+
+    codec = Codec.load()
+    parts = await topic_partitions(bootstrap, topic)
+    if not parts:
+        raise BrokerUnavailable(f"topic {topic} has no partitions at {bootstrap} (does it exist?)")
+    issued_at = int(time.time() * 1000)
+    try:
+        futures = [await producer.send(
+            topic, codec.encode("hostgate.LivenessTick",
+                                {"partition": p, "issued_at": issued_at, "ticker": ticker}),
+            key=roster_key(p).encode("utf-8"), partition=p) for p in parts]
+        for fut in futures:
+            await fut
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"could not publish ticks to {topic} at {bootstrap}: {exc}"
+                                ) from exc
+    return parts
+
+
+def _cmd_tick(args: argparse.Namespace) -> int:
+    if not args.every > 0:
+        raise HostgateError(f"--every {args.every}: expected a positive number of seconds")
+    topic = _topics(args).remediation
+    ticker = f"hostgate-incidents-tick@{socket.gethostname()}"[:256]
+
+    async def run() -> int:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+
+        producer = AIOKafkaProducer(**client_kwargs(args.bootstrap), enable_idempotence=True,
+                                    acks="all")
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"cannot reach {args.bootstrap}: {exc}") from exc
+        try:
+            while True:
+                try:
+                    parts = await _tick_round(producer, args.bootstrap, topic, ticker)
+                except HostgateError as exc:
+                    if args.once:
+                        raise
+                    print(f"hostgate: tick failed, retrying in {args.every:g}s: {exc}",
+                          file=sys.stderr, flush=True)
+                else:
+                    _print(args, {"topic": topic, "partitions": parts, "ticker": ticker},
+                           [f"ticked {topic} partitions {parts}"])
+                    sys.stdout.flush()
+                if args.once:
+                    return 0
+                await asyncio.sleep(args.every)
+        finally:
+            await producer.stop()
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+
+
 def _cmd_write(args: argparse.Namespace) -> int:
     from services.runtime.codec import Codec
 
@@ -220,6 +293,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--timeout", type=float, default=0, help="stop after S seconds (0: never)")
     common(sp)
     sp.set_defaults(func=_cmd_tail)
+    sp = sub.add_parser(
+        "tick", help="liveness ticker: tick every partition so silent hosts are reported",
+        description="Run beside the incidents stage (one small process per deployment; two are "
+                    "harmless). Every --every seconds, produce one hostgate.LivenessTick to each "
+                    "partition of attest.remediation.v1 (explicitly by partition number, "
+                    "idempotent producer). The stage checks that partition's hosts with the "
+                    "tick's time as 'now' and reports each host silent for longer than "
+                    "HOSTGATE_INCIDENTS_STALE_AFTER_S as a stale-host OCSF finding, even when "
+                    "the partition gets no other traffic (a dead pipeline or a dead fleet). "
+                    "Pick --every well below the stale window. Needs write access to "
+                    "attest.remediation.v1.")
+    sp.add_argument("--every", type=float, default=60.0,
+                    help="seconds between rounds of ticks (default 60)")
+    sp.add_argument("--once", action="store_true", help="tick every partition once and exit")
+    common(sp)
+    sp.set_defaults(func=_cmd_tick)
     helps = {"ack": "acknowledge (take) an OPEN incident",
              "root-cause": "record the root cause (--reason) of an ACKNOWLEDGED incident",
              "remediate": "mark a ROOT_CAUSED incident's host remediated",

@@ -10,6 +10,10 @@ Inputs (all keyed by ``host_id``, co-partitioned with the state changelogs):
 * ``hostgate.RemediationCommand`` (``attest.remediation.v1``): a lifecycle step, applied if
   ``lifecycle.check_transition`` allows it, else a ``RemediationRejected`` record on
   ``attest.incidents.v1`` with the reason; a refused command changes no state.
+* ``hostgate.LivenessTick`` (``attest.remediation.v1``, produced to an explicit partition by
+  ``hostgate incidents tick``): only the liveness check of its partition, with the tick's
+  ``issued_at`` as "now"; no incident changes. A tick whose ``partition`` field is not the
+  partition it arrived on raises ``MisroutedRecord`` (DLQ).
 
 Outputs: ``IncidentEvent`` / ``RemediationRejected`` (Avro, ``attest.incidents.v1``), state
 updates of the ``incidents`` table (``IncidentState`` per host) and the ``hosts`` table (one
@@ -17,12 +21,13 @@ updates of the ``incidents`` table (``IncidentState`` per host) and the ``hosts`
 ``soc.findings.ocsf.v1``) kept apart because the runtime's ``Output`` carries Avro only.
 
 Time is never read from a clock: a verdict's ``appraised_at``, a rejection's ``rejected_at``, a
-command's ``issued_at``, and for liveness the input record's Kafka timestamp.
+command's ``issued_at``, and for liveness the input record's Kafka timestamp (a tick's
+``issued_at``).
 
 Liveness: every input to partition *p* also checks *p*'s roster; a host whose latest verdict is
 older than ``stale_after_ms`` gets one stale-host Detection Finding (again only after it was seen
-since). A partition with no traffic at all is only checked when something arrives: the shell
-drives idle partitions with a periodic tick (see ``services.incidents.stage``).
+since). A partition with no other traffic is checked when a ``LivenessTick`` arrives, so a
+dead pipeline or a dead fleet is still noticed (see ``services.incidents.stage``).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, S
 VERDICT: Final = "hostgate.Verdict"
 INTAKE_REJECTED: Final = "hostgate.IntakeRejected"
 COMMAND: Final = "hostgate.RemediationCommand"
+TICK: Final = "hostgate.LivenessTick"
 INCIDENT_EVENT: Final = "hostgate.IncidentEvent"
 REJECTED: Final = "hostgate.RemediationRejected"
 INCIDENT_STATE: Final = "hostgate.IncidentState"
@@ -401,8 +407,25 @@ def _merge(a: IncidentsDecision, b: Decision, findings: tuple[SocFinding, ...]) 
     )
 
 
+def on_tick(inp: InputRecord, state: StateView, config: IncidentsConfig) -> IncidentsDecision:
+    """A liveness tick: check its partition's roster with the tick's ``issued_at`` as "now"."""
+    partition = inp.coordinates.partition
+    if int(inp.record["partition"]) != partition:
+        raise MisroutedRecord(f"{inp.subject} at {inp.coordinates}: field partition "
+                              f"{inp.record['partition']} is not the partition it arrived on")
+    now_ms = to_ms(inp.record["issued_at"])
+    log: dict[str, str | int | bool] = {"liveness_tick": partition}
+    if config.stale_after_ms <= 0:
+        return IncidentsDecision(Decision(log=log))
+    check = liveness.check(state, partition, now_ms, None,
+                           stale_after_ms=config.stale_after_ms, max_hosts=config.max_roster)
+    return _merge(IncidentsDecision(Decision(log=log)), check.decision, check.findings)
+
+
 def decide(inp: InputRecord, state: StateView, config: IncidentsConfig) -> IncidentsDecision:
     """Decide one input (see the module docstring). Pure: same input and state, same result."""
+    if inp.subject == TICK:
+        return on_tick(inp, state, config)
     seen: tuple[str, int] | None = None
     if inp.subject == VERDICT:
         host_id = _host_of(inp)

@@ -7,9 +7,9 @@ changelog small, a host's ``last_seen_at`` is rewritten only when it moved by at
 of the window (or the host had been reported stale): a stale finding may therefore come up to
 ``window/4`` late, never early.
 
-``check`` runs on every input of the partition with "now" = the input's Kafka timestamp. An
-idle partition gets no check until something arrives; the shell can drive it with a tick (see
-``services.incidents.stage``). Each silence of a host gives exactly one finding: the entry is
+``check`` runs on every input of the partition with "now" = the input's Kafka timestamp, and
+on every ``LivenessTick`` of the partition with "now" = the tick's ``issued_at`` (so an idle
+partition is still checked; ``hostgate incidents tick`` produces the ticks). Each silence of a host gives exactly one finding: the entry is
 marked ``stale_reported`` until the host is seen again.
 """
 

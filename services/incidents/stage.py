@@ -11,11 +11,12 @@ transaction as the incident events and state), with its CloudEvents binary-mode 
 ``decide`` raise, so the input goes to the DLQ rather than an invalid finding reaching a SIEM.
 
 Liveness on idle partitions: the roster check runs on every input of a partition, with "now"
-= that input's Kafka timestamp. A partition that can stay silent for longer than the window needs
-a tick: the runtime should let a stage declare a tick topic; the shell then publishes, per
-partition and every few minutes, a small record (e.g. ``hostgate.LivenessTick{partition,
-now}``) stamped with its clock, and the stage decides it like any input, so that replaying the
-topics reproduces every stale finding. Until then, traffic on the partition drives the check.
+= that input's Kafka timestamp. So that a partition with no traffic at all (a dead pipeline, a
+dead fleet) is checked too, ``hostgate incidents tick`` (a small process beside the stage)
+produces one ``hostgate.LivenessTick{partition, issued_at, ticker}`` to every partition of
+``attest.remediation.v1``, explicitly by partition number, every ``--every`` seconds. The stage
+decides a tick like any input, with its ``issued_at`` as "now", so replaying the topics
+reproduces every stale finding.
 
 Environment (all optional):
 
@@ -39,6 +40,7 @@ from services.incidents.core import (
     INCIDENT_STATE,
     INTAKE_REJECTED,
     TABLE_INCIDENTS,
+    TICK,
     VERDICT,
     IncidentsConfig,
     decide,
@@ -135,7 +137,7 @@ def build_stage(env: Mapping[str, str]) -> Stage:
     return Stage(
         name="incidents",
         input_topics=topics.inputs,
-        input_subjects=frozenset({VERDICT, INTAKE_REJECTED, COMMAND}),
+        input_subjects=frozenset({VERDICT, INTAKE_REJECTED, COMMAND, TICK}),
         decide=core,
         tables=tables,
         dlq=topics.dlq,
