@@ -69,6 +69,8 @@ owns partition *p* of each of its inputs and changelogs (co-partitioning)."""
 REPLICAS: Final = 3
 IMAGE: Final = "hostgate:0.1.0"
 """Placeholder image reference; override it with kustomize ``images:``."""
+POLICY_ID: Final = "fleet-default"
+"""The verifier's policy id in force (``HOSTGATE_POLICY_ID``); operators publish its versions."""
 HTTP_PORT: Final = 9400
 KEDA_KAFKA_VERSION: Final = "4.0.0"
 """sarama protocol version KEDA speaks; its 1.0.0 default predates Kafka 4's 2.1 baseline."""
@@ -314,6 +316,9 @@ def _stage_mounts(stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             [{"name": "ek-ca", "configMap": {"name": "hostgate-ek-ca", "defaultMode": 0o444}}],
             [{"name": "ek-ca", "mountPath": "/etc/hostgate/ek-ca", "readOnly": True}],
         )
+    if stage == "verifier":
+        # The policy id in force; its versions are published to attest.policies.v1.
+        return [{"name": "HOSTGATE_POLICY_ID", "value": POLICY_ID}], [], []
     if stage == "issuer":
         return (
             [
@@ -423,6 +428,57 @@ def deployment(stage: str) -> dict[str, Any]:
     }
 
 
+def liveness_ticker() -> dict[str, Any]:
+    """One ``hostgate incidents tick`` process (SOC identity): stale-host checks on partitions
+    that carry no traffic. A second one is harmless, so a plain single-replica Deployment."""
+    labels = _labels("liveness-ticker")
+    container = {
+        "name": "liveness-ticker",
+        "image": IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["incidents", "tick", "--every", "60"],
+        "env": [
+            {"name": "HOSTGATE_BOOTSTRAP", "value": BOOTSTRAP},
+            {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
+            {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
+            {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
+            {"name": "HOSTGATE_KAFKA_SSL_KEYFILE", "value": "/etc/hostgate/kafka-user/user.key"},
+        ],
+        "resources": {"requests": {"cpu": "10m", "memory": "64Mi"},
+                      "limits": {"cpu": "100m", "memory": "128Mi"}},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "kafka-ca", "mountPath": "/etc/hostgate/kafka-ca", "readOnly": True},
+            {"name": "kafka-user", "mountPath": "/etc/hostgate/kafka-user", "readOnly": True},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "hostgate-liveness-ticker", "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                    "volumes": [
+                        _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
+                        _secret_volume("kafka-user", "hostgate-soc"),
+                    ],
+                },
+            },
+        },
+    }
+
+
 def pod_disruption_budget(stage: str) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
@@ -512,6 +568,7 @@ def render(partitions: int = DEFAULT_PARTITIONS, replicas: int = REPLICAS) -> di
     for stage in STAGES:
         stage_docs += [deployment(stage), pod_disruption_budget(stage),
                        scaled_object(stage, partitions)]
+    stage_docs.append(liveness_ticker())
     return {
         "topics.yaml": dump_all(kafka_topic(s, partitions, replicas) for s in specs),
         "users.yaml": dump_all(users()),

@@ -511,7 +511,9 @@ def test_deployments_match_users_groups_and_secrets(gen: ModuleType) -> None:
 
 def test_scaled_objects_follow_groups_and_partitions(gen: ModuleType) -> None:
     partitions = {d["spec"]["topicName"]: d["spec"]["partitions"] for d in docs_of("KafkaTopic")}
-    deployments = {d["metadata"]["name"]: d for d in docs_of("Deployment")}
+    # Stage workers scale on lag; the liveness ticker is a fixed single replica.
+    deployments = {d["metadata"]["name"]: d for d in docs_of("Deployment")
+                   if d["metadata"]["name"] != "hostgate-liveness-ticker"}
     auths = {d["metadata"]["name"] for d in docs_of("TriggerAuthentication")}
     users = {d["metadata"]["name"] for d in docs_of("KafkaUser")}
     scaled = docs_of("ScaledObject")
@@ -696,3 +698,24 @@ def test_dockerfile_is_multistage_nonroot_without_secrets() -> None:
             assert not re.search(r"PASS|SECRET|TOKEN|PRIVATE|_KEY\b", line, re.I), line
     copied = re.findall(r"^COPY (?!--from)(.*)$", text, re.M)
     assert all("secrets" not in c and "compose" not in c for c in copied), copied
+
+
+def test_every_stage_gets_the_settings_it_cannot_start_without(compose: Doc) -> None:
+    """A stage refuses to start without these (its build_stage raises ConfigError)."""
+    required = {
+        "collector": {"HOSTGATE_EK_CA_DIR"},
+        "verifier": {"HOSTGATE_POLICY_ID"},
+        "issuer": {"HOSTGATE_ISSUER_CA_CERT", "HOSTGATE_ISSUER_CA_KEY",
+                   "HOSTGATE_ISSUER_CA_PASSPHRASE_FILE"},
+    }
+    services = compose["services"]
+    k8s = {doc["metadata"]["name"]: doc for doc in load_docs(K8S / "generated" / "stages.yaml")
+           if doc and doc.get("kind") == "Deployment"}
+    for stage, names in required.items():
+        compose_env = set(services[stage].get("environment") or {})
+        assert names <= compose_env, f"compose {stage}: missing {sorted(names - compose_env)}"
+        container = k8s[f"hostgate-{stage}"]["spec"]["template"]["spec"]["containers"][0]
+        k8s_env = {e["name"] for e in container["env"]}
+        assert names <= k8s_env, f"k8s {stage}: missing {sorted(names - k8s_env)}"
+    ticker = k8s["hostgate-liveness-ticker"]["spec"]["template"]["spec"]["containers"][0]
+    assert ticker["args"][:2] == ["incidents", "tick"]
