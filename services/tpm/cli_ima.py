@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError
-from services.tpm import ima
+from services.tpm import ima, ima_replay
 
 __all__ = ["register", "register_ima"]
 
@@ -130,7 +130,7 @@ def _entry_json(e: ima.ImaEntry) -> dict[str, Any]:
 def _cmd_show(args: argparse.Namespace) -> int:
     lst = _load(args)
     banks = tuple(args.bank or ("sha1", "sha256"))
-    pcrs = ima.replay(lst, banks)
+    pcrs = ima_replay.replay(lst, banks)
     if args.json:
         doc = {
             "format": lst.format,
@@ -163,8 +163,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     lst = _load(args)
     quoted = load_quoted_pcrs(args.pcrs)
-    verified = ima.verify_replay(lst, quoted, allow_unquoted_tail=args.allow_unquoted_tail)
-    bank = ima.verify_boot_aggregate(lst, quoted) if args.boot_aggregate else None
+    verified = ima_replay.verify_replay(lst, quoted, allow_unquoted_tail=args.allow_unquoted_tail)
+    bank = ima_replay.verify_boot_aggregate(lst, quoted) if args.boot_aggregate else None
     result = {
         "verified_entries": len(verified.entries),
         "unquoted_tail": verified.unquoted_tail,

@@ -28,6 +28,8 @@ Nothing returned here is trusted: digests are only what the host claims, and ``e
 Parsing is one linear pass; every size and count is checked against :class:`Limits` before it is
 used, and any inconsistency raises :class:`MalformedLog` with the byte offset, event index and
 field name.
+
+Trust decisions and their reasons: ``docs/design/eventlog-trust.md``.
 """
 
 from __future__ import annotations

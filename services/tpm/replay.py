@@ -15,6 +15,8 @@ extended and where the chain starts (PFP spec 1.05 sections 3.3.4 and 10.4.5.3):
 
 Results of :func:`replay` are still untrusted numbers; only :func:`verify_replay` compares them
 with quoted (signature-checked) values and returns the events that are thereby vouched for.
+
+Trust decisions and their reasons: ``docs/design/eventlog-trust.md``.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from services.errors import HostgateError
 from services.tpm import ima as tpm_ima
+from services.tpm import ima_replay as tpm_ima_replay
 from services.tpm.claims import Claims, ImaClaim, extract_claims
 from services.tpm.errors import (
     InvalidQuoteSignature,
@@ -288,7 +289,7 @@ def _ima(ev: Mapping[str, Any], w: _Work) -> tuple[ImaClaim, ...] | None:
     assert w.quote is not None
     try:
         parsed = tpm_ima.parse(bytes(raw))
-        verified = tpm_ima.verify_replay(parsed, w.quote.pcr_values)
+        verified = tpm_ima_replay.verify_replay(parsed, w.quote.pcr_values)
     except MalformedInput as exc:
         w.fail(reasons.IMA_MALFORMED, f"The IMA measurement list does not parse: {exc}.")
         return None
@@ -299,7 +300,7 @@ def _ima(ev: Mapping[str, Any], w: _Work) -> tuple[ImaClaim, ...] | None:
         w.fail(reasons.IMA_MALFORMED, f"The IMA list cannot be checked: {exc}.")
         return None
     try:
-        tpm_ima.verify_boot_aggregate(parsed, w.quote.pcr_values)
+        tpm_ima_replay.verify_boot_aggregate(parsed, w.quote.pcr_values)
     except HostgateError as exc:
         w.fail(reasons.IMA_BOOT_AGGREGATE, f"The IMA boot_aggregate is wrong: {exc}.")
     return tuple(ImaClaim(e.pcr, e.template_name, e.file_hash_alg, e.file_hash, e.path)

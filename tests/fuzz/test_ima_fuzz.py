@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.tpm import ima
+from services.tpm import ima, ima_replay
 from services.tpm.errors import TpmError
 from tests.unit.test_ima_corpus import load
 
@@ -26,10 +26,10 @@ def _exercise(data: bytes) -> None:
             lst = parse(data)
         except TpmError:
             continue
-        ima.replay(lst)
+        ima_replay.replay(lst)
         try:
-            ima.check_template_hashes(lst)
-            ima.verify_replay(lst, {"sha1": {10: bytes(20)}}, allow_unquoted_tail=True)
+            ima_replay.check_template_hashes(lst)
+            ima_replay.verify_replay(lst, {"sha1": {10: bytes(20)}}, allow_unquoted_tail=True)
         except TpmError:
             pass
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,49 +144,136 @@ def _log(entry_id: str):  # type: ignore[no-untyped-def]
     return parse_event_log(_log_bytes(BY_ID[entry_id]))
 
 
-def test_sp800_155_events_are_not_extended() -> None:
-    """A38 carries SP800-155 EV_NO_ACTION events; tpm2_eventlog 5.4 wrongly extends them."""
+def _tool(entry_id: str) -> dict[str, Any]:
+    """tpm2_eventlog 5.4's recorded output for a corpus log (a second opinion, not a truth)."""
+    out: dict[str, Any] = BY_ID[entry_id]["tpm2_eventlog_5_4"]
+    return out
+
+
+def _check_sp800_155_not_extended() -> None:
     log = _log("A38")
     sp = [e for e in log.events if e.data.startswith(b"SP800-155 Event")]
     assert len(sp) == 2 and all(e.event_type == EventType.EV_NO_ACTION for e in sp)
+    assert not any(e.extends for e in sp)
     ours = replay(log)["sha256"][0].hex()
     truth = BY_ID["A38"]["expected_from_source_repos"][0]["value"]["sha256"]["0"]
-    wrong = BY_ID["A38"]["tpm2_eventlog_5_4"]["pcrs"]["sha256"]["0"]
+    wrong = _tool("A38")["pcrs"]["sha256"]["0"]
     assert ours == truth != wrong
 
 
-def test_startup_locality_3() -> None:
-    """A39 logs StartupLocality 3: PCR 0 starts at 00..03 (tpm2_eventlog 5.4 ignores it)."""
+def _check_startup_locality_3() -> None:
     log = _log("A39")
     assert startup_locality(log) == 3
     ours = replay(log)["sha1"][0].hex()
     assert ours == BY_ID["A39"]["independent_replay"]["replayed_pcrs"]["sha1"]["0"]
-    assert ours != BY_ID["A39"]["tpm2_eventlog_5_4"]["pcrs"]["sha1"]["0"]
+    assert ours != _tool("A39")["pcrs"]["sha1"]["0"]
 
 
-def test_hcrtm_event_starts_pcr0_at_locality_4() -> None:
-    """A52 (Hygon) begins PCR 0 with EV_EFI_HCRTM_EVENT; tpm2-tss asserts this PCR 0."""
+def _check_hcrtm_locality_4() -> None:
     log = _log("A52")
     assert startup_locality(log) == 4
+    assert log.events[1].event_type == EventType.EV_EFI_HCRTM_EVENT
     truth = BY_ID["A52"]["expected_from_source_repos"][0]["value"]["sha1"]["0"]
-    assert replay(log)["sha1"][0].hex() == truth
-    assert "sm3_256" in replay(log)
+    ours = replay(log)
+    assert ours["sha1"][0].hex() == truth
+    assert "sm3_256" in ours
 
 
-def test_windows_pcr_minus_one_event_is_kept_not_extended() -> None:
+def _check_pcr_not_extended() -> None:
     log = _log("W03")
     minus_one = [e for e in log.events if e.pcr == 0xFFFFFFFF]
     assert len(minus_one) == 1 and not minus_one[0].extends
     assert all(p < 24 for p in replay(log)["sha256"])
+    tool = _tool("W03")
+    assert tool["exit_code"] != 0 and tool["pcrs"] == {}
 
 
-def test_ccel_rtmr_values() -> None:
-    """C04: TDX CCEL, Spec ID in MR index 1; MR index i+1 = RTMR i."""
+def _check_ccel() -> None:
     log = _log("C04")
     assert log.banks == ("sha384",) and log.events[0].pcr == 1
     truth = BY_ID["C04"]["expected_from_source_repos"][0]["value"]["sha384"]
     ours = replay(log)["sha384"]
     assert {str(p): v.hex() for p, v in ours.items() if str(p) in truth} == truth
+    tool = _tool("C04")
+    assert tool["exit_code"] != 0 and tool["pcrs"] == {}
+
+
+def _check_f05_offset() -> None:
+    with pytest.raises(MalformedLog) as info:
+        parse_event_log(_log_bytes(BY_ID["F05"]))
+    assert (info.value.offset, info.value.field) == (68, "vendorInfoSize")
+    assert "offset 69" in BY_ID["F05"]["independent_replay"]["error"]
+    tool = _tool("F05")
+    assert tool["exit_code"] == 0 and tool["pcrs"] == {}
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """Where hostgate departs from the TCG spec or from another tool, checked on a corpus log."""
+
+    id: str
+    corpus_id: str
+    departs_from: str
+    hostgate: str
+    why: str
+    check: Callable[[], None]
+
+
+KNOWN_DEVIATIONS: tuple[Deviation, ...] = (
+    Deviation(
+        "sp800-155-not-extended", "A38", "tpm2_eventlog 5.4",
+        "SP800-155 EV_NO_ACTION events (reference-manifest events) are kept, never extended",
+        "PFP 1.05 10.4.5: EV_NO_ACTION is never extended; tpm2_eventlog 5.4 extends every "
+        "non-Spec-ID EV_NO_ACTION into PCR 0, so its PCR 0 differs from the source repo's truth",
+        _check_sp800_155_not_extended,
+    ),
+    Deviation(
+        "startup-locality", "A39", "tpm2_eventlog 5.4",
+        "PCR 0 starts at 00..03 when a StartupLocality event says locality 3",
+        "PFP 1.05 10.4.5.3 (TCG_EfiStartupLocalityEvent); tpm2_eventlog 5.4 ignores it",
+        _check_startup_locality_3,
+    ),
+    Deviation(
+        "hcrtm-locality-4", "A52", "tpm2_eventlog 5.4",
+        "PCR 0 starts at 00..04 when its first measurement is EV_EFI_HCRTM_EVENT",
+        "H-CRTM (_TPM_Hash_Start) runs at locality 4 (PFP 1.05 3.3.4); tpm2-tss asserts this "
+        "PCR 0 for A52; tpm2_eventlog 5.4 ignores the H-CRTM locality",
+        _check_hcrtm_locality_4,
+    ),
+    Deviation(
+        "pcr-ffffffff-kept", "W03", "tpm2_eventlog 5.4",
+        "events with PCR index 0xFFFFFFFF (Windows log-only) are parsed and kept, not extended",
+        "Windows logs them for information only; tpm2_eventlog 5.4 rejects the whole log",
+        _check_pcr_not_extended,
+    ),
+    Deviation(
+        "ccel-accepted", "C04", "tpm2_eventlog 5.4",
+        "Intel TDX CCEL logs parse (Spec ID in MR index 1) and replay to the RTMRs",
+        "same TCG_PCR_EVENT2 wire format; tpm2_eventlog 5.4 rejects the Spec ID event's index",
+        _check_ccel,
+    ),
+    Deviation(
+        "f05-vendorinfo-offset", "F05", "independent parser and tpm2_eventlog 5.4",
+        "rejects the Spec ID event at byte 68, field vendorInfoSize",
+        "its eventSize leaves no room for the declared vendorInfoSize 4; the independent parser "
+        "fails later (offset 69, reading the stray bytes as a header) and tpm2_eventlog 5.4 "
+        "exits 0 printing nothing: hostgate names the field that is inconsistent",
+        _check_f05_offset,
+    ),
+)
+
+
+def test_known_deviations_table_is_well_formed() -> None:
+    assert len({d.id for d in KNOWN_DEVIATIONS}) == len(KNOWN_DEVIATIONS)
+    for d in KNOWN_DEVIATIONS:
+        assert d.corpus_id in BY_ID, d
+        assert d.departs_from and d.hostgate and d.why
+
+
+@pytest.mark.parametrize("deviation", KNOWN_DEVIATIONS, ids=lambda d: d.id)
+def test_known_deviation(deviation: Deviation) -> None:
+    """Each row's check asserts hostgate's behaviour on its corpus log, so the table cannot rot."""
+    deviation.check()
 
 
 def test_quirk_ebs_invocation_success() -> None:

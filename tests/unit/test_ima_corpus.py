@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from services.tpm import ima
+from services.tpm import ima, ima_replay
 from services.tpm.errors import DigestMismatch, MalformedImaList, ReplayMismatch
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,14 +51,14 @@ def test_ascii_list_replays_to_manifest(entry_id: str) -> None:
     assert len(lst.entries) == m["entries"]
     assert sum(e.violation for e in lst.entries) == m["violations"]
     assert {e.template_name for e in lst.entries} == set(m["templates"])
-    ima.check_template_hashes(lst)
-    replayed = ima.replay(lst, banks=("sha1", "sha256"))
+    ima_replay.check_template_hashes(lst)
+    replayed = ima_replay.replay(lst, banks=("sha1", "sha256"))
     expected = {
         int(k): bytes.fromhex(v) for k, v in m["replayed_pcr_sha1_template_hash_bank"].items()
     }
     assert replayed["sha1"] == expected
     # The quoted-PCR check accepts the replay and returns every entry as verified.
-    verified = ima.verify_replay(lst, replayed)
+    verified = ima_replay.verify_replay(lst, replayed)
     assert len(verified.entries) == m["entries"] and verified.unquoted_tail == 0
     boot = lst.entries[0]
     assert boot.path == "boot_aggregate"
@@ -75,13 +75,13 @@ def test_binary_list_replays_to_manifest(entry_id: str) -> None:
     ]
     lst = ima.parse_binary(load(entry_id), quirks=[ima.QUIRK_TRUNCATED_TAIL])
     assert len(lst.entries) == (counts[0] if counts else m["entries"])
-    replayed = ima.replay(lst)
+    replayed = ima_replay.replay(lst)
     expected = {
         int(k): bytes.fromhex(v) for k, v in m["replayed_pcr_sha1_template_hash_bank"].items()
     }
     assert replayed["sha1"] == expected
     assert sum(not e.violation for e in lst.entries) == m["template_hash_ok"]
-    ima.check_template_hashes(lst)
+    ima_replay.check_template_hashes(lst)
 
 
 @pytest.mark.parametrize("entry_id", ["J04", "J06"])
@@ -115,12 +115,12 @@ def test_invalidated_sig_list_j05_extends_ff_for_violation() -> None:
     assert violation.file_hash == bytes(32) and violation.signature is None
     # The violation goes into the PCR as 0xFF..., in every bank, not as H(template data).
     for bank, size in (("sha1", 20), ("sha256", 32)):
-        assert ima.template_digest(violation, bank) == b"\xff" * size
+        assert ima_replay.template_digest(violation, bank) == b"\xff" * size
     import hashlib
 
     pcr = hashlib.sha1(bytes(20) + hashlib.sha1(boot.template_data).digest()).digest()
     pcr = hashlib.sha1(pcr + b"\xff" * 20).digest()
-    assert ima.replay(lst, banks=("sha1",))["sha1"][10] == pcr
+    assert ima_replay.replay(lst, banks=("sha1",))["sha1"][10] == pcr
 
 
 def test_sha256_bank_replay_hashes_template_data_with_sha256() -> None:
@@ -130,7 +130,7 @@ def test_sha256_bank_replay_hashes_template_data_with_sha256() -> None:
     pcr = bytes(32)
     for e in lst.entries:
         pcr = hashlib.sha256(pcr + hashlib.sha256(e.template_data).digest()).digest()
-    assert ima.replay(lst, banks=("sha256",))["sha256"][10] == pcr
+    assert ima_replay.replay(lst, banks=("sha256",))["sha256"][10] == pcr
     assert lst.entries[1].file_hash_alg == "sha256" and lst.entries[1].path == "/init"
 
 
@@ -138,7 +138,7 @@ def test_tampered_ascii_path_fails_template_hash() -> None:
     data = load("I06").replace(b" /bin/sh\n", b" /bin/zsh\n", 1)
     lst = ima.parse_ascii(data)
     with pytest.raises(DigestMismatch) as info:
-        ima.check_template_hashes(lst)
+        ima_replay.check_template_hashes(lst)
     assert info.value.seq == 2
 
 
@@ -146,17 +146,17 @@ def test_verify_replay_rejects_other_quote_and_names_pcr10() -> None:
     lst = ima.parse_ascii(load("I06"))
     quoted = {"sha1": {10: bytes(20)}}
     with pytest.raises(ReplayMismatch) as info:
-        ima.verify_replay(lst, quoted)
+        ima_replay.verify_replay(lst, quoted)
     assert info.value.first == ("sha1", 10)
 
 
 def test_verify_replay_unquoted_tail_only_when_allowed() -> None:
     lst = ima.parse_ascii(load("I06"))
     head = ima.ImaList(lst.entries[:500], "ascii")
-    quoted = ima.replay(head)
+    quoted = ima_replay.replay(head)
     with pytest.raises(ReplayMismatch):
-        ima.verify_replay(lst, quoted)
-    verified = ima.verify_replay(lst, quoted, allow_unquoted_tail=True)
+        ima_replay.verify_replay(lst, quoted)
+    verified = ima_replay.verify_replay(lst, quoted, allow_unquoted_tail=True)
     assert len(verified.entries) == 500 and verified.unquoted_tail == len(lst.entries) - 500
 
 
@@ -174,11 +174,11 @@ def test_boot_aggregate_i08_matches_paired_bios_log_a47() -> None:
         for bank, vals in paired["independent_replay"]["replayed_pcrs"].items()
     }
     lst = ima.parse_ascii(load("I08"))
-    assert ima.verify_boot_aggregate(lst, pcrs) == "sha1"
-    assert ima.boot_aggregate(pcrs["sha1"], "sha1").hex() == ba[0]["value"]
+    assert ima_replay.verify_boot_aggregate(lst, pcrs) == "sha1"
+    assert ima_replay.boot_aggregate(pcrs["sha1"], "sha1").hex() == ba[0]["value"]
     changed = dict(pcrs["sha1"]) | {7: bytes(20)}
-    with pytest.raises(ima.BootAggregateMismatch):
-        ima.verify_boot_aggregate(lst, {"sha1": changed})
+    with pytest.raises(ima_replay.BootAggregateMismatch):
+        ima_replay.verify_boot_aggregate(lst, {"sha1": changed})
 
 
 def test_boot_aggregate_i08_with_t1_replay_of_a47() -> None:
@@ -186,15 +186,15 @@ def test_boot_aggregate_i08_with_t1_replay_of_a47() -> None:
     replay_mod = pytest.importorskip("services.tpm.replay")
     log = eventlog.parse_event_log(load("A47"))
     pcrs = replay_mod.replay(log)
-    assert ima.verify_boot_aggregate(ima.parse_ascii(load("I08")), pcrs) == "sha1"
+    assert ima_replay.verify_boot_aggregate(ima.parse_ascii(load("I08")), pcrs) == "sha1"
 
 
 @pytest.mark.parametrize("entry_id", ["I06", "I07"])
 def test_zero_boot_aggregate_fails_closed(entry_id: str) -> None:
     lst = ima.parse_ascii(load(entry_id))
     pcrs = {"sha1": dict.fromkeys(range(10), bytes(20))}
-    with pytest.raises(ima.BootAggregateMismatch, match="all zeros"):
-        ima.verify_boot_aggregate(lst, pcrs)
+    with pytest.raises(ima_replay.BootAggregateMismatch, match="all zeros"):
+        ima_replay.verify_boot_aggregate(lst, pcrs)
 
 
 def test_boot_aggregate_non_sha1_bank_covers_pcr8_and_9() -> None:
@@ -202,11 +202,11 @@ def test_boot_aggregate_non_sha1_bank_covers_pcr8_and_9() -> None:
     import hashlib
 
     assert (
-        ima.boot_aggregate(pcrs, "sha256")
+        ima_replay.boot_aggregate(pcrs, "sha256")
         == hashlib.sha256(b"".join(pcrs[i] for i in range(10))).digest()
     )
     sha1 = {i: bytes([i]) * 20 for i in range(10)}
     assert (
-        ima.boot_aggregate(sha1, "sha1")
+        ima_replay.boot_aggregate(sha1, "sha1")
         == hashlib.sha1(b"".join(sha1[i] for i in range(8))).digest()
     )

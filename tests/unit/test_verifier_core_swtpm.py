@@ -20,6 +20,7 @@ import pytest
 
 from services.runtime.codec import Codec
 from services.tpm import ima as tpm_ima
+from services.tpm import ima_replay as tpm_ima_replay
 from services.tpm.quote import decode_attest
 from services.verifier import core, reasons
 from services.verifier.core import appraise, verdict_id
@@ -253,7 +254,8 @@ def test_ima_list_replays_to_pcr_10_and_its_foreign_boot_aggregate_fails(
     parsed = tpm_ima.parse(raw)
     host = sim.hosts(None)[-1]
     for entry in parsed.entries:
-        host.extend(entry.pcr, {b: tpm_ima.template_digest(entry, b) for b in ("sha1", "sha256")})
+        digests = {b: tpm_ima_replay.template_digest(entry, b) for b in ("sha1", "sha256")}
+        host.extend(entry.pcr, digests)
     col = collected_for(host, pcrs=(*range(11), 12, 13, 14), ima_log=raw, round_no=5)
     v = appraise(col, sim.policy)
     assert v.reason_ids == (reasons.IMA_BOOT_AGGREGATE,), v.failures
