@@ -195,9 +195,11 @@ def _register_kafka_commands(agent_sub: argparse._SubParsersAction) -> None:  # 
         "enroll", help="create an AK and enrol it with the collector over Kafka",
         description="Create a new attestation key under the EK (saved in --state-file), send "
                     "EnrollmentRequested with the EK certificate, activate the collector's "
-                    "MakeCredential challenge in this TPM and send the proof. Running it again "
-                    "rotates the AK (same EK). The collector confirms nothing: a refusal shows "
-                    "on attest.rejections.v1 and the next attest gets no nonce.")
+                    "MakeCredential challenge in this TPM, send the proof and wait for the "
+                    "collector's EnrollmentResult. Running it again rotates the AK (same EK). "
+                    "Prints the enrolled AK's name on success; exits non-zero with the "
+                    "collector's reason (e.g. FAILED_ACTIVATION, BAD_EK_CERTIFICATE, "
+                    "EK_CHANGED) if it refuses, or after --timeout seconds without an answer.")
     common(enroll)
     enroll.add_argument("--ak-kind", choices=("ecc", "rsa"), default="ecc",
                         help="AK algorithm (default ecc: P-256 ECDSA)")
@@ -246,8 +248,8 @@ def _run_client(args: argparse.Namespace, action: str) -> dict[str, Any]:
 def _agent_enroll(args: argparse.Namespace) -> int:
     doc = _run_client(args, "enroll")
     print(json.dumps(doc, indent=2) if args.json else
-          f"{args.host_id}: activation proof sent for challenge "
-          f"{doc['enroll']['challenge_id']}")
+          f"{args.host_id}: {doc['enroll']['result']} — AK {doc['enroll']['ak_name']} "
+          f"(challenge {doc['enroll']['challenge_id']})")
     return 0
 
 

@@ -8,9 +8,10 @@ the request it is waiting for. Before each request it positions the reader at th
 end, so the answer cannot be missed.
 
 * ``enroll()``: ``EnrollmentRequested`` (EK certificate and public, AK public) → waits for the
-  ``ActivationChallenge`` → ``TPM2_ActivateCredential`` in its TPM → ``ActivationProof``. The
-  collector confirms nothing to the host: a failed proof shows on ``attest.rejections.v1`` and
-  the next ``attest()`` gets no nonce.
+  ``ActivationChallenge`` → ``TPM2_ActivateCredential`` in its TPM → ``ActivationProof`` →
+  waits for the collector's ``EnrollmentResult`` for that proof and challenge. ENROLLED
+  returns; REFUSED (of the request or of the proof) raises ``EnrollmentRefused`` naming the
+  reason; a result this version does not understand raises too (fail closed).
 * ``attest()``: ``ChallengeRequested`` → waits for ``NonceIssued`` → quotes the requested PCRs in
   every active bank over the nonce → ``EvidenceSubmitted`` with the boot log and the IMA list.
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from services.runtime.codec import Codec
 
 AGENT_VERSION = "hostgate-agent/0.1"
+RESULT_SUBJECT = "hostgate.EnrollmentResult"
 DEFAULT_BOOT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 DEFAULT_IMA_LOG = Path("/sys/kernel/security/ima/binary_runtime_measurements")
 MAX_HOLD_S = 600.0
@@ -73,6 +75,17 @@ class ActivationFailed(AgentClientError):
     """The TPM refused ``ActivateCredential``: the challenge is not for this TPM's EK and AK."""
 
     def __init__(self, message: str, *, challenge_id: str) -> None:
+        self.challenge_id = challenge_id
+        super().__init__(message)
+
+
+class EnrollmentRefused(AgentClientError):
+    """The collector refused the enrolment (an ``EnrollmentResult`` REFUSED)."""
+
+    def __init__(self, message: str, *, reason: str, request_id: str,
+                 challenge_id: str | None) -> None:
+        self.reason = reason
+        self.request_id = request_id
         self.challenge_id = challenge_id
         super().__init__(message)
 
@@ -157,11 +170,19 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class EnrollResult:
-    """What ``enroll`` sent and answered."""
+    """What ``enroll`` sent and answered, and the collector's confirmation."""
 
     request_id: str
     challenge_id: str
     proof_request_id: str
+    result: str = "ENROLLED"
+    """The collector's ``EnrollmentResult.result`` (always ENROLLED when returned)."""
+    ak_name: bytes = b""
+    """TPM Name of the AK the collector enrolled."""
+    decided_at_ms: int = 0
+    """Timestamp (ms) of the proof the collector decided on."""
+    detail: str = ""
+    """The collector's one-sentence detail."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +279,9 @@ class AgentClient:
             {"request_id": request_id, "host_id": self.host.host_id,
              "agent_version": self.config.agent_version, "ek_cert": ident.ek_cert,
              "ek_public": ident.ek_public, "ak_public": ident.ak_public, "sent_at": _now_ms()},
-            "hostgate.ActivationChallenge", request_id, "ActivationChallenge")
+            {"hostgate.ActivationChallenge", RESULT_SUBJECT}, request_id, "ActivationChallenge")
+        if challenge.get("result") is not None:  # refused before any challenge
+            _raise_unless_enrolled(challenge)
         cred = CredentialChallenge(bytes(challenge["credential_blob"]),
                                    bytes(challenge["encrypted_secret"]))
         try:
@@ -267,17 +290,24 @@ class AgentClient:
             raise ActivationFailed(f"the TPM refused ActivateCredential for challenge "
                                    f"{challenge['challenge_id']}: {exc}",
                                    challenge_id=challenge["challenge_id"]) from exc
-        proof_id = await self.send_proof(challenge["challenge_id"], secret)
-        return EnrollResult(request_id, challenge["challenge_id"], proof_id)
+        done = await self.prove(challenge["challenge_id"], secret)
+        return dataclasses.replace(done, request_id=request_id)
 
-    async def send_proof(self, challenge_id: str, secret: bytes) -> str:
-        """Publish an ``ActivationProof``; returns its request id."""
+    async def prove(self, challenge_id: str, secret: bytes) -> EnrollResult:
+        """Send an ``ActivationProof`` and wait for the collector's ``EnrollmentResult`` for
+        it: the result if ENROLLED, ``EnrollmentRefused`` if REFUSED, ``AgentTimeout`` if none
+        arrives. (``request_id`` of the returned result is the proof's.)"""
         proof_id = f"proof-{uuid.uuid4().hex}"
-        await self._send(self.config.topics.requests, "hostgate.ActivationProof",
-                         {"request_id": proof_id, "host_id": self.host.host_id,
-                          "challenge_id": challenge_id, "secret_proof": secret,
-                          "sent_at": _now_ms()})
-        return proof_id
+        answer = await self._request(
+            self.config.topics.requests, "hostgate.ActivationProof",
+            {"request_id": proof_id, "host_id": self.host.host_id,
+             "challenge_id": challenge_id, "secret_proof": secret, "sent_at": _now_ms()},
+            {RESULT_SUBJECT}, proof_id, "EnrollmentResult",
+            match=lambda body: body.get("challenge_id") == challenge_id)
+        _raise_unless_enrolled(answer)
+        return EnrollResult(proof_id, challenge_id, proof_id, str(answer["result"]),
+                            bytes(answer["ak_name"]), _epoch_ms(answer["decided_at"]),
+                            str(answer["detail"]))
 
     async def attest(self) -> AttestResult:
         """One attestation round (see the module docstring)."""
@@ -289,7 +319,7 @@ class AgentClient:
             self.config.topics.requests, "hostgate.ChallengeRequested",
             {"request_id": request_id, "host_id": self.host.host_id, "requested_pcrs": offered,
              "sent_at": _now_ms()},
-            "hostgate.NonceIssued", request_id, "NonceIssued")
+            {"hostgate.NonceIssued"}, request_id, "NonceIssued")
         nonce = bytes(issued["nonce"])
         pcrs = tuple(sorted({p for sel in issued["pcr_selection"] for p in sel["pcrs"]}))
         quote = await asyncio.to_thread(self.host.quote, nonce, pcrs)
@@ -340,8 +370,11 @@ class AgentClient:
                                f"{self.config.timeout_s:.0f}s: {type(exc).__name__}") from exc
 
     async def _request(self, topic: str, subject: str, record: Mapping[str, Any],
-                       answer_subject: str, request_id: str, what: str) -> Mapping[str, Any]:
-        """Send ``record`` and wait for the ``answer_subject`` addressed to ``request_id``."""
+                       answer_subjects: set[str], request_id: str, what: str, *,
+                       match: Callable[[Mapping[str, Any]], bool] | None = None
+                       ) -> Mapping[str, Any]:
+        """Send ``record`` and wait for a record of ``answer_subjects`` addressed to
+        ``request_id`` (and accepted by ``match``, if given)."""
         assert self._consumer is not None
         await self._consumer.seek_to_end(self._tp)
         await self._consumer.position(self._tp)
@@ -353,16 +386,34 @@ class AgentClient:
                 if rec.value is None or rec.key != self.host.host_id.encode():
                     continue
                 try:
-                    decoded = self.codec.decode(rec.value, expected={answer_subject})
+                    decoded = self.codec.decode(rec.value, expected=answer_subjects)
                 except HostgateError:
                     continue  # another record type (or one we cannot read): not our answer
                 body = decoded.record
                 if body.get("host_id") == self.host.host_id and \
-                        body.get("request_id") == request_id:
+                        body.get("request_id") == request_id and (match is None or match(body)):
                     return body
         raise AgentTimeout(f"no {what} for request {request_id} on {self._tp.topic} within "
                            f"{self.config.timeout_s:.0f}s (collector down, or the request was "
                            "refused: see attest.rejections.v1)")
+
+
+def _raise_unless_enrolled(result: Mapping[str, Any]) -> None:
+    """Raise ``EnrollmentRefused`` for a REFUSED ``EnrollmentResult``, ``AgentClientError`` for
+    an outcome this version does not understand (fail closed)."""
+    outcome = str(result.get("result"))
+    if outcome == "ENROLLED":
+        return
+    request_id = str(result.get("request_id"))
+    challenge_id = result.get("challenge_id")
+    if outcome == "REFUSED":
+        reason = str(result.get("reason") or "UNKNOWN")
+        raise EnrollmentRefused(
+            f"enrolment refused by the collector: {reason} (request {request_id}): "
+            f"{' '.join(str(result.get('detail', '')).split())[:300]}",
+            reason=reason, request_id=request_id, challenge_id=challenge_id)
+    raise AgentClientError(f"the collector answered request {request_id} with enrolment "
+                           f"result {outcome!r}, which this agent does not understand")
 
 
 def _epoch_ms(value: Any) -> int:

@@ -4,9 +4,10 @@
 ``ChallengeRequested``; ``attest.evidence.v1`` carries ``EvidenceSubmitted``. Each subject has
 its own module (``enrollment``, ``challenges``, ``intake``); this one dispatches and holds the
 error policy. Every decodable input ends in exactly one place: an output on
-``attest.challenges.v1`` / ``attest.collected.v1``, a state change (a correct activation proof),
-or an ``IntakeRejected`` on ``attest.rejections.v1`` — never nowhere, and an unknown host is a
-rejection, not a DLQ record.
+``attest.challenges.v1`` / ``attest.collected.v1``, a state change with an ENROLLED
+``EnrollmentResult`` (a correct activation proof), or an ``IntakeRejected`` on
+``attest.rejections.v1`` (plus a REFUSED ``EnrollmentResult`` when it refuses an identified
+host's enrolment step) — never nowhere, and an unknown host is a rejection, not a DLQ record.
 
 State tables (all keyed within the task's partition, see ``services.runtime.worker``):
 ``enrollments`` (host_id → EnrollmentState), ``challenges`` (challenge id → PendingChallenge),
@@ -30,8 +31,10 @@ from services.collector.config import CollectorConfig
 from services.collector.enrollment import (
     SUBJECT_ENROLL,
     SUBJECT_PROOF,
+    attributable,
     decide_enrollment,
     decide_proof,
+    refuse,
 )
 from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.intake import SUBJECT_EVIDENCE, decide_evidence
@@ -73,5 +76,8 @@ def on_error(inp: InputRecord, exc: Exception, cfg: CollectorConfig) -> Decision
     if isinstance(exc, UnexpectedSubject):
         raise exc  # to the DLQ: not a host's fault
     detail = f"{type(exc).__name__}: {exc}"
+    if attributable(inp, cfg):  # an enrolment step: the host hears REFUSED too
+        return refuse(inp, cfg, "MALFORMED", f"record could not be judged: {detail}",
+                      extra_log={"error": type(exc).__name__})
     return reject(inp, cfg.topics.rejections, "MALFORMED", f"record could not be judged: "
                   f"{detail}", extra_log={"error": type(exc).__name__})

@@ -6,6 +6,13 @@ the same EK, a *pending* candidate beside the enrolled AK, which keeps working m
 ``ActivationProof`` with the right secret before the expiry → ENROLLED. Anything else is an
 ``IntakeRejected`` with a reason; a wrong or late proof also burns the challenge.
 
+The host hears the outcome: an ``EnrollmentResult`` on ``attest.challenges.v1`` (key host_id),
+ENROLLED after a correct proof, REFUSED beside every ``IntakeRejected`` that can be attributed
+to an enrolment attempt of that host — i.e. every refusal of an ``EnrollmentRequested`` or
+``ActivationProof`` whose key, ``host_id`` and ids passed ``check_identity`` (a record
+speaking for another host, or with ids we cannot echo, gets the rejection only). Its id is
+``output_id(inp, "enrollment-result")``, deterministic like every collector output.
+
 Checks, in order (first failure wins):
 
 1. key = ``host_id`` (``HOST_MISMATCH``), ids bounded (``MALFORMED``), ``ek_public`` present;
@@ -30,14 +37,23 @@ anyway, and a leaked HMAC key would reveal every past and future secret.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+from collections.abc import Mapping
 from typing import Any, Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from services.collector.common import check_identity, derived_id, epoch_ms, reject, to_datetime
+from services.collector.common import (
+    check_identity,
+    derived_id,
+    epoch_ms,
+    output_id,
+    reject,
+    to_datetime,
+)
 from services.collector.config import ACTIVATION_SECRET_BYTES, CollectorConfig
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
 from services.tpm.credential import CredentialError, make_credential
@@ -53,6 +69,7 @@ from services.tpm.keys import check_ak_attributes, decode_public
 SUBJECT_ENROLL: Final = "hostgate.EnrollmentRequested"
 SUBJECT_PROOF: Final = "hostgate.ActivationProof"
 SUBJECT_ACTIVATION: Final = "hostgate.ActivationChallenge"
+SUBJECT_RESULT: Final = "hostgate.EnrollmentResult"
 TABLE: Final = "enrollments"
 MAX_PUBLIC_BYTES: Final = 1024
 MAX_PROOF_BYTES: Final = 64
@@ -65,6 +82,40 @@ FAILED: Final = "FAILED"
 def is_enrolled(row: Any) -> bool:
     """Whether an ``enrollments`` row holds an enrolled AK (UNKNOWN reads as not enrolled)."""
     return row is not None and row.get("state") == ENROLLED
+
+
+def enrollment_result(inp: InputRecord, cfg: CollectorConfig, result: str, *, reason: str = "",
+                      detail: str, ak_name: bytes = b"") -> Output:
+    """The ``EnrollmentResult`` answering ``inp`` (an EnrollmentRequested or ActivationProof
+    that passed ``check_identity``). ``detail`` must hold no secret or key material."""
+    rec = inp.record
+    result_id = output_id(inp, "enrollment-result")
+    challenge_id = rec.get("challenge_id") if inp.subject == SUBJECT_PROOF else None
+    return Output(topic=cfg.topics.challenges, key=str(rec["host_id"]), subject=SUBJECT_RESULT,
+                  id=result_id,
+                  record={"result_id": result_id, "host_id": rec["host_id"],
+                          "request_id": rec["request_id"], "challenge_id": challenge_id,
+                          "result": result, "reason": reason, "detail": detail[:1000],
+                          "ak_name": bytes(ak_name), "decided_at": inp.timestamp_ms})
+
+
+def refuse(inp: InputRecord, cfg: CollectorConfig, reason: str, detail: str, *,
+           ak_name: bytes = b"", extra_log: Mapping[str, str | int | bool] | None = None,
+           state_updates: tuple[Any, ...] = ()) -> Decision:
+    """``reject`` an enrolment step of an identified host, and tell the host (REFUSED with the
+    same reason and detail)."""
+    rejected = reject(inp, cfg.topics.rejections, reason, detail, extra_log=extra_log,
+                      state_updates=state_updates)
+    told = enrollment_result(inp, cfg, "REFUSED", reason=reason, detail=detail,
+                             ak_name=ak_name)
+    return dataclasses.replace(rejected, outputs=(*rejected.outputs, told))
+
+
+def attributable(inp: InputRecord, cfg: CollectorConfig) -> bool:
+    """Whether ``inp`` is an enrolment step the host can be told about (``on_error``)."""
+    ids = {SUBJECT_ENROLL: ("request_id",), SUBJECT_PROOF: ("request_id", "challenge_id")}
+    fields = ids.get(inp.subject)
+    return fields is not None and check_identity(inp, fields, cfg.limits.max_id_chars) is None
 
 
 def _ek_identity(cfg: CollectorConfig, ek_public: bytes, ek_cert: bytes | None,
@@ -100,20 +151,20 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
     ek_cert = rec.get("ek_cert")
     ak_public = bytes(rec["ak_public"])
     if ek_public is None:
-        return reject(inp, topic, "MALFORMED", "field ek_public is required: MakeCredential "
+        return refuse(inp, cfg, "MALFORMED", "field ek_public is required: MakeCredential "
                       "needs the EK's public area, not only its certificate")
     ek_public = bytes(ek_public)
     for name, value in (("ek_public", ek_public), ("ak_public", ak_public)):
         if len(value) > MAX_PUBLIC_BYTES:
-            return reject(inp, topic, "OVER_LIMITS",
+            return refuse(inp, cfg, "OVER_LIMITS",
                           f"field {name} is {len(value)} bytes (limit {MAX_PUBLIC_BYTES})")
     try:
         ak = decode_public(ak_public)
         check_ak_attributes(ak)
     except KeyAttributeError as exc:
-        return reject(inp, topic, "BAD_AK_ATTRIBUTES", f"field ak_public: {exc}")
+        return refuse(inp, cfg, "BAD_AK_ATTRIBUTES", f"field ak_public: {exc}")
     except (MalformedInput, Unsupported) as exc:
-        return reject(inp, topic, "MALFORMED", f"field ak_public: {exc}")
+        return refuse(inp, cfg, "MALFORMED", f"field ak_public: {exc}")
 
     existing = state.get(TABLE, host)
     rotating = is_enrolled(existing)
@@ -121,23 +172,25 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
         assert existing is not None
         enrolled_ek = bytes(existing["ek"]["ek_public"])
         if not hmac.compare_digest(enrolled_ek, ek_public):
-            return reject(inp, topic, "EK_CHANGED",
+            return refuse(inp, cfg, "EK_CHANGED",
                           f"host {host!r} is enrolled with another EK (enrolled EK SHA-256 "
                           f"{hashlib.sha256(enrolled_ek).hexdigest()[:16]}…, presented "
                           f"{hashlib.sha256(ek_public).hexdigest()[:16]}…); re-enrolment "
-                          "refused", extra_log={"anomaly": True})
+                          "refused", extra_log={"anomaly": True},
+                          ak_name=ak.name)
     try:
         identity = _ek_identity(cfg, ek_public, None if ek_cert is None else bytes(ek_cert), now)
     except CertificateChainError as exc:
-        return reject(inp, topic, "BAD_EK_CERTIFICATE", f"field ek_cert: {exc}")
+        return refuse(inp, cfg, "BAD_EK_CERTIFICATE", f"field ek_cert: {exc}", ak_name=ak.name)
     except (MalformedInput, Unsupported, x509.DuplicateExtension, ValueError) as exc:
-        return reject(inp, topic, "MALFORMED", f"field ek_public/ek_cert: {exc}")
+        return refuse(inp, cfg, "MALFORMED", f"field ek_public/ek_cert: {exc}", ak_name=ak.name)
 
     secret = cfg.random_bytes(ACTIVATION_SECRET_BYTES)
     try:
         challenge = make_credential(ek_public, ak_public, secret)
     except (KeyAttributeError, CredentialError, MalformedInput, Unsupported) as exc:
-        return reject(inp, topic, "MALFORMED", f"field ek_public: EK cannot be challenged: {exc}")
+        return refuse(inp, cfg, "MALFORMED", f"field ek_public: EK cannot be challenged: {exc}",
+                      ak_name=ak.name)
     challenge_id = derived_id(inp, "act")
     expires = now + cfg.activation_ttl_ms
     out = Output(
@@ -184,26 +237,28 @@ def decide_proof(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> De
     now = inp.timestamp_ms
     existing = state.get(TABLE, host)
     if existing is None or existing.get("challenge_id") is None:
-        return reject(inp, topic, "FAILED_ACTIVATION",
+        return refuse(inp, cfg, "FAILED_ACTIVATION",
                       f"no activation challenge is pending for host {host!r}")
     if existing["challenge_id"] != rec["challenge_id"]:
-        return reject(inp, topic, "FAILED_ACTIVATION",
+        return refuse(inp, cfg, "FAILED_ACTIVATION",
                       f"field challenge_id {rec['challenge_id'][:80]!r} is not the pending "
                       "activation challenge")
     burn = (StateUpdate(TABLE, host, _burn(existing, now)),)
+    candidate = bytes(existing.get("pending_ak_name") or existing.get("ak_name") or b"")
     expires = epoch_ms(existing["challenge_expires_at"])
     if now > expires:
-        return reject(inp, topic, "FAILED_ACTIVATION",
+        return refuse(inp, cfg, "FAILED_ACTIVATION",
                       f"activation challenge expired {now - expires} ms before the proof "
-                      "arrived", state_updates=burn)
+                      "arrived", state_updates=burn, ak_name=candidate)
     proof = bytes(rec["secret_proof"])
     expected = bytes(existing["secret_sha256"] or b"")
     if len(proof) > MAX_PROOF_BYTES or not hmac.compare_digest(
             hashlib.sha256(proof).digest(), expected):
-        return reject(inp, topic, "FAILED_ACTIVATION",
+        return refuse(inp, cfg, "FAILED_ACTIVATION",
                       "field secret_proof is not the activation secret: the AK and EK are not "
                       "in one TPM (or the challenge was not activated)",
-                      state_updates=burn, extra_log={"anomaly": True})
+                      state_updates=burn, extra_log={"anomaly": True},
+                      ak_name=candidate)
     row = {**existing, "state": ENROLLED, "challenge_id": None, "secret_sha256": None,
            "challenge_expires_at": None, "updated_at": now}
     rotated = existing.get("pending_ak_public") is not None and is_enrolled(existing)
@@ -212,5 +267,8 @@ def decide_proof(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> De
         row["ak_name"] = existing["pending_ak_name"]
     row["pending_ak_public"] = None
     row["pending_ak_name"] = None
-    return Decision(state_updates=(StateUpdate(TABLE, host, row),),
+    told = enrollment_result(inp, cfg, "ENROLLED", ak_name=bytes(row["ak_name"]),
+                             detail=f"AK enrolled for host {host!r}"
+                                    + (" (rotated under the same EK)" if rotated else ""))
+    return Decision(outputs=(told,), state_updates=(StateUpdate(TABLE, host, row),),
                     log={"outcome": "enrolled", "rotation": rotated})

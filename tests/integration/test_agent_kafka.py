@@ -8,6 +8,7 @@ ids, so runs never see each other's records; everything started here is stopped 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -27,6 +28,7 @@ from services.agent.client import (
     AgentClient,
     AgentTimeout,
     ClientConfig,
+    EnrollmentRefused,
     SimulatedHostSide,
     hold_past_expiry,
     replay_previous_nonce,
@@ -35,6 +37,7 @@ from services.agent.fleet import Fleet, HostSpec
 from services.collector.config import TopicNames
 from services.runtime.codec import Codec
 from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from services.tpm.keys import decode_public
 from services.tpm.quote import verify_quote
 from tests.integration import runtime_support as rs
 
@@ -192,6 +195,15 @@ async def test_enrol_attest_and_intake_refusals(env: Env) -> None:
         assert {b for b, _ in verified.selection} == {"sha1", "sha256"}
         assert all(set(range(8)) <= set(p) for _, p in verified.selection)
         assert enrolled.challenge_id.startswith("act-")
+        # The collector confirmed the enrolment to the agent, naming the AK it enrolled.
+        assert enrolled.result == "ENROLLED"
+        assert enrolled.ak_name == decode_public(host.ak_public).name
+        decoded = [env.codec.decode(r.value) for r in
+                   await rs.read_committed(env.topics.challenges) if r.value is not None]
+        results = [d.record for d in decoded if d.subject == "hostgate.EnrollmentResult"
+                   and d.record["host_id"] == honest]
+        assert [(r["result"], r["request_id"]) for r in results] == \
+            [("ENROLLED", enrolled.proof_request_id)]
 
         # 2. replayed_nonce: the previous round's challenge and nonce, quoted anew.
         client.hook = replay_previous_nonce
@@ -227,7 +239,11 @@ async def test_enrol_attest_and_intake_refusals(env: Env) -> None:
                           ak_public=env.fleet.host(honest).ak_public) as client:
         with pytest.raises(ActivationFailed) as failed:
             await client.enroll()
-        await client.send_proof(failed.value.challenge_id, secrets.token_bytes(32))
+        with pytest.raises(EnrollmentRefused) as refused:
+            await client.prove(failed.value.challenge_id, secrets.token_bytes(32))
+        assert refused.value.reason == "FAILED_ACTIVATION"
+        assert refused.value.challenge_id == failed.value.challenge_id
+        assert "FAILED_ACTIVATION" in str(refused.value) and "\n" not in str(refused.value)
         await env.wait_rejection(foreign, "FAILED_ACTIVATION")
         with pytest.raises(AgentTimeout):
             await client.attest()
@@ -281,6 +297,9 @@ async def test_cli_enroll_and_attest_with_a_real_tpm(env: Env, tmp_path: Path) -
             done = await asyncio.to_thread(subprocess.run, [*base, *cmd], cwd=REPO,
                                            capture_output=True, timeout=120)
             assert done.returncode == 0, done.stderr.decode()[-2000:]
+            if cmd[0] == "enroll":
+                enrolled = json.loads(done.stdout)["enroll"]
+                assert enrolled["result"] == "ENROLLED" and len(enrolled["ak_name"]) == 68
         await rs.wait_until(lambda: _has_collected(env, host_id, 1), 60, "EvidenceCollected")
     (got,) = await env.collected(host_id)
     assert got["evidence"]["boot_log"] == b"\x00" * 32 and got["ek"]["chain_verified"]

@@ -19,6 +19,7 @@ from services.collector.common import record_digest
 from services.collector.config import CollectorConfig, IntakeLimits, parse_pcr_list
 from services.errors import ConfigError
 from services.runtime.codec import Codec
+from services.runtime.stage import Decision
 from tests.unit.collector_support import (
     AK_ATTRS,
     NOW_MS,
@@ -28,14 +29,37 @@ from tests.unit.collector_support import (
     SoftHost,
     ak_public_of,
     only,
-    rejection,
 )
+from tests.unit.collector_support import rejection as single_rejection
 
 ENROLL = "hostgate.EnrollmentRequested"
 PROOF = "hostgate.ActivationProof"
 ASK = "hostgate.ChallengeRequested"
 EVIDENCE = "hostgate.EvidenceSubmitted"
 TTL = 120_000
+RESULT = "hostgate.EnrollmentResult"
+
+
+def refused(decision: Decision) -> dict[str, Any]:
+    """The REFUSED ``EnrollmentResult`` beside a decision's ``IntakeRejected``; it must repeat
+    the rejection's reason and detail and sit on the challenges topic under the host's key."""
+    assert [o.subject for o in decision.outputs] == ["hostgate.IntakeRejected", RESULT], decision
+    rej, res = decision.outputs
+    assert res.topic == "attest.challenges.v1" and res.key == rej.key
+    assert res.record["result"] == "REFUSED" and res.id == res.record["result_id"]
+    assert res.record["reason"] == rej.record["reason"]
+    assert res.record["detail"] == rej.record["detail"]
+    assert res.record["decided_at"] == rej.record["rejected_at"]
+    return dict(res.record)
+
+
+def rejection(decision: Decision) -> tuple[str, str]:
+    """(reason, detail) of a refusal: an ``IntakeRejected`` alone, or followed by the host's
+    REFUSED ``EnrollmentResult`` (checked by ``refused``)."""
+    if len(decision.outputs) == 2:
+        refused(decision)
+        return single_rejection(dataclasses.replace(decision, outputs=decision.outputs[:1]))
+    return single_rejection(decision)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +86,8 @@ def _enrol(hx: Harness, host: SoftHost, rnd: SeededRandom) -> None:
     challenge = only(hx.feed(ENROLL, host.enroll()), "hostgate.ActivationChallenge")
     secret = rnd.handed_out[-1]
     decision = hx.feed(PROOF, host.proof(challenge["challenge_id"], secret))
-    assert decision.outputs == () and decision.log["outcome"] == "enrolled"
+    assert only(decision, RESULT)["result"] == "ENROLLED"
+    assert decision.log["outcome"] == "enrolled"
 
 
 def _nonce(hx: Harness, host: SoftHost, at_ms: int = NOW_MS, rid: str = "ask-1"
@@ -90,10 +115,21 @@ def test_enrolment_accepted_with_correct_proof(hx: Harness, pki: EkPki,
     assert secret not in repr(decision.log).encode()
     assert row["ek"]["chain_verified"] is True
 
-    done = hx.feed(PROOF, host.proof(challenge["challenge_id"], secret))
-    assert done.outputs == ()
+    proof = host.proof(challenge["challenge_id"], secret)
+    done = hx.feed(PROOF, proof)
     row = hx.state.get("enrollments", "host-a")
     assert row is not None and row["state"] == "ENROLLED"
+    # The host is told, once, on its challenges partition, with the enrolled AK's name.
+    (told,) = done.outputs
+    assert told.subject == RESULT and told.topic == "attest.challenges.v1"
+    assert told.key == "host-a" and told.id == told.record["result_id"]
+    assert told.id.startswith("collector:enrollment-result:attest.requests.v1:0:")
+    assert told.record == {
+        "result_id": told.id, "host_id": "host-a", "request_id": proof["request_id"],
+        "challenge_id": challenge["challenge_id"], "result": "ENROLLED", "reason": "",
+        "detail": told.record["detail"], "ak_name": row["ak_name"], "decided_at": NOW_MS}
+    assert row["ak_name"] == b"\x00\x0b" + hashlib.sha256(host.ak_public[2:]).digest()
+    assert "enrolled" in told.record["detail"] and secret.hex() not in told.record["detail"]
     assert row["challenge_id"] is None and row["secret_sha256"] is None
     assert row["ak_public"] == host.ak_public
 
@@ -432,3 +468,64 @@ def test_config_parsing() -> None:
             parse_pcr_list(bad)
     with pytest.raises(ConfigError):
         CollectorConfig(trusted_cas=(), nonce_ttl_ms=5)
+
+
+# -- EnrollmentResult: the host hears the outcome -----------------------------------------------
+
+def test_enrolled_result_is_emitted_once(hx: Harness, pki: EkPki, rnd: SeededRandom) -> None:
+    host = SoftHost("host-once", pki)
+    challenge = only(hx.feed(ENROLL, host.enroll()), "hostgate.ActivationChallenge")
+    proof = host.proof(challenge["challenge_id"], rnd.handed_out[-1])
+    first = only(hx.feed(PROOF, proof, at_ms=NOW_MS + 5), RESULT)
+    assert first["result"] == "ENROLLED" and first["decided_at"] == NOW_MS + 5
+    # The same proof again is not a second enrolment: it is refused, and the host told so.
+    again = hx.feed(PROOF, proof, at_ms=NOW_MS + 6)
+    told = refused(again)
+    assert told["reason"] == "FAILED_ACTIVATION" and told["challenge_id"] == proof["challenge_id"]
+    assert told["result_id"] != first["result_id"]
+    row = hx.state.get("enrollments", "host-once")
+    assert row is not None and row["state"] == "ENROLLED"
+
+
+def test_wrong_proof_is_refused_to_the_host(hx: Harness, pki: EkPki, rnd: SeededRandom) -> None:
+    host = SoftHost("host-wp", pki)
+    challenge = only(hx.feed(ENROLL, host.enroll()), "hostgate.ActivationChallenge")
+    pending = hx.state.get("enrollments", "host-wp")
+    assert pending is not None
+    told = refused(hx.feed(PROOF, host.proof(challenge["challenge_id"], bytes(32), "proof-9")))
+    assert told["reason"] == "FAILED_ACTIVATION" and told["request_id"] == "proof-9"
+    assert told["challenge_id"] == challenge["challenge_id"] and told["host_id"] == "host-wp"
+    assert told["ak_name"] == pending["ak_name"]
+    assert rnd.handed_out[-1].hex() not in told["detail"]
+
+
+def test_untrusted_ek_ca_is_refused_to_the_host(hx: Harness) -> None:
+    host = SoftHost("host-rogue", EkPki("Rogue Manufacturer"))
+    decision = hx.feed(ENROLL, host.enroll("enr-7"))
+    told = refused(decision)
+    assert told["reason"] == "BAD_EK_CERTIFICATE" and told["request_id"] == "enr-7"
+    assert told["challenge_id"] is None and told["ak_name"][:2] == b"\x00\x0b"
+    assert decision.outputs[1].key == "host-rogue"
+
+
+def test_ek_changed_is_refused_to_the_host(hx: Harness, pki: EkPki, rnd: SeededRandom) -> None:
+    host = SoftHost("host-ekc", pki)
+    _enrol(hx, host, rnd)
+    told = refused(hx.feed(ENROLL, SoftHost("host-ekc", pki).enroll("enr-2")))
+    assert told["reason"] == "EK_CHANGED" and told["request_id"] == "enr-2"
+    assert "another EK" in told["detail"]
+
+
+def test_record_for_another_host_gets_no_result(hx: Harness, pki: EkPki) -> None:
+    host = SoftHost("host-h", pki)
+    decision = hx.feed(ENROLL, host.enroll(), key="host-other")
+    assert single_rejection(decision)[0] == "HOST_MISMATCH"
+
+
+def test_crash_on_an_enrolment_is_refused_to_the_host(pki: EkPki, rnd: SeededRandom) -> None:
+    def broken(n: int) -> bytes:
+        raise RuntimeError("entropy pool unavailable")
+
+    hx = Harness(dataclasses.replace(_config(pki, rnd), random_bytes=broken))
+    told = refused(hx.feed(ENROLL, SoftHost("host-x2", pki).enroll()))
+    assert told["reason"] == "MALFORMED" and "RuntimeError" in told["detail"]
