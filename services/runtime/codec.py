@@ -31,7 +31,7 @@ import struct
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
@@ -39,7 +39,16 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
 
-from services.errors import HostgateError
+# The errors live in their own module (the registry client raises them too); re-exported.
+from services.runtime.codec_errors import (
+    CodecError,
+    InvalidRecord,
+    MalformedRecord,
+    RegistryUnavailable,
+    SchemaDirError,
+    UnexpectedRecordType,
+    UnknownSchema,
+)
 
 if TYPE_CHECKING:
     from services.runtime.schema_registry import RegistryClient
@@ -74,55 +83,6 @@ DEFAULT_MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 
 Framing = Literal["single-object", "confluent"]
 
-
-# --------------------------------------------------------------------------------------------
-# Errors
-
-
-class CodecError(HostgateError):
-    """Base of the codec's errors."""
-
-
-class UnknownSchema(CodecError):
-    """The value names a fingerprint or schema id that is not in ``schemas/`` (or the subject
-    asked of ``encode`` does not exist)."""
-
-
-class MalformedRecord(CodecError):
-    """Bad framing or an Avro body that does not decode with its writer's schema.
-
-    ``offset`` is the byte offset into the whole value (header included) where reading stopped.
-    """
-
-    def __init__(self, message: str, *, offset: int) -> None:
-        self.message = message
-        self.offset = offset
-        super().__init__(f"{message} (at byte offset {offset})")
-
-
-class UnexpectedRecordType(CodecError):
-    """The value decodes but its subject is not one the caller expected on this topic."""
-
-    def __init__(self, subject: str, expected: Collection[str]) -> None:
-        self.subject = subject
-        self.expected = tuple(sorted(expected))
-        super().__init__(
-            f"record of subject {subject!r} where only {', '.join(self.expected)} expected"
-        )
-
-
-class InvalidRecord(CodecError):
-    """``encode`` was given a record that does not fit its subject's newest schema."""
-
-
-class SchemaDirError(CodecError):
-    """``schemas/`` itself is broken: unreadable file, bad schema, ids missing or duplicated."""
-
-
-class RegistryUnavailable(CodecError):
-    """The configured schema registry could not be reached or answered nonsense."""
-
-    retriable: ClassVar[bool] = True
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from fastavro import parse_schema
 
-from services.runtime.codec import RegistryUnavailable, UnknownSchema
+from services.runtime.codec_errors import RegistryUnavailable, UnknownSchema
 
 MAX_RESPONSE_BYTES: Final = 1024 * 1024
 CONTENT_TYPE: Final = "application/vnd.schemaregistry.v1+json"

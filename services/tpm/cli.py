@@ -17,12 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from services.errors import ConfigError
-from services.tpm.algorithms import alg_by_name
+from services.tpm import cli_claims, cli_ima
+from services.tpm.cli_inputs import load_quoted_pcrs, read_log_file
 from services.tpm.eventlog import Event, EventLog, parse_event_log
-from services.tpm.limits import DEFAULT_LIMITS
 from services.tpm.quirks import QUIRKS
 from services.tpm.replay import replay, startup_locality, verify_replay
 
@@ -75,9 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
 
-    # Imported here: both use this module's file and PCR helpers.
-    from services.tpm import cli_claims, cli_ima
-
     cli_claims.register_log_commands(log_sub)
     cli_ima.register(subparsers)
 
@@ -85,64 +79,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def _help(parser: argparse.ArgumentParser) -> int:
     parser.print_help()
     return 2
-
-
-def read_log_file(path: Path, max_bytes: int = DEFAULT_LIMITS.max_log_bytes) -> bytes:
-    """Read at most ``max_bytes + 1`` bytes of ``path`` (the parser reports the excess)."""
-    try:
-        with path.open("rb") as fh:
-            return fh.read(max_bytes + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-def _to_bytes(value: Any, bank: str, pcr: int) -> bytes:
-    alg = alg_by_name(bank)
-    size = alg.digest_size if alg is not None else None
-    if isinstance(value, int) and size is not None:  # YAML reads 0x... as an int
-        try:
-            return value.to_bytes(size, "big")
-        except OverflowError as exc:
-            raise ConfigError(f"PCR {pcr} ({bank}) value does not fit in {size} bytes") from exc
-    if isinstance(value, str):
-        text = value.strip().lower().removeprefix("0x")
-        try:
-            return bytes.fromhex(text)
-        except ValueError as exc:
-            raise ConfigError(f"PCR {pcr} ({bank}) is not hex: {value[:80]!r}") from exc
-    raise ConfigError(f"PCR {pcr} ({bank}) value must be a hex string")
-
-
-def load_quoted_pcrs(spec: str) -> dict[str, dict[int, bytes]]:
-    """PCR values from a JSON/YAML file or an inline JSON string: bank -> {pcr: bytes}."""
-    path = Path(spec)
-    text = spec
-    if not spec.lstrip().startswith("{"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read PCR file {spec}: {exc}") from exc
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"PCR values are neither JSON nor YAML: {exc}") from exc
-    if isinstance(doc, dict) and isinstance(doc.get("pcrs"), dict):
-        doc = doc["pcrs"]
-    if not isinstance(doc, dict) or not doc:
-        raise ConfigError('PCR values must be a mapping {"bank": {"pcr": "hex"}}')
-    out: dict[str, dict[int, bytes]] = {}
-    for bank, values in doc.items():
-        if not isinstance(values, dict):
-            raise ConfigError(f"bank {bank!r} must map PCR indices to values")
-        bank_values: dict[int, bytes] = {}
-        for pcr, value in values.items():
-            try:
-                index = int(pcr)
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"bank {bank}: PCR index {pcr!r} is not a number") from exc
-            bank_values[index] = _to_bytes(value, str(bank), index)
-        out[str(bank)] = bank_values
-    return out
 
 
 def _describe(ev: Event) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from services.tpm.claims import Claims, extract_claims
-from services.tpm.cli import load_quoted_pcrs, read_log_file
+from services.tpm.cli_inputs import load_quoted_pcrs, read_log_file
 from services.tpm.eventlog import parse_event_log
 from services.tpm.replay import verify_replay
 

@@ -159,7 +159,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from services.tpm.cli import load_quoted_pcrs
+    from services.tpm.cli_inputs import load_quoted_pcrs
 
     lst = _load(args)
     quoted = load_quoted_pcrs(args.pcrs)

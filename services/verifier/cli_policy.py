@@ -18,7 +18,7 @@ from typing import Literal
 
 from services.errors import ConfigError
 from services.tpm.claims import extract_claims
-from services.tpm.cli import load_quoted_pcrs, read_log_file
+from services.tpm.cli_inputs import load_quoted_pcrs, read_log_file
 from services.tpm.eventlog import parse_event_log
 from services.tpm.replay import verify_replay
 from services.verifier.policy.derive import Golden, derive_policy, golden_from_log
