@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from services.tpm.algorithms import hash_constructor
+from services.tpm.algorithms import HashConstructor, hash_constructor
 from services.tpm.errors import DigestMismatch, MalformedInput, Unsupported
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import decode_ipl
@@ -44,6 +44,7 @@ __all__ = [
     "BindingResult",
     "bound_payload",
     "check_binding",
+    "check_binding_of_payload",
     "require_binding",
 ]
 
@@ -118,14 +119,20 @@ def _matches(event: Event, payload: bytes) -> tuple[list[str], list[str]]:
     checked: list[str] = []
     bad: list[str] = []
     for bank, digest in event.digests.items():
-        try:
-            ctor = hash_constructor(bank)
-        except Unsupported:
-            continue
+        ctor = _CTORS.get(bank)
+        if ctor is None:
+            try:
+                ctor = _CTORS[bank] = hash_constructor(bank)
+            except Unsupported:
+                continue
         checked.append(bank)
         if ctor(payload).digest() != digest:
             bad.append(bank)
     return checked, bad
+
+
+#: Bank -> hash constructor, filled by :func:`_matches` (unsupported banks are never stored).
+_CTORS: dict[str, HashConstructor] = {}
 
 
 def check_binding(event: Event) -> BindingResult:
@@ -133,7 +140,13 @@ def check_binding(event: Event) -> BindingResult:
 
     Pure. May raise ``MalformedEventData`` when an EV_IPL cannot be decoded.
     """
-    payload = bound_payload(event)
+    return check_binding_of_payload(event, bound_payload(event))
+
+
+def check_binding_of_payload(event: Event, payload: bytes | None) -> BindingResult:
+    """:func:`check_binding` for a caller that already has ``payload``, which must be exactly
+    ``bound_payload(event)`` (for EV_IPL: the ``bound`` of ``decode_ipl`` of the event), so an
+    event decoded for its claims is not decoded twice."""
     if payload is None:
         return BindingResult(event.seq, "not_bound")
     checked, bad = _matches(event, payload)

@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Final, Literal
 
 from services.tpm import sipa
 from services.tpm._cache import BoundedCache
-from services.tpm.bindings import check_binding
+from services.tpm.bindings import bound_payload, check_binding_of_payload
 from services.tpm.errors import MalformedInput
-from services.tpm.eventlog import Event, EventType
+from services.tpm.eventlog import PCR_NOT_EXTENDED, Event, EventType
 from services.tpm.ipl import (
     LINUX_EFI_INITRD_TAG,
     LINUX_EFI_LOAD_OPTIONS_TAG,
@@ -104,13 +104,14 @@ _PCR7_TYPES: Final = frozenset(
     }
 )
 _KNOWN_TYPES: Final = frozenset(int(t) for t in EventType)
+_NO_ACTION: Final = int(EventType.EV_NO_ACTION)
 #: Authority variables whose value is an EFI_SIGNATURE_DATA (or shim's bare certificate);
 #: others (SbatLevel, MokListTrusted, MokSBState...) are recorded by value digest.
 _CERT_AUTHORITIES: Final = frozenset({"db", "dbx", "MokList", "MokListRT", "Shim", "vendor_db"})
 _BOOT_OPTION: Final = re.compile(r"^Boot[0-9A-Fa-f]{4}$")
 _SEPARATOR_OK: Final = (b"\x00\x00\x00\x00", b"WBCL")
 _SEPARATOR_ERROR: Final = (b"\x01\x00\x00\x00", b"\xff\xff\xff\xff")
-_IMAGE_TYPES: Final = {
+_IMAGE_TYPES: Final[dict[int, str]] = {
     EventType.EV_EFI_BOOT_SERVICES_APPLICATION: "application",
     EventType.EV_EFI_BOOT_SERVICES_DRIVER: "boot_driver",
     EventType.EV_EFI_RUNTIME_SERVICES_DRIVER: "runtime_driver",
@@ -337,6 +338,7 @@ class _State:
 
     fail_closed: frozenset[int]
     sb_pcr: int
+    windows: bool = True
     secure_boot: bool | None = None
     uefi_debug: bool = False
     dma_off: bool = False
@@ -437,7 +439,7 @@ def _authority(ev: Event, st: _State) -> None:
 
 def _image(ev: Event, st: _State) -> None:
     img = decode_image_load_event(ev.data, base=ev.data_offset, seq=ev.seq)
-    kind = _IMAGE_TYPES[EventType(ev.event_type)]
+    kind = _IMAGE_TYPES[ev.event_type]
     st.apps.append(
         BootApplication(
             ev.seq, ev.pcr, kind, img.device_path.text, img.device_path.file_path,
@@ -456,8 +458,8 @@ def _boot_variable(ev: Event, st: _State) -> None:
         st.options.append(BootOption(var.name, opt.description, opt.device_path.text, opt.active))
 
 
-def _ipl(ev: Event, st: _State) -> None:
-    ipl = decode_ipl(ev.data, ev.pcr, base=ev.data_offset, seq=ev.seq)
+def _ipl(ev: Event, st: _State, ipl: IplString) -> None:
+    """``ipl`` is ``ev``'s data decoded by :func:`_check` (for its binding)."""
     st.decoded[ev.seq] = DecodedEvent(ev.pcr, ev.event_type, ev.data, ipl=ipl)
     if ipl.is_kernel_cmdline:
         st.cmdlines.append(ipl.text)
@@ -522,70 +524,66 @@ def _config_flags(ev: Event, st: _State) -> None:
         st.config_flags.append(data.hex())
 
 
-def _event_tag(ev: Event, st: _State, windows: bool) -> None:
+def _event_tag(ev: Event, st: _State) -> None:
     tag = sipa.decode_tagged_event(ev.data, base=ev.data_offset, seq=ev.seq)
     if tag.event_id == LINUX_EFI_INITRD_TAG:
         st.stub_tags.append("initrd")
     elif tag.event_id == LINUX_EFI_LOAD_OPTIONS_TAG:
         st.stub_tags.append("load_options")
-    elif windows and ev.pcr in _WINDOWS_PCRS:
+    elif st.windows and ev.pcr in _WINDOWS_PCRS:
         events = sipa.decode_sipa_events(ev.data, base=ev.data_offset, seq=ev.seq)
         st.sipa_blocks.append((ev.seq, events))
         st.sipa_sources[ev.seq] = ev
 
 
-def _interpret(ev: Event, st: _State, windows: bool) -> None:
+#: Event type -> interpreter (EV_IPL is handled apart: :func:`_check` decodes it once).
+_INTERPRETERS: Final[dict[int, Callable[[Event, _State], None]]] = {
+    EventType.EV_SEPARATOR: _separator,
+    EventType.EV_EFI_VARIABLE_DRIVER_CONFIG: _driver_config,
+    EventType.EV_EFI_VARIABLE_AUTHORITY: _authority,
+    **dict.fromkeys(_IMAGE_TYPES, _image),
+    EventType.EV_EFI_VARIABLE_BOOT: _boot_variable,
+    EventType.EV_EFI_VARIABLE_BOOT2: _boot_variable,
+    EventType.EV_EFI_ACTION: _action,
+    EventType.EV_S_CRTM_VERSION: _crtm_version,
+    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB: _blob,
+    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2: _blob,
+    EventType.EV_POST_CODE: _blob,
+    EventType.EV_S_CRTM_CONTENTS: _blob,
+    EventType.EV_EFI_HANDOFF_TABLES: _handoff,
+    EventType.EV_EFI_HANDOFF_TABLES2: _handoff,
+    EventType.EV_EVENT_TAG: _event_tag,
+    EventType.EV_PLATFORM_CONFIG_FLAGS: _config_flags,
+}
+
+
+def _check(ev: Event, st: _State, registers: str) -> tuple[bool, IplString | None]:
+    """Type and binding checks: (False, None) if the data must not be interpreted, else True
+    and, for EV_IPL, its decoded data (decoded once, for the binding and for the claims)."""
     t = ev.event_type
-    if t == EventType.EV_SEPARATOR:
-        _separator(ev, st)
-    elif t == EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
-        _driver_config(ev, st)
-    elif t == EventType.EV_EFI_VARIABLE_AUTHORITY:
-        _authority(ev, st)
-    elif t in _IMAGE_TYPES:
-        _image(ev, st)
-    elif t in (EventType.EV_EFI_VARIABLE_BOOT, EventType.EV_EFI_VARIABLE_BOOT2):
-        _boot_variable(ev, st)
-    elif t == EventType.EV_IPL:
-        _ipl(ev, st)
-    elif t == EventType.EV_EFI_ACTION:
-        _action(ev, st)
-    elif t == EventType.EV_S_CRTM_VERSION:
-        _crtm_version(ev, st)
-    elif t in (
-        EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB,
-        EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
-        EventType.EV_POST_CODE,
-        EventType.EV_S_CRTM_CONTENTS,
-    ):
-        _blob(ev, st)
-    elif t in (EventType.EV_EFI_HANDOFF_TABLES, EventType.EV_EFI_HANDOFF_TABLES2):
-        _handoff(ev, st)
-    elif t == EventType.EV_EVENT_TAG:
-        _event_tag(ev, st, windows)
-    elif t == EventType.EV_PLATFORM_CONFIG_FLAGS:
-        _config_flags(ev, st)
-
-
-def _check(ev: Event, st: _State, registers: str) -> bool:
-    """Type and binding checks; False if the data must not be interpreted."""
-    if ev.event_type not in _KNOWN_TYPES:
-        st.flag(ev, "tpm.event.unknown_type", f"event type 0x{ev.event_type:08x}")
-        return False
-    if registers == "tpm" and ev.pcr == 7 and ev.event_type not in _PCR7_TYPES:
+    if t not in _KNOWN_TYPES:
+        st.flag(ev, "tpm.event.unknown_type", f"event type 0x{t:08x}")
+        return False, None
+    if registers == "tpm" and ev.pcr == 7 and t not in _PCR7_TYPES:
         st.flag(ev, "tpm.event.unexpected_type", f"{ev.type_name} in PCR 7", fatal=True)
-        return False
-    result = check_binding(ev)
-    if result.status == "mismatch":
+        return False, None
+    ipl = None
+    if t == EventType.EV_IPL:
+        ipl = decode_ipl(ev.data, ev.pcr, base=ev.data_offset, seq=ev.seq)
+        result = check_binding_of_payload(ev, ipl.bound)
+    else:
+        result = check_binding_of_payload(ev, bound_payload(ev))
+    status = result.status
+    if status == "mismatch":
         banks = ", ".join(result.banks)
         st.flag(ev, "tpm.binding.digest_mismatch", f"banks {banks}", fatal=True)
-        return False
-    if result.status == "unverifiable":
+        return False, None
+    if status == "unverifiable":
         st.flag(ev, "tpm.binding.unverifiable", "no hashable bank")
-        return False
-    if result.status == "quirk" and result.quirk is not None:
+        return False, None
+    if status == "quirk" and result.quirk is not None:
         st.quirks.append(QuirkUse(result.quirk, ev.seq))
-    return True
+    return True, ipl
 
 
 def extract_claims(
@@ -616,14 +614,26 @@ def extract_claims(
         events, verified, pcrs = replayed, False, pcr_values or {}
         bank_names = tuple(banks) if banks is not None else tuple(pcrs)
         replay_quirks = []
-    st = _State(_FAIL_CLOSED[measurement_registers], _SECURE_BOOT_PCR[measurement_registers])
+    st = _State(
+        _FAIL_CLOSED[measurement_registers],
+        _SECURE_BOOT_PCR[measurement_registers],
+        windows=measurement_registers == "tpm",
+    )
     st.quirks.extend(replay_quirks)
-    windows = measurement_registers == "tpm"
+    interpreters = _INTERPRETERS
     for ev in events:
-        if not ev.extends or not _check(ev, st, measurement_registers):
+        if ev.event_type == _NO_ACTION or ev.pcr == PCR_NOT_EXTENDED:  # Event.extends, inlined
+            continue
+        ok, ipl = _check(ev, st, measurement_registers)
+        if not ok:
             continue
         try:
-            _interpret(ev, st, windows)
+            if ipl is not None:
+                _ipl(ev, st, ipl)
+            else:
+                interpret = interpreters.get(ev.event_type)
+                if interpret is not None:
+                    interpret(ev, st)
         except MalformedInput as exc:
             st.flag(ev, "tpm.event.undecodable", str(exc))
     win = None

@@ -92,12 +92,13 @@ def _looks_utf16(data: bytes) -> bool:
 
 def decode_ipl(data: bytes, pcr: int, *, base: int = 0, seq: int | None = None) -> IplString:
     """Classify and decode EV_IPL ``data`` measured into ``pcr`` (see module docstring)."""
-    r = DataReader(data, base=base, seq=seq)
     if len(data) > MAX_IPL_TEXT:
-        raise r.limit(f"EV_IPL data of {len(data)} bytes exceeds {MAX_IPL_TEXT}", "event")
+        raise DataReader(data, base=base, seq=seq).limit(
+            f"EV_IPL data of {len(data)} bytes exceeds {MAX_IPL_TEXT}", "event"
+        )
     if _looks_utf16(data):
         even = data[: len(data) & ~1]
-        text = decode_utf16(even, r, "EV_IPL.utf16", at=0)
+        text = decode_utf16(even, DataReader(data, base=base, seq=seq), "EV_IPL.utf16", at=0)
         if pcr == 12 or pcr == 8:
             bound = data if pcr == 12 else None
             return IplString("systemd_cmdline", text.strip(), bound)

@@ -31,11 +31,13 @@ tagged event's digest, so skipping their meaning is safe). Untrusted until repla
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
 from services.tpm._datareader import DataReader, decode_utf16
+from services.tpm.errors import LimitExceeded, MalformedEventData
 
 __all__ = [
     "FLAG_ATTRIBUTES",
@@ -150,31 +152,53 @@ def decode_sipa_events(
     containers. Raises ``LimitExceeded`` beyond :data:`MAX_SIPA_DEPTH` nesting or
     :data:`MAX_SIPA_EVENTS` events, ``MalformedEventData`` on a size that overruns its parent."""
     budget = [MAX_SIPA_EVENTS]
-    return _sequence(DataReader(data, base=base, seq=seq), 0, budget)
+    return _sequence(data, 0, len(data), base, seq, 0, budget)
 
 
-def _sequence(r: DataReader, depth: int, budget: list[int]) -> tuple[SipaEvent, ...]:
+_SIPA_HEADER: Final = struct.Struct("<II")
+
+
+def _sequence(
+    data: bytes, pos: int, end: int, base: int, seq: int | None, depth: int, budget: list[int]
+) -> tuple[SipaEvent, ...]:
+    """The SIPA events in ``data[pos:end]`` (``base`` is ``data``'s absolute offset). One
+    ``unpack_from`` per header; bounds and error offsets/messages are a bounded reader's."""
     out: list[SipaEvent] = []
-    while r.remaining:
+    unpack = _SIPA_HEADER.unpack_from
+    while pos < end:
         budget[0] -= 1
         if budget[0] < 0:
-            raise r.limit(f"more than {MAX_SIPA_EVENTS} SIPA events", "SIPAEventType")
-        start = r.pos
-        etype = r.u32("SIPAEventType")
-        size = r.u32("SIPAEventSize")
-        if size > r.remaining:
-            raise r.error(
-                f"SIPA event 0x{etype:08x} size {size} overruns its {r.remaining} bytes",
-                "SIPAEventSize",
-                at=start + 4,
+            raise LimitExceeded(
+                f"more than {MAX_SIPA_EVENTS} SIPA events", offset=base + pos, seq=seq,
+                field="SIPAEventType",
             )
-        body = r.sub(size, "SIPAEventData")
+        left = end - pos
+        if left < 8:
+            field_name, at, avail = (
+                ("SIPAEventType", pos, left) if left < 4 else ("SIPAEventSize", pos + 4, left - 4)
+            )
+            raise MalformedEventData(
+                f"{field_name} needs 4 bytes but only {avail} remain", offset=base + at, seq=seq,
+                field=field_name,
+            )
+        etype, size = unpack(data, pos)
+        body = pos + 8
+        if size > end - body:
+            raise MalformedEventData(
+                f"SIPA event 0x{etype:08x} size {size} overruns its {end - body} bytes",
+                offset=base + pos + 4, seq=seq, field="SIPAEventSize",
+            )
+        pos = body + size
         if etype & SIPA_TYPE_MASK == SIPA_CONTAINER:
             if depth + 1 > MAX_SIPA_DEPTH:
-                raise body.limit(f"SIPA containers nested deeper than {MAX_SIPA_DEPTH}", "depth")
-            out.append(SipaEvent(etype, body.base, b"", _sequence(body, depth + 1, budget)))
+                raise LimitExceeded(
+                    f"SIPA containers nested deeper than {MAX_SIPA_DEPTH}", offset=base + body,
+                    seq=seq, field="depth",
+                )
+            children = _sequence(data, body, pos, base, seq, depth + 1, budget)
+            out.append(SipaEvent(etype, base + body, b"", children))
         else:
-            out.append(SipaEvent(etype, body.base, body.data))
+            out.append(SipaEvent(etype, base + body, data[body:pos]))
     return tuple(out)
 
 
@@ -240,8 +264,13 @@ def _int(ev: SipaEvent, seq: int | None, name: str) -> int:
 
 
 def _text(ev: SipaEvent, seq: int | None, name: str) -> str:
+    raw = ev.payload[: len(ev.payload) & ~1]
+    try:  # what decode_utf16 does for even-length text, without building a reader
+        return raw.decode("utf-16-le").rstrip("\x00")
+    except UnicodeDecodeError:
+        pass
     r = DataReader(ev.payload, base=ev.offset, seq=seq)
-    return decode_utf16(ev.payload[: len(ev.payload) & ~1], r, name, at=0)
+    return decode_utf16(raw, r, name, at=0)  # raises, naming the offset
 
 
 def _si_policy(ev: SipaEvent, seq: int | None) -> SiPolicy:
@@ -348,43 +377,47 @@ def fold_windows_config_with_blocks(
     for seq, events in blocks:
         own: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
         own_dep: list[int] = []
-        for top in events:
-            for ev in top.walk():
-                count += 1
-                t = ev.type
-                if t in _LATCH_ON:
-                    name = _LATCH_ON[t]
-                    on = _int(ev, seq, name) != 0
-                    flags[name] = bool(flags[name]) or on
-                    own[name] = bool(own[name]) or on
-                elif t in _LATCH_OFF:
-                    name = _LATCH_OFF[t]
-                    on = _int(ev, seq, name) != 0
-                    prior = flags[name]
-                    flags[name] = on if prior is None else (prior and on)
-                    mine = own[name]
-                    own[name] = on if mine is None else (mine and on)
-                elif t in _LISTS:
-                    value = _int(ev, seq, _LISTS[t])
-                    lists[_LISTS[t]].append(value)
-                    if t == DATA_EXECUTION_PREVENTION:
-                        own_dep.append(value)
-                elif t == SI_POLICY:
-                    policies.append(_si_policy(ev, seq))
-                elif t == BOOT_REVOCATION_LIST:
-                    boot_rev.append(_revocation(ev, seq))
-                elif t == OS_REVOCATION_LIST:
-                    os_rev.append(_revocation(ev, seq))
-                elif t == LOADED_MODULE_AGGREGATION:
-                    modules.append(_module(ev, seq))
-                elif t == ELAM_KEYNAME:
-                    elam.append(_text(ev, seq, "ElamKeyname"))
-                elif t == SYSTEM_ROOT:
-                    roots.append(_text(ev, seq, "SystemRoot"))
-                elif t == BOOT_COUNTER:
-                    counter = _int(ev, seq, "BootCounter")
-                elif not ev.is_container and t & SIPA_TYPE_MASK in (0, 0x000B0000, 0x000F0000):
-                    unknown.add(t)
+        # depth-first, pre-order (as SipaEvent.walk), without a generator per event
+        stack = list(reversed(events))
+        while stack:
+            ev = stack.pop()
+            if ev.children:
+                stack.extend(reversed(ev.children))
+            count += 1
+            t = ev.type
+            if t in _LATCH_ON:
+                name = _LATCH_ON[t]
+                on = _int(ev, seq, name) != 0
+                flags[name] = bool(flags[name]) or on
+                own[name] = bool(own[name]) or on
+            elif t in _LATCH_OFF:
+                name = _LATCH_OFF[t]
+                on = _int(ev, seq, name) != 0
+                prior = flags[name]
+                flags[name] = on if prior is None else (prior and on)
+                mine = own[name]
+                own[name] = on if mine is None else (mine and on)
+            elif t in _LISTS:
+                value = _int(ev, seq, _LISTS[t])
+                lists[_LISTS[t]].append(value)
+                if t == DATA_EXECUTION_PREVENTION:
+                    own_dep.append(value)
+            elif t == SI_POLICY:
+                policies.append(_si_policy(ev, seq))
+            elif t == BOOT_REVOCATION_LIST:
+                boot_rev.append(_revocation(ev, seq))
+            elif t == OS_REVOCATION_LIST:
+                os_rev.append(_revocation(ev, seq))
+            elif t == LOADED_MODULE_AGGREGATION:
+                modules.append(_module(ev, seq))
+            elif t == ELAM_KEYNAME:
+                elam.append(_text(ev, seq, "ElamKeyname"))
+            elif t == SYSTEM_ROOT:
+                roots.append(_text(ev, seq, "SystemRoot"))
+            elif t == BOOT_COUNTER:
+                counter = _int(ev, seq, "BootCounter")
+            elif not ev.is_container and t & SIPA_TYPE_MASK in (0, 0x000B0000, 0x000F0000):
+                unknown.add(t)
         if own_dep:
             own["dep"] = NX_ALWAYS_OFF not in own_dep
         per_block.append((seq, own))

@@ -17,6 +17,7 @@ they are only meaningful for events whose replay matched a quote.
 from __future__ import annotations
 
 import hashlib
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Final
@@ -140,6 +141,37 @@ def decode_uefi_variable_data(
     ``VariableDataLength`` u64, ``UnicodeName`` CHAR16[n] (no NUL), ``VariableData``.
     Trailing bytes are an error unless ``allow_trailing``.
     """
+    n = len(data)
+    if n >= _VARIABLE_HEADER.size:  # well-formed data: one unpack and slices, no reader
+        d1, d2, d3, tail, name_len, data_len = _VARIABLE_HEADER.unpack_from(data)
+        name_end = _VARIABLE_HEADER.size + 2 * name_len
+        if name_len <= (n - _VARIABLE_HEADER.size) // 2 and data_len <= n - name_end:
+            value_end = name_end + data_len
+            trailing = n - value_end
+            if not trailing or allow_trailing:
+                try:
+                    name = data[_VARIABLE_HEADER.size : name_end].decode("utf-16-le")
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    guid = f"{d1:08x}-{d2:04x}-{d3:04x}-{tail[:2].hex()}-{tail[2:].hex()}"
+                    return UefiVariableData(
+                        guid, name.rstrip("\x00"), data[name_end:value_end], base + name_end,
+                        trailing,
+                    )
+    # malformed (or too short): the bounded reader raises, naming the field and offset
+    return _decode_uefi_variable_data_read(data, base, seq, allow_trailing)
+
+
+#: ``VariableName`` (EFI_GUID as u32, u16, u16, 8 bytes), ``UnicodeNameLength``,
+#: ``VariableDataLength``.
+_VARIABLE_HEADER: Final = struct.Struct("<IHH8sQQ")
+
+
+def _decode_uefi_variable_data_read(
+    data: bytes, base: int, seq: int | None, allow_trailing: bool
+) -> UefiVariableData:
+    """:func:`decode_uefi_variable_data` field by field (the path that reports errors)."""
     r = DataReader(data, base=base, seq=seq)
     guid = r.guid("VariableName")
     name_len = r.u64("UnicodeNameLength")
@@ -352,12 +384,13 @@ def decode_load_option(data: bytes, *, base: int = 0, seq: int | None = None) ->
     fpl_len = r.u16("FilePathListLength")
     desc_start = r.pos
     end = desc_start
-    while True:
-        if end + 2 > len(data):
+    while True:  # the first CHAR16-aligned NUL at or after desc_start
+        end = data.find(b"\x00\x00", end)
+        if end < 0:
             raise r.error("Description has no CHAR16 NUL terminator", "Description", at=desc_start)
-        if data[end : end + 2] == b"\x00\x00":
+        if not (end - desc_start) % 2:
             break
-        end += 2
+        end += 1
     description = decode_utf16(r.take(end - desc_start, "Description"), r, "Description",
                                 at=desc_start)
     r.take(2, "Description.NUL")
