@@ -95,10 +95,12 @@ async def test_sigkills_and_broker_restart_exactly_once(tmp_path: Path,
         worker.start()
         size = n // waves
         for i in range(waves):
+            # Counted before the wave is produced: a fast worker may have finished every earlier
+            # wave, and then only this wave's records can show it processing.
+            before = await _processed(worker.group, topics.input) if i in kill_waves else 0
             await rs.produce_inputs(topics.input, inputs[i * size:(i + 1) * size], codec)
             await asyncio.sleep(rng.uniform(0.1, 0.5))
             if i in kill_waves:
-                before = await _processed(worker.group, topics.input)
                 # Kill only once this incarnation is really processing, at a random moment.
                 await rs.wait_until(
                     lambda b=before: _progressed(worker.group, topics.input, b), 60,
