@@ -324,23 +324,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sp.add_argument("--host", help="the incident's host (default: looked up)")
         common(sp)
         sp.set_defaults(func=_cmd_write)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``hostgate incidents ...`` on its own (``python -m services.incidents.cli``), the way
-    the root CLI does: a ``HostgateError`` is one line on stderr and exit status 2."""
-    import sys
-
-    parser = argparse.ArgumentParser(prog="hostgate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except HostgateError as exc:
-        print(f"hostgate: error: {exc}", file=sys.stderr)
-        return 2
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -240,20 +240,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("host_id")
     common(sp)
     sp.set_defaults(func=_cmd_hosts_show)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m services.issuer.cli ...``, printing a ``HostgateError`` as one line."""
-    parser = argparse.ArgumentParser(prog="hostgate")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except HostgateError as exc:
-        print(f"hostgate: error: {exc}", file=sys.stderr)
-        return 2
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

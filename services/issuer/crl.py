@@ -34,13 +34,12 @@ from services.issuer.ca import IssuingCA, build_crl
 from services.issuer.core import crl_entries
 from services.issuer.errors import IssuerError
 from services.issuer.hoststate import HostTrustState
+from services.runtime.http import TinyHttpServer
 from services.runtime.readers import groupless_consumer, read_to_end, rewind, topic_partitions
 
 DEFAULT_INTERVAL: Final = dt.timedelta(hours=1)
 #: Most hosts a CRL builder keeps in memory (a hostile or runaway topic cannot exhaust it).
 MAX_HOSTS: Final = 1_000_000
-MAX_REQUEST_BYTES: Final = 8192
-REQUEST_TIMEOUT_S: Final = 5.0
 
 
 class CrlSourceError(HostgateError):
@@ -188,13 +187,14 @@ class CrlService:
         self.fold = FoldResult()
         self.crl: x509.CertificateRevocationList | None = None
         self._revoked: frozenset[str] = frozenset()
-        self._server: asyncio.Server | None = None
+        # HEAD too: gatekeepers check Content-Length before fetching.
+        self._http = TinyHttpServer(self._route, methods=(b"GET", b"HEAD"),
+                                    extra_headers="Cache-Control: max-age=60\r\n")
         self._on_event = on_event or (lambda _e, _f: None)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._http.port
 
     def _apply(self, records: list[ChangelogRecord]) -> None:
         seen = len(self.fold.problems)
@@ -220,17 +220,14 @@ class CrlService:
             try:
                 follower = _Follower(consumer, self.topic)
                 self._apply(await follower.read_to_end(self.bootstrap, 120.0))
-                self._server = await asyncio.start_server(self._handle, host, port,
-                                                          limit=MAX_REQUEST_BYTES)
+                await self._http.start(host, port)
                 if started is not None:
                     started(self.port)
                 while not stop.is_set():
                     records = await follower.poll(timeout_ms=500)
                     self._apply(records)
             finally:
-                if self._server is not None:
-                    self._server.close()
-                    await self._server.wait_closed()
+                await self._http.stop()
 
     def _route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
@@ -242,32 +239,6 @@ class CrlService:
         if path == "/crl.pem":
             return 200, "application/x-pem-file", self.crl.public_bytes(Encoding.PEM)
         return 404, "text/plain", b"not found\n"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            parts = head.split(b"\r\n", 1)[0].split(b" ")
-            if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD"):
-                status, ctype, body = 405, "text/plain", b"GET only\n"
-            else:
-                status, ctype, body = self._route(parts[1].decode("ascii", "replace"))
-                if parts[0] == b"HEAD":
-                    body = b""
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                ConnectionError):
-            writer.close()
-            return
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}[status]
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                     f"Content-Length: {len(body)}\r\nCache-Control: max-age=60\r\n"
-                     "Connection: close\r\n\r\n".encode() + body)
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
 
 
 __all__ = [

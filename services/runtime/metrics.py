@@ -1,13 +1,12 @@
 """Prometheus metrics and the /healthz /readyz /metrics HTTP endpoint of one worker.
 
 Each worker has its own ``CollectorRegistry`` (no global state, so tests can run several workers
-in one process). The HTTP server is a deliberately tiny asyncio server: GET only, request line
-and headers bounded, one response per connection.
+in one process). The HTTP server is :class:`services.runtime.http.TinyHttpServer` (GET only,
+bounded requests, one response per connection).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -15,8 +14,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-MAX_REQUEST_BYTES: Final = 8192
-REQUEST_TIMEOUT_S: Final = 5.0
+from services.runtime.http import TinyHttpServer
 
 
 class WorkerMetrics:
@@ -78,21 +76,17 @@ class HealthServer:
         self._ready = ready
         self._heartbeat = heartbeat
         self._stale_after_s = stale_after_s
-        self._server: asyncio.Server | None = None
+        self._http = TinyHttpServer(self._route)
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._http.port
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port,
-                                                  limit=MAX_REQUEST_BYTES)
+        await self._http.start(host, port)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self._http.stop()
 
     def _route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/healthz":
@@ -104,26 +98,3 @@ class HealthServer:
         if path == "/metrics":
             return 200, CONTENT_TYPE_LATEST, self._metrics.render()
         return 404, "text/plain", b"not found\n"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-            parts = head.split(b"\r\n", 1)[0].split(b" ")
-            if len(parts) != 3 or parts[0] != b"GET":
-                status, ctype, body = 405, "text/plain", b"GET only\n"
-            else:
-                status, ctype, body = self._route(parts[1].decode("ascii", "replace"))
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                ConnectionError):
-            writer.close()
-            return
-        reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed",
-                  503: "Service Unavailable"}[status]
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()

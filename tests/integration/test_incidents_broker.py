@@ -67,7 +67,7 @@ def _decoded(recs: list[Rec]) -> list[dict[str, Any]]:
 
 def _cli(t: IncidentsTopics, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.incidents.cli", "incidents", *argv,
+        [sys.executable, "-m", "services.cli", "incidents", *argv,
          "--bootstrap", bootstrap(), "--topic-prefix", t.prefix],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
@@ -152,7 +152,7 @@ async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
 
 
 def test_cli_help_names_every_command() -> None:
-    out = subprocess.run([sys.executable, "-m", "services.incidents.cli", "incidents", "--help"],
+    out = subprocess.run([sys.executable, "-m", "services.cli", "incidents", "--help"],
                          cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
     for cmd in ("list", "show", "tail", "ack", "root-cause", "remediate", "close"):
         assert cmd in out

@@ -99,7 +99,7 @@ async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
         assert _stale(await _findings(t)) == []  # seen three hours ago, checked at that time
 
         ticked = subprocess.run(
-            [sys.executable, "-m", "services.incidents.cli", "incidents", "tick", "--once",
+            [sys.executable, "-m", "services.cli", "incidents", "tick", "--once",
              "--json", "--bootstrap", bootstrap(), "--topic-prefix", t.prefix],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert ticked.returncode == 0, ticked.stderr
@@ -130,7 +130,7 @@ async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
 
 def test_tick_help_documents_the_ticker() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "services.incidents.cli", "incidents", "tick", "--help"],
+        [sys.executable, "-m", "services.cli", "incidents", "tick", "--help"],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
     for word in ("--every", "--once", "LivenessTick", "beside the incidents stage"):
         assert word in out
