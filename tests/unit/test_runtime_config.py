@@ -69,7 +69,7 @@ def test_dlq_headers_kafka_connect_names_and_truncation() -> None:
     assert got["__connect.errors.partition"] == "4"
     assert got["__connect.errors.offset"] == "99"
     assert got["__connect.errors.exception.class.name"] == \
-        "services.runtime.codec_errors.MalformedRecord"
+        "services.runtime.codec.MalformedRecord"
     assert len(got["__connect.errors.exception.message"]) == dlq.MAX_MESSAGE_CHARS
     assert got["hostgate.dlq.byte.offset"] == "17"
     assert (got["hostgate.dlq.stage"], got["hostgate.dlq.reason"],
