@@ -244,7 +244,7 @@ body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;
 background:#f4f5f7;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:18px 28px}
 header h1{margin:0;font-size:20px}header p{margin:4px 0 0;color:#b8c0d0;font-size:13px}
-main{padding:20px 28px;max-width:1500px}
+main{padding:20px 28px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:18px}
 .card{background:#fff;border-radius:8px;padding:12px 18px;min-width:120px;
 box-shadow:0 1px 2px rgba(0,0,0,.08)}
@@ -259,7 +259,8 @@ margin-bottom:22px}
 table{border-collapse:collapse;width:100%;background:#fff;margin-bottom:22px}
 th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #e3e6eb;vertical-align:top}
 td:first-child,td:nth-child(2),td:nth-child(3),td:nth-child(4){white-space:nowrap}
-td:nth-child(6),td:nth-child(7){overflow-wrap:anywhere;min-width:14em}
+td:nth-child(5){overflow-wrap:anywhere;min-width:20em}
+td:nth-child(6),td:nth-child(7){overflow-wrap:anywhere;min-width:11em;max-width:17em}
 th{background:#eef0f4;font-weight:600}
 .badge{display:inline-block;border-radius:4px;padding:1px 7px;color:#fff;font-size:12px}
 .miss{background:#fdecea}
