@@ -57,7 +57,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
@@ -85,6 +85,13 @@ class StateRestoreError(HostgateError):
 
     retriable = True
 
+
+TRANSACTION_ERRORS: tuple[type[BaseException], ...] = (
+    KafkaError, HostgateError, OSError, TimeoutError,
+    # Not a KafkaError: aiokafka raises it when a transaction was ended under a send (a fenced
+    # or reset producer); the task is reset like after any other failed transaction.
+    IllegalOperation,
+)
 
 @dataclass
 class Task:
@@ -274,7 +281,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._rewind(task)
                 task.ready, task.failures = True, 0
                 self._consumer.resume(*self._input_tps(task.partition))
-        except (KafkaError, HostgateError, OSError, TimeoutError) as exc:
+        except TRANSACTION_ERRORS as exc:
             for task in tasks:
                 if not task.ready:
                     self._mark_broken(task, exc)
@@ -438,7 +445,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                     start, plan, pending = await self._transact(task, raws, start)
                 else:
                     start, plan, pending = await self._at_least_once(task, raws, start)
-            except (KafkaError, HostgateError, OSError, TimeoutError) as exc:
+            except TRANSACTION_ERRORS as exc:
                 self.log.warning("transaction.failed", partition=task.partition,
                                  error=type(exc).__name__, detail=str(exc)[:300])
                 self._mark_broken(task, exc)
