@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.incidents.cloudevents import read_binary_headers
 from services.incidents.ocsf import validate
 from services.incidents.stage import IncidentsTopics
 from services.runtime.codec import Codec
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from tests.integration.incidents_topics import create_topics, delete_topics
 from tests.integration.runtime_support import (
     REPO,
     Rec,
@@ -33,27 +32,6 @@ from tests.unit.incidents_support import verdict
 pytestmark = pytest.mark.kafka
 CODEC = Codec.load()
 
-
-def _all_topics(t: IncidentsTopics) -> list[str]:
-    return [*t.inputs, t.incidents, t.findings, t.dlq, t.changelog("incidents"),
-            t.changelog("hosts")]
-
-
-async def _create(t: IncidentsTopics) -> None:
-    specs = [TopicSpec(name, "incidents test", compacted="changelog" in name)
-             for name in _all_topics(t)]
-    await ensure_topics(bootstrap(), specs=specs, layout=TopicLayout(3, 1))
-
-
-async def _delete(t: IncidentsTopics) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
-    await admin.start()
-    try:
-        await admin.delete_topics(_all_topics(t))
-    except Exception as exc:  # cleanup only
-        print(f"could not delete test topics: {exc}", file=sys.stderr)
-    finally:
-        await admin.close()
 
 
 def _decoded(recs: list[Rec]) -> list[dict[str, Any]]:
@@ -75,7 +53,7 @@ def _cli(t: IncidentsTopics, *argv: str) -> subprocess.CompletedProcess[str]:
 async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     t = IncidentsTopics(f"it-{uuid.uuid4().hex[:8]}.")
-    await _create(t)
+    await create_topics(t)
     env = {**os.environ, "HOSTGATE_INCIDENTS_TOPIC_PREFIX": t.prefix,
            "HOSTGATE_GROUP": f"incidents-{t.prefix}", "HOSTGATE_BOOTSTRAP": bootstrap(),
            "HOSTGATE_BATCH_MAX_MS": "300", "HOSTGATE_SESSION_TIMEOUT_MS": "6000"}
@@ -148,7 +126,7 @@ async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
             worker.wait()
         if sys.exc_info()[0] is not None:
             print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
-        await _delete(t)
+        await delete_topics(t)
 
 
 def test_cli_help_names_every_command() -> None:

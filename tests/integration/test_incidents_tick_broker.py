@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.incidents.cloudevents import read_binary_headers
 from services.incidents.ocsf import validate
 from services.incidents.stage import IncidentsTopics
 from services.runtime.codec import Codec
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from tests.integration.incidents_topics import create_topics, delete_topics
 from tests.integration.runtime_support import REPO, bootstrap, read_committed, wait_until
 from tests.unit.incidents_support import verdict
 
@@ -30,27 +29,6 @@ pytestmark = pytest.mark.kafka
 CODEC = Codec.load()
 HOUR_MS = 3600 * 1000
 
-
-def _all_topics(t: IncidentsTopics) -> list[str]:
-    return [*t.inputs, t.incidents, t.findings, t.dlq, t.changelog("incidents"),
-            t.changelog("hosts")]
-
-
-async def _create(t: IncidentsTopics) -> None:
-    specs = [TopicSpec(name, "incidents tick test", compacted="changelog" in name)
-             for name in _all_topics(t)]
-    await ensure_topics(bootstrap(), specs=specs, layout=TopicLayout(3, 1))
-
-
-async def _delete(t: IncidentsTopics) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
-    await admin.start()
-    try:
-        await admin.delete_topics(_all_topics(t))
-    except Exception as exc:  # cleanup only
-        print(f"could not delete test topics: {exc}", file=sys.stderr)
-    finally:
-        await admin.close()
 
 
 async def _findings(t: IncidentsTopics) -> list[dict[str, Any]]:
@@ -70,7 +48,7 @@ def _stale(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
         kafka_bootstrap: str, tmp_path: Path) -> None:
     t = IncidentsTopics(f"it-tick-{uuid.uuid4().hex[:8]}.")
-    await _create(t)
+    await create_topics(t)
     env = {**os.environ, "HOSTGATE_INCIDENTS_TOPIC_PREFIX": t.prefix,
            "HOSTGATE_INCIDENTS_STALE_AFTER_S": "3600",
            "HOSTGATE_GROUP": f"incidents-{t.prefix}", "HOSTGATE_BOOTSTRAP": bootstrap(),
@@ -125,7 +103,7 @@ async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
             worker.wait()
         if sys.exc_info()[0] is not None:
             print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
-        await _delete(t)
+        await delete_topics(t)
 
 
 def test_tick_help_documents_the_ticker() -> None:

@@ -9,7 +9,7 @@ import hashlib
 import struct
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from services.tpm.credential import (
@@ -21,26 +21,10 @@ from services.tpm.credential import (
     seal_to_ek,
 )
 from services.tpm.errors import KeyAttributeError, MalformedTpmStructure, Unsupported
+from tests.unit.issuer_support import software_ek_public
 
 PCR0_7 = {"sha256": {i: bytes([i]) * 32 for i in range(8)}}
 
-
-def _ek_public_rsa() -> bytes:
-    """An RSA-2048 EK public area (TCG template attributes) around a software key."""
-    from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
-    from tpm2_pytss.types import TPM2B_PUBLIC, TPMT_SYM_DEF_OBJECT
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    sym = TPMT_SYM_DEF_OBJECT(algorithm=TPM2_ALG.AES)
-    sym.keyBits.aes = 128
-    sym.mode.aes = TPM2_ALG.CFB
-    pub = TPM2B_PUBLIC.from_pem(
-        pem, symmetric=sym,
-        objectAttributes=(TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT | TPMA_OBJECT.FIXEDTPM
-                          | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
-                          | TPMA_OBJECT.ADMINWITHPOLICY))
-    return bytes(pub.marshal())
 
 
 def _signing_key_public() -> bytes:
@@ -112,7 +96,7 @@ def test_credential_refuses_a_signing_key_as_ek() -> None:
 
 
 def test_credential_and_seal_build_for_an_rsa_ek() -> None:
-    ek, ak = _ek_public_rsa(), _signing_key_public()
+    ek, ak = software_ek_public(), _signing_key_public()
     challenge = make_credential(ek, ak, b"s" * 32)
     blob_size = int.from_bytes(challenge.credential_blob[:2], "big")
     assert blob_size == len(challenge.credential_blob) - 2
