@@ -1,14 +1,15 @@
 """Verifier core benchmark: evidences/s on one core, quote + replay + claims + policy, no Kafka.
 
-Run: .venv/bin/python bench/verifier.py [--seconds S] [--profile]
+Run: .venv/bin/python bench/verifier.py [--seconds S] [--rounds R] [--profile]
 
 Evidence: simulator evidence only (real swtpm quotes over synthesised golden-image boots): 3
 clean hosts of each of the 3 images plus one host per tamper profile that reaches the verifier
 (11), i.e. 20 EvidenceCollected records, appraised round-robin. The policy is derived with
 ``hostgate policy from-log`` from one clean host per image. Baselines in the same run, same records:
 ``verify_quote`` alone (the floor every variant pays) and the agent's local selfcheck (quote +
-replay + golden-PCR compare, no claims, no policy). ``--profile`` prints the top of a cProfile
-of the full appraisal.
+replay + golden-PCR compare, no claims, no policy). Variants are timed in turn, in ``--rounds``
+slices each, and each figure is the median of its slices. ``--profile`` prints the top of a
+cProfile of the full appraisal.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import os
 import platform
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -54,6 +56,19 @@ def _rate(fn: Callable[[Any], object], items: list[Any], seconds: float) -> tupl
     return n / wall, n / max(cpu, 1e-9)
 
 
+def _interleaved(variants: list[tuple[Callable[[Any], object], list[Any]]], seconds: float,
+                 rounds: int) -> list[tuple[float, float]]:
+    """Median (wall, CPU) rate of each variant, measured in ``rounds`` slices of
+    ``seconds / rounds`` taken in turn, so a load change on a shared machine hits every
+    variant alike instead of whichever happened to run then."""
+    samples: list[list[tuple[float, float]]] = [[] for _ in variants]
+    for _ in range(rounds):
+        for i, (fn, items) in enumerate(variants):
+            samples[i].append(_rate(fn, items, seconds / rounds))
+    return [(statistics.median(w for w, _ in s), statistics.median(c for _, c in s))
+            for s in samples]
+
+
 def _pcrs(col: dict[str, Any]) -> dict[str, dict[int, bytes]]:
     out: dict[str, dict[int, bytes]] = {}
     for item in col["evidence"]["pcr_values"]:
@@ -64,6 +79,8 @@ def _pcrs(col: dict[str, Any]) -> dict[str, dict[int, bytes]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="time per variant")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="slices each variant's time is cut into, taken in turn (median kept)")
     ap.add_argument("--profile", action="store_true", help="cProfile the full appraisal")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="hostgate-bench-verifier-") as tmp, \
@@ -100,14 +117,12 @@ def main() -> int:
         def local(item: tuple[Evidence, bytes, bytes, Any]) -> object:
             return selfcheck.check(*item)
 
-        rows = [
-            ("verify_quote only (floor)", _rate(quote_only, quotes, args.seconds)),
-            ("quote + parse + verify_replay", _rate(quote_replay, quotes, args.seconds)),
-            ("agent selfcheck (quote + replay + golden PCRs)",
-             _rate(local, selfchecks, args.seconds)),
-            ("**appraise: quote + counters + banks + replay + claims + policy + EAR**",
-             _rate(full, cols, args.seconds)),
-        ]
+        names = ["verify_quote only (floor)", "quote + parse + verify_replay",
+                 "agent selfcheck (quote + replay + golden PCRs)",
+                 "**appraise: quote + counters + banks + replay + claims + policy + EAR**"]
+        rates = _interleaved([(quote_only, quotes), (quote_replay, quotes), (local, selfchecks),
+                              (full, cols)], args.seconds, args.rounds)
+        rows = list(zip(names, rates, strict=True))
         base = rows[2][1][1]
         print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
               f"load={os.getloadavg()[0]:.1f} python={platform.python_version()}")

@@ -25,26 +25,32 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 _registry: list[BoundedCache[object, object]] = []
-_enabled = threading.local()
+_disabled_in: set[int] = set()
+"""Idents of threads inside :func:`caching_disabled` (empty in production: one truth test)."""
 
 
 def _is_enabled() -> bool:
-    return getattr(_enabled, "on", True)
+    return not _disabled_in or threading.get_ident() not in _disabled_in
 
 
 class BoundedCache(Generic[K, V]):
     """An LRU map of at most ``maxsize`` entries; :meth:`get_or_compute` memoises a pure call."""
 
-    __slots__ = ("_data", "_lock", "hits", "maxsize", "misses", "name")
+    __slots__ = ("_data", "_lock", "_weights", "hits", "max_weight", "maxsize", "misses",
+                 "name", "weight")
 
-    def __init__(self, name: str, maxsize: int) -> None:
+    def __init__(self, name: str, maxsize: int, *, max_weight: int | None = None) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be at least 1")
         self.name = name
         self.maxsize = maxsize
+        self.max_weight = max_weight
+        """Optional bound on the summed weights given to :meth:`put` (e.g. bytes held)."""
+        self.weight = 0
         self.hits = 0
         self.misses = 0
         self._data: OrderedDict[K, V] = OrderedDict()
+        self._weights: dict[K, int] = {}
         self._lock = threading.Lock()
         _registry.append(self)  # type: ignore[arg-type]
 
@@ -66,19 +72,52 @@ class BoundedCache(Generic[K, V]):
                 self.hits += 1
                 return value
         value = compute()  # may raise: failures are never stored
+        self.put(key, value)
+        return value
+
+    def get(self, key: K) -> V | None:
+        """The value remembered for ``key`` (counted as a hit), else None (not counted: the
+        caller decides with :meth:`put` whether its result is worth remembering)."""
+        if _disabled_in and not _is_enabled():
+            return None
+        # No lock on this hot path: dict.get and move_to_end are each atomic under the GIL;
+        # an entry evicted in between only makes move_to_end raise, and the value stands.
+        value = self._data.get(key)
+        if value is not None:
+            try:  # noqa: SIM105  (contextlib.suppress costs more than the lookup it guards)
+                self._data.move_to_end(key)
+            except KeyError:
+                pass
+            self.hits += 1
+        return value
+
+    def put(self, key: K, value: V, weight: int = 0) -> None:
+        """Remember ``value`` for ``key``; evict least recently used entries beyond
+        ``maxsize`` entries or ``max_weight`` summed weight. A no-op while caching is off."""
+        if not _is_enabled():
+            return
+        if self.max_weight is not None and weight > self.max_weight:
+            return
+        data, weights = self._data, self._weights
         with self._lock:
             self.misses += 1
+            self.weight += weight - weights.pop(key, 0)
             data[key] = value
             data.move_to_end(key)
-            while len(data) > self.maxsize:
-                data.popitem(last=False)
-        return value
+            if weight:
+                weights[key] = weight
+            while len(data) > self.maxsize or (
+                self.max_weight is not None and self.weight > self.max_weight
+            ):
+                old, _ = data.popitem(last=False)
+                self.weight -= weights.pop(old, 0)
 
     def clear(self) -> None:
         """Forget every entry and reset the counters."""
         with self._lock:
             self._data.clear()
-            self.hits = self.misses = 0
+            self._weights.clear()
+            self.hits = self.misses = self.weight = 0
 
 
 def clear_all() -> None:
@@ -90,9 +129,11 @@ def clear_all() -> None:
 @contextmanager
 def caching_disabled() -> Iterator[None]:
     """Within the block (this thread only), every :class:`BoundedCache` computes afresh."""
-    before = _is_enabled()
-    _enabled.on = False
+    me = threading.get_ident()
+    nested = me in _disabled_in
+    _disabled_in.add(me)
     try:
         yield
     finally:
-        _enabled.on = before
+        if not nested:
+            _disabled_in.discard(me)

@@ -192,17 +192,18 @@ def _fast_event(
 
 
 def _digest_builder(names: tuple[str, ...]) -> Callable[[tuple[Any, ...]], dict[str, bytes]]:
-    """A function mapping the fast-path struct values (alg, digest, ..., size) to a digest dict."""
+    """A function mapping the fast-path struct values (pcr, type, count, alg, digest, ..., size)
+    to a digest dict."""
     if len(names) == 1:
         (a,) = names
-        return lambda v: {a: v[1]}
+        return lambda v: {a: v[4]}
     if len(names) == 2:
         a, b = names
-        return lambda v: {a: v[1], b: v[3]}
+        return lambda v: {a: v[4], b: v[6]}
     if len(names) == 3:
         a, b, c = names
-        return lambda v: {a: v[1], b: v[3], c: v[5]}
-    return lambda v: dict(zip(names, v[1:-1:2], strict=False))
+        return lambda v: {a: v[4], b: v[6], c: v[8]}
+    return lambda v: dict(zip(names, v[4:-1:2], strict=False))
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,10 +422,10 @@ def _parse_agile(
     expected_ids = tuple(a.alg_id for a in algs)
     digests_of = _digest_builder(tuple(a.bank for a in algs))
     make_event = _fast_event
-    block = struct.Struct("<" + "".join(f"H{a.digest_size}s" for a in algs) + "I")
+    # header (pcrIndex, eventType, digests.count) + every declared digest + eventSize
+    block = struct.Struct("<III" + "".join(f"H{a.digest_size}s" for a in algs) + "I")
     block_len = block.size
     unpack_block = block.unpack_from
-    unpack3 = _U32X3.unpack_from
     max_events = limits.max_events
     max_pcr = limits.max_pcr_index
     max_data = limits.max_event_data
@@ -434,14 +435,14 @@ def _parse_agile(
         if seq >= max_events:
             raise LimitExceeded(f"more than {max_events} events", offset=pos, seq=seq,
                                 field="log")
-        fixed_end = pos + 12 + block_len
+        fixed_end = pos + block_len
         if fixed_end <= size:
-            pcr, etype, count = unpack3(data, pos)
-            vals = unpack_block(data, pos + 12)
+            vals = unpack_block(data, pos)
+            pcr, etype, count = vals[0], vals[1], vals[2]
             esize = vals[-1]
             if (
                 count == n_algs
-                and vals[0:-1:2] == expected_ids
+                and vals[3:-1:2] == expected_ids
                 and (pcr <= max_pcr or pcr == PCR_NOT_EXTENDED)
                 and esize <= max_data
                 and fixed_end + esize <= size

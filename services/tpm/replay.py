@@ -201,13 +201,13 @@ class _Diff:
 
 
 def _compare(
-    log: EventLog,
+    events: Sequence[Event],
     quoted: PcrBanks,
     banks: Sequence[str],
     pcrs: frozenset[int],
     locality: int,
 ) -> tuple[list[_Diff], dict[str, dict[int, bytes]]]:
-    events = _extending(log.events)
+    """Replay the extending ``events`` in ``banks`` and compare ``pcrs`` with ``quoted``."""
     diffs: list[_Diff] = []
     values: dict[str, dict[int, bytes]] = {}
     for bank in banks:
@@ -295,26 +295,28 @@ def verify_replay(
         )
     _check_late_startup_locality(log)
     locality = startup_locality(log)
+    extending = _extending(log.events)
     if pcrs is None:
-        touched = {ev.pcr for ev in log.events if ev.extends}
+        touched = {ev.pcr for ev in extending}
         quoted_pcrs = {p for values in wanted.values() for p in values}
         checked = frozenset((touched | ALWAYS_CHECKED_PCRS) & quoted_pcrs)
     else:
         checked = frozenset(pcrs)
-    diffs, values = _compare(log, wanted, banks, checked, locality)
+    diffs, values = _compare(extending, wanted, banks, checked, locality)
     applied: tuple[str, ...] = ()
     if diffs:
         bad = {d.pcr for d in diffs}
         for quirk in QUIRKS:
             if quirk.id not in allowed_quirks or not bad <= quirk.affected_pcrs:
                 continue
-            q_diffs, q_values = _compare(quirk.apply(log), wanted, banks, checked, locality)
+            q_diffs, q_values = _compare(_extending(quirk.apply(log).events), wanted, banks,
+                                         checked, locality)
             if not q_diffs:
                 applied, values = (quirk.id,), q_values
                 break
         else:
             raise _mismatch(log, diffs, banks)
-    verified = tuple(ev for ev in log.events if ev.extends and ev.pcr in checked)
+    verified = tuple(ev for ev in extending if ev.pcr in checked)
     return ReplayResult(
         pcrs=values,
         checked_pcrs=checked,

@@ -43,6 +43,7 @@ __all__ = [
     "FLAG_ATTRIBUTES",
     "MAX_SIPA_DEPTH",
     "MAX_SIPA_EVENTS",
+    "BlockSummary",
     "LoadedModule",
     "SiPolicy",
     "SipaEvent",
@@ -52,6 +53,8 @@ __all__ = [
     "decode_tagged_event",
     "fold_windows_config",
     "fold_windows_config_with_blocks",
+    "merge_blocks",
+    "summarise_block",
 ]
 
 MAX_SIPA_DEPTH: Final = 8
@@ -332,6 +335,7 @@ _LATCH_ON: Final = {
     WIN_PE: "win_pe",
 }
 _LATCH_OFF: Final = {CODE_INTEGRITY: "code_integrity"}
+_LATCH_OFF_NAMES: Final = frozenset(_LATCH_OFF.values())
 #: BCD ``nx`` (BcdOSLoaderInteger_NxPolicy) value meaning DEP is disabled.
 NX_ALWAYS_OFF: Final = 2
 _LISTS: Final = {
@@ -347,23 +351,39 @@ FLAG_ATTRIBUTES: Final = (*_LATCH_ON.values(), *_LATCH_OFF.values(), "dep")
 DEP): the ones :func:`fold_windows_config_with_blocks` reports per block."""
 
 
-def fold_windows_config(
-    blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
-) -> WindowsBootConfig:
-    """Fold decoded SIPA blocks (``(event seq, events)`` in log order) into one latched
-    :class:`WindowsBootConfig`. Raises ``MalformedEventData`` for a known SIPA type whose
-    payload does not have its documented shape. Only meaningful for replay-verified events."""
-    return fold_windows_config_with_blocks(blocks)[0]
+@dataclass(frozen=True, slots=True)
+class BlockSummary:
+    """What one SIPA block (the events of one EV_EVENT_TAG) says on its own, latched within the
+    block. It holds no offset or sequence number, so a block that recurs byte for byte across a
+    fleet (the same Windows build loads the same modules) is summarised once; :func:`merge_blocks`
+    folds summaries in log order into one :class:`WindowsBootConfig`."""
+
+    flags: tuple[tuple[str, bool | None], ...]
+    """The block's own latched :data:`FLAG_ATTRIBUTES`, in that order."""
+    lists: tuple[tuple[int, ...], ...]
+    """Values of each :data:`_LISTS` attribute, in that table's order."""
+    boot_revision_lists: tuple[bytes, ...]
+    os_revision_lists: tuple[bytes, ...]
+    si_policies: tuple[SiPolicy, ...]
+    elam_drivers: tuple[str, ...]
+    loaded_modules: tuple[LoadedModule, ...]
+    system_root: tuple[str, ...]
+    boot_counter: int | None
+    event_count: int
+    unknown_types: frozenset[int]
+
+    @property
+    def own_flags(self) -> dict[str, bool | None]:
+        """:attr:`flags` as a dict (what folding this block alone gives for each flag)."""
+        return dict(self.flags)
 
 
-def fold_windows_config_with_blocks(
-    blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
-) -> tuple[WindowsBootConfig, tuple[tuple[int | None, dict[str, bool | None]], ...]]:
-    """:func:`fold_windows_config`, plus each block's own latched :data:`FLAG_ATTRIBUTES`
-    (``(seq, {attribute: value})`` in block order, equal to what folding that block alone
-    gives), so the event that decided a flag can be named without decoding the blocks again."""
-    flags: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
-    lists: dict[str, list[int]] = {n: [] for n in _LISTS.values()}
+def summarise_block(seq: int | None, events: tuple[SipaEvent, ...]) -> BlockSummary:
+    """The :class:`BlockSummary` of one decoded block. Raises ``MalformedEventData`` (naming
+    ``seq`` and the byte offset) for a known SIPA type whose payload does not have its
+    documented shape."""
+    own: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
+    lists: dict[int, list[int]] = {t: [] for t in _LISTS}
     boot_rev: list[bytes] = []
     os_rev: list[bytes] = []
     policies: list[SiPolicy] = []
@@ -373,59 +393,100 @@ def fold_windows_config_with_blocks(
     unknown: set[int] = set()
     counter: int | None = None
     count = 0
-    per_block: list[tuple[int | None, dict[str, bool | None]]] = []
-    for seq, events in blocks:
-        own: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
-        own_dep: list[int] = []
-        # depth-first, pre-order (as SipaEvent.walk), without a generator per event
-        stack = list(reversed(events))
-        while stack:
-            ev = stack.pop()
-            if ev.children:
-                stack.extend(reversed(ev.children))
-            count += 1
-            t = ev.type
-            if t in _LATCH_ON:
-                name = _LATCH_ON[t]
-                on = _int(ev, seq, name) != 0
-                flags[name] = bool(flags[name]) or on
-                own[name] = bool(own[name]) or on
-            elif t in _LATCH_OFF:
-                name = _LATCH_OFF[t]
-                on = _int(ev, seq, name) != 0
-                prior = flags[name]
-                flags[name] = on if prior is None else (prior and on)
-                mine = own[name]
-                own[name] = on if mine is None else (mine and on)
-            elif t in _LISTS:
-                value = _int(ev, seq, _LISTS[t])
-                lists[_LISTS[t]].append(value)
-                if t == DATA_EXECUTION_PREVENTION:
-                    own_dep.append(value)
-            elif t == SI_POLICY:
-                policies.append(_si_policy(ev, seq))
-            elif t == BOOT_REVOCATION_LIST:
-                boot_rev.append(_revocation(ev, seq))
-            elif t == OS_REVOCATION_LIST:
-                os_rev.append(_revocation(ev, seq))
-            elif t == LOADED_MODULE_AGGREGATION:
-                modules.append(_module(ev, seq))
-            elif t == ELAM_KEYNAME:
-                elam.append(_text(ev, seq, "ElamKeyname"))
-            elif t == SYSTEM_ROOT:
-                roots.append(_text(ev, seq, "SystemRoot"))
-            elif t == BOOT_COUNTER:
-                counter = _int(ev, seq, "BootCounter")
-            elif not ev.is_container and t & SIPA_TYPE_MASK in (0, 0x000B0000, 0x000F0000):
-                unknown.add(t)
-        if own_dep:
-            own["dep"] = NX_ALWAYS_OFF not in own_dep
-        per_block.append((seq, own))
-    if lists["dep_policy"]:
-        flags["dep"] = NX_ALWAYS_OFF not in lists["dep_policy"]
-    config = WindowsBootConfig(
+    # depth-first, pre-order (as SipaEvent.walk), without a generator per event
+    stack = list(reversed(events))
+    while stack:
+        ev = stack.pop()
+        if ev.children:
+            stack.extend(reversed(ev.children))
+        count += 1
+        t = ev.type
+        if t in _LATCH_ON:
+            name = _LATCH_ON[t]
+            own[name] = bool(own[name]) or _int(ev, seq, name) != 0
+        elif t in _LATCH_OFF:
+            name = _LATCH_OFF[t]
+            on = _int(ev, seq, name) != 0
+            mine = own[name]
+            own[name] = on if mine is None else (mine and on)
+        elif t in _LISTS:
+            lists[t].append(_int(ev, seq, _LISTS[t]))
+        elif t == SI_POLICY:
+            policies.append(_si_policy(ev, seq))
+        elif t == BOOT_REVOCATION_LIST:
+            boot_rev.append(_revocation(ev, seq))
+        elif t == OS_REVOCATION_LIST:
+            os_rev.append(_revocation(ev, seq))
+        elif t == LOADED_MODULE_AGGREGATION:
+            modules.append(_module(ev, seq))
+        elif t == ELAM_KEYNAME:
+            elam.append(_text(ev, seq, "ElamKeyname"))
+        elif t == SYSTEM_ROOT:
+            roots.append(_text(ev, seq, "SystemRoot"))
+        elif t == BOOT_COUNTER:
+            counter = _int(ev, seq, "BootCounter")
+        elif not ev.is_container and t & SIPA_TYPE_MASK in (0, 0x000B0000, 0x000F0000):
+            unknown.add(t)
+    dep_values = lists[DATA_EXECUTION_PREVENTION]
+    if dep_values:
+        own["dep"] = NX_ALWAYS_OFF not in dep_values
+    return BlockSummary(
+        flags=tuple(own.items()),
+        lists=tuple(tuple(v) for v in lists.values()),
+        boot_revision_lists=tuple(boot_rev),
+        os_revision_lists=tuple(os_rev),
+        si_policies=tuple(policies),
+        elam_drivers=tuple(elam),
+        loaded_modules=tuple(modules),
+        system_root=tuple(roots),
+        boot_counter=counter,
+        event_count=count,
+        unknown_types=frozenset(unknown),
+    )
+
+
+def merge_blocks(summaries: Iterable[BlockSummary]) -> WindowsBootConfig:
+    """Fold block summaries (in log order) into one latched :class:`WindowsBootConfig`: a
+    weakening flag is on if any block says on, code integrity is off if any block says off,
+    lists concatenate, the last measured boot counter wins."""
+    flags: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
+    lists: list[list[int]] = [[] for _ in _LISTS]
+    boot_rev: list[bytes] = []
+    os_rev: list[bytes] = []
+    policies: list[SiPolicy] = []
+    elam: list[str] = []
+    modules: list[LoadedModule] = []
+    roots: list[str] = []
+    unknown: set[int] = set()
+    counter: int | None = None
+    count = 0
+    for b in summaries:
+        for name, value in b.flags:
+            if value is None or name == "dep":
+                continue
+            prior = flags[name]
+            if name in _LATCH_OFF_NAMES:
+                flags[name] = value if prior is None else (prior and value)
+            else:
+                flags[name] = bool(prior) or value
+        for acc, values in zip(lists, b.lists, strict=True):
+            acc.extend(values)
+        boot_rev.extend(b.boot_revision_lists)
+        os_rev.extend(b.os_revision_lists)
+        policies.extend(b.si_policies)
+        elam.extend(b.elam_drivers)
+        modules.extend(b.loaded_modules)
+        roots.extend(b.system_root)
+        if b.boot_counter is not None:
+            counter = b.boot_counter
+        count += b.event_count
+        unknown |= b.unknown_types
+    by_name = dict(zip(_LISTS.values(), lists, strict=True))
+    if by_name["dep_policy"]:
+        flags["dep"] = NX_ALWAYS_OFF not in by_name["dep_policy"]
+    return WindowsBootConfig(
         **flags,  # type: ignore[arg-type]
-        **{k: tuple(v) for k, v in lists.items()},  # type: ignore[arg-type]
+        **{k: tuple(v) for k, v in by_name.items()},  # type: ignore[arg-type]
         boot_revision_lists=tuple(boot_rev),
         os_revision_lists=tuple(os_rev),
         si_policies=tuple(policies),
@@ -436,4 +497,23 @@ def fold_windows_config_with_blocks(
         sipa_event_count=count,
         unknown_types=tuple(sorted(unknown)),
     )
-    return config, tuple(per_block)
+
+
+def fold_windows_config(
+    blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
+) -> WindowsBootConfig:
+    """Fold decoded SIPA blocks (``(event seq, events)`` in log order) into one latched
+    :class:`WindowsBootConfig`. Raises ``MalformedEventData`` for a known SIPA type whose
+    payload does not have its documented shape. Only meaningful for replay-verified events."""
+    return merge_blocks(summarise_block(seq, events) for seq, events in blocks)
+
+
+def fold_windows_config_with_blocks(
+    blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
+) -> tuple[WindowsBootConfig, tuple[tuple[int | None, dict[str, bool | None]], ...]]:
+    """:func:`fold_windows_config`, plus each block's own latched :data:`FLAG_ATTRIBUTES`
+    (``(seq, {attribute: value})`` in block order, equal to what folding that block alone
+    gives), so the event that decided a flag can be named without decoding the blocks again."""
+    summaries = [(seq, summarise_block(seq, events)) for seq, events in blocks]
+    config = merge_blocks(s for _, s in summaries)
+    return config, tuple((seq, s.own_flags) for seq, s in summaries)

@@ -394,7 +394,7 @@ def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Wor
         rule_outcomes=tuple(w.rule_outcomes),
     )
     vector = ear.trust_vector(facts)
-    ear_json = ear.canonical(ear.ear_claims(
+    ear_json = ear.canonical_float_free(ear.ear_claims(
         vector, iat_seconds=appraised_at // 1000,
         policy_id_uri=ear.policy_uri(policy.policy_id, policy.version, policy.digest.hex())
         if policy is not None else ear.policy_uri("", 0, "")))
@@ -405,7 +405,8 @@ def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Wor
                 attested.append({"bank": _BANK_TO_SYMBOL[bank], "pcr": pcr, "value": value})
     quote_counters = (counters.to_record(w.quote.clock_info)
                       if w.quote is not None and w.counters_ok else None)
-    claims_json = ear.canonical(w.claims.to_json_dict()) if w.claims is not None else "{}"
+    claims_json = (ear.canonical_float_free(w.claims.to_json_dict()) if w.claims is not None
+                   else "{}")
     record: dict[str, Any] = {
         "verdict_id": vid,
         "host_id": str(ev["host_id"]),

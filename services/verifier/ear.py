@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+import orjson
+
 from services.verifier import reasons
 
 EAT_PROFILE: Final = "tag:github.com,2023:veraison/ear"
@@ -111,16 +113,21 @@ class TrustVector:
 
     def values(self) -> dict[str, int]:
         """Claim name (AR4SI spelling) -> value."""
-        return {name: getattr(self, name.replace("-", "_")) for name in CLAIMS}
+        return {name: getattr(self, attr) for name, attr in _CLAIM_ATTRIBUTES}
 
-    @property
+    @functools.cached_property
     def status(self) -> Tier:
         """``ear.status``: the worst tier in the vector."""
-        return max((tier_of(v) for v in self.values().values()), key=_RANK.__getitem__)
+        return max((tier_of(getattr(self, attr)) for _, attr in _CLAIM_ATTRIBUTES),
+                   key=_RANK.__getitem__)
 
     def to_avro(self) -> dict[str, str]:
         """The ``hostgate.TrustVector`` record (tiers only)."""
-        return {name.replace("-", "_"): tier_of(v).avro for name, v in self.values().items()}
+        return {attr: tier_of(getattr(self, attr)).avro for _, attr in _CLAIM_ATTRIBUTES}
+
+
+_CLAIM_ATTRIBUTES: Final = tuple((name, name.replace("-", "_")) for name in CLAIMS)
+"""(AR4SI claim name, :class:`TrustVector` attribute), in ``CLAIMS`` order."""
 
 
 # Which AR4SI claim a failed non-policy reason contradicts, and with which value.
@@ -238,6 +245,25 @@ def canonical(value: Any) -> str:
     """Canonical JSON text: sorted keys, compact, ASCII only, no NaN."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=False)
+
+
+_ORJSON_OPTIONS: Final = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS
+                          | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def canonical_float_free(value: Any) -> str:
+    """:func:`canonical` for a value that holds no float (claims, EAR claims: by type), in
+    about a tenth of the time. orjson writes the same text as ``json.dumps`` for JSON without
+    floats except where it writes non-ASCII characters and DEL raw and for values it refuses
+    (integers beyond 64 bits, subclasses, dataclasses, datetimes); its output is used only when
+    it is ASCII without DEL and nothing was refused, else :func:`canonical` writes the text."""
+    try:
+        fast = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return canonical(value)
+    if not fast.isascii() or b"\x7f" in fast:  # JSON strings never hold raw controls
+        return canonical(value)
+    return fast.decode("ascii")
 
 
 def worst(tiers: Iterable[Tier]) -> Tier:

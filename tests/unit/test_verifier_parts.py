@@ -7,6 +7,8 @@ import hashlib
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.tpm.quote import ClockInfo
 from services.verifier import ear, reasons
@@ -138,3 +140,63 @@ def test_publish_refuses_a_malformed_policy_with_its_line() -> None:
         published_record("apiVersion: hostgate/v1\nkind: [\n", version=1, published_at_ms=0,
                          author="t")
     assert info.value.line is not None
+
+
+# --- canonical JSON: the fast writer must write exactly what json.dumps writes ------------
+_json_leaf = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+              | st.text(alphabet=st.characters(codec=None, exclude_categories=("Cs",)))
+              | st.text(alphabet="\x00\x1f\x7f\"\\/ aé\u2028\U0001f600"))
+_json_values = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=4),
+    max_leaves=20)
+
+
+@given(_json_values)
+def test_canonical_float_free_writes_what_canonical_writes(value: object) -> None:
+    assert ear.canonical_float_free(value) == ear.canonical(value)
+
+
+def test_canonical_float_free_falls_back_for_what_orjson_writes_differently() -> None:
+    for value in ({"k": "caf\u00e9"}, ["\x7f"], {"n": 2**64}, {"s": "\ud800"}, {1: "int key"}):
+        assert ear.canonical_float_free(value) == ear.canonical(value)
+    with pytest.raises(TypeError):  # what json refuses stays refused
+        ear.canonical_float_free({"b": b"bytes"})
+
+
+def test_claim_records_hold_no_float() -> None:
+    """The verifier writes claims with canonical_float_free: no claim field may be a float."""
+    import dataclasses
+    import typing
+
+    from services.tpm import claim_records, sipa
+
+    seen: set[type] = set()
+
+    def walk(cls: type) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        for name, hint in typing.get_type_hints(cls).items():
+            text = str(hint)
+            assert "float" not in text, f"{cls.__name__}.{name}: {text}"
+            for arg in _type_args(hint):
+                if dataclasses.is_dataclass(arg):
+                    walk(arg)
+
+    walk(claim_records.Claims)
+    assert {claim_records.KeyEntry, sipa.WindowsBootConfig, sipa.LoadedModule} <= seen
+
+
+def _type_args(hint: object) -> list[type]:
+    import typing
+
+    out: list[type] = []
+    stack = [hint]
+    while stack:
+        h = stack.pop()
+        if isinstance(h, type):
+            out.append(h)
+        stack.extend(typing.get_args(h))
+    return out

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from services.tpm.claims import BootApplication, Claims, KeyDatabase
+from services.tpm.claims import Authority, BootApplication, Claims, KeyDatabase
 from services.tpm.sipa import WindowsBootConfig
 from services.verifier.policy import ids
 from services.verifier.policy.events import EventIndex, shorten
@@ -304,19 +304,18 @@ class _Image:
 def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Image],
                   s: Subject) -> RuleResult:
     allow_any = lists.allowed_digests is not None or lists.allowed_signers is not None
+    denied_signers = set(lists.denied_signers)
+    allowed_signers = set(lists.allowed_signers or ())
     for img in images:
-        ref = s.index.ref(img.seq, img.label, pcr=img.pcr)
         denied = _digest_matches(lists.denied_digests, img.digests)
         if denied is not None:
             return _r(rule, FAIL, f"The {what} {img.label} is on the deny list"
                       f"{' as ' + denied.name if denied.name else ''} ({denied.text}, "
-                      f"event {img.seq}).", ref)
-        denied_signers = set(lists.denied_signers)
-        allowed_signers = set(lists.allowed_signers or ())
+                      f"event {img.seq}).", _image_ref(img, s))
         bad = [names[0] for names in img.signers if denied_signers & set(names)]
         if bad:
             return _r(rule, FAIL, f"The {what} {img.label} is signed by a denied signer: "
-                      f"{bad[0]} (event {img.seq}).", ref)
+                      f"{bad[0]} (event {img.seq}).", _image_ref(img, s))
         if not allow_any:
             continue
         if _digest_matches(lists.allowed_digests or (), img.digests) is not None:
@@ -326,13 +325,16 @@ def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Imag
         signer = "; ".join(names[0] for names in img.signers) or "unknown"
         how = "possible signers" if img.inherited else "signer"
         return _r(rule, FAIL, f"The {what} {img.label} is not approved: neither its digest nor "
-                  f"its {how} ({signer}) is allowed (event {img.seq}).", ref)
+                  f"its {how} ({signer}) is allowed (event {img.seq}).", _image_ref(img, s))
     return _r(rule, PASS, f"All {len(images)} measured {what}s are approved.")
 
 
-def _signers_of(app: BootApplication, s: Subject, earlier: set[tuple[str, ...]]
-                ) -> tuple[tuple[tuple[str, ...], ...], bool]:
-    by_seq = {a.seq: a for a in s.claims.authorities}
+def _image_ref(img: _Image, s: Subject) -> EventRef | None:
+    return s.index.ref(img.seq, img.label, pcr=img.pcr)
+
+
+def _signers_of(app: BootApplication, by_seq: Mapping[int, Authority],
+                earlier: set[tuple[str, ...]]) -> tuple[tuple[tuple[str, ...], ...], bool]:
     own: set[tuple[str, ...]] = set()
     for seq in app.authorities:
         a = by_seq.get(seq)
@@ -347,8 +349,9 @@ def _signers_of(app: BootApplication, s: Subject, earlier: set[tuple[str, ...]]
 def _uefi_images(s: Subject, kinds: frozenset[str]) -> list[_Image]:
     earlier: set[tuple[str, ...]] = set()
     out: list[_Image] = []
+    by_seq = {a.seq: a for a in s.claims.authorities}
     for app in s.claims.boot_applications:
-        signers, inherited = _signers_of(app, s, earlier)
+        signers, inherited = _signers_of(app, by_seq, earlier)
         if app.kind in kinds:
             out.append(_Image(app.file_path or app.device_path or f"image at event {app.seq}",
                               app.digests, signers, inherited, app.seq, app.pcr))
@@ -493,6 +496,8 @@ def _chain(spec: BootChainSpec, s: Subject) -> RuleResult:
 
 def cmdline_tokens(line: str) -> list[str]:
     """Split a kernel command line into tokens, keeping double-quoted spans together."""
+    if '"' not in line:
+        return line.split()  # the same split: runs of str.isspace() characters
     tokens: list[str] = []
     cur: list[str] = []
     quoted = False
@@ -527,23 +532,31 @@ def _cmdline(spec: CmdlineSpec, s: Subject) -> RuleResult:
     if not lines:
         return _r(rule, FAIL, "No kernel command line was measured, so it cannot be checked.")
     for line in lines:
-        seq = s.index.cmdline_event(line)
-        ref = s.index.ref(seq, line) if seq is not None else None
-        at = f" (event {seq})" if seq is not None else ""
         if spec.allowed is not None and line not in spec.allowed:
+            at, ref = _cmdline_event(line, s)
             return _r(rule, FAIL, f"The kernel command line is not one of the "
                       f"{len(spec.allowed)} approved ones: {shorten(line, 120)!r}{at}.", ref)
         tokens = cmdline_tokens(line)
         for tok in tokens:
             hit = _forbidden_hit(tok, spec.forbidden)
             if hit is not None:
+                at, ref = _cmdline_event(line, s)
                 return _r(rule, FAIL, f"The kernel command line contains the forbidden option "
                           f"{shorten(tok, 80)!r}{at}.", ref)
         missing = [t for t in spec.required if t not in tokens]
         if missing:
+            at, ref = _cmdline_event(line, s)
             return _r(rule, FAIL, f"The kernel command line lacks the required option "
                       f"{missing[0]!r}{at}.", ref)
     return _r(rule, PASS, f"All {len(lines)} kernel command lines meet the policy.")
+
+
+def _cmdline_event(line: str, s: Subject) -> tuple[str, EventRef | None]:
+    """(" (event N)", its reference) for the event that measured ``line``, or ("", None)."""
+    seq = s.index.cmdline_event(line)
+    if seq is None:
+        return "", None
+    return f" (event {seq})", s.index.ref(seq, line)
 
 
 # --- reference groups ---------------------------------------------------------------------

@@ -1,0 +1,249 @@
+"""Claim records: the frozen, JSON-serialisable values :func:`~services.tpm.claims.extract_claims`
+returns (:class:`Claims` and the records it holds).
+
+They are defined apart from extraction so the per-event readings
+(:mod:`services.tpm.readings`) and the fold (:mod:`services.tpm.claims`) share them;
+:mod:`services.tpm.claims` re-exports every name here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Final
+
+from services.tpm import sipa
+from services.tpm.eventlog import Event
+from services.tpm.ipl import IplString
+from services.tpm.uefi import UefiVariableData
+
+__all__ = [
+    "Anomaly",
+    "Authority",
+    "BootApplication",
+    "BootOption",
+    "Claims",
+    "DecodedEvent",
+    "ImaClaim",
+    "KeyDatabase",
+    "KeyEntry",
+    "QuirkUse",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """Something wrong or suspicious, tied to the event that showed it."""
+
+    reason: str
+    seq: int
+    pcr: int
+    event_type: str
+    detail: str
+    fatal: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QuirkUse:
+    """A named firmware quirk that was needed to bind or replay an event (``seq`` -1: replay)."""
+
+    quirk: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """One key-database entry: certificate (subject, SHA-256 of DER) or hash, with owner."""
+
+    kind: str
+    owner: str
+    digest: bytes
+    subject: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyDatabase:
+    """A measured PK / KEK / db / dbx / dbt / MokList... value."""
+
+    name: str
+    variable_guid: str
+    seq: int
+    entries: tuple[KeyEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    """An EV_EFI_VARIABLE_AUTHORITY: the db/MOK entry (or other variable) that authorised an
+    image. For SbatLevel and the like ``kind`` is ``"variable"`` and ``digest`` the value's
+    SHA-256."""
+
+    seq: int
+    variable: str
+    kind: str
+    owner: str
+    digest: bytes
+    subject: str | None
+    after_separator: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BootApplication:
+    """An EV_EFI_BOOT_SERVICES_APPLICATION / *_DRIVER image, in log order.
+
+    ``digests`` are the event's (Authenticode) digests; ``authorities`` the seqs of authority
+    events measured since the previous image (firmware logs an authority only the first time
+    it is used, so an image may have none)."""
+
+    seq: int
+    pcr: int
+    kind: str
+    device_path: str
+    file_path: str | None
+    digests: Mapping[str, bytes]
+    authorities: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BootOption:
+    """A measured Boot#### variable (``EFI_LOAD_OPTION``)."""
+
+    name: str
+    description: str
+    device_path: str
+    active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImaClaim:
+    """One Linux IMA measurement (filled from :mod:`services.tpm.ima` after its replay)."""
+
+    pcr: int
+    template: str
+    file_hash_alg: str | None
+    file_hash: bytes | None
+    path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedEvent:
+    """Provenance of folded claims: what extraction decoded from one event (a UEFI variable, an
+    EV_IPL string, a SIPA block's own latched flags), so a policy can name the event behind a
+    claim without decoding it again. Kept with the event's pcr, type and data: a lookup only
+    uses it for an event with exactly those (:meth:`matches`). Not part of the JSON claims."""
+
+    pcr: int
+    event_type: int
+    data: bytes
+    variable: UefiVariableData | None = None
+    ipl: IplString | None = None
+    windows_flags: Mapping[str, bool | None] | None = None
+
+    def matches(self, ev: Event) -> bool:
+        """Whether this was decoded from ``ev`` (same PCR, type and data bytes)."""
+        return ev.pcr == self.pcr and ev.event_type == self.event_type and ev.data == self.data
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Everything a policy reads. Only meaningful for events whose replay matched a quote
+    (``replay_verified`` says whether the caller passed a :class:`ReplayResult`)."""
+
+    replay_verified: bool
+    banks: tuple[str, ...]
+    pcrs: Mapping[str, Mapping[int, bytes]]
+    secure_boot: bool | None
+    uefi_debug_mode: bool
+    dma_protection_disabled: bool
+    key_databases: tuple[KeyDatabase, ...]
+    authorities: tuple[Authority, ...]
+    boot_applications: tuple[BootApplication, ...]
+    boot_order: tuple[int, ...]
+    boot_options: tuple[BootOption, ...]
+    kernel_cmdlines: tuple[str, ...]
+    grub_commands: int
+    shim_mok_variables: tuple[str, ...]
+    efi_actions: tuple[str, ...]
+    s_crtm_version: tuple[str, ...]
+    firmware_blobs: tuple[tuple[str | None, int, int], ...]
+    handoff_tables: tuple[str, ...]
+    platform_config_flags: tuple[str, ...]
+    linux_efi_stub_tags: tuple[str, ...]
+    windows: sipa.WindowsBootConfig | None
+    quirks_applied: tuple[QuirkUse, ...]
+    anomalies: tuple[Anomaly, ...]
+    ima: tuple[ImaClaim, ...] | None = None
+    decoded: Mapping[int, DecodedEvent] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Provenance by event seq (:class:`DecodedEvent`); excluded from :meth:`to_json_dict`."""
+
+    @property
+    def failed_closed(self) -> bool:
+        """True if any anomaly is fatal: a policy must fail this evidence."""
+        return any(a.fatal for a in self.anomalies)
+
+    def database(self, name: str) -> KeyDatabase | None:
+        """The last measured key database called ``name`` (``"db"``), if any."""
+        found = [d for d in self.key_databases if d.name == name]
+        return found[-1] if found else None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: field order as declared, bytes as lowercase hex, mapping keys
+        sorted (PCR indices as decimal strings, numerically ordered). Provenance
+        (:attr:`decoded`) is not included."""
+        out = _json(self)
+        out["failed_closed"] = self.failed_closed
+        assert isinstance(out, dict)
+        return out
+
+
+_NOT_JSON: Final = frozenset({"decoded"})
+_SCALARS: Final = frozenset({str, int, bool, float, type(None)})
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = tuple(f.name for f in fields(cls) if f.name not in _NOT_JSON)
+        _FIELD_NAMES[cls] = names
+    return names
+
+
+def _json(value: Any) -> Any:
+    """JSON-ready form: bytes as hex, dataclasses by field, mappings with sorted keys. The
+    common leaf types (str, int, bool, float, None, bytes) are converted inline."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if t is bytes:
+        return value.hex()
+    if t is tuple or t is list:
+        return [v if type(v) in _SCALARS else v.hex() if type(v) is bytes else _json(v)
+                for v in value]
+    names = _FIELD_NAMES.get(t)
+    if names is None and is_dataclass(value) and not isinstance(value, type):
+        names = _field_names(t)
+    if names is not None:
+        out: dict[str, Any] = {}
+        for name in names:
+            v = getattr(value, name)
+            vt = type(v)
+            out[name] = v if vt in _SCALARS else v.hex() if vt is bytes else _json(v)
+        return out
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Mapping):
+        try:
+            keys = sorted(value)  # one key type (PCR indices, bank names): its natural order
+        except TypeError:
+            keys = sorted(value, key=lambda k: (isinstance(k, str), k))
+        out = {}
+        for k in keys:
+            v = value[k]
+            vt = type(v)
+            out[str(k)] = v if vt in _SCALARS else v.hex() if vt is bytes else _json(v)
+        return out
+    if isinstance(value, (tuple, list)):
+        return [_json(v) for v in value]
+    return value

@@ -1,0 +1,404 @@
+"""What one boot event says on its own: the pure, memoised half of claim extraction.
+
+:func:`~services.tpm.claims.extract_claims` works in two steps. This module is the first: for
+one event, :func:`read_event` runs every check and decoder whose outcome depends on the event
+alone (its type against its PCR, the binding of its data to its digests, the decoding of its
+data) and returns a :class:`Reading`. The second step, the fold in :mod:`services.tpm.claims`,
+applies readings in log order to what depends on the rest of the log (separators already seen,
+duplicate Secure Boot variables, the authorities pending for the next image, sequence numbers).
+
+A reading is a function of (measurement registers, PCR, type, data, digests) only and holds no
+byte offset or sequence number. A fleet measures the same firmware, key databases, boot loaders
+and Windows builds on every host, so most events of a log were seen before, byte for byte:
+:func:`read_event` remembers readings in one bounded LRU (:data:`READINGS`, bounded in entries
+and in bytes of event data held) keyed by exactly those values. A reading whose decoding failed
+is never remembered: its message names the byte offset and event in *this* log, and the next
+occurrence is decoded afresh. Keys are the exact bytes (Python's randomised hashing), so a
+hostile host can evict entries but never make one event read as another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from services.tpm import sipa
+from services.tpm._cache import BoundedCache
+from services.tpm.bindings import BindingResult, bound_payload, check_binding_of_payload
+from services.tpm.claim_records import BootOption, DecodedEvent, KeyEntry
+from services.tpm.errors import MalformedInput
+from services.tpm.eventlog import Event, EventType
+from services.tpm.ipl import LINUX_EFI_INITRD_TAG, LINUX_EFI_LOAD_OPTIONS_TAG, IplString, decode_ipl
+from services.tpm.uefi import (
+    CACHED_VALUE_MAX,
+    KEY_DATABASES,
+    UefiVariableData,
+    decode_boot_order,
+    decode_firmware_blob,
+    decode_firmware_blob2,
+    decode_handoff_tables,
+    decode_handoff_tables2,
+    decode_image_load_event,
+    decode_load_option,
+    decode_signature_data,
+    decode_signature_lists,
+    decode_uefi_variable_data,
+    decode_utf16_string,
+    guid_name,
+)
+
+__all__ = [
+    "READINGS",
+    "AuthorityFact",
+    "BlobFact",
+    "Fact",
+    "Flag",
+    "ImageFact",
+    "Reading",
+    "SipaFact",
+    "VariableFact",
+    "read_event",
+]
+
+Registers = Literal["tpm", "ccel"]
+
+READINGS: Final[BoundedCache[tuple[object, ...], Reading]] = BoundedCache(
+    "event_readings", 16384, max_weight=32 * 1024 * 1024
+)
+"""Readings by (registers, PCR, type, data or its SHA-256, digests); weight = data length."""
+_KEY_BY_DIGEST_ABOVE: Final = 1024
+"""Longer data is keyed by its SHA-256 (cheaper to compare, and the key holds 32 bytes)."""
+
+_KNOWN_TYPES: Final = frozenset(int(t) for t in EventType)
+_PCR7_TYPES: Final = frozenset(
+    {
+        EventType.EV_EFI_VARIABLE_DRIVER_CONFIG,
+        EventType.EV_EFI_VARIABLE_AUTHORITY,
+        EventType.EV_SEPARATOR,
+        EventType.EV_EFI_ACTION,
+        EventType.EV_EFI_SPDM_DEVICE_POLICY,
+        EventType.EV_EFI_SPDM_DEVICE_AUTHORITY,
+    }
+)
+_WINDOWS_PCRS: Final = frozenset({12, 13, 14})
+_BOOT_OPTION: Final = re.compile(r"^Boot[0-9A-Fa-f]{4}$")
+#: Authority variables whose value is an EFI_SIGNATURE_DATA (or shim's bare certificate);
+#: others (SbatLevel, MokListTrusted, MokSBState...) are recorded by value digest.
+_CERT_AUTHORITIES: Final = frozenset({"db", "dbx", "MokList", "MokListRT", "Shim", "vendor_db"})
+IMAGE_KINDS: Final[dict[int, str]] = {
+    EventType.EV_EFI_BOOT_SERVICES_APPLICATION: "application",
+    EventType.EV_EFI_BOOT_SERVICES_DRIVER: "boot_driver",
+    EventType.EV_EFI_RUNTIME_SERVICES_DRIVER: "runtime_driver",
+}
+
+
+# --- facts: an event's decoded data, offset-free ------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VariableFact:
+    """EV_EFI_VARIABLE_DRIVER_CONFIG. ``variable.data_offset`` is relative to the event's data
+    (the fold rebases it). ``key_entries`` for a key database; ``entries_error`` if its
+    signature lists do not decode (the Secure Boot checks of the fold still apply)."""
+
+    variable: UefiVariableData
+    key_entries: tuple[KeyEntry, ...] | None = None
+    entries_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityFact:
+    """EV_EFI_VARIABLE_AUTHORITY: the entry (or variable, ``kind`` "variable") that authorised
+    the next image."""
+
+    variable: str
+    kind: str
+    owner: str
+    digest: bytes
+    subject: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFact:
+    """EV_EFI_BOOT_SERVICES_APPLICATION / *_DRIVER: what was loaded, from where."""
+
+    kind: str
+    device_path: str
+    file_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFact:
+    """A firmware blob (description, base, length) or a POST code / CRTM string."""
+
+    description: str | None
+    base: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SipaFact:
+    """A Windows SIPA block in PCR 12-14: its summary, or why it could not be summarised (the
+    fold then reports it the way a failed fold of all blocks is reported)."""
+
+    summary: sipa.BlockSummary | None
+    fold_error: str | None = None
+    fold_error_seq: int | None = None
+
+
+Fact = (
+    VariableFact | AuthorityFact | ImageFact | BlobFact | SipaFact | BootOption | DecodedEvent
+    | tuple[int, ...] | tuple[str, ...] | str | None
+)
+"""Per event type: see :data:`_READERS` (``tuple[int, ...]`` is a BootOrder, ``tuple[str, ...]``
+handoff table names, ``str`` an action, CRTM version, config flags or Linux EFI-stub tag; an
+EV_IPL reads as its provenance record, a :class:`DecodedEvent` holding the decoded string)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """An anomaly an event shows on its own; the fold adds its seq and PCR. ``fatal`` None:
+    fatal exactly when the event's PCR is a fail-closed one."""
+
+    reason: str
+    detail: str
+    fatal: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What :func:`read_event` found. ``usable`` False: a type or binding check failed and the
+    data must not be interpreted (``flags`` say why). ``error``: the data does not decode as its
+    type says (the detail of a ``tpm.event.undecodable`` anomaly)."""
+
+    flags: tuple[Flag, ...] = ()
+    usable: bool = True
+    quirk: str | None = None
+    fact: Fact = None
+    error: str | None = None
+    plain: bool = field(init=False)
+    """Usable, with no flag, quirk or error: the fold only has to apply :attr:`fact`."""
+
+    def __post_init__(self) -> None:
+        plain = self.usable and not self.flags and self.quirk is None and self.error is None
+        object.__setattr__(self, "plain", plain)
+
+    @property
+    def cacheable(self) -> bool:
+        """False when the reading names byte offsets or events of one log."""
+        if self.error is not None:
+            return False
+        fact = self.fact
+        if type(fact) is VariableFact:
+            return fact.entries_error is None
+        if type(fact) is SipaFact:
+            return fact.fold_error is None
+        return True
+
+
+# --- readers: event -> fact; raise MalformedInput naming offsets in this log ----------------
+def _variable_fact(ev: Event) -> VariableFact:
+    var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+    relative = UefiVariableData(var.variable_guid, var.name, var.variable_data,
+                                var.data_offset - ev.data_offset, var.trailing)
+    if var.name not in KEY_DATABASES:
+        return VariableFact(relative)
+    try:
+        entries = _key_entries(var, ev.seq)
+    except MalformedInput as exc:
+        return VariableFact(relative, entries_error=str(exc))
+    return VariableFact(relative, entries)
+
+
+_KEY_ENTRIES: BoundedCache[bytes, tuple[KeyEntry, ...]] = BoundedCache("key_entries", 64)
+
+
+def _key_entries(var: UefiVariableData, seq: int) -> tuple[KeyEntry, ...]:
+    """The entries of a PK/KEK/db/dbx value, remembered by the value's SHA-256 (the same
+    database appears in many variables' readings: PCR 7 and, on some firmware, PCR 1)."""
+    value = var.variable_data
+
+    def decode() -> tuple[KeyEntry, ...]:
+        lists = decode_signature_lists(value, base=var.data_offset, seq=seq)
+        return tuple(
+            KeyEntry(e.kind, e.owner, e.digest, e.subject) for lst in lists for e in lst.entries
+        )
+
+    if len(value) > CACHED_VALUE_MAX:
+        return decode()
+    return _KEY_ENTRIES.get_or_compute(hashlib.sha256(value).digest(), decode)
+
+
+def _authority_fact(ev: Event) -> AuthorityFact:
+    var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq, allow_trailing=True)
+    value = var.variable_data
+    if var.name in _CERT_AUTHORITIES:
+        e = decode_signature_data(value, base=var.data_offset, seq=ev.seq)
+        return AuthorityFact(var.name, e.kind, e.owner, e.digest, e.subject)
+    return AuthorityFact(var.name, "variable", var.variable_guid,
+                         hashlib.sha256(value).digest(), None)
+
+
+def _image_fact(ev: Event) -> ImageFact:
+    img = decode_image_load_event(ev.data, base=ev.data_offset, seq=ev.seq)
+    return ImageFact(IMAGE_KINDS[ev.event_type], img.device_path.text, img.device_path.file_path)
+
+
+def _boot_variable_fact(ev: Event) -> BootOption | tuple[int, ...] | None:
+    var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
+    if var.name == "BootOrder":
+        return decode_boot_order(var.variable_data, base=var.data_offset, seq=ev.seq)
+    if _BOOT_OPTION.match(var.name):
+        opt = decode_load_option(var.variable_data, base=var.data_offset, seq=ev.seq)
+        return BootOption(var.name, opt.description, opt.device_path.text, opt.active)
+    return None
+
+
+def _action_fact(ev: Event) -> str:
+    return ev.data.decode("ascii", "replace")
+
+
+def _crtm_version_fact(ev: Event) -> str:
+    """EV_S_CRTM_VERSION (PFP 10.4.1): UTF-16 text (UEFI), ASCII (some TCG 1.2 BIOSes), or
+    binary such as a GUID (kept as hex). An empty UTF-16 string (``00 00``) is ``""``."""
+    data = ev.data
+    ascii_text = data.rstrip(b"\x00")
+    if len(data) >= 2 and len(data) % 2 == 0 and data[1:2] == b"\x00":
+        return decode_utf16_string(data, base=ev.data_offset, seq=ev.seq)
+    if ascii_text and all(0x20 <= b < 0x7F for b in ascii_text):
+        return ascii_text.decode("ascii")
+    return data.hex()
+
+
+def _blob_fact(ev: Event) -> BlobFact:
+    if ev.event_type == EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2:
+        b = decode_firmware_blob2(ev.data, base=ev.data_offset, seq=ev.seq)
+    elif len(ev.data) == 16:
+        b = decode_firmware_blob(ev.data, base=ev.data_offset, seq=ev.seq)
+    elif ev.event_type == EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB:
+        b = decode_firmware_blob(ev.data, base=ev.data_offset, seq=ev.seq)  # raises: wrong size
+    else:  # EV_POST_CODE / EV_S_CRTM_CONTENTS carrying a string such as "ACPI DATA"
+        return BlobFact(ev.data.split(b"\x00", 1)[0].decode("ascii", "replace"), 0, 0)
+    return BlobFact(b.description, b.blob_base, b.blob_length)
+
+
+def _handoff_fact(ev: Event) -> tuple[str, ...]:
+    if ev.event_type == EventType.EV_EFI_HANDOFF_TABLES2:
+        t = decode_handoff_tables2(ev.data, base=ev.data_offset, seq=ev.seq)
+    else:
+        t = decode_handoff_tables(ev.data, base=ev.data_offset, seq=ev.seq)
+    return tuple(guid_name(g) for g, _ in t.tables)
+
+
+def _config_flags_fact(ev: Event) -> str:
+    """EV_PLATFORM_CONFIG_FLAGS is vendor-defined (PFP 10.4.1): printable ASCII is kept as
+    text ("FeatureTME=0", "ACPI DATA"), anything else as hex, both cut at 256 bytes."""
+    data = ev.data[:256]
+    text = data.rstrip(b"\x00")
+    if text and all(0x20 <= b < 0x7F for b in text):
+        return text.decode("ascii")
+    return data.hex()
+
+
+def _event_tag_fact(ev: Event, registers: Registers) -> SipaFact | str | None:
+    tag = sipa.decode_tagged_event(ev.data, base=ev.data_offset, seq=ev.seq)
+    if tag.event_id == LINUX_EFI_INITRD_TAG:
+        return "initrd"
+    if tag.event_id == LINUX_EFI_LOAD_OPTIONS_TAG:
+        return "load_options"
+    if registers != "tpm" or ev.pcr not in _WINDOWS_PCRS:
+        return None
+    events = sipa.decode_sipa_events(ev.data, base=ev.data_offset, seq=ev.seq)
+    try:
+        return SipaFact(sipa.summarise_block(ev.seq, events))
+    except MalformedInput as exc:
+        return SipaFact(None, str(exc), exc.seq)
+
+
+_READERS: Final[dict[int, Callable[[Event], Fact]]] = {
+    EventType.EV_EFI_VARIABLE_DRIVER_CONFIG: _variable_fact,
+    EventType.EV_EFI_VARIABLE_AUTHORITY: _authority_fact,
+    **dict.fromkeys(IMAGE_KINDS, _image_fact),
+    EventType.EV_EFI_VARIABLE_BOOT: _boot_variable_fact,
+    EventType.EV_EFI_VARIABLE_BOOT2: _boot_variable_fact,
+    EventType.EV_EFI_ACTION: _action_fact,
+    EventType.EV_S_CRTM_VERSION: _crtm_version_fact,
+    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB: _blob_fact,
+    EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2: _blob_fact,
+    EventType.EV_POST_CODE: _blob_fact,
+    EventType.EV_S_CRTM_CONTENTS: _blob_fact,
+    EventType.EV_EFI_HANDOFF_TABLES: _handoff_fact,
+    EventType.EV_EFI_HANDOFF_TABLES2: _handoff_fact,
+    EventType.EV_PLATFORM_CONFIG_FLAGS: _config_flags_fact,
+}
+"""Event type -> reader (EV_IPL and EV_EVENT_TAG are read apart: the first is decoded for its
+binding, the second depends on the measurement registers)."""
+
+# --- the reading -------------------------------------------------------------------------
+def _type_flags(ev: Event, registers: Registers) -> Reading | None:
+    """A non-usable reading if the event type is unknown or not allowed in its PCR."""
+    t = ev.event_type
+    if t not in _KNOWN_TYPES:
+        return Reading((Flag("tpm.event.unknown_type", f"event type 0x{t:08x}"),), usable=False)
+    if registers == "tpm" and ev.pcr == 7 and t not in _PCR7_TYPES:
+        return Reading((Flag("tpm.event.unexpected_type", f"{ev.type_name} in PCR 7", True),),
+                       usable=False)
+    return None
+
+
+def _binding_flags(result: BindingResult) -> Reading | None:
+    """A non-usable reading if the data is not bound to its digests."""
+    if result.status == "mismatch":
+        detail = f"banks {', '.join(result.banks)}"
+        return Reading((Flag("tpm.binding.digest_mismatch", detail, True),), usable=False)
+    if result.status == "unverifiable":
+        return Reading((Flag("tpm.binding.unverifiable", "no hashable bank"),), usable=False)
+    return None
+
+
+def _read(ev: Event, registers: Registers) -> Reading:
+    refused = _type_flags(ev, registers)
+    if refused is not None:
+        return refused
+    t = ev.event_type
+    ipl: IplString | None = None
+    try:
+        if t == EventType.EV_IPL:
+            ipl = decode_ipl(ev.data, ev.pcr, base=ev.data_offset, seq=ev.seq)
+            binding = check_binding_of_payload(ev, ipl.bound)
+        else:
+            binding = check_binding_of_payload(ev, bound_payload(ev))
+    except MalformedInput as exc:  # the payload to check cannot be found: nothing is bound
+        return Reading(usable=False, error=str(exc))
+    refused = _binding_flags(binding)
+    if refused is not None:
+        return refused
+    quirk = binding.quirk if binding.status == "quirk" else None
+    try:
+        if ipl is not None:
+            fact: Fact = DecodedEvent(ev.pcr, t, ev.data, ipl=ipl)
+        elif t == EventType.EV_EVENT_TAG:
+            fact = _event_tag_fact(ev, registers)
+        else:
+            reader = _READERS.get(t)
+            fact = reader(ev) if reader is not None else None
+    except MalformedInput as exc:
+        return Reading(quirk=quirk, error=str(exc))
+    return Reading(quirk=quirk, fact=fact)
+
+
+def read_event(ev: Event, registers: Registers) -> Reading:
+    """The :class:`Reading` of ``ev`` (an extending event) read as a ``registers`` log event
+    ("ccel": an Intel TDX CCEL log), remembered in :data:`READINGS` unless it names offsets."""
+    data = ev.data
+    size = len(data)
+    content: bytes = data if size <= _KEY_BY_DIGEST_ABOVE else hashlib.sha256(data).digest()
+    key = (registers, ev.pcr, ev.event_type, content, *ev.digests.items())
+    found = READINGS.get(key)
+    if found is not None:
+        return found
+    reading = _read(ev, registers)
+    if reading.cacheable:
+        READINGS.put(key, reading, size)
+    return reading
