@@ -281,8 +281,13 @@ def status(cfg: BrokerConfig) -> BrokerStatus:
 
 
 def _kafka_uuid() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding. Like Kafka's own
+    ``Uuid.randomUuid``, never one starting with ``-`` (1 in 64 would): command-line parsers,
+    kafka-storage's included, read such a value as an option."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _render_properties(cfg: BrokerConfig) -> None:
@@ -340,7 +345,7 @@ def _format_storage(cfg: BrokerConfig, echo: Callable[[str], None]) -> None:
     env = dict(os.environ, KAFKA_HEAP_OPTS="-Xmx512m")
     proc = subprocess.run(
         [*_java_base(cfg), "kafka.tools.StorageTool", "format", "--standalone",
-         "-t", cluster_id, "-c", str(paths.properties)],
+         f"--cluster-id={cluster_id}", "-c", str(paths.properties)],
         capture_output=True, text=True, check=False, env=env, timeout=120,
     )
     if proc.returncode != 0:

@@ -2,8 +2,12 @@
 
 :func:`extract_claims` walks the events of a log whose replay matched a quote
 (:class:`~services.tpm.replay.ReplayResult`) and returns one frozen, JSON-serialisable
-:class:`Claims`. Before any event's data is interpreted its binding to its digests is checked
-(:mod:`services.tpm.bindings`); data that does not hash to its digest is never interpreted.
+:class:`Claims` (records in :mod:`services.tpm.claim_records`). Each event is first *read* on
+its own (:mod:`services.tpm.readings`: type checks, the binding of its data to its digests,
+decoding; remembered across logs by exact content); data that does not hash to its digest is
+never interpreted. This module is the *fold*: readings applied in log order to what depends on
+the rest of the log (separators seen, Secure Boot variables, authorities pending for the next
+image, event sequence numbers).
 
 Fail-closed rules (the event type is not covered by the digest, so a forged type could hide
 data from every check):

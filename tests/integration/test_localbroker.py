@@ -136,6 +136,26 @@ def test_stale_data_directory_from_another_cluster(broker_env: dict[str, str]) -
     assert hostgate(broker_env, "kafka", "up").returncode == 0
 
 
+def test_cluster_id_starting_with_a_dash_is_formatted(broker_env: dict[str, str]) -> None:
+    # 1 in 64 random cluster ids starts with "-"; kafka-storage read this one, passed as
+    # "-t ID", as an option and refused to format (seen on a fresh CI machine).
+    home = Path(broker_env["HOSTGATE_HOME"]) / "kafka"
+    home.mkdir(parents=True)
+    (home / "cluster-id").write_text("--T2YbZcQHqZO5KzkfdUjg\n")
+    up = hostgate(broker_env, "kafka", "up")
+    assert up.returncode == 0, up.stderr
+    meta = (home / "data" / "meta.properties").read_text()
+    assert "cluster.id=--T2YbZcQHqZO5KzkfdUjg" in meta
+
+
+def test_new_cluster_ids_never_start_with_a_dash() -> None:
+    from services.runtime.localbroker import _kafka_uuid
+
+    ids = [_kafka_uuid() for _ in range(5000)]  # about 78 would start with "-" otherwise
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids) and len(set(ids)) == len(ids)
+
+
 def test_missing_java_and_maven_name_the_fix(broker_env: dict[str, str], tmp_path: Path) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
