@@ -339,8 +339,12 @@ def _check_event_size(size: int, size_offset: int, end: int, seq: int, limits: L
 
 
 def _padding_start(data: bytes) -> int:
-    """Offset from which the rest of ``data`` is all 0x00 or all 0xFF (``len(data)`` if none)."""
-    return min(len(data.rstrip(b"\x00")), len(data.rstrip(b"\xff")))
+    """Offset from which the rest of ``data`` is all 0x00 or all 0xFF (``len(data)`` if none).
+    Only the last byte's kind can pad, so at most one ``rstrip`` (a copy of the log) is made."""
+    last = data[-1:]
+    if last == b"\x00" or last == b"\xff":
+        return len(data.rstrip(last))
+    return len(data)
 
 
 def parse_event_log(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> EventLog:
