@@ -258,20 +258,37 @@ def pcr_digest(
     hash_alg: str,
 ) -> bytes:
     """``H(PCR values concatenated in selection order)``; raises if a value is missing."""
-    h = hash_constructor(hash_alg)()
+    parts, _ = _selected_values(selection, pcr_values)
+    return _digest_of(parts, hash_alg)
+
+
+def _digest_of(parts: list[bytes], hash_alg: str) -> bytes:
+    return bytes(hash_constructor(hash_alg)(b"".join(parts)).digest())
+
+
+def _selected_values(
+    selection: tuple[tuple[str, tuple[int, ...]], ...],
+    pcr_values: Mapping[str, Mapping[int, bytes]],
+) -> tuple[list[bytes], dict[str, dict[int, bytes]]]:
+    """The reported values of the selected PCRs: in selection order (what ``pcrDigest`` is
+    over) and by bank (a bank selected twice keeps its last selection); raises if one is
+    missing or has the wrong size."""
     parts: list[bytes] = []
+    by_bank: dict[str, dict[int, bytes]] = {}
     for bank, pcrs in selection:
         size = _bank_size(bank)
         values = pcr_values.get(bank, {})
+        chosen: dict[int, bytes] = {}
         for pcr in pcrs:
             value = values.get(pcr)
             if value is None:
                 raise PcrDigestMismatch(f"quoted PCR {pcr} of bank {bank} was not reported")
             if len(value) != size:
                 raise PcrDigestMismatch(f"reported PCR {pcr} of bank {bank} is not {size} bytes")
-            parts.append(bytes(value))
-    h.update(b"".join(parts))
-    return bytes(h.digest())
+            chosen[pcr] = value = bytes(value)
+            parts.append(value)
+        by_bank[bank] = chosen
+    return parts, by_bank
 
 
 def _bank_size(bank: str) -> int:
@@ -306,12 +323,11 @@ def verify_quote(
         )
     if not hmac.compare_digest(a.extra_data, bytes(nonce)):
         raise NonceMismatch("quote extraData is not the issued nonce")
-    digest = pcr_digest(a.selection, pcr_values, hash_alg)
-    if not hmac.compare_digest(digest, a.pcr_digest):
+    parts, quoted = _selected_values(a.selection, pcr_values)
+    if not hmac.compare_digest(_digest_of(parts, hash_alg), a.pcr_digest):
         raise PcrDigestMismatch(
             f"pcrDigest {a.pcr_digest.hex()} != {hash_alg}(reported PCRs {_sel_text(a.selection)})"
         )
-    quoted = {bank: {p: bytes(pcr_values[bank][p]) for p in pcrs} for bank, pcrs in a.selection}
     return VerifiedQuote(
         clock_info=a.clock_info,
         firmware_version=a.firmware_version,

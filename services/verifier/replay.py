@@ -24,7 +24,8 @@ them — so nothing in them is believed except as a pointer to what to recompute
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import multiprocessing as mp
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -186,13 +187,19 @@ def _render(value: Any) -> str:
 def compare_verdicts(recorded: Mapping[str, Any], replayed: Mapping[str, Any]
                      ) -> tuple[FieldDiff, ...]:
     """Every top-level field whose canonical value differs (a field present on one side only
-    counts as a difference), in field order."""
-    a, b = canonical(recorded), canonical(replayed)
+    counts as a difference), in field order. A field whose two values are already equal as
+    they are (the common case: the same bytes, strings, lists) is not canonicalised: equal
+    values have equal canonical forms."""
     diffs = []
-    for name in sorted(set(a) | set(b)):
-        if a.get(name, "<absent>") != b.get(name, "<absent>"):
-            diffs.append(FieldDiff(name, _render(a.get(name, "<absent>")),
-                                   _render(b.get(name, "<absent>"))))
+    absent = object()
+    for name in sorted(set(recorded) | set(replayed), key=str):
+        x, y = recorded.get(name, absent), replayed.get(name, absent)
+        if x is not absent and y is not absent and type(x) is type(y) and x == y:
+            continue
+        a = canonical(x) if x is not absent else "<absent>"
+        b = canonical(y) if y is not absent else "<absent>"
+        if a != b:
+            diffs.append(FieldDiff(str(name), _render(a), _render(b)))
     return tuple(diffs)
 
 
@@ -285,46 +292,59 @@ def _audit_one(loc: Located, collected: Located, index: PolicyIndex,
 
 def audit(collected: Sequence[Located], verdicts: Sequence[Located], policies: PolicyIndex, *,
           appraiser: Appraiser = reappraise, expect_all_verdicts: bool = True,
-          progress: Callable[[int], None] | None = None) -> AuditReport:
+          progress: Callable[[int], None] | None = None, jobs: int = 1) -> AuditReport:
     """Re-appraise every recorded verdict and compare (see the module docstring).
 
     ``collected`` and ``verdicts`` are the records read (possibly filtered by time or host);
     a verdict whose collected coordinates are not among ``collected`` is a finding only when
     its evidence should have been read (``expect_all_verdicts``: the caller read the whole
-    collected range the verdicts can point to).
+    collected range the verdicts can point to). ``jobs`` > 1 re-appraises in that many forked
+    processes; the report is the same, in the same order.
     """
     by_coords = {(c.topic, c.partition, c.offset): c for c in collected}
-    findings: list[Finding] = []
+    before: list[list[Finding]] = []  # per verdict: findings that need no re-appraisal
+    pairs: list[tuple[Located, Located] | None] = []  # per verdict: what to re-appraise
     seen: dict[tuple[str, int, int], str] = {}
-    reproduced = 0
-    by_result: dict[str, int] = {}
-    for i, loc in enumerate(verdicts):
+    for loc in verdicts:
         v = loc.record
         key = _key(v["collected"])
         col = by_coords.get(key)
         host, vid = str(v["host_id"]), str(v["verdict_id"])
+        own: list[Finding] = []
         if col is None:
             if expect_all_verdicts:
-                findings.append(Finding(
+                own.append(Finding(
                     FindingKind.EVIDENCE_NOT_FOUND, host, loc.where,
                     f"verdict points at {key[0]}[{key[1]}]@{key[2]}, which holds no collected "
                     "evidence in the range read", vid))
         else:
             previous = seen.get(key)
             if previous is not None and previous != vid:
-                findings.append(Finding(
+                own.append(Finding(
                     FindingKind.DUPLICATE_VERDICT, host, loc.where,
                     f"a second verdict ({vid[:16]}…) for {col.where}, which already has "
                     f"verdict {previous[:16]}…", vid))
             seen.setdefault(key, vid)
-            finding = _audit_one(loc, col, policies, appraiser)
+        before.append(own)
+        pairs.append((loc, col) if col is not None else None)
+    outcomes = _reappraised([p for p in pairs if p is not None], policies, appraiser, jobs)
+    findings: list[Finding] = []
+    reproduced = 0
+    by_result: dict[str, int] = {}
+    for i, (own, pair) in enumerate(zip(before, pairs, strict=True)):
+        findings.extend(own)
+        if pair is not None:
+            finding = next(outcomes)
             if finding is None:
                 reproduced += 1
-                by_result[str(v["result"])] = by_result.get(str(v["result"]), 0) + 1
+                result = str(pair[0].record["result"])
+                by_result[result] = by_result.get(result, 0) + 1
             else:
                 findings.append(finding)
         if progress is not None:
             progress(i + 1)
+    for _ in outcomes:  # none left; resuming the generator lets it shut its workers down
+        raise AssertionError("more re-appraisals than verdicts")
     for c in collected:
         if (c.topic, c.partition, c.offset) not in seen:
             findings.append(Finding(
@@ -333,6 +353,38 @@ def audit(collected: Sequence[Located], verdicts: Sequence[Located], policies: P
                 "reached it yet)"))
     return AuditReport(verdicts=len(verdicts), reproduced=reproduced, evidences=len(collected),
                        findings=tuple(findings), by_result=by_result)
+
+
+#: What forked audit workers re-appraise: set by :func:`_reappraised` just before it forks, so
+#: the children inherit the records instead of receiving them pickled.
+_FORK_WORK: tuple[Sequence[tuple[Located, Located]], PolicyIndex, Appraiser] | None = None
+
+
+def _audit_at(i: int) -> Finding | None:
+    assert _FORK_WORK is not None
+    pairs, index, appraiser = _FORK_WORK
+    loc, col = pairs[i]
+    return _audit_one(loc, col, index, appraiser)
+
+
+def _reappraised(pairs: Sequence[tuple[Located, Located]], index: PolicyIndex,
+                 appraiser: Appraiser, jobs: int) -> Iterator[Finding | None]:
+    """``_audit_one`` of each (verdict, evidence) pair, in order; with ``jobs`` > 1 in forked
+    worker processes (appraisal is pure: the same inputs give the same verdict anywhere)."""
+    if jobs <= 1 or len(pairs) < 2 * jobs or "fork" not in mp.get_all_start_methods():
+        return (_audit_one(loc, col, index, appraiser) for loc, col in pairs)
+    return _forked(pairs, index, appraiser, jobs)
+
+
+def _forked(pairs: Sequence[tuple[Located, Located]], index: PolicyIndex, appraiser: Appraiser,
+            jobs: int) -> Iterator[Finding | None]:
+    global _FORK_WORK
+    _FORK_WORK = (pairs, index, appraiser)
+    try:
+        with mp.get_context("fork").Pool(jobs) as pool:
+            yield from pool.imap(_audit_at, range(len(pairs)), chunksize=32)
+    finally:
+        _FORK_WORK = None
 
 
 def what_if(collected: Sequence[Located], verdicts: Sequence[Located], policy: PolicyInForce, *,

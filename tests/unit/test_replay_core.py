@@ -118,6 +118,23 @@ def test_unknown_policy_and_dangling_coordinates_are_findings(
     assert kinds == ["evidence_not_found", "missing_verdict", "policy_not_found"]
 
 
+@pytest.mark.swtpm
+def test_forked_audit_reports_exactly_what_one_process_reports(
+        sim: SimFleet, recorded: tuple[list[Located], list[Located]]) -> None:
+    collected, verdicts = recorded
+    i = next(i for i, v in enumerate(verdicts) if v.record["result"] == "FAIL")
+    forged = dataclasses.replace(verdicts[i], record=dict(verdicts[i].record, result="PASS"))
+    second = dataclasses.replace(verdicts[0], offset=999, record=dict(
+        verdicts[0].record, verdict_id="f" * 64))  # a second verdict for the same evidence
+    mixed = [*verdicts[:i], forged, *verdicts[i + 1:], second] * 2
+    seen: list[int] = []
+    one = audit(collected, mixed, _index(sim), jobs=1)
+    two = audit(collected, mixed, _index(sim), jobs=2, progress=seen.append)
+    assert two == one
+    assert seen == list(range(1, len(mixed) + 1))
+    assert {f.kind for f in one.findings} == {FindingKind.MISMATCH, FindingKind.DUPLICATE_VERDICT}
+
+
 def without_grub_of(text: str, source: str) -> str:
     """``text`` with the grubx64.efi digest that ``source`` (a derivation comment) allowed
     removed: hosts booting that grub then run a boot application the policy does not allow."""
