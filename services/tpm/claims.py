@@ -45,6 +45,7 @@ from services.tpm.claim_records import (
 )
 from services.tpm.eventlog import PCR_NOT_EXTENDED, Event, EventType
 from services.tpm.readings import (
+    IMAGE_KINDS,
     AuthorityFact,
     BlobFact,
     Fact,
@@ -252,9 +253,7 @@ _FOLDS: Final[dict[int, Callable[[Event, Fact, _State], None]]] = {
     EventType.EV_SEPARATOR: _separator,
     EventType.EV_EFI_VARIABLE_DRIVER_CONFIG: _driver_config,
     EventType.EV_EFI_VARIABLE_AUTHORITY: _authority,
-    EventType.EV_EFI_BOOT_SERVICES_APPLICATION: _image,
-    EventType.EV_EFI_BOOT_SERVICES_DRIVER: _image,
-    EventType.EV_EFI_RUNTIME_SERVICES_DRIVER: _image,
+    **dict.fromkeys(IMAGE_KINDS, _image),
     EventType.EV_EFI_VARIABLE_BOOT: _boot_variable,
     EventType.EV_EFI_VARIABLE_BOOT2: _boot_variable,
     EventType.EV_IPL: _ipl,

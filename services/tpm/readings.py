@@ -51,6 +51,7 @@ from services.tpm.uefi import (
 )
 
 __all__ = [
+    "IMAGE_KINDS",
     "READINGS",
     "AuthorityFact",
     "BlobFact",

@@ -34,7 +34,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from services.tpm._datareader import DataReader, decode_utf16
 from services.tpm.errors import LimitExceeded, MalformedEventData
@@ -449,19 +449,10 @@ def merge_blocks(summaries: Iterable[BlockSummary]) -> WindowsBootConfig:
     """Fold block summaries (in log order) into one latched :class:`WindowsBootConfig`: a
     weakening flag is on if any block says on, code integrity is off if any block says off,
     lists concatenate, the last measured boot counter wins."""
+    blocks = list(summaries)
     flags: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
-    lists: list[list[int]] = [[] for _ in _LISTS]
-    boot_rev: list[bytes] = []
-    os_rev: list[bytes] = []
-    policies: list[SiPolicy] = []
-    elam: list[str] = []
-    modules: list[LoadedModule] = []
-    roots: list[str] = []
-    unknown: set[int] = set()
-    counter: int | None = None
-    count = 0
-    for b in summaries:
-        for name, value in b.flags:
+    for block in blocks:
+        for name, value in block.flags:
             if value is None or name == "dep":
                 continue
             prior = flags[name]
@@ -469,33 +460,27 @@ def merge_blocks(summaries: Iterable[BlockSummary]) -> WindowsBootConfig:
                 flags[name] = value if prior is None else (prior and value)
             else:
                 flags[name] = bool(prior) or value
-        for acc, values in zip(lists, b.lists, strict=True):
-            acc.extend(values)
-        boot_rev.extend(b.boot_revision_lists)
-        os_rev.extend(b.os_revision_lists)
-        policies.extend(b.si_policies)
-        elam.extend(b.elam_drivers)
-        modules.extend(b.loaded_modules)
-        roots.extend(b.system_root)
-        if b.boot_counter is not None:
-            counter = b.boot_counter
-        count += b.event_count
-        unknown |= b.unknown_types
-    by_name = dict(zip(_LISTS.values(), lists, strict=True))
-    if by_name["dep_policy"]:
-        flags["dep"] = NX_ALWAYS_OFF not in by_name["dep_policy"]
+    lists = {name: tuple(v for block in blocks for v in block.lists[i])
+             for i, name in enumerate(_LISTS.values())}
+    if lists["dep_policy"]:
+        flags["dep"] = NX_ALWAYS_OFF not in lists["dep_policy"]
+
+    def joined(attribute: str) -> tuple[Any, ...]:
+        return tuple(x for block in blocks for x in getattr(block, attribute))
+
     return WindowsBootConfig(
         **flags,  # type: ignore[arg-type]
-        **{k: tuple(v) for k, v in by_name.items()},  # type: ignore[arg-type]
-        boot_revision_lists=tuple(boot_rev),
-        os_revision_lists=tuple(os_rev),
-        si_policies=tuple(policies),
-        elam_drivers=tuple(elam),
-        loaded_modules=tuple(modules),
-        system_root=tuple(roots),
-        boot_counter=counter,
-        sipa_event_count=count,
-        unknown_types=tuple(sorted(unknown)),
+        **lists,  # type: ignore[arg-type]
+        boot_revision_lists=joined("boot_revision_lists"),
+        os_revision_lists=joined("os_revision_lists"),
+        si_policies=joined("si_policies"),
+        elam_drivers=joined("elam_drivers"),
+        loaded_modules=joined("loaded_modules"),
+        system_root=joined("system_root"),
+        boot_counter=next((b.boot_counter for b in reversed(blocks)
+                           if b.boot_counter is not None), None),
+        sipa_event_count=sum(b.event_count for b in blocks),
+        unknown_types=tuple(sorted(set().union(*(b.unknown_types for b in blocks)))),
     )
 
 
