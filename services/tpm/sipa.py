@@ -52,7 +52,6 @@ __all__ = [
     "decode_sipa_events",
     "decode_tagged_event",
     "fold_windows_config",
-    "fold_windows_config_with_blocks",
     "merge_blocks",
     "summarise_block",
 ]
@@ -348,7 +347,7 @@ _LISTS: Final = {
 
 FLAG_ATTRIBUTES: Final = (*_LATCH_ON.values(), *_LATCH_OFF.values(), "dep")
 """The latched boolean attributes of :class:`WindowsBootConfig` (debug flags, code integrity,
-DEP): the ones :func:`fold_windows_config_with_blocks` reports per block."""
+DEP): the ones :attr:`BlockSummary.flags` holds per block."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,14 +490,3 @@ def fold_windows_config(
     :class:`WindowsBootConfig`. Raises ``MalformedEventData`` for a known SIPA type whose
     payload does not have its documented shape. Only meaningful for replay-verified events."""
     return merge_blocks(summarise_block(seq, events) for seq, events in blocks)
-
-
-def fold_windows_config_with_blocks(
-    blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
-) -> tuple[WindowsBootConfig, tuple[tuple[int | None, dict[str, bool | None]], ...]]:
-    """:func:`fold_windows_config`, plus each block's own latched :data:`FLAG_ATTRIBUTES`
-    (``(seq, {attribute: value})`` in block order, equal to what folding that block alone
-    gives), so the event that decided a flag can be named without decoding the blocks again."""
-    summaries = [(seq, summarise_block(seq, events)) for seq, events in blocks]
-    config = merge_blocks(s for _, s in summaries)
-    return config, tuple((seq, s.own_flags) for seq, s in summaries)
