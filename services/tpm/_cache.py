@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
-__all__ = ["BoundedCache", "caching_disabled", "clear_all"]
+__all__ = ["BoundedCache", "FlatMemo", "caching_disabled", "clear_all"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
-_registry: list[BoundedCache[object, object]] = []
+_registry: list[BoundedCache[object, object] | FlatMemo[object, object]] = []
 _disabled_in: set[int] = set()
 """Idents of threads inside :func:`caching_disabled` (empty in production: one truth test)."""
+
+
+_NOTHING: Mapping[object, object] = MappingProxyType({})
 
 
 def _is_enabled() -> bool:
@@ -91,6 +95,14 @@ class BoundedCache(Generic[K, V]):
             self.hits += 1
         return value
 
+    def entries(self) -> Mapping[K, V]:
+        """The remembered entries, for a caller reading many keys in a hot loop: its reads
+        neither refresh an entry's age (eviction is then first-in-first-out for them) nor count
+        as hits (add them to :attr:`hits`). An empty mapping while caching is off."""
+        if _disabled_in and not _is_enabled():
+            return _NOTHING  # type: ignore[return-value]  # empty: no K or V in it
+        return self._data
+
     def put(self, key: K, value: V, weight: int = 0) -> None:
         """Remember ``value`` for ``key``; evict least recently used entries beyond
         ``maxsize`` entries or ``max_weight`` summed weight. A no-op while caching is off."""
@@ -120,6 +132,40 @@ class BoundedCache(Generic[K, V]):
             self.hits = self.misses = self.weight = 0
 
 
+class FlatMemo(Generic[K, V]):
+    """A plain dict for a pure function too cheap for :class:`BoundedCache`'s bookkeeping (one
+    hash over a few dozen bytes): callers read and fill :meth:`table` directly, and it is
+    emptied whole once it holds more than ``maxsize`` entries, so a stream of unique inputs
+    costs recomputation, never memory."""
+
+    __slots__ = ("_data", "maxsize", "name")
+
+    def __init__(self, name: str, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.name = name
+        self.maxsize = maxsize
+        self._data: dict[K, V] = {}
+        _registry.append(self)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def table(self) -> dict[K, V]:
+        """The dict to use for one batch of calls, emptied first if it outgrew ``maxsize``
+        (a batch may add its own entries on top); a throwaway dict while caching is off."""
+        if _disabled_in and not _is_enabled():
+            return {}
+        data = self._data
+        if len(data) > self.maxsize:
+            data.clear()
+        return data
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._data.clear()
+
+
 def clear_all() -> None:
     """Empty every cache of this process."""
     for cache in _registry:
@@ -128,7 +174,8 @@ def clear_all() -> None:
 
 @contextmanager
 def caching_disabled() -> Iterator[None]:
-    """Within the block (this thread only), every :class:`BoundedCache` computes afresh."""
+    """Within the block (this thread only), every :class:`BoundedCache` and :class:`FlatMemo`
+    computes afresh."""
     me = threading.get_ident()
     nested = me in _disabled_in
     _disabled_in.add(me)

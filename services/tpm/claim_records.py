@@ -222,18 +222,25 @@ def _json(value: Any) -> Any:
         return [v if type(v) in _SCALARS else v.hex() if type(v) is bytes else _json(v)
                 for v in value]
     names = _FIELD_NAMES.get(t)
-    if names is None and is_dataclass(value) and not isinstance(value, type):
+    if names is None and t is not dict and is_dataclass(value) and not isinstance(value, type):
         names = _field_names(t)
     if names is not None:
         out: dict[str, Any] = {}
         for name in names:
             v = getattr(value, name)
             vt = type(v)
-            out[name] = v if vt in _SCALARS else v.hex() if vt is bytes else _json(v)
+            if vt in _SCALARS:
+                out[name] = v
+            elif vt is bytes:
+                out[name] = v.hex()
+            elif vt is tuple and not v:  # most record lists of a log are empty
+                out[name] = []
+            else:
+                out[name] = _json(v)
         return out
-    if isinstance(value, bytes):
+    if t is not dict and isinstance(value, bytes):
         return value.hex()
-    if isinstance(value, Mapping):
+    if t is dict or isinstance(value, Mapping):
         try:
             keys = sorted(value)  # one key type (PCR indices, bank names): its natural order
         except TypeError:

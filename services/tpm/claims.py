@@ -53,7 +53,7 @@ from services.tpm.readings import (
     Reading,
     SipaFact,
     VariableFact,
-    read_event,
+    read_events,
 )
 from services.tpm.replay import ReplayResult
 from services.tpm.uefi import EFI_GLOBAL_VARIABLE_GUID, KEY_DATABASES, UefiVariableData
@@ -314,7 +314,7 @@ def extract_claims(
     accepted for inspection (``replay_verified`` False; ``pcr_values``/``banks`` as given).
     ``measurement_registers="ccel"`` reads an Intel TDX CCEL log (MR 1 holds what PCR 7 would).
 
-    Each event is read on its own first (:func:`services.tpm.readings.read_event`: type and
+    Each event is read on its own first (:func:`services.tpm.readings.read_events`: type and
     binding checks, decoding; remembered across logs), then folded in log order. Never raises
     for bad event data: each undecodable event becomes an :class:`Anomaly` (fatal in the
     fail-closed PCRs, see the module docstring).
@@ -330,11 +330,10 @@ def extract_claims(
         replay_quirks = []
     st = _State(_FAIL_CLOSED[measurement_registers], _SECURE_BOOT_PCR[measurement_registers])
     st.quirks.extend(replay_quirks)
+    if not verified:  # verify_replay's events are the extending ones already
+        events = [ev for ev in events if ev.event_type != _NO_ACTION and ev.pcr != PCR_NOT_EXTENDED]
     folds = _FOLDS
-    for ev in events:
-        if ev.event_type == _NO_ACTION or ev.pcr == PCR_NOT_EXTENDED:  # Event.extends, inlined
-            continue
-        reading = read_event(ev, measurement_registers)
+    for ev, reading in zip(events, read_events(events, measurement_registers), strict=True):
         if not reading.plain and not _note(ev, reading, st):
             continue
         fold = folds.get(ev.event_type)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -62,6 +62,7 @@ __all__ = [
     "SipaFact",
     "VariableFact",
     "read_event",
+    "read_events",
 ]
 
 Registers = Literal["tpm", "ccel"]
@@ -392,14 +393,33 @@ def _read(ev: Event, registers: Registers) -> Reading:
 def read_event(ev: Event, registers: Registers) -> Reading:
     """The :class:`Reading` of ``ev`` (an extending event) read as a ``registers`` log event
     ("ccel": an Intel TDX CCEL log), remembered in :data:`READINGS` unless it names offsets."""
-    data = ev.data
-    size = len(data)
-    content: bytes = data if size <= _KEY_BY_DIGEST_ABOVE else hashlib.sha256(data).digest()
-    key = (registers, ev.pcr, ev.event_type, content, *ev.digests.items())
-    found = READINGS.get(key)
-    if found is not None:
-        return found
-    reading = _read(ev, registers)
-    if reading.cacheable:
-        READINGS.put(key, reading, size)
-    return reading
+    return read_events((ev,), registers)[0]
+
+
+def read_events(events: Iterable[Event], registers: Registers) -> list[Reading]:
+    """:func:`read_event` of each of ``events`` (extending events), in order.
+
+    One loop with the cache lookup inlined, since it runs for every event of every log; hits
+    do not refresh an entry's age, so :data:`READINGS` evicts first-in-first-out and a hot
+    reading pushed out is read again once and kept anew.
+    """
+    remembered = READINGS.entries().get
+    sha256 = hashlib.sha256
+    small = _KEY_BY_DIGEST_ABOVE
+    out: list[Reading] = []
+    append = out.append
+    hits = 0
+    for ev in events:
+        data = ev.data
+        content = data if len(data) <= small else sha256(data).digest()
+        key = (registers, ev.pcr, ev.event_type, content, *ev.digests.items())
+        reading = remembered(key)
+        if reading is None:
+            reading = _read(ev, registers)
+            if reading.cacheable:
+                READINGS.put(key, reading, len(data))
+        else:
+            hits += 1
+        append(reading)
+    READINGS.hits += hits
+    return out

@@ -310,14 +310,17 @@ def _ima(ev: Mapping[str, Any], w: _Work) -> tuple[ImaClaim, ...] | None:
 def _evaluate(policy: PolicyInForce, w: _Work) -> None:
     assert w.claims is not None and w.replay is not None and w.quote is not None
     s = subject(w.claims, w.replay.verified_events, active_banks=w.active_banks,
-                quoted_pcrs={bank: pcrs for bank, pcrs in w.quote.selection})
+                quoted_pcrs={bank: pcrs for bank, pcrs in w.quote.selection},
+                explain=False)  # a verdict keeps only the outcome of a passed rule
     result = evaluate(policy.prepared, s)
-    by_seq = {e.seq: e for e in w.replay.verified_events}
+    by_seq: dict[int, Event] | None = None
     for r in result.results:
         if r.outcome is Outcome.NOT_APPLICABLE:
             continue
         w.rule_outcomes.append((r.rule_id, r.outcome is Outcome.PASS))
         if r.outcome is Outcome.FAIL:
+            if by_seq is None:
+                by_seq = {e.seq: e for e in w.replay.verified_events}
             w.fail(r.rule_id, r.message, _event_from_ref(r.event, by_seq))
 
 

@@ -113,6 +113,10 @@ class TrustVector:
 
     def values(self) -> dict[str, int]:
         """Claim name (AR4SI spelling) -> value."""
+        return dict(self._values)
+
+    @functools.cached_property
+    def _values(self) -> dict[str, int]:
         return {name: getattr(self, attr) for name, attr in _CLAIM_ATTRIBUTES}
 
     @functools.cached_property
@@ -123,6 +127,10 @@ class TrustVector:
 
     def to_avro(self) -> dict[str, str]:
         """The ``hostgate.TrustVector`` record (tiers only)."""
+        return dict(self._avro)
+
+    @functools.cached_property
+    def _avro(self) -> dict[str, str]:
         return {attr: tier_of(getattr(self, attr)).avro for _, attr in _CLAIM_ATTRIBUTES}
 
 
@@ -194,8 +202,12 @@ class AppraisalFacts:
     """(policy rule id, passed) for every evaluated, applicable policy rule."""
 
 
+@functools.lru_cache(maxsize=4096)
 def trust_vector(facts: AppraisalFacts) -> TrustVector:
-    """The AR4SI vector for one appraisal; contradictions win over affirmations."""
+    """The AR4SI vector for one appraisal; contradictions win over affirmations.
+
+    Remembered by the facts (a pure function of them, and a fleet's appraisals repeat the same
+    few: every passing host of one policy has identical facts); the vector is immutable."""
     v: dict[str, int] = {}
     if facts.quote_verified:
         v["instance_identity"] = TRUSTWORTHY_INSTANCE

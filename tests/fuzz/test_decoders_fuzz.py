@@ -9,7 +9,6 @@ anomalies). Bounded example counts, no deadline (the machine is shared).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import struct
 from collections.abc import Callable
 from functools import cache
@@ -155,7 +154,7 @@ def test_extract_claims_never_raises_on_mutated_events(data: st.DataObject) -> N
         ev = events[i]
         new_data = data.draw(mutated([ev.data or b"\x00"]))
         new_type = data.draw(st.sampled_from([ev.event_type, ev.event_type, *map(int, EventType)]))
-        events[i] = dataclasses.replace(ev, data=new_data, event_type=new_type)
+        events[i] = ev._replace(data=new_data, event_type=new_type)
     claims = extract_claims(events, banks=("sha1", "sha256"))
     claims.to_json_dict()
     for ev in events:

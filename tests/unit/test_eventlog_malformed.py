@@ -246,3 +246,20 @@ def test_untouched_pcrs_compare_with_reset_values() -> None:
     with pytest.raises(ReplayMismatch) as info:
         verify_replay(log, {"sha1": {4: pcr4, 17: bytes(20)}}, pcrs=[4, 17])
     assert info.value.first == ("sha1", 17)
+
+
+@pytest.mark.parametrize("pad", [b"\x00", b"\xff"])
+@pytest.mark.parametrize("body_len", [0, 1, 63, 64, 65, 200])
+@pytest.mark.parametrize("pad_len", [0, 1, 63, 64, 65, 127, 128, 129, 4095, 65536, 65537, 300_001])
+def test_padding_start_equals_rstrip(pad: bytes, body_len: int, pad_len: int) -> None:
+    # The chunked tail search must find exactly the offset a byte-by-byte rstrip finds, at every
+    # boundary of its doubling and halving (chunk sizes 64 .. 64 KiB).
+    from services.tpm.eventlog import _padding_start
+
+    other = b"\x01" if pad == b"\x00" else b"\xfe"
+    for body in (other * body_len, (pad + other) * (body_len // 2) + other * (body_len % 2)):
+        data = body + pad * pad_len
+        if not data:
+            continue
+        want = len(data.rstrip(pad)) if data[-1:] == pad else len(data)
+        assert _padding_start(data) == want, (len(body), pad_len)

@@ -109,3 +109,39 @@ def test_verdict_is_deterministic() -> None:
     b = evaluate(prepare(load_policy(derived.text)), golden("W04").subject()).canonical_json()
     assert a == b
     assert derive_policy([g, golden("W03")]).text == derived.text
+
+
+def test_unexplained_passes_change_no_outcome_and_no_failure() -> None:
+    # The verifier evaluates with explain=False (passed rules left unworded). Every policy
+    # derived from a real log, judged against every real log, must give the same outcome per
+    # rule and word each failure exactly as the explained evaluation does.
+    ids_ = _derivable()
+    subjects = {i: golden(i).subject() for i in real_log_ids()}
+    for i in real_log_ids():  # Windows logs with every on/off flag inverted: flag failures
+        g = golden(i)
+        w = g.claims.windows
+        if w is None:
+            continue
+        flags = ("boot_debugging", "kernel_debugger", "test_signing", "code_integrity", "dep")
+        inverted = {f: not getattr(w, f) for f in flags if getattr(w, f) is not None}
+        claims = dataclasses.replace(g.claims, windows=dataclasses.replace(w, **inverted))
+        subjects[f"{i}-inverted"] = subject(claims, g.events, active_banks=g.log.banks)
+    failed = passed = unworded = 0
+    for policy_id in ids_:
+        prepared = prepare(derive_policy([golden(policy_id)]).policy)
+        for log_id, explained in subjects.items():
+            quiet = dataclasses.replace(explained, explain=False)
+            full, terse = evaluate(prepared, explained), evaluate(prepared, quiet)
+            assert [(r.rule_id, r.outcome) for r in full.results] == [
+                (r.rule_id, r.outcome) for r in terse.results], (policy_id, log_id)
+            for a, b in zip(full.results, terse.results, strict=True):
+                if a.outcome is Outcome.FAIL:
+                    failed += 1
+                    assert b == a, (policy_id, log_id, a.rule_id)
+                else:
+                    passed += a.outcome is Outcome.PASS
+                    unworded += b.message == ""
+                    assert b.message in ("", a.message), (policy_id, log_id, a.rule_id)
+                    assert b.event in (None, a.event), (policy_id, log_id, a.rule_id)
+                    assert a.message
+    assert failed > 100 and passed > 100 and unworded > 100

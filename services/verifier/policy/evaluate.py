@@ -52,14 +52,17 @@ def subject(
     *,
     active_banks: Sequence[str] | None = None,
     quoted_pcrs: Mapping[str, Sequence[int]] | None = None,
+    explain: bool = True,
 ) -> Subject:
-    """Bundle claims with the replay-verified ``events`` they came from and the quote coverage."""
+    """Bundle claims with the replay-verified ``events`` they came from and the quote coverage.
+    ``explain=False`` lets rules leave a pass unworded (see :class:`~.rules.Subject`)."""
     return Subject(
         claims=claims,
         index=EventIndex(events, claims.decoded),
         active_banks=tuple(active_banks) if active_banks is not None else None,
         quoted_pcrs=({b: frozenset(p) for b, p in quoted_pcrs.items()}
                      if quoted_pcrs is not None else None),
+        explain=explain,
     )
 
 

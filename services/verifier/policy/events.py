@@ -13,6 +13,7 @@ the same verdict outcomes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from operator import attrgetter
 from typing import Final
 
 from services.tpm import sipa
@@ -30,6 +31,7 @@ from services.verifier.policy.results import EventRef
 _BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
 _SUMMARY_MAX: Final = 160
 _WINDOWS_PCRS: Final = frozenset({12, 13, 14})
+_SEQ: Final = attrgetter("seq")
 
 
 def shorten(text: str, limit: int = _SUMMARY_MAX) -> str:
@@ -44,8 +46,7 @@ class EventIndex:
     def __init__(self, events: Iterable[Event],
                  decoded: Mapping[int, DecodedEvent] | None = None) -> None:
         self._by_seq: dict[int, Event] = {ev.seq: ev for ev in events}
-        self._ordered: tuple[Event, ...] = tuple(sorted(self._by_seq.values(),
-                                                        key=lambda e: e.seq))
+        self._ordered: tuple[Event, ...] = tuple(sorted(self._by_seq.values(), key=_SEQ))
         self._decoded: Mapping[int, DecodedEvent] = decoded if decoded is not None else {}
         self._windows: tuple[tuple[int, sipa.WindowsBootConfig], ...] | None = None
         self._flags: tuple[tuple[int, Mapping[str, object]], ...] | None = None

@@ -21,7 +21,7 @@ evaluated when its policy section asks for something. Fail-closed choices, rule 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -77,12 +77,17 @@ class Subject:
 
     ``active_banks``: banks the TPM had active (the log's Spec ID event), default the claims'
     banks. ``quoted_pcrs``: bank -> PCR indices the quote covered, default the claims' PCRs.
+    ``explain``: word every result (``hostgate policy check``); when False (the verifier, which
+    keeps only the outcome of a rule that passed), a rule whose pass is costly to word (events
+    to find, digests to format) leaves its message empty and names no event. Failures are
+    always worded in full, and outcomes never depend on it.
     """
 
     claims: Claims
     index: EventIndex = field(default_factory=lambda: EventIndex(()))
     active_banks: tuple[str, ...] | None = None
     quoted_pcrs: Mapping[str, frozenset[int]] | None = None
+    explain: bool = True
 
     @property
     def windows(self) -> WindowsBootConfig | None:
@@ -96,6 +101,16 @@ class Subject:
 
 def _r(rule: str, outcome: Outcome, message: str, event: EventRef | None = None) -> RuleResult:
     return RuleResult(rule_id=rule, outcome=outcome, message=message, event=event)
+
+
+def _judged(s: Subject, rule: str, outcome: Outcome, message: Callable[[], str],
+            event: Callable[[], EventRef | None] | None = None) -> RuleResult:
+    """A result whose message and event are worked out only when someone reads them: always
+    for a failure, for a pass only when ``s.explain`` (see :class:`Subject`)."""
+    if outcome is not FAIL and not s.explain:
+        return RuleResult(rule_id=rule, outcome=outcome, message="")
+    return RuleResult(rule_id=rule, outcome=outcome, message=message(),
+                      event=event() if event is not None else None)
 
 
 def _ranges(values: Iterable[int]) -> str:
@@ -117,9 +132,9 @@ def check_banks(spec: BankSpec, s: Subject) -> list[RuleResult]:
                               f"PCRs {_ranges(missing)} are required but not quoted in the "
                               f"{best} bank (quoted: {_ranges(quoted[best])})."))
             else:
-                out.append(_r(ids.BANKS_REQUIRED_PCRS, PASS,
-                              f"All required PCRs ({_ranges(spec.require_pcrs)}) are quoted in "
-                              f"the {best} bank."))
+                out.append(_judged(s, ids.BANKS_REQUIRED_PCRS, PASS, lambda: (
+                    f"All required PCRs ({_ranges(spec.require_pcrs)}) are quoted in the "
+                    f"{best} bank.")))
     if spec.refuse_sha1_only:
         active = set(s.active_banks if s.active_banks is not None else s.claims.banks)
         strong_active = sorted(active & STRONG_BANKS)
@@ -133,9 +148,9 @@ def check_banks(spec: BankSpec, s: Subject) -> list[RuleResult]:
             out.append(_r(ids.BANKS_SHA1_ONLY, PASS,
                           "The quote covers only SHA-1, the only bank active on this TPM."))
         else:
-            out.append(_r(ids.BANKS_SHA1_ONLY, PASS,
-                          f"The quote covers a bank stronger than SHA-1 "
-                          f"({', '.join(sorted(set(quoted) & STRONG_BANKS))})."))
+            out.append(_judged(s, ids.BANKS_SHA1_ONLY, PASS, lambda: (
+                f"The quote covers a bank stronger than SHA-1 "
+                f"({', '.join(sorted(set(quoted) & STRONG_BANKS))}).")))
     return out
 
 
@@ -156,8 +171,8 @@ def _subset(rule: str, label: str, allowed: tuple[RefDigest, ...], s: Subject) -
             return _r(rule, FAIL, f"{label} holds an entry that is not approved: {who} "
                       f"(sha256:{entry.digest.hex()}, event {db.seq} in PCR 7).",
                       _db_ref(s, db, f"{label}: {len(db.entries)} entries; unapproved {who}"))
-    return _r(rule, PASS, f"All {len(db.entries)} {label} entries are approved.",
-              _db_ref(s, db, f"{label}: {len(db.entries)} entries"))
+    return _judged(s, rule, PASS, lambda: f"All {len(db.entries)} {label} entries are approved.",
+                   lambda: _db_ref(s, db, f"{label}: {len(db.entries)} entries"))
 
 
 def check_secure_boot(spec: SecureBootSpec, s: Subject) -> list[RuleResult]:
@@ -178,7 +193,11 @@ def check_secure_boot(spec: SecureBootSpec, s: Subject) -> list[RuleResult]:
 
 def _secure_boot_state(want: bool, s: Subject) -> RuleResult:
     state = s.claims.secure_boot
-    found = s.index.secure_boot_event()
+    if state is None:
+        return _r(ids.SECUREBOOT_ENABLED, FAIL,
+                  "Secure Boot state was not measured (no SecureBoot variable in PCR 7).")
+    outcome = PASS if state == want else FAIL
+    found = s.index.secure_boot_event() if outcome is FAIL or s.explain else None
     where = ""
     event = None
     if found is not None:
@@ -186,12 +205,9 @@ def _secure_boot_state(want: bool, s: Subject) -> RuleResult:
         shown = value.hex() if value else "empty"
         where = f" (SecureBoot variable = {shown}, event {seq} in PCR 7)"
         event = s.index.ref(seq, f"SecureBoot = {shown}")
-    if state is None:
-        return _r(ids.SECUREBOOT_ENABLED, FAIL,
-                  "Secure Boot state was not measured (no SecureBoot variable in PCR 7).")
     word = "on" if state else "off"
-    outcome = PASS if state == want else FAIL
-    return _r(ids.SECUREBOOT_ENABLED, outcome, f"Secure Boot is {word}{where}.", event)
+    return _judged(s, ids.SECUREBOOT_ENABLED, outcome, lambda: f"Secure Boot is {word}{where}.",
+                   lambda: event)
 
 
 def _dbx(required: tuple[RefDigest, ...], s: Subject) -> RuleResult:
@@ -208,8 +224,9 @@ def _dbx(required: tuple[RefDigest, ...], s: Subject) -> RuleResult:
                   f"dbx lacks {len(missing)} of {len(required)} required revocations, first "
                   f"{label}(sha256:{first.hex}).",
                   _db_ref(s, db, f"dbx: {len(db.entries)} entries"))
-    return _r(ids.SECUREBOOT_DBX, PASS, f"dbx holds all {len(required)} required revocations.",
-              _db_ref(s, db, f"dbx: {len(db.entries)} entries"))
+    return _judged(s, ids.SECUREBOOT_DBX, PASS,
+                   lambda: f"dbx holds all {len(required)} required revocations.",
+                   lambda: _db_ref(s, db, f"dbx: {len(db.entries)} entries"))
 
 
 def _pcr7(allowed: tuple[str, ...], s: Subject) -> RuleResult:
@@ -223,8 +240,8 @@ def _pcr7(allowed: tuple[str, ...], s: Subject) -> RuleResult:
             return _r(ids.SECUREBOOT_UNKNOWN_PCR7, FAIL,
                       f"PCR 7 measures a variable the policy does not know: {name} "
                       f"(event {seq}).", s.index.ref(seq, f"variable {name}"))
-    return _r(ids.SECUREBOOT_UNKNOWN_PCR7, PASS,
-              f"All {len(names)} variables in PCR 7 are known ones.")
+    return _judged(s, ids.SECUREBOOT_UNKNOWN_PCR7, PASS,
+                   lambda: f"All {len(names)} variables in PCR 7 are known ones.")
 
 
 # --- windows debug controls ---------------------------------------------------------------
@@ -253,13 +270,20 @@ def check_debug(spec: DebugSpec, s: Subject) -> list[RuleResult]:
                 out.append(_r(rule, FAIL, f"{words} was never measured in the Windows boot "
                               "configuration, so its state cannot be confirmed."))
             continue
-        seq = s.index.windows_flag_event(attr, value)
-        state = "on" if value else "off"
-        event = s.index.ref(seq, f"SIPA: {attr} = {state}") if seq is not None else None
-        at = f" (event {seq} in PCR {event.pcr})" if event is not None else ""
-        outcome = PASS if value == want else FAIL
-        out.append(_r(rule, outcome, f"{words} is {state}{at}.", event))
+        out.append(_flag_result(s, rule, words, attr, value, PASS if value == want else FAIL))
     return out
+
+
+def _flag_result(s: Subject, rule: str, words: str, attr: str, value: object,
+                 outcome: Outcome) -> RuleResult:
+    """``{words} is on/off``, naming the SIPA event that measured ``attr`` as ``value``."""
+    if outcome is not FAIL and not s.explain:
+        return RuleResult(rule_id=rule, outcome=outcome, message="")
+    seq = s.index.windows_flag_event(attr, value)
+    state = "on" if value else "off"
+    event = s.index.ref(seq, f"SIPA: {attr} = {state}") if seq is not None else None
+    at = f" (event {seq} in PCR {event.pcr})" if event is not None else ""
+    return _r(rule, outcome, f"{words} is {state}{at}.", event)
 
 
 # --- code integrity -----------------------------------------------------------------------
@@ -267,11 +291,7 @@ def _windows_bool(rule: str, words: str, value: bool | None, want: bool, s: Subj
                   attr: str) -> RuleResult:
     if value is None:
         return _r(rule, FAIL, f"{words} was never measured in the Windows boot configuration.")
-    seq = s.index.windows_flag_event(attr, value)
-    state = "on" if value else "off"
-    event = s.index.ref(seq, f"SIPA: {attr} = {state}") if seq is not None else None
-    at = f" (event {seq} in PCR {event.pcr})" if event is not None else ""
-    return _r(rule, PASS if value == want else FAIL, f"{words} is {state}{at}.", event)
+    return _flag_result(s, rule, words, attr, value, PASS if value == want else FAIL)
 
 
 def hvci_on(w: WindowsBootConfig) -> bool | None:
@@ -326,7 +346,7 @@ def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Imag
         how = "possible signers" if img.inherited else "signer"
         return _r(rule, FAIL, f"The {what} {img.label} is not approved: neither its digest nor "
                   f"its {how} ({signer}) is allowed (event {img.seq}).", _image_ref(img, s))
-    return _r(rule, PASS, f"All {len(images)} measured {what}s are approved.")
+    return _judged(s, rule, PASS, lambda: f"All {len(images)} measured {what}s are approved.")
 
 
 def _image_ref(img: _Image, s: Subject) -> EventRef | None:
@@ -489,9 +509,9 @@ def _chain(spec: BootChainSpec, s: Subject) -> RuleResult:
                       f"Boot stage {i + 1} ({stage.name}) ran {label}, whose digest {shown} is "
                       f"not approved for that stage (event {app.seq}).",
                       s.index.ref(app.seq, label, pcr=app.pcr))
-    return _r(ids.BOOTCHAIN_APPLICATIONS, PASS,
-              f"The boot chain ({', '.join(st.name for st in stages[:len(apps)])}) matches "
-              "approved images.")
+    return _judged(s, ids.BOOTCHAIN_APPLICATIONS, PASS, lambda: (
+        f"The boot chain ({', '.join(st.name for st in stages[:len(apps)])}) matches "
+        "approved images."))
 
 
 def cmdline_tokens(line: str) -> list[str]:
@@ -548,7 +568,7 @@ def _cmdline(spec: CmdlineSpec, s: Subject) -> RuleResult:
             at, ref = _cmdline_event(line, s)
             return _r(rule, FAIL, f"The kernel command line lacks the required option "
                       f"{missing[0]!r}{at}.", ref)
-    return _r(rule, PASS, f"All {len(lines)} kernel command lines meet the policy.")
+    return _judged(s, rule, PASS, lambda: f"All {len(lines)} kernel command lines meet the policy.")
 
 
 def _cmdline_event(line: str, s: Subject) -> tuple[str, EventRef | None]:
