@@ -124,6 +124,12 @@ class BoundedCache(Generic[K, V]):
                 old, _ = data.popitem(last=False)
                 self.weight -= weights.pop(old, 0)
 
+    def discard(self, key: K) -> None:
+        """Forget ``key``'s entry, if any."""
+        with self._lock:
+            if self._data.pop(key, None) is not None:
+                self.weight -= self._weights.pop(key, 0)
+
     def clear(self) -> None:
         """Forget every entry and reset the counters."""
         with self._lock:

@@ -63,6 +63,7 @@ __all__ = [
     "VariableFact",
     "read_event",
     "read_events",
+    "reading_key",
 ]
 
 Registers = Literal["tpm", "ccel"]
@@ -396,6 +397,13 @@ def read_event(ev: Event, registers: Registers) -> Reading:
     return read_events((ev,), registers)[0]
 
 
+def reading_key(ev: Event, registers: Registers) -> tuple[object, ...]:
+    """The :data:`READINGS` key of ``ev`` (the expression :func:`read_events` inlines)."""
+    data = ev.data
+    content = data if len(data) <= _KEY_BY_DIGEST_ABOVE else hashlib.sha256(data).digest()
+    return (registers, ev.pcr, ev.event_type, content, *ev.digests.items())
+
+
 def read_events(events: Iterable[Event], registers: Registers) -> list[Reading]:
     """:func:`read_event` of each of ``events`` (extending events), in order.
 
@@ -412,7 +420,7 @@ def read_events(events: Iterable[Event], registers: Registers) -> list[Reading]:
     for ev in events:
         data = ev.data
         content = data if len(data) <= small else sha256(data).digest()
-        key = (registers, ev.pcr, ev.event_type, content, *ev.digests.items())
+        key = (registers, ev.pcr, ev.event_type, content, *ev.digests.items())  # reading_key
         reading = remembered(key)
         if reading is None:
             reading = _read(ev, registers)

@@ -20,7 +20,7 @@ from services.tpm import parse_event_log, replay, sipa, verify_replay
 from services.tpm._cache import BoundedCache, caching_disabled, clear_all
 from services.tpm.claims import Claims, extract_claims
 from services.tpm.eventlog import Event, EventLog, EventType
-from services.tpm.readings import READINGS, read_event
+from services.tpm.readings import READINGS, read_event, read_events, reading_key
 from tests.unit.policy_helpers import CORPUS, manifest, real_log_ids
 
 _HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384,
@@ -155,6 +155,26 @@ def test_byte_bounded_cache_evicts_by_weight_and_skips_giants() -> None:
         assert cache.get("a") is None
         cache.put("d", 6, 1)
     assert cache.get("d") is None
+
+
+def test_readings_are_filed_under_reading_key_and_can_be_discarded() -> None:
+    # reading_key is what the benchmark and tests use to name an entry: it must be the key
+    # read_events really files a reading under (read_events inlines the expression).
+    log = _log("A36")
+    events = [ev for ev in log.events if ev.extends]
+    clear_all()
+    got = read_events(events, "tpm")
+    entries = READINGS.entries()
+    for ev, reading in zip(events, got, strict=True):
+        if reading.cacheable:
+            assert entries.get(reading_key(ev, "tpm")) is reading
+    ev = events[-1]
+    weight = READINGS.weight
+    READINGS.discard(reading_key(ev, "tpm"))
+    assert reading_key(ev, "tpm") not in entries
+    assert READINGS.weight == weight - len(ev.data)
+    READINGS.discard(reading_key(ev, "tpm"))  # twice: nothing left to forget
+    assert READINGS.weight == weight - len(ev.data)
 
 
 # --- SIPA: per-block summaries merged == folding every event in one pass -----------------
