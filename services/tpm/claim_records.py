@@ -8,7 +8,7 @@ They are defined apart from extraction so the per-event readings
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Final
 
@@ -187,14 +187,34 @@ class Claims:
         found = [d for d in self.key_databases if d.name == name]
         return found[-1] if found else None
 
-    def to_json_dict(self) -> dict[str, Any]:
+    def to_json_dict(
+        self, *, key_entries: Callable[[tuple[KeyEntry, ...]], Any] | None = None
+    ) -> dict[str, Any]:
         """A JSON-ready dict: field order as declared, bytes as lowercase hex, mapping keys
         sorted (PCR indices as decimal strings, numerically ordered). Provenance
-        (:attr:`decoded`) is not included."""
-        out = _json(self)
+        (:attr:`decoded`) is not included. ``key_entries``, if given, writes each key
+        database's entry list instead (a verdict writer that has them as JSON text already)."""
+        if key_entries is None:
+            out = _json(self)
+        else:
+            out = {}
+            for name in _field_names(Claims):
+                if name == "key_databases":
+                    out[name] = [{f: key_entries(db.entries) if f == "entries"
+                                  else _json(getattr(db, f)) for f in _field_names(KeyDatabase)}
+                                 for db in self.key_databases]
+                else:
+                    out[name] = _json(getattr(self, name))
         out["failed_closed"] = self.failed_closed
         assert isinstance(out, dict)
         return out
+
+
+def key_entries_json(entries: tuple[KeyEntry, ...]) -> list[dict[str, Any]]:
+    """A key database's entries as :meth:`Claims.to_json_dict` writes them."""
+    out = _json(entries)
+    assert isinstance(out, list)
+    return out
 
 
 _NOT_JSON: Final = frozenset({"decoded"})

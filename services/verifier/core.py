@@ -47,6 +47,7 @@ from services.tpm.eventlog import Event, EventLog, parse_event_log
 from services.tpm.quote import ClockInfo, VerifiedQuote, verify_quote
 from services.tpm.replay import ReplayResult, verify_replay
 from services.verifier import counters, ear, reasons
+from services.verifier.claims_json import claims_json
 from services.verifier.policy.evaluate import evaluate, subject
 from services.verifier.policy.events import shorten
 from services.verifier.policy.results import EventRef, Outcome
@@ -408,14 +409,13 @@ def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Wor
                 attested.append({"bank": _BANK_TO_SYMBOL[bank], "pcr": pcr, "value": value})
     quote_counters = (counters.to_record(w.quote.clock_info)
                       if w.quote is not None and w.counters_ok else None)
-    claims_json = (ear.canonical_float_free(w.claims.to_json_dict()) if w.claims is not None
-                   else "{}")
+    claims_text = claims_json(w.claims) if w.claims is not None else "{}"
     record: dict[str, Any] = {
         "verdict_id": vid,
         "host_id": str(ev["host_id"]),
         "result": "PASS" if passed else "FAIL",
         "failed_rules": [f.to_avro() for f in failures],
-        "claims_json": claims_json,
+        "claims_json": claims_text,
         "policy_id": policy.policy_id if policy is not None else "",
         "policy_version": policy.version if policy is not None else 0,
         "policy_digest": policy_digest,
