@@ -103,14 +103,20 @@ def _r(rule: str, outcome: Outcome, message: str, event: EventRef | None = None)
     return RuleResult(rule_id=rule, outcome=outcome, message=message, event=event)
 
 
-def _judged(s: Subject, rule: str, outcome: Outcome, message: Callable[[], str],
-            event: Callable[[], EventRef | None] | None = None) -> RuleResult:
-    """A result whose message and event are worked out only when someone reads them: always
-    for a failure, for a pass only when ``s.explain`` (see :class:`Subject`)."""
+def _unworded(s: Subject, rule: str, outcome: Outcome) -> RuleResult | None:
+    """The result without words when nobody will read them (a pass, unless ``s.explain``:
+    see :class:`Subject`), else None: the rule words it."""
     if outcome is not FAIL and not s.explain:
         return RuleResult(rule_id=rule, outcome=outcome, message="")
-    return RuleResult(rule_id=rule, outcome=outcome, message=message(),
-                      event=event() if event is not None else None)
+    return None
+
+
+def _judged(s: Subject, rule: str, outcome: Outcome, message: Callable[[], str],
+            event: Callable[[], EventRef | None] | None = None) -> RuleResult:
+    """A result whose message and event are worked out only when someone reads them."""
+    return _unworded(s, rule, outcome) or RuleResult(
+        rule_id=rule, outcome=outcome, message=message(),
+        event=event() if event is not None else None)
 
 
 def _ranges(values: Iterable[int]) -> str:
@@ -197,7 +203,10 @@ def _secure_boot_state(want: bool, s: Subject) -> RuleResult:
         return _r(ids.SECUREBOOT_ENABLED, FAIL,
                   "Secure Boot state was not measured (no SecureBoot variable in PCR 7).")
     outcome = PASS if state == want else FAIL
-    found = s.index.secure_boot_event() if outcome is FAIL or s.explain else None
+    unworded = _unworded(s, ids.SECUREBOOT_ENABLED, outcome)
+    if unworded is not None:
+        return unworded
+    found = s.index.secure_boot_event()
     where = ""
     event = None
     if found is not None:
@@ -206,8 +215,7 @@ def _secure_boot_state(want: bool, s: Subject) -> RuleResult:
         where = f" (SecureBoot variable = {shown}, event {seq} in PCR 7)"
         event = s.index.ref(seq, f"SecureBoot = {shown}")
     word = "on" if state else "off"
-    return _judged(s, ids.SECUREBOOT_ENABLED, outcome, lambda: f"Secure Boot is {word}{where}.",
-                   lambda: event)
+    return _r(ids.SECUREBOOT_ENABLED, outcome, f"Secure Boot is {word}{where}.", event)
 
 
 def _dbx(required: tuple[RefDigest, ...], s: Subject) -> RuleResult:
@@ -277,8 +285,9 @@ def check_debug(spec: DebugSpec, s: Subject) -> list[RuleResult]:
 def _flag_result(s: Subject, rule: str, words: str, attr: str, value: object,
                  outcome: Outcome) -> RuleResult:
     """``{words} is on/off``, naming the SIPA event that measured ``attr`` as ``value``."""
-    if outcome is not FAIL and not s.explain:
-        return RuleResult(rule_id=rule, outcome=outcome, message="")
+    unworded = _unworded(s, rule, outcome)
+    if unworded is not None:
+        return unworded
     seq = s.index.windows_flag_event(attr, value)
     state = "on" if value else "off"
     event = s.index.ref(seq, f"SIPA: {attr} = {state}") if seq is not None else None
