@@ -212,12 +212,11 @@ def main() -> int:
     if extract_claims is not None:
         verify = verifier_step(logs)
         host_entries = [host_specific_entries(data) for _, _, data in logs]
-        events_total = sum(sum(1 for ev in parse_event_log(d).events if ev.extends)
-                           for _, _, d in logs)
-        host_share = (sum(len(k) for k, _ in host_entries) / events_total,
+        parsed = [parse_event_log(data) for _, _, data in logs]
+        extending = [sum(1 for ev in log.events if ev.extends) for log in parsed]
+        host_share = (sum(len(keys) for keys, _ in host_entries) / sum(extending),
                       sum(len(v) for _, st in host_entries for v in st.values())
-                      / sum(sum(1 for ev in parse_event_log(d).events if ev.extends)
-                            * len(parse_event_log(d).banks) for _, _, d in logs))
+                      / sum(n * len(log.banks) for n, log in zip(extending, parsed, strict=True)))
         steps["parse+verify_replay+claims (fleet)"] = (verify, "warm")
         steps["parse+verify_replay+claims (per-host events new)"] = (verify, "per-host")
         steps["parse+verify_replay+claims (first sight)"] = (verify, "cold")
