@@ -283,11 +283,10 @@ class Codec:
     def encode(self, subject: str, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` with the newest version of ``subject``, framed as configured."""
         sv = self.newest(subject)
-        try:
-            validate(record, sv.parsed, raise_errors=True, strict=True)
-        except ValidationError as exc:
-            detail = "; ".join(str(e) for e in exc.errors) or str(exc)
-            raise InvalidRecord(f"{subject} v{sv.version}: record does not fit: {detail}") from exc
+        # The yes/no check first: with raise_errors, fastavro builds a ValidationError for
+        # every union branch a value does not take, about half the cost of a valid record.
+        if not validate(record, sv.parsed, raise_errors=False, strict=True):
+            raise self._misfit(sv, record)
         buf = io.BytesIO()
         if self._framing == "confluent":
             buf.write(CONFLUENT_MAGIC + struct.pack(">I", self._confluent_id(sv)))
@@ -304,6 +303,16 @@ class Codec:
                 f"exceeds the limit of {self._max_body}"
             )
         return buf.getvalue()
+
+    @staticmethod
+    def _misfit(sv: SchemaVersion, record: Mapping[str, Any]) -> InvalidRecord:
+        """The error for a record that does not validate, naming every field that fails."""
+        try:
+            validate(record, sv.parsed, raise_errors=True, strict=True)
+        except ValidationError as exc:
+            detail = "; ".join(str(e) for e in exc.errors) or str(exc)
+            return InvalidRecord(f"{sv.subject} v{sv.version}: record does not fit: {detail}")
+        return InvalidRecord(f"{sv.subject} v{sv.version}: record does not fit")
 
     def _confluent_id(self, sv: SchemaVersion) -> int:
         if self._registry is None:
