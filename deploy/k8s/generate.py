@@ -128,8 +128,8 @@ SOC_IO: Final = (
     "hostgate.soc.",
 )
 OPERATOR_IO: Final = (
-    ("attest.policies.v1", *(dlq_topic(s) for s in STAGES)),
-    ("attest.policies.v1",),
+    ("attest.policies.v1", "attest.policies.history.v1", *(dlq_topic(s) for s in STAGES)),
+    ("attest.policies.v1", "attest.policies.history.v1"),
     "hostgate.operator.",
 )
 

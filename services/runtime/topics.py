@@ -1,8 +1,10 @@
 """Every Kafka topic hostgate uses, declared once.
 
-Audit topics (evidence, collected, verdicts, incidents, rejections, remediation) are kept forever
-because auditors replay them. State changelogs, ``attest.hosts.v1`` and ``attest.policies.v1``
-are compacted: only the newest record per key matters. ``ensure_topics`` creates what is missing
+Audit topics (evidence, collected, verdicts, incidents, rejections, remediation, policy history)
+are kept forever because auditors replay them. State changelogs, ``attest.hosts.v1`` and
+``attest.policies.v1`` are compacted: only the newest record per key matters. A policy version
+superseded on the compacted topic disappears once its segment is cleaned, yet verdicts name it
+for as long as they are kept, so every version also goes to ``attest.policies.history.v1``. ``ensure_topics`` creates what is missing
 and reports drift (partition counts or configs that differ from this declaration) without
 silently rewriting an operator's cluster; ``fix=True`` applies what Kafka allows.
 """
@@ -70,6 +72,8 @@ PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("attest.collected.v1", "collector: evidence that passed intake (audit)"),
     TopicSpec("attest.rejections.v1", "collector: requests and evidence refused at intake"),
     TopicSpec("attest.policies.v1", "operators: attestation policy documents", compacted=True),
+    TopicSpec("attest.policies.history.v1",
+              "operators: every policy version ever published (audit replay)"),
     TopicSpec("attest.verdicts.v1", "verifier: appraisal results (audit)"),
     TopicSpec("attest.credentials.v1", "issuer: TPM-sealed host credentials",
               retention_ms=str(30 * DAY_MS)),

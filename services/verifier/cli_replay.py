@@ -3,11 +3,12 @@
 The Kafka side of :mod:`services.verifier.replay`. It has its own consumer per topic — no
 consumer group, no offset commits, ``read_committed`` — so it has no effect on the live stages.
 Each consumer is assigned every partition of its topic (the broker serves them in parallel) and
-reads up to the end offsets taken when it started; the three topics are read concurrently.
+reads up to the end offsets taken when it started; the topics are read concurrently.
 
 * without ``--policy``: every recorded verdict is recomputed under the policy it names (found by
-  digest among every record of ``attest.policies.v1``) and compared field by field; any
-  difference is a finding and the exit status is 1;
+  digest among every record of ``attest.policies.history.v1`` and ``attest.policies.v1``: the
+  compacted topic loses superseded versions, the history keeps them) and compared field by
+  field; any difference is a finding and the exit status is 1;
 * with ``--policy FILE``: a what-if — which hosts would change verdict under that policy, and
   why; the exit status is 0.
 
@@ -181,13 +182,16 @@ async def read_recorded(bootstrap: str, *, namespace: str = "", start_ms: int | 
 
     topics = VerifierTopics(namespace)
     codec = Codec.load()
-    collected, verdicts, policies = await asyncio.gather(
+    collected, verdicts, history, policies = await asyncio.gather(
         read_topic(bootstrap, ReadSpec(topics.collected, COLLECTED_SUBJECT, start_ms, end_ms,
                                        host), codec, on_record),
         read_topic(bootstrap, ReadSpec(topics.verdicts, VERDICT_SUBJECT, start_ms, None, host),
                    codec, on_record),
+        read_topic(bootstrap, ReadSpec(topics.policy_history, POLICY_SUBJECT), codec),
         read_topic(bootstrap, ReadSpec(topics.policies, POLICY_SUBJECT), codec))
-    return Recorded(collected, verdicts, policies)
+    # The compacted topic as well: it may still hold versions published before the history
+    # topic existed. The index keeps one entry per digest.
+    return Recorded(collected, verdicts, [*history, *policies])
 
 
 def run_replay(recorded: Recorded, *, policy_text: str | None, time_filtered: bool,
@@ -308,9 +312,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     """Add ``hostgate replay``."""
     p = subparsers.add_parser(
         "replay", help="re-verify recorded evidence and compare with the recorded verdicts",
-        description="Audit replay. Reads attest.collected.v1, attest.verdicts.v1 and "
-        "attest.policies.v1 with its own consumers (no group, no commits, read_committed: "
-        "the live stages are not affected) and re-appraises the evidence with the verifier's "
+        description="Audit replay. Reads attest.collected.v1, attest.verdicts.v1, "
+        "attest.policies.history.v1 and attest.policies.v1 with its own consumers (no group, "
+        "no commits, read_committed: the live stages are not affected) and re-appraises the evidence with the verifier's "
         "core. Without --policy every recorded verdict must be reproduced exactly under the "
         "policy it names; any difference is a finding (a bug, or a tampered record) and the "
         "exit status is 1. With --policy it is a what-if: which hosts would change verdict "

@@ -1,4 +1,5 @@
-"""``hostgate policy publish``: put one policy version on the compacted ``attest.policies.v1``.
+"""``hostgate policy publish``: put one policy version on the compacted ``attest.policies.v1``
+(what verifiers apply) and on ``attest.policies.history.v1`` (what auditors replay against).
 
 The document is loaded first (a malformed policy is refused with its line and reason), then the
 topic is read in full (read_committed) to find the newest version already published under the
@@ -6,7 +7,10 @@ same id: a version that is not higher would never be in force (the verifier take
 so it is refused. ``--bootstrap`` publishes the first version of a policy into an empty topic
 and refuses if that id already has one (a guard for provisioning scripts).
 
-The record is written by an idempotent producer with ``acks=all``, key = policy id.
+The record is written by an idempotent producer with ``acks=all``, key = policy id: first to
+the history topic, then, once that is acknowledged, to the compacted topic. So a version in force
+is always in the history; if the second write fails, the history holds a version that never
+came into force, which replay indexes by digest like any other and no verdict names.
 """
 
 from __future__ import annotations
@@ -50,11 +54,16 @@ class Published:
     version: int
     digest: str
     document_sha256: str
+    history_topic: str
+    history_partition: int
+    history_offset: int
 
     def to_json(self) -> dict[str, Any]:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset,
                 "policy_id": self.policy_id, "version": self.version, "digest": self.digest,
-                "document_sha256": self.document_sha256}
+                "document_sha256": self.document_sha256,
+                "history": {"topic": self.history_topic, "partition": self.history_partition,
+                            "offset": self.history_offset}}
 
 
 def read_policy_text(path: Path) -> str:
@@ -114,14 +123,17 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
     producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
                                 acks="all", client_id="hostgate.policy-publish")
     await producer.start()
+    value, key = codec.encode(POLICY_SUBJECT, record), pid.encode("utf-8")
     try:
-        meta = await producer.send_and_wait(topics.policies, codec.encode(POLICY_SUBJECT, record),
-                                            key=pid.encode("utf-8"))
+        kept = await producer.send_and_wait(topics.policy_history, value, key=key)
+        meta = await producer.send_and_wait(topics.policies, value, key=key)
     finally:
         await producer.stop()
     return Published(topic=meta.topic, partition=meta.partition, offset=meta.offset,
                      policy_id=pid, version=version, digest=policy.digest,
-                     document_sha256=bytes(record["digest"]).hex())
+                     document_sha256=bytes(record["digest"]).hex(),
+                     history_topic=kept.topic, history_partition=kept.partition,
+                     history_offset=kept.offset)
 
 
 def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -131,9 +143,10 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         help="publish a policy version to attest.policies.v1 (compacted, key = policy id)",
         description="Load POLICY (refusing a malformed one with its line and reason), check "
         "that its version is newer than any already published under the same id, and write it "
-        "as a hostgate.PolicyPublished record keyed by the policy id. Verifiers whose "
-        "HOSTGATE_POLICY_ID names it pick it up within a second; the highest version is the "
-        "one in force.",
+        "as a hostgate.PolicyPublished record keyed by the policy id, to "
+        "attest.policies.history.v1 (kept forever, for audit replay) and then to "
+        "attest.policies.v1. Verifiers whose HOSTGATE_POLICY_ID names it pick it up within a "
+        "second; the highest version is the one in force.",
         epilog="Environment: HOSTGATE_BOOTSTRAP (broker; default the local broker), "
         "HOSTGATE_TOPIC_NAMESPACE (topic prefix for isolated deployments).",
     )
@@ -174,5 +187,6 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print()
     else:
         print(f"published policy {done.policy_id} version {done.version} ({done.digest}) to "
-              f"{done.topic}[{done.partition}]@{done.offset}")
+              f"{done.topic}[{done.partition}]@{done.offset} and "
+              f"{done.history_topic}[{done.history_partition}]@{done.history_offset}")
     return 0

@@ -214,7 +214,9 @@ class PolicyIndex:
 
     @classmethod
     def build(cls, records: Iterable[Mapping[str, Any]]) -> PolicyIndex:
-        """Load every ``PolicyPublished`` record (tombstones are skipped by the caller)."""
+        """Load every ``PolicyPublished`` record (tombstones are skipped by the caller). A record
+        read twice (from the history and from the compacted topic) is loaded once: the cache
+        hands back the same policy, or the same ``PolicyUnusable``, which is listed once."""
         cache = PolicyCache(size=1024)
         by_digest: dict[bytes, PolicyInForce] = {}
         unusable: list[PolicyUnusable] = []
@@ -222,7 +224,8 @@ class PolicyIndex:
             try:
                 loaded = cache.get(rec)
             except PolicyUnusable as exc:
-                unusable.append(exc)
+                if not any(exc is seen for seen in unusable):
+                    unusable.append(exc)
                 continue
             by_digest.setdefault(loaded.digest, loaded)
         return cls(by_digest, tuple(unusable))

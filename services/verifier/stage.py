@@ -69,6 +69,11 @@ class VerifierTopics:
         return self._t("attest.policies.v1")
 
     @property
+    def policy_history(self) -> str:
+        """Every version published, never compacted: what audit replay reads policies from."""
+        return self._t("attest.policies.history.v1")
+
+    @property
     def dlq(self) -> str:
         return self._t("verifier.dlq.v1")
 

@@ -27,7 +27,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.runtime.codec import Codec
 from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
 from services.verifier import reasons
+from services.verifier.cli_replay import read_recorded
+from services.verifier.policy_in_force import POLICY_SUBJECT, load_in_force, published_record
 from services.verifier.publish import PublishRefused, publish
+from services.verifier.replay import PolicyIndex
 from services.verifier.stage import VerifierTopics
 from tests.integration.runtime_support import REPO, bootstrap, read_committed
 from tests.unit.verifier_support import SimFleet, collected_for, sim_fleet
@@ -51,6 +54,7 @@ async def _create(topics: VerifierTopics) -> None:
     specs = [TopicSpec(topics.collected, "test collected"),
              TopicSpec(topics.verdicts, "test verdicts"),
              TopicSpec(topics.policies, "test policies", compacted=True),
+             TopicSpec(topics.policy_history, "test policy history"),
              TopicSpec(topics.dlq, "test dlq")]
     await ensure_topics(bootstrap(), specs=specs, layout=TopicLayout(PARTITIONS, 1))
 
@@ -60,7 +64,7 @@ async def _delete(topics: VerifierTopics) -> None:
     await admin.start()
     try:
         await admin.delete_topics([topics.collected, topics.verdicts, topics.policies,
-                                   topics.dlq])
+                                   topics.policy_history, topics.dlq])
     except Exception as exc:  # cleanup only
         print(f"could not delete test topics: {exc}", file=sys.stderr)
     finally:
@@ -195,6 +199,48 @@ def test_verdicts_exactly_once_with_policy_from_the_global_table(sim: SimFleet,
         finally:
             if proc.alive():
                 proc.kill()
+            await _delete(topics)
+
+    asyncio.run(scenario())
+
+
+def test_replay_finds_superseded_policy_versions_on_the_history_topic(sim: SimFleet) -> None:
+    """Kafka compaction leaves only the newest version of a policy on ``attest.policies.v1``,
+    while verdicts naming older versions are kept forever. ``publish`` writes every version to
+    the history topic too, and replay indexes policies from it."""
+    topics = VerifierTopics(f"vh{uuid.uuid4().hex[:8]}")
+    codec = Codec.load()
+    v2_text = sim.policy_text.replace('description: "', 'description: "second version; ', 1)
+    assert v2_text != sim.policy_text
+
+    async def scenario() -> None:
+        await _create(topics)
+        try:
+            # Version 1 as compaction would leave it: on the history topic only.
+            v1 = published_record(sim.policy_text, version=1, author="tests",
+                                  published_at_ms=1_000)
+            producer = AIOKafkaProducer(bootstrap_servers=bootstrap())
+            await producer.start()
+            try:
+                await producer.send_and_wait(topics.policy_history,
+                                             codec.encode(POLICY_SUBJECT, v1),
+                                             key=POLICY_ID.encode())
+            finally:
+                await producer.stop()
+            done = await publish(v2_text, bootstrap=bootstrap(), version=2, author="tests",
+                                 topics=topics)
+            assert (done.topic, done.history_topic) == (topics.policies, topics.policy_history)
+            in_force = await read_committed(topics.policies)
+            history = await read_committed(topics.policy_history)
+            assert [r.value for r in in_force] == [history[-1].value]  # the same record
+            assert [codec.decode(r.value).record["version"] for r in history] == [1, 2]
+
+            recorded = await read_recorded(bootstrap(), namespace=topics.namespace)
+            index = PolicyIndex.build(p.record for p in recorded.policies)
+            digests = {load_in_force(codec.decode(r.value).record).digest for r in history}
+            assert len(digests) == 2 and set(index.by_digest) == digests
+            assert index.unusable == ()
+        finally:
             await _delete(topics)
 
     asyncio.run(scenario())
