@@ -4,9 +4,11 @@ Audit topics (evidence, collected, verdicts, incidents, rejections, remediation,
 are kept forever because auditors replay them. State changelogs, ``attest.hosts.v1`` and
 ``attest.policies.v1`` are compacted: only the newest record per key matters. A policy version
 superseded on the compacted topic disappears once its segment is cleaned, yet verdicts name it
-for as long as they are kept, so every version also goes to ``attest.policies.history.v1``. ``ensure_topics`` creates what is missing
-and reports drift (partition counts or configs that differ from this declaration) without
-silently rewriting an operator's cluster; ``fix=True`` applies what Kafka allows.
+for as long as they are kept, so every version also goes to ``attest.policies.history.v1``.
+
+``ensure_topics`` creates what is missing and reports drift (partition counts or configs that
+differ from this declaration) without silently rewriting an operator's cluster; ``fix=True``
+applies what Kafka allows.
 """
 
 from __future__ import annotations

@@ -112,7 +112,8 @@ async def read_topic(bootstrap: str, spec: ReadSpec, codec: Any,
                                   max_partition_fetch_bytes=8 * 1024 * 1024) as consumer:
         count = (await partition_counts(bootstrap, [spec.topic])).get(spec.topic, 0)
         if not count:
-            raise ReplayError(f"topic {spec.topic} does not exist")
+            raise ReplayError(f"topic {spec.topic} does not exist (`hostgate topics ensure` "
+                              "creates hostgate's topics)")
         tps = [TopicPartition(spec.topic, p) for p in range(count)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
@@ -314,8 +315,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "replay", help="re-verify recorded evidence and compare with the recorded verdicts",
         description="Audit replay. Reads attest.collected.v1, attest.verdicts.v1, "
         "attest.policies.history.v1 and attest.policies.v1 with its own consumers (no group, "
-        "no commits, read_committed: the live stages are not affected) and re-appraises the evidence with the verifier's "
-        "core. Without --policy every recorded verdict must be reproduced exactly under the "
+        "no commits, read_committed: the live stages are not affected) and re-appraises the "
+        "evidence with the verifier's core. Without --policy every recorded verdict must be reproduced exactly under the "
         "policy it names; any difference is a finding (a bug, or a tampered record) and the "
         "exit status is 1. With --policy it is a what-if: which hosts would change verdict "
         "under that policy, and why.",

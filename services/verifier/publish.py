@@ -140,7 +140,7 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     """Add ``publish`` to ``hostgate policy``'s sub-commands."""
     p = sub.add_parser(
         "publish",
-        help="publish a policy version to attest.policies.v1 (compacted, key = policy id)",
+        help="publish a policy version to attest.policies.v1 and its history topic",
         description="Load POLICY (refusing a malformed one with its line and reason), check "
         "that its version is newer than any already published under the same id, and write it "
         "as a hostgate.PolicyPublished record keyed by the policy id, to "

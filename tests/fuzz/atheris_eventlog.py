@@ -1,4 +1,5 @@
-"""Long-running coverage-guided fuzzing of the event-log parser and replay (not run in CI).
+"""Long-running coverage-guided fuzzing of the event-log parser, replay and claims (not run in
+CI).
 
     pip install atheris
     python tests/fuzz/atheris_eventlog.py [corpus_dir] -max_total_time=3600
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 def test_one_input(data: bytes) -> None:
     """libFuzzer entry point: parse, replay and verify ``data``; only TPM errors are allowed."""
     from services.tpm import Limits, parse_event_log, replay, verify_replay
+    from services.tpm.claims import extract_claims
     from services.tpm.errors import TpmError
 
     limits = Limits(max_log_bytes=1 << 20, max_events=10_000, max_event_data=1 << 16)
@@ -26,6 +28,11 @@ def test_one_input(data: bytes) -> None:
         pcrs = replay(log)
         for bank, values in pcrs.items():
             verify_replay(log, {bank: dict(values)}, allowed_quirks=["ebs-invocation-success"])
+        # Claims read every event's data: the decoders behind them get the input too, once as
+        # a TPM log and once as a TDX CCEL log (their PCR/RTMR rules differ).
+        verified = verify_replay(log, {bank: dict(v) for bank, v in pcrs.items()})
+        for registers in ("tpm", "ccel"):
+            extract_claims(verified, measurement_registers=registers)
     except TpmError:
         pass
 
@@ -38,8 +45,8 @@ def main() -> None:
         print("atheris is not installed: pip install atheris", file=sys.stderr)
         raise SystemExit(2) from None
     with atheris.instrument_imports():
-        import services.tpm.eventlog
-        import services.tpm.replay  # noqa: F401
+        import services.tpm
+        import services.tpm.claims  # noqa: F401  (readings and every event-data decoder)
     atheris.Setup(sys.argv, test_one_input)
     atheris.Fuzz()
 
