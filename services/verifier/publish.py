@@ -120,10 +120,10 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
         raise PublishRefused(f"policy {pid!r} version {version} is not newer than version "
                              f"{current['version']} already in {topics.policies}; the verifier "
                              "would keep the newer one (pass a higher --version)")
+    value, key = codec.encode(POLICY_SUBJECT, record), pid.encode("utf-8")
     producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
                                 acks="all", client_id="hostgate.policy-publish")
     await producer.start()
-    value, key = codec.encode(POLICY_SUBJECT, record), pid.encode("utf-8")
     try:
         kept = await producer.send_and_wait(topics.policy_history, value, key=key)
         meta = await producer.send_and_wait(topics.policies, value, key=key)
