@@ -4,8 +4,9 @@ audit-replay rate and the verifier-core rate on the same records in the same run
 
 Run: .venv/bin/python bench/e2e.py [--evidences 5000] [--hosts 26]
 
-Replay is measured as ``hostgate replay`` runs it: reading the three topics, then re-appraising
-in one process and in one process per CPU (``--jobs``), each against the verifier-core rate.
+Replay is measured as ``hostgate replay`` runs it: reading its topics (collected, verdicts,
+policies and their history), then re-appraising in one process and in one process per CPU
+(``--jobs``), each against the verifier-core rate.
 
 Evidence: prepared once, before timing — real swtpm quotes (``tests.unit.verifier_support``:
 one swtpm per host, golden-image boots, 2 of the hosts tampered: secure_boot_off, forged_log),
