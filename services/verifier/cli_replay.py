@@ -316,10 +316,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Audit replay. Reads attest.collected.v1, attest.verdicts.v1, "
         "attest.policies.history.v1 and attest.policies.v1 with its own consumers (no group, "
         "no commits, read_committed: the live stages are not affected) and re-appraises the "
-        "evidence with the verifier's core. Without --policy every recorded verdict must be reproduced exactly under the "
-        "policy it names; any difference is a finding (a bug, or a tampered record) and the "
-        "exit status is 1. With --policy it is a what-if: which hosts would change verdict "
-        "under that policy, and why.",
+        "evidence with the verifier's core. Without --policy every recorded verdict must be "
+        "reproduced exactly under the policy it names; any difference is a finding (a bug, or "
+        "a tampered record) and the exit status is 1. With --policy it is a what-if: which "
+        "hosts would change verdict under that policy, and why.",
         epilog="TIME is ISO 8601 (UTC unless an offset is given), epoch milliseconds, or a "
         "duration back from now such as 15m, 2h, 7d; it selects evidence by record timestamp. "
         "Environment: HOSTGATE_BOOTSTRAP, HOSTGATE_TOPIC_NAMESPACE.")

@@ -30,7 +30,8 @@ def test_one_input(data: bytes) -> None:
             verify_replay(log, {bank: dict(values)}, allowed_quirks=["ebs-invocation-success"])
         # Claims read every event's data: the decoders behind them get the input too, once as
         # a TPM log and once as a TDX CCEL log (their PCR/RTMR rules differ).
-        verified = verify_replay(log, {bank: dict(v) for bank, v in pcrs.items()})
+        verified = verify_replay(log, {bank: dict(v) for bank, v in pcrs.items()},
+                                 allowed_quirks=["ebs-invocation-success"])
         for registers in ("tpm", "ccel"):
             extract_claims(verified, measurement_registers=registers)
     except TpmError:
