@@ -1,12 +1,28 @@
 """Attestation challenges: single-use nonces bound to one host, with an expiry and a rate limit.
 
-A ``ChallengeRequested`` from an enrolled host gets a ``NonceIssued`` (32 random bytes, expiry
+A ``ChallengeRequested`` from an enrolled host, **signed by its enrolled AK**
+(``services.collector.request_auth``), gets a ``NonceIssued`` (32 random bytes, expiry
 ``now + nonce TTL``, the PCR selection the quote must cover) and a ``PendingChallenge`` row
 keyed by the challenge id. The host's ``hosts`` row (``HostTrackState``) lists its open
 challenges and used nonces, so expired entries can be tombstoned (the tables stay bounded per
-host) and counts requests in a fixed window. Refusals: ``UNENROLLED_AK`` (no enrolled AK),
-``RATE_LIMITED`` (too many requests in the window, or too many unused nonces),
-``OVER_LIMITS`` / ``MALFORMED`` (PCR selection).
+host), counts requests in a fixed window and keeps the TPM clock of the last accepted request.
+
+Checks, in order (the first failure is the rejection):
+
+1. key = ``host_id`` (``HOST_MISMATCH``), ids bounded (``MALFORMED``);
+2. the host has an enrolled AK (``UNENROLLED_AK``);
+3. the request is signed by that AK over its binding, later than the last accepted one
+   (``UNAUTHENTICATED``). Up to here nothing changes state: anyone may write to the requests
+   topic, and only what the host's AK vouches for may use up its limits;
+4. rate limit and open-challenge bound (``RATE_LIMITED``); the size of the offer
+   (``OVER_LIMITS`` / ``MALFORMED``).
+
+The selection is the policy's, never the host's: the banks and PCRs the policy in force reads
+(:func:`services.verifier.policy.coverage.coverage`), with ``required_pcrs`` added to every bank;
+without a usable policy, SHA-256 with PCRs 0-7 and ``required_pcrs`` (the verifier fails such
+evidence anyway, and the log says there was no policy). What the host offers is validated for
+size and otherwise only logged: coverage the host could shrink would let it hide the PCRs a rule
+reads, coverage it could widen would let it grow everyone's work.
 
 "now" is the broker's LogAppendTime of the request (``InputRecord.timestamp_ms``).
 """
@@ -19,6 +35,7 @@ from services.collector.common import check_identity, derived_id, epoch_ms, reje
 from services.collector.config import NONCE_BYTES, CollectorConfig
 from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.enrollment import is_enrolled
+from services.collector.request_auth import RequestClock, RequestUnauthenticated, verify_request
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
 
 SUBJECT_REQUEST: Final = "hostgate.ChallengeRequested"
@@ -26,16 +43,18 @@ SUBJECT_NONCE: Final = "hostgate.NonceIssued"
 CHALLENGES: Final = "challenges"
 NONCES: Final = "nonces"
 HOSTS: Final = "hosts"
-BANKS: Final = ("SHA1", "SHA256", "SHA384", "SHA512")
-"""PCR banks a quote may be asked for (the HashAlg symbols hostgate verifies)."""
+BANKS: Final = ("SHA1", "SHA256", "SHA384", "SHA512", "SM3_256")
+"""PCR banks a challenge may name (the ``hostgate.HashAlg`` symbols besides UNKNOWN)."""
 MAX_SELECTIONS: Final = 8
+FALLBACK_BANK: Final = "SHA256"
+FIRMWARE_PCRS: Final = tuple(range(8))
 
 
 def new_track(host: str, now: int) -> dict[str, Any]:
     """A fresh ``HostTrackState`` row."""
     return {"host_id": host, "last_counters": None, "last_evidence": None,
             "window_start": now, "submissions_in_window": 0, "updated_at": now,
-            "open_challenges": [], "used_nonces": []}
+            "open_challenges": [], "used_nonces": [], "last_request_counters": None}
 
 
 def sweep(track: dict[str, Any], state: StateView, now: int) -> list[StateUpdate]:
@@ -55,30 +74,60 @@ def sweep(track: dict[str, Any], state: StateView, now: int) -> list[StateUpdate
     return updates
 
 
-def choose_selection(requested: Any, cfg: CollectorConfig) -> tuple[list[dict[str, Any]], str]:
-    """The PCR selection to demand: every offered known bank (SHA-256 if none), each with the
-    required PCRs plus the offered ones. Returns (selection, error detail or "")."""
+def offer_problem(requested: Any) -> str:
+    """A sentence naming what is wrong with the host's offer (``requested_pcrs``), or ``""``.
+    The offer is bounded like any input, but it does not decide the selection."""
     if len(requested) > MAX_SELECTIONS:
-        return [], f"field requested_pcrs has {len(requested)} banks (limit {MAX_SELECTIONS})"
-    banks: list[str] = []
-    offered: set[int] = set()
+        return f"field requested_pcrs has {len(requested)} banks (limit {MAX_SELECTIONS})"
     for i, sel in enumerate(requested):
         pcrs = list(sel["pcrs"])
         if len(pcrs) > 24:
-            return [], f"field requested_pcrs[{i}].pcrs has {len(pcrs)} entries (limit 24)"
+            return f"field requested_pcrs[{i}].pcrs has {len(pcrs)} entries (limit 24)"
         bad = [p for p in pcrs if not 0 <= p <= 23]
         if bad:
-            return [], f"field requested_pcrs[{i}].pcrs holds {bad[:4]} outside 0..23"
-        if sel["bank"] in BANKS and sel["bank"] not in banks:
-            banks.append(sel["bank"])
-        offered.update(pcrs)
-    pcrs_all = sorted(offered | set(cfg.required_pcrs))
-    return [{"bank": b, "pcrs": pcrs_all} for b in (banks or ["SHA256"])], ""
+            return f"field requested_pcrs[{i}].pcrs holds {bad[:4]} outside 0..23"
+    return ""
+
+
+def policy_selection(state: StateView, cfg: CollectorConfig
+                     ) -> tuple[list[dict[str, Any]], dict[str, str | int | bool]]:
+    """The selection to demand (``hostgate.PcrSelection`` records) and log facts naming where
+    it came from: the policy in force's coverage plus ``required_pcrs`` in every bank, or the
+    SHA-256 fallback when no usable policy is in force (module docstring)."""
+    from services.verifier.policy.coverage import coverage
+    from services.verifier.policy_in_force import PolicyInForce
+    from services.verifier.stage import policy_of
+
+    required = set(cfg.required_pcrs)
+    policy = policy_of(state, cfg.policy_id, cfg.policy_cache) if cfg.policy_id else None
+    facts: dict[str, str | int | bool]
+    if isinstance(policy, PolicyInForce):
+        wanted = [(bank.upper(), sorted(set(pcrs) | required))
+                  for bank, pcrs in coverage(policy.prepared.policy).selection()]
+        unnamed = [bank for bank, _ in wanted if bank not in BANKS]
+        if wanted and not unnamed:
+            facts = {"policy": policy.policy_id, "policy_version": policy.version}
+            return [{"bank": b, "pcrs": p} for b, p in wanted], facts
+        facts = {"policy": "unusable",
+                 "policy_problem": f"coverage names banks a challenge cannot: {unnamed}"[:200]}
+    elif policy is None:
+        facts = {"policy": "none"}
+    else:
+        facts = {"policy": "unusable", "policy_problem": str(policy)[:200]}
+    # No usable policy: evidence is collected for the audit trail, and fails appraisal.
+    facts["coverage"] = "fallback"
+    return [{"bank": FALLBACK_BANK, "pcrs": sorted(set(FIRMWARE_PCRS) | required)}], facts
+
+
+def _last_request(track: Any) -> RequestClock | None:
+    rec = None if track is None else track.get("last_request_counters")
+    return None if rec is None else RequestClock.from_record(rec)
 
 
 def decide_challenge_request(inp: InputRecord, state: StateView,
                              cfg: CollectorConfig) -> Decision:
-    """A ``ChallengeRequested``: issue a nonce to an enrolled host within its rate limit."""
+    """A ``ChallengeRequested``: issue a nonce to an enrolled host that signed the request,
+    within its rate limit (module docstring)."""
     topic = cfg.topics.rejections
     bad = check_identity(inp, ("request_id",), cfg.limits.max_id_chars)
     if bad is not None:
@@ -86,11 +135,26 @@ def decide_challenge_request(inp: InputRecord, state: StateView,
     rec = inp.record
     host: str = rec["host_id"]
     now = inp.timestamp_ms
-    if not is_enrolled(state.get(ENROLLMENTS, host)):
+    enrolment = state.get(ENROLLMENTS, host)
+    if not is_enrolled(enrolment):
         return reject(inp, topic, "UNENROLLED_AK",
                       f"host {host!r} has no enrolled AK: enrol (credential activation) first")
+    assert enrolment is not None
     current = state.get(HOSTS, host)
+    attest, signature = rec.get("request_attest"), rec.get("request_signature")
+    try:
+        signed = verify_request(
+            bytes(enrolment["ak_public"]), host, str(rec["request_id"]),
+            None if attest is None else bytes(attest),
+            None if signature is None else bytes(signature), last=_last_request(current),
+            max_attest_bytes=cfg.limits.max_quote_bytes,
+            max_signature_bytes=cfg.limits.max_signature_bytes)
+    except RequestUnauthenticated as exc:
+        # No state update at all: whoever wrote this cannot touch the host's limits.
+        return reject(inp, topic, "UNAUTHENTICATED", f"{exc}; nothing was changed",
+                      extra_log={"anomaly": True})
     track = dict(current) if current is not None else new_track(host, now)
+    track["last_request_counters"] = signed.clock.to_record(signed.safe)
     updates = sweep(track, state, now)
     if now - epoch_ms(track["window_start"]) >= cfg.challenge_rate_window_ms:
         track["window_start"], track["submissions_in_window"] = now, 0
@@ -106,11 +170,12 @@ def decide_challenge_request(inp: InputRecord, state: StateView,
                       f"host holds {len(track['open_challenges'])} unused unexpired nonces "
                       f"(limit {cfg.max_open_challenges})",
                       state_updates=(*updates, StateUpdate(HOSTS, host, track)))
-    selection, problem = choose_selection(rec["requested_pcrs"], cfg)
+    problem = offer_problem(rec["requested_pcrs"])
     if problem:
         reason = "OVER_LIMITS" if "limit" in problem else "MALFORMED"
         return reject(inp, topic, reason, problem,
                       state_updates=(*updates, StateUpdate(HOSTS, host, track)))
+    selection, facts = policy_selection(state, cfg)
     nonce = cfg.random_bytes(NONCE_BYTES)
     challenge_id = derived_id(inp, "nonce")
     expires = now + cfg.nonce_ttl_ms
@@ -124,5 +189,6 @@ def decide_challenge_request(inp: InputRecord, state: StateView,
         outputs=(out,),
         state_updates=(*updates, StateUpdate(CHALLENGES, challenge_id, pending),
                        StateUpdate(HOSTS, host, track)),
-        log={"outcome": "nonce-issued", "banks": ",".join(s["bank"] for s in selection)},
+        log={"outcome": "nonce-issued", "banks": ",".join(s["bank"] for s in selection),
+             "pcrs": ",".join(map(str, selection[0]["pcrs"])), **facts},
     )

@@ -14,7 +14,10 @@ environment                         meaning                                     
 ``HOSTGATE_CHALLENGE_RATE``         per-host challenge requests per window,         ``10/60``
                                     ``COUNT/SECONDS`` (fixed window)
 ``HOSTGATE_MAX_OPEN_CHALLENGES``    issued-but-unused nonces a host may hold        ``4``
-``HOSTGATE_REQUIRED_PCRS``          PCRs every quote must cover, e.g. ``0-7``        ``0-7``
+``HOSTGATE_POLICY_ID``              id of the policy in force (as the verifier's):  (required)
+                                    challenges ask for its coverage
+``HOSTGATE_REQUIRED_PCRS``          PCRs every quote must cover, e.g. ``0-7``,      ``0-7``
+                                    in every bank of the policy's coverage
 ``HOSTGATE_MAX_BOOT_LOG_BYTES``     TCG boot log size                               ``1048576``
 ``HOSTGATE_MAX_LOG_EVENTS``         events in the boot log                          ``20000``
 ``HOSTGATE_MAX_IMA_BYTES``          IMA measurement list size                       ``8388608``
@@ -22,6 +25,12 @@ environment                         meaning                                     
 ``HOSTGATE_TOPIC_NAMESPACE``        prefix ``<ns>.`` for every topic the collector  empty
                                     reads and writes (isolated test deployments)
 ==================================  ==============================================  ==========
+
+A challenge asks for ``coverage(policy).selection()`` of the policy in force (read, like the
+verifier reads it, from ``attest.policies.v1``: every bank the policy requires, each with every PCR
+its rules read) plus ``HOSTGATE_REQUIRED_PCRS`` in every bank; with no usable policy, SHA-256 with
+PCRs 0-7 plus ``HOSTGATE_REQUIRED_PCRS`` (the verifier fails such evidence anyway). What the host
+offers never changes it.
 
 All limits are also bounded by the broker's ``message.max.bytes``; the collector checks them so a
 record that got through is still refused with a reason instead of reaching the verifier.
@@ -33,10 +42,14 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from services.errors import ConfigError
+
+if TYPE_CHECKING:
+    from services.verifier.policy_in_force import PolicyCache
 
 DEFAULT_REQUIRED_PCRS: tuple[int, ...] = tuple(range(8))
 NONCE_BYTES = 32
@@ -94,8 +107,19 @@ class TopicNames:
     def dlq(self) -> str:
         return self._t("collector.dlq.v1")
 
+    @property
+    def policies(self) -> str:
+        """The compacted policy topic (read whole, as a global table, like the verifier)."""
+        return self._t("attest.policies.v1")
+
     def changelog(self, table: str) -> str:
         return self._t(f"hostgate.collector.{table}.changelog.v1")
+
+
+def _policy_cache() -> PolicyCache:
+    from services.verifier.policy_in_force import PolicyCache  # the policy engine, on first use
+
+    return PolicyCache()
 
 
 @dataclass(frozen=True)
@@ -116,6 +140,10 @@ class CollectorConfig:
     challenge_rate_window_ms: int = 60_000
     max_open_challenges: int = 4
     required_pcrs: tuple[int, ...] = DEFAULT_REQUIRED_PCRS
+    policy_id: str = ""
+    """The policy in force (``HOSTGATE_POLICY_ID``); empty: none, challenges fall back."""
+    policy_cache: PolicyCache = field(default_factory=_policy_cache, repr=False, compare=False)
+    """Memo of loaded policy versions (changes nothing about a decision, only its cost)."""
     limits: IntakeLimits = field(default_factory=IntakeLimits)
     topics: TopicNames = field(default_factory=TopicNames)
     random_bytes: Callable[[int], bytes] = field(default=secrets.token_bytes, repr=False,
@@ -129,10 +157,19 @@ class CollectorConfig:
             (self.challenge_rate_window_ms >= 1000, "challenge rate window must be ≥ 1 s"),
             (1 <= self.max_open_challenges <= 64, "max open challenges must be 1..64"),
             (all(0 <= p <= 23 for p in self.required_pcrs), "required PCRs must be 0..23"),
+            (len(self.policy_id) <= 128, "policy id must be at most 128 characters"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"collector config: {message}")
+
+
+def _policy_id(env: Mapping[str, str]) -> str:
+    policy_id = env.get("HOSTGATE_POLICY_ID", "").strip()
+    if not policy_id or len(policy_id) > 128:
+        raise ConfigError("HOSTGATE_POLICY_ID must name the policy in force (1..128 "
+                          "characters): the collector challenges for its coverage")
+    return policy_id
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
@@ -227,6 +264,7 @@ def load_config(env: Mapping[str, str]) -> CollectorConfig:
         challenge_rate_window_ms=window_ms,
         max_open_challenges=_int(env, "HOSTGATE_MAX_OPEN_CHALLENGES", 4, 1),
         required_pcrs=parse_pcr_list(env.get("HOSTGATE_REQUIRED_PCRS", "0-7")),
+        policy_id=_policy_id(env),
         limits=limits,
         topics=TopicNames(env.get("HOSTGATE_TOPIC_NAMESPACE", "").strip()),
     )

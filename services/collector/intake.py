@@ -13,7 +13,12 @@ Checks, in order (the first failure is the rejection; nothing is dropped):
    expired (``STALE_NONCE``);
 5. the quote is signed by the host's enrolled AK (``BAD_SIGNATURE`` — stops ``wrong_ak`` here),
    is a TPM2_Quote (``MALFORMED``), over this nonce (``REPLAYED_NONCE`` if over a nonce this
-   collector saw used, else ``UNKNOWN_NONCE``).
+   collector saw used, else ``UNKNOWN_NONCE``);
+6. the quote's PCR selection is exactly the challenge's: the same banks, each with the same PCRs,
+   each bank once (``SELECTION_MISMATCH``, naming both). Coverage is the policy's decision, not
+   the host's: a host quoting less would leave the rules that read the missing PCRs without
+   evidence (and a bank listed twice would hide one of its parts from the verifier, which keeps
+   a bank's last selection). It is the host's own signed evidence, so its challenge is used up.
 
 Checks before the signature never consume the challenge: anyone who may write to the evidence
 topic can name any host, so only evidence signed by the host's AK may change its state. PCR
@@ -96,6 +101,46 @@ def _used_nonce_detail(used: Any, host: str, what: str) -> str:
     return f"{what} was already used by evidence {where}"
 
 
+def _ranges(pcrs: Any) -> str:
+    """``[0, 1, 2, 8, 12, 13]`` -> ``"0-2,8,12-13"``."""
+    out: list[str] = []
+    run: list[int] = []
+    for p in sorted(set(pcrs)):
+        if run and p == run[-1] + 1:
+            run.append(p)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [p]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out) or "none"
+
+
+def _selection_text(selection: Any) -> str:
+    return "+".join(f"{str(bank).lower()}:{_ranges(pcrs)}" for bank, pcrs in selection) or "none"
+
+
+def selection_mismatch(asked: Any, quoted: tuple[tuple[str, tuple[int, ...]], ...]) -> str:
+    """A sentence naming what ``asked`` (``hostgate.PcrSelection`` records) and the quote's
+    selection differ in, or ``""`` when the quote covers exactly what was asked."""
+    want = {str(s["bank"]).lower(): frozenset(s["pcrs"]) for s in asked}
+    got: dict[str, frozenset[int]] = {}
+    twice = False
+    for bank, pcrs in quoted:
+        if not pcrs:
+            continue  # an empty bitmap covers nothing (and hashes nothing)
+        twice = twice or bank in got
+        got[bank] = frozenset(pcrs)
+    if not twice and got == want:
+        return ""
+    asked_text = _selection_text((s["bank"], s["pcrs"]) for s in asked)
+    why = " (a bank is selected more than once)" if twice else ""
+    return (f"field quote_attest: the quote covers {_selection_text(quoted)}{why}, the "
+            f"challenge asked for {asked_text}: quote exactly the challenge's selection "
+            "(the policy in force decides coverage)")
+
+
 def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> Decision:
     """An ``EvidenceSubmitted``: forward to ``attest.collected.v1`` or reject with a reason."""
     topic = cfg.topics.rejections
@@ -170,10 +215,24 @@ def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) ->
                       "field quote_attest: extraData is not the issued nonce (the quote was "
                       "made for another challenge)", extra_log={"anomaly": True})
 
+    source = coordinates_record(inp)
+    used_row = {"nonce": issued_nonce, "host_id": host, "challenge_id": challenge_id,
+                "evidence": source, "used_at": now, "expires_at": expires}
+    consume = (*updates, StateUpdate(CHALLENGES, challenge_id, None),
+               StateUpdate(NONCES, issued_nonce.hex(), used_row))
+    remaining = [c for c in track["open_challenges"] if c != challenge_id]
+    mismatch = selection_mismatch(pending["pcr_selection"], quoted.selection)
+    if mismatch:
+        # The host's own signed answer to its own challenge: the challenge is used up (one
+        # nonce, one answer), nothing of the evidence is accepted.
+        track.update(updated_at=now, open_challenges=remaining,
+                     used_nonces=[*track["used_nonces"], issued_nonce.hex()])
+        return reject(inp, topic, "SELECTION_MISMATCH", mismatch, extra_log={"anomaly": True},
+                      state_updates=(*consume, StateUpdate(HOSTS, host, track)))
+
     ci = quoted.clock_info
     counters = {"reset_count": ci.reset_count, "restart_count": ci.restart_count,
                 "clock": ci.clock & 0x7FFF_FFFF_FFFF_FFFF, "safe": ci.safe}
-    source = coordinates_record(inp)
     collected = {
         "evidence": dict(rec),
         "evidence_digest": record_digest(inp.subject, rec),
@@ -185,20 +244,15 @@ def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) ->
         "nonce_issued_at": epoch_ms(pending["issued_at"]),
         "received_at": now,
     }
-    used_row = {"nonce": issued_nonce, "host_id": host, "challenge_id": challenge_id,
-                "evidence": source, "used_at": now, "expires_at": expires}
     track.update(
         last_counters=counters, last_evidence=source, updated_at=now,
-        open_challenges=[c for c in track["open_challenges"] if c != challenge_id],
-        used_nonces=[*track["used_nonces"], issued_nonce.hex()],
+        open_challenges=remaining, used_nonces=[*track["used_nonces"], issued_nonce.hex()],
     )
     out = Output(topic=cfg.topics.collected, key=host, subject=SUBJECT_COLLECTED,
                  record=collected, id=output_id(inp, "collected"))
     return Decision(
         outputs=(out,),
-        state_updates=(*updates, StateUpdate(CHALLENGES, challenge_id, None),
-                       StateUpdate(NONCES, issued_nonce.hex(), used_row),
-                       StateUpdate(HOSTS, host, track)),
+        state_updates=(*consume, StateUpdate(HOSTS, host, track)),
         log={"outcome": "collected", "reset_count": ci.reset_count,
              "first_quote": collected["previous_counters"] is None},
     )

@@ -2,7 +2,10 @@
 
 Reads its configuration from the environment once (``services.collector.config``) and binds
 it into the pure core. Inputs: ``attest.requests.v1`` and ``attest.evidence.v1`` (both with
-``LogAppendTime``: the broker's stamp is the collector's only clock).
+``LogAppendTime``: the broker's stamp is the collector's only clock). Like the verifier it
+holds the whole compacted ``attest.policies.v1`` as the global table ``policies``
+(``HOSTGATE_POLICY_ID`` names the policy in force, highest version wins): every challenge asks
+for that policy's coverage.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from functools import partial
 
 from services.collector.config import CollectorConfig, load_config
 from services.collector.core import INPUT_SUBJECTS, TABLES, decide, on_error
-from services.runtime.stage import Stage
+from services.runtime.stage import GlobalTableSpec, Stage
+from services.verifier.policy_in_force import POLICY_SUBJECT, POLICY_TABLE, newer
 
 
 def stage_from_config(cfg: CollectorConfig) -> Stage:
@@ -27,6 +31,7 @@ def stage_from_config(cfg: CollectorConfig) -> Stage:
         on_error=partial(on_error, cfg=cfg),
         dlq=topics.dlq,
         changelogs={t: topics.changelog(t) for t in TABLES},
+        global_tables={POLICY_TABLE: GlobalTableSpec(topics.policies, POLICY_SUBJECT, newer)},
     )
 
 

@@ -45,6 +45,7 @@ from services.collector.config import CollectorConfig
 from services.collector.stage import stage_from_config
 from services.runtime.codec import Codec
 from services.runtime.stage import Coordinates, Decision, InputRecord, Stage
+from services.verifier.policy_in_force import published_record
 
 T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 NOW_MS = int(dt.datetime(2026, 6, 1, tzinfo=dt.UTC).timestamp() * 1000)
@@ -58,6 +59,22 @@ TOPIC_OF = {"hostgate.EnrollmentRequested": "attest.requests.v1",
             "hostgate.ActivationProof": "attest.requests.v1",
             "hostgate.ChallengeRequested": "attest.requests.v1",
             "hostgate.EvidenceSubmitted": "attest.evidence.v1"}
+
+
+POLICY_TABLE = "policies"
+"""The collector's global table over ``attest.policies.v1`` (as the verifier's)."""
+
+
+def request_digest_spec(host_id: str, request_id: str) -> bytes:
+    """The challenge-request binding, computed here from its documented format (not with the
+    collector's own function, so a test compares the two)::
+
+        SHA-256("hostgate.challenge-request.v1\\0" || u32be(len(host_id)) || host_id
+                || u32be(len(request_id)) || request_id)      (ids UTF-8)
+    """
+    h, r = host_id.encode("utf-8"), request_id.encode("utf-8")
+    return hashlib.sha256(b"hostgate.challenge-request.v1\x00" + len(h).to_bytes(4, "big") + h
+                          + len(r).to_bytes(4, "big") + r).digest()
 
 
 def _name(cn: str) -> x509.Name:
@@ -172,17 +189,29 @@ class SoftHost:
         return {"request_id": request_id, "host_id": self.host_id, "challenge_id": challenge_id,
                 "secret_proof": secret, "sent_at": NOW_MS}
 
-    def ask(self, request_id: str = "ask-1", pcrs: tuple[int, ...] = tuple(range(8))
+    def ask(self, request_id: str = "ask-1", pcrs: tuple[int, ...] = tuple(range(8)), *,
+            banks: tuple[str, ...] = ("SHA256", "SHA1"), signed: bool = True,
+            key: ec.EllipticCurvePrivateKey | None = None, bound_to: str | None = None
             ) -> dict[str, Any]:
+        """A ``ChallengeRequested`` offering ``pcrs`` in ``banks``, signed like the agent signs
+        it (a quote by the AK, or ``key``, over the request binding of this host and
+        ``bound_to`` or ``request_id``) unless ``signed`` is False."""
+        attest = signature = None
+        if signed:
+            digest = request_digest_spec(self.host_id, bound_to or request_id)
+            attest, signature = self.quote(digest, key=key, pcrs="sha256:0")
         return {"request_id": request_id, "host_id": self.host_id,
-                "requested_pcrs": [{"bank": "SHA256", "pcrs": list(pcrs)},
-                                   {"bank": "SHA1", "pcrs": list(pcrs)}],
-                "sent_at": NOW_MS}
+                "requested_pcrs": [{"bank": b, "pcrs": list(pcrs)} for b in banks],
+                "sent_at": NOW_MS, "request_attest": attest, "request_signature": signature}
 
     def evidence(self, challenge_id: str, nonce: bytes, *, quote_nonce: bytes | None = None,
                  key: ec.EllipticCurvePrivateKey | None = None, boot_log: bytes = b"\x00" * 64,
-                 ima_log: bytes | None = None, evidence_id: str = "ev-1") -> dict[str, Any]:
-        attest, sig = self.quote(nonce if quote_nonce is None else quote_nonce, key=key)
+                 ima_log: bytes | None = None, evidence_id: str = "ev-1",
+                 pcrs: str = "sha256:0,1,2,3,4,5,6,7") -> dict[str, Any]:
+        """``EvidenceSubmitted`` with a quote over ``pcrs`` (tpm2-tools selection syntax;
+        the default is what a challenge asks when no policy is in force)."""
+        attest, sig = self.quote(nonce if quote_nonce is None else quote_nonce, key=key,
+                                 pcrs=pcrs)
         return {"evidence_id": evidence_id, "host_id": self.host_id,
                 "challenge_id": challenge_id, "nonce": nonce, "quote_attest": attest,
                 "quote_signature": sig,
@@ -225,6 +254,20 @@ class Harness:
         self.state = MapState()
         self.offset = 0
         self.encoded_state: list[bytes] = []
+
+    def publish_policy(self, document: str, *, version: int = 1,
+                       policy_id: str | None = None) -> None:
+        """Put a ``PolicyPublished`` record into the policies table, as the runtime's global
+        table over ``attest.policies.v1`` would hold it (through the codec, like all state)."""
+        rec = published_record(document, version=version, published_at_ms=NOW_MS,
+                               author="tests", policy_id=policy_id)
+        blob = self.codec.encode("hostgate.PolicyPublished", rec)
+        self.state.tables.setdefault(POLICY_TABLE, {})[str(rec["policy_id"])] = \
+            self.codec.decode(blob).record
+
+    def snapshot(self) -> dict[str, dict[str, Mapping[str, Any]]]:
+        """A copy of every state table (to show a decision changed nothing)."""
+        return {t: dict(rows) for t, rows in self.state.tables.items()}
 
     def feed(self, subject: str, record: Mapping[str, Any], *, at_ms: int = NOW_MS,
              key: str | None = "") -> Decision:

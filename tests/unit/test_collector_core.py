@@ -29,6 +29,7 @@ from tests.unit.collector_support import (
     SoftHost,
     ak_public_of,
     only,
+    request_digest_spec,
 )
 from tests.unit.collector_support import rejection as single_rejection
 
@@ -257,8 +258,8 @@ def test_nonce_issued_with_selection_and_expiry(hx: Harness, pki: EkPki,
     issued = _nonce(hx, host)
     assert issued["nonce"] == rnd.handed_out[-1] and len(issued["nonce"]) == 32
     assert issued["expires_at"] == NOW_MS + TTL
-    assert [s["bank"] for s in issued["pcr_selection"]] == ["SHA256", "SHA1"]
-    assert issued["pcr_selection"][0]["pcrs"] == list(range(8))
+    # No policy in force here: SHA-256 with PCRs 0-7 (the host offered SHA-256 and SHA-1).
+    assert issued["pcr_selection"] == [{"bank": "SHA256", "pcrs": list(range(8))}]
     pending = hx.state.get("challenges", issued["challenge_id"])
     assert pending is not None and pending["host_id"] == "host-n"
 
@@ -281,6 +282,32 @@ def test_open_challenges_are_capped_and_expired_ones_swept(pki: EkPki,
     host = SoftHost("host-s", pki)
     _enrol(hx, host, rnd)
     first = _nonce(hx, host, rid="a")
+def test_request_binding_is_the_documented_one() -> None:
+    from services.collector.request_auth import request_binding
+
+    for host, rid in (("web-042", "ask-1"), ("hôte-ü", "ask-✓"), ("", "")):
+        assert request_binding(host, rid) == request_digest_spec(host, rid)
+    # Length prefixes: moving a character from one id to the other changes the binding.
+    assert request_binding("ab", "c") != request_binding("a", "bc")
+
+
+def test_authenticated_request_records_its_clock_and_oversize_proofs_are_refused(
+        hx: Harness, pki: EkPki, rnd: SeededRandom) -> None:
+    host = SoftHost("host-clk", pki)
+    _enrol(hx, host, rnd)
+    _nonce(hx, host)
+    track = hx.state.get("hosts", "host-clk")
+    assert track is not None
+    assert track["last_request_counters"] == {"reset_count": 3, "restart_count": 0,
+                                              "clock": host.clock, "safe": True}
+    big = dict(host.ask("ask-2"), request_attest=b"\x00" * 4096)
+    before = hx.snapshot()
+    decision = hx.feed(ASK, big)
+    reason, detail = rejection(decision)
+    assert reason == "UNAUTHENTICATED" and "request_attest has 4096 bytes" in detail
+    assert decision.state_updates == () and hx.snapshot() == before
+
+
     _nonce(hx, host, rid="b")
     assert rejection(hx.feed(ASK, host.ask("c")))[0] == "RATE_LIMITED"
     later = NOW_MS + TTL + 1
@@ -304,6 +331,7 @@ def test_evidence_collected_with_digest_identity_and_previous_counters(
     assert c1["received_at"] == NOW_MS + 500 and c1["nonce_issued_at"] == NOW_MS
     assert c1["ak_public"] == host.ak_public
     assert c1["ek"]["ek_public"] == host.ek_public and c1["ek"]["chain_verified"]
+    clock1 = host.clock  # the first quote's clock (the signed request after it moves it on)
     assert c1["source"] == {"topic": "attest.evidence.v1", "partition": 0,
                             "offset": hx.offset}
     assert c1["evidence_digest"] == record_digest(EVIDENCE, Codec.load().decode(
@@ -314,7 +342,7 @@ def test_evidence_collected_with_digest_identity_and_previous_counters(
                                               evidence_id="ev-2")),
               "hostgate.EvidenceCollected")
     assert c2["previous_counters"] == {"reset_count": 3, "restart_count": 0,
-                                       "clock": host.clock - 1000, "safe": True}
+                                       "clock": clock1, "safe": True}
 
 
 def test_nonce_used_twice_is_replayed(hx: Harness, pki: EkPki, rnd: SeededRandom) -> None:
