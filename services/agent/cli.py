@@ -207,9 +207,13 @@ def _register_kafka_commands(agent_sub: argparse._SubParsersAction) -> None:  # 
 
     attest = agent_sub.add_parser(
         "attest", help="ask for a nonce, quote, and send the evidence over Kafka",
-        description="Send ChallengeRequested, wait for the NonceIssued, quote the requested "
-                    "PCRs in every active bank with the enrolled AK and send EvidenceSubmitted "
-                    "with the boot log (and the IMA list if given).")
+        description="Send ChallengeRequested signed by the enrolled AK (a TPM2_Quote over "
+                    "the request's binding: the collector ignores an unsigned request), wait "
+                    "for the NonceIssued, quote exactly the banks and PCRs it names (the "
+                    "coverage the policy in force requires) with the enrolled AK and send "
+                    "EvidenceSubmitted with the quoted PCR values and the boot log (and the "
+                    "IMA list if given). Fails naming the bank when the challenge asks for a "
+                    "PCR bank the TPM has not allocated.")
     common(attest)
     attest.add_argument("--boot-log", type=Path,
                         default=Path("/sys/kernel/security/tpm0/binary_bios_measurements"),

@@ -12,8 +12,11 @@ end, so the answer cannot be missed.
   waits for the collector's ``EnrollmentResult`` for that proof and challenge. ENROLLED
   returns; REFUSED (of the request or of the proof) raises ``EnrollmentRefused`` naming the
   reason; a result this version does not understand raises too (fail closed).
-* ``attest()``: ``ChallengeRequested`` → waits for ``NonceIssued`` → quotes the requested PCRs in
-  every active bank over the nonce → ``EvidenceSubmitted`` with the boot log and the IMA list.
+* ``attest()``: ``ChallengeRequested``, signed by the AK (a TPM2_Quote over the request's
+  binding, ``services.collector.request_auth``: the collector ignores an unsigned request) →
+  waits for ``NonceIssued`` → quotes exactly the challenge's selection, bank by bank, over the
+  nonce (the policy in force decides coverage; the request only offers what the TPM has) →
+  ``EvidenceSubmitted`` with the PCR values quoted, the boot log and the IMA list.
 
 Retries: starting retries with exponential back-off while the broker is unreachable (up to
 ``connect_timeout_s``); sends rely on the idempotent producer's retries; every wait has a
@@ -40,8 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.agent.tpm import Quote
+from services.agent.tpm import Quote, Selection
 from services.collector.config import TopicNames
+from services.collector.request_auth import request_binding
 from services.errors import HostgateError
 from services.runtime.connection import client_kwargs
 from services.tpm.credential import CredentialChallenge
@@ -59,6 +63,7 @@ DEFAULT_BOOT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 DEFAULT_IMA_LOG = Path("/sys/kernel/security/ima/binary_runtime_measurements")
 MAX_HOLD_S = 600.0
 _BANK_SYMBOLS = {"sha1": "SHA1", "sha256": "SHA256", "sha384": "SHA384", "sha512": "SHA512"}
+_BANK_NAMES = {v: k for k, v in _BANK_SYMBOLS.items()}
 
 
 class AgentClientError(HostgateError):
@@ -108,7 +113,8 @@ class HostSide(Protocol):
     def identity(self) -> HostIdentity: ...
     def banks(self) -> tuple[str, ...]: ...
     def activate(self, challenge: CredentialChallenge) -> bytes: ...
-    def quote(self, nonce: bytes, pcrs: Sequence[int]) -> Quote: ...
+    def quote(self, nonce: bytes, selection: Selection) -> Quote: ...
+    def sign_request(self, binding: bytes) -> tuple[bytes, bytes]: ...
     def boot_log(self) -> bytes: ...
     def ima_log(self) -> bytes | None: ...
 
@@ -122,7 +128,8 @@ class EvidenceDraft:
     quote: Quote
     boot_log: bytes
     ima_log: bytes | None
-    pcrs: tuple[int, ...]
+    selection: Selection
+    """What the challenge asked to be quoted, bank by bank."""
     expires_at_ms: int
     hold_until_ms: int | None = None
     """Wall-clock time (ms) before which the evidence must not be sent."""
@@ -139,7 +146,7 @@ def replay_previous_nonce(draft: EvidenceDraft, history: Sequence[EvidenceDraft]
         return draft
     prev = history[-1]
     return dataclasses.replace(draft, challenge_id=prev.challenge_id, nonce=prev.nonce,
-                               quote=host.quote(prev.nonce, prev.pcrs))
+                               quote=host.quote(prev.nonce, prev.selection))
 
 
 def hold_past_expiry(draft: EvidenceDraft, history: Sequence[EvidenceDraft],
@@ -164,7 +171,9 @@ class ClientConfig:
     """Longest wait for one answer from the collector."""
     connect_timeout_s: float = 60.0
     """Longest time to keep retrying while the broker is unreachable."""
-    offered_pcrs: tuple[int, ...] = tuple(range(8))
+    offered_pcrs: tuple[int, ...] = tuple(range(24))
+    """PCRs offered in every active bank (informational: the collector asks for what the
+    policy in force needs)."""
     agent_version: str = AGENT_VERSION
 
 
@@ -315,19 +324,21 @@ class AgentClient:
         request_id = f"ask-{uuid.uuid4().hex}"
         offered = [{"bank": _BANK_SYMBOLS[b], "pcrs": list(self.config.offered_pcrs)}
                    for b in banks if b in _BANK_SYMBOLS]
+        attest, signature = await asyncio.to_thread(
+            self.host.sign_request, request_binding(self.host.host_id, request_id))
         issued = await self._request(
             self.config.topics.requests, "hostgate.ChallengeRequested",
             {"request_id": request_id, "host_id": self.host.host_id, "requested_pcrs": offered,
-             "sent_at": _now_ms()},
+             "sent_at": _now_ms(), "request_attest": attest, "request_signature": signature},
             {"hostgate.NonceIssued"}, request_id, "NonceIssued")
         nonce = bytes(issued["nonce"])
-        pcrs = tuple(sorted({p for sel in issued["pcr_selection"] for p in sel["pcrs"]}))
-        quote = await asyncio.to_thread(self.host.quote, nonce, pcrs)
+        selection = challenge_selection(issued, banks)
+        quote = await asyncio.to_thread(self.host.quote, nonce, selection)
         boot_log = await asyncio.to_thread(self.host.boot_log)
         ima_log = await asyncio.to_thread(self.host.ima_log)
         expires = _epoch_ms(issued["expires_at"])
-        draft = EvidenceDraft(issued["challenge_id"], nonce, quote, boot_log, ima_log, pcrs,
-                              expires)
+        draft = EvidenceDraft(issued["challenge_id"], nonce, quote, boot_log, ima_log,
+                              selection, expires)
         if self.hook is not None:
             draft = await asyncio.to_thread(self.hook, draft, tuple(self.history), self.host)
         if draft.hold_until_ms is not None:
@@ -398,6 +409,26 @@ class AgentClient:
                            "refused: see attest.rejections.v1)")
 
 
+def challenge_selection(issued: Mapping[str, Any], active: Sequence[str]) -> Selection:
+    """The ``NonceIssued``'s selection as ``((bank, pcrs), ...)``, in its order.
+    ``AgentClientError`` if it names a bank this agent cannot quote or the TPM has not
+    allocated: the host cannot meet the policy's coverage, and a quote over less would only
+    be refused at intake."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for sel in issued["pcr_selection"]:
+        symbol = str(sel["bank"])
+        bank = _BANK_NAMES.get(symbol)
+        if bank is None or bank not in active:
+            raise AgentClientError(
+                f"challenge {issued['challenge_id']} asks for PCR bank {symbol}, which this TPM "
+                f"does not have active ({', '.join(active) or 'none'}): the policy in force "
+                "requires it (allocate the bank, or change the policy)")
+        out.append((bank, tuple(sorted(set(int(p) for p in sel["pcrs"])))))
+    if not out:
+        raise AgentClientError(f"challenge {issued['challenge_id']} names no PCRs to quote")
+    return tuple(out)
+
+
 def _raise_unless_enrolled(result: Mapping[str, Any]) -> None:
     """Raise ``EnrollmentRefused`` for a REFUSED ``EnrollmentResult``, ``AgentClientError`` for
     an outcome this version does not understand (fail closed)."""
@@ -460,8 +491,11 @@ class TpmHost:
     def activate(self, challenge: CredentialChallenge) -> bytes:
         return self.tpm.activate_credential(challenge)
 
-    def quote(self, nonce: bytes, pcrs: Sequence[int]) -> Quote:
-        return self.tpm.quote(nonce, pcrs)
+    def quote(self, nonce: bytes, selection: Selection) -> Quote:
+        return self.tpm.quote(nonce, selection=selection)
+
+    def sign_request(self, binding: bytes) -> tuple[bytes, bytes]:
+        return self.tpm.sign_request(binding)
 
     def _read(self, path: Path) -> bytes:
         try:
@@ -509,8 +543,11 @@ class SimulatedHostSide:
         """The client-side hook of this host's tamper profile (None for most)."""
         return hook_for(self.sim.tamper)
 
-    def quote(self, nonce: bytes, pcrs: Sequence[int]) -> Quote:
-        return self.sim.quote(nonce, pcrs, protocol_hooks=True).quote
+    def quote(self, nonce: bytes, selection: Selection) -> Quote:
+        return self.sim.quote(nonce, selection=selection, protocol_hooks=True).quote
+
+    def sign_request(self, binding: bytes) -> tuple[bytes, bytes]:
+        return self.sim.sign_request(binding)
 
     def boot_log(self) -> bytes:
         return self.sim.event_log

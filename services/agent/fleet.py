@@ -28,12 +28,14 @@ from typing import TypeVar
 from services.agent.measured_boot import IMAGES, MeasuredBoot, get_image, synthesise
 from services.agent.swtpm import LocalCA, SwtpmInstance, clone_state, provision
 from services.agent.tamper import EvidenceTamper, TamperProfile, UnknownTamperProfile, get_profile
-from services.agent.tpm import AgentTpm, AkInfo, EkInfo, Quote
+from services.agent.tpm import AgentTpm, AkInfo, EkInfo, Quote, Selection, normalise_selection
 from services.errors import HostgateError
 from services.tpm.credential import CredentialChallenge, SealedCredential
 from services.tpm.eventlog_builder import HASH_ALGS
 
-#: PCRs a simulated host quotes by default: firmware and boot loader (0-9), Windows (12-14).
+#: PCRs a simulated host quotes in every active bank when asked without a selection (local
+#: use: ``hostgate fleet simulate``, benchmarks): firmware and boot loader (0-9), Windows
+#: (12-14). Over Kafka a host quotes exactly the challenge's selection.
 DEFAULT_PCRS: tuple[int, ...] = (*range(10), 12, 13, 14)
 MAX_HOSTS = 500
 T = TypeVar("T")
@@ -243,9 +245,18 @@ class SimulatedHost:
         with self._lock:
             self._need_tpm().extend(pcr, digests)
 
+    def sign_request(self, binding: bytes) -> tuple[bytes, bytes]:
+        """The enrolled AK's quote over a challenge request's ``binding`` (attest, signature):
+        every profile signs its requests honestly (``wrong_ak`` is about the evidence quote)."""
+        with self._lock:
+            return self._need_tpm().sign_request(binding, ak=self._ak)
+
     def quote(self, nonce: bytes, pcrs: Sequence[int] = DEFAULT_PCRS, *,
-              protocol_hooks: bool = False) -> Evidence:
-        """The evidence this host sends when challenged with ``nonce``.
+              protocol_hooks: bool = False,
+              selection: Sequence[tuple[str, Sequence[int]]] | None = None) -> Evidence:
+        """The evidence this host sends when challenged with ``nonce``: a quote over
+        ``selection`` bank by bank (what a challenge names), or without one over ``pcrs`` in
+        every active bank.
 
         Locally (``protocol_hooks=False``, e.g. ``hostgate fleet simulate``) every tamper
         profile applies here: ``replayed_nonce`` quotes a fixed earlier nonce, ``stale_quote``
@@ -255,19 +266,24 @@ class SimulatedHost:
         past its expiry), so this returns one for them."""
         with self._lock:
             tpm = self._need_tpm()
+            sel: Selection = normalise_selection(
+                selection if selection is not None
+                else [(bank, pcrs) for bank in tpm.active_banks()])
             mode = self.profile.evidence if self.profile else EvidenceTamper.NONE
             if protocol_hooks and mode.on_protocol:
                 mode = EvidenceTamper.NONE
             if mode is EvidenceTamper.STALE_QUOTE and self._previous is not None:
                 q = self._previous
             elif mode is EvidenceTamper.REPLAYED_NONCE:
-                q = tpm.quote(self._previous_nonce(), pcrs, ak=self._ak)
+                q = tpm.quote(self._previous_nonce(), selection=sel, ak=self._ak)
             elif mode is EvidenceTamper.WRONG_AK:
-                q = tpm.quote(nonce, pcrs, ak=self._rogue_ak)
+                q = tpm.quote(nonce, selection=sel, ak=self._rogue_ak)
             elif mode is EvidenceTamper.PCR_BANK_DOWNGRADE:
-                q = tpm.quote(nonce, pcrs, banks=("sha1",), ak=self._ak)
+                # Whatever was asked, only SHA-1 (the PCRs of every asked bank, in SHA-1).
+                downgraded = sorted({p for _, pcrs_of_bank in sel for p in pcrs_of_bank})
+                q = tpm.quote(nonce, selection=[("sha1", downgraded)], ak=self._ak)
             else:
-                q = tpm.quote(nonce, pcrs, ak=self._ak)
+                q = tpm.quote(nonce, selection=sel, ak=self._ak)
             return Evidence(self.host_id, nonce, q, self._log, self.ak_public)
 
 

@@ -3,8 +3,10 @@
 ``AgentTpm(tcti)`` connects with any TCTI string tpm2-pytss accepts
 (``device:/dev/tpmrm0``, ``swtpm:host=127.0.0.1,port=P``). It offers exactly what the agent
 needs: the EK (public + certificate from NV), an AK that survives restarts (its TPM-wrapped
-blobs in a state file, reloaded under the EK), ActivateCredential, quotes over every active
-bank, import + PolicyPCR + unseal of a sealed credential, and PCR extend for the simulator.
+blobs in a state file, reloaded under the EK), ActivateCredential, quotes over exactly the
+selection asked for (bank by bank, as a challenge names it), the request-signing quote that
+authenticates a challenge request, import + PolicyPCR + unseal of a sealed credential, and PCR
+extend for the simulator.
 
 Without a resource manager (swtpm) the TPM has three transient object slots and
 ``ESAPI.close()`` flushes nothing (tpm-swtpm.md pitfalls 3/4): every method flushes the
@@ -109,8 +111,32 @@ class Quote:
     nonce: bytes
 
 
+Selection = tuple[tuple[str, tuple[int, ...]], ...]
+"""``((bank, (pcr, ...)), ...)``: what a quote covers, bank by bank (banks as in BANK_NAMES)."""
+
+
 def _selection_spec(selection: Sequence[tuple[str, Sequence[int]]]) -> str:
     return "+".join(f"{b}:{','.join(map(str, p))}" for b, p in selection)
+
+
+def normalise_selection(selection: Sequence[tuple[str, Sequence[int]]]) -> Selection:
+    """``selection`` checked and in canonical form (each bank once, PCRs ascending);
+    ``AgentTpmError`` names a bank this agent cannot quote, a repeated bank or a bad PCR."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for bank, pcrs in selection:
+        if bank not in BANK_ALGS:
+            raise AgentTpmError(f"cannot quote PCR bank {bank!r} (known: "
+                                f"{', '.join(sorted(BANK_ALGS))})")
+        if any(bank == seen for seen, _ in out):
+            raise AgentTpmError(f"PCR bank {bank} is selected more than once")
+        chosen = tuple(sorted(set(pcrs)))
+        if not chosen or not all(0 <= p <= 23 for p in chosen):
+            raise AgentTpmError(f"selection of bank {bank} must name PCRs in 0..23, got "
+                                f"{list(pcrs)[:8]}")
+        out.append((bank, chosen))
+    if not out:
+        raise AgentTpmError("a quote needs at least one bank with at least one PCR")
+    return tuple(out)
 
 
 class AgentTpm:
@@ -323,19 +349,47 @@ class AgentTpm:
                 wanted = [p for p in wanted if p not in values]
         return out
 
-    def quote(self, nonce: bytes, pcrs: Sequence[int], banks: Sequence[str] | None = None,
-              ak: AkInfo | None = None) -> Quote:
-        """Quote ``pcrs`` in every active bank (or ``banks``) over ``nonce``, then read them."""
+    def quote(self, nonce: bytes, pcrs: Sequence[int] | None = None,
+              banks: Sequence[str] | None = None, ak: AkInfo | None = None, *,
+              selection: Sequence[tuple[str, Sequence[int]]] | None = None) -> Quote:
+        """Quote over ``nonce``, then read the quoted PCRs (the values reported are exactly
+        those quoted).
+
+        ``selection`` (``((bank, pcrs), ...)``) is quoted as given, bank by bank: what a
+        challenge asks for. Without it, ``pcrs`` in every active bank (or in ``banks``)."""
         if len(nonce) > 64:
             raise AgentTpmError(f"nonce is {len(nonce)} bytes; a TPM2B_DATA takes at most 64")
-        chosen = tuple(banks) if banks is not None else self.active_banks()
-        selection = tuple((b, tuple(sorted(set(pcrs)))) for b in chosen)
+        if selection is None:
+            if pcrs is None:
+                raise AgentTpmError("quote needs a selection (or PCRs and banks)")
+            chosen = tuple(banks) if banks is not None else self.active_banks()
+            selection = tuple((b, tuple(pcrs)) for b in chosen)
+        elif pcrs is not None or banks is not None:
+            raise AgentTpmError("give a selection or PCRs and banks, not both")
+        selection = normalise_selection(selection)
         with self._loaded_ak(ak) as ak_handle:
             attest, signature = self._ectx.quote(
                 ak_handle, _selection_spec(selection), TPM2B_DATA(nonce),
                 TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
         values = self.pcr_read(selection)
         return Quote(bytes(attest), signature.marshal(), values, selection, nonce)
+
+    def sign_request(self, binding: bytes, ak: AkInfo | None = None) -> tuple[bytes, bytes]:
+        """(TPMS_ATTEST, TPMT_SIGNATURE) of a TPM2_Quote whose qualifying data is ``binding``:
+        how the AK (a restricted key, which signs no outside digest) vouches for a challenge
+        request (``services.collector.request_auth``). The selection does not matter: one PCR
+        of one active bank; no PCR is read."""
+        if len(binding) > 64:
+            raise AgentTpmError(f"binding is {len(binding)} bytes; a TPM2B_DATA takes at most 64")
+        active = self.active_banks()
+        if not active:
+            raise AgentTpmError("the TPM has no active PCR bank to quote")
+        bank = "sha256" if "sha256" in active else active[0]
+        with self._loaded_ak(ak) as ak_handle:
+            attest, signature = self._ectx.quote(
+                ak_handle, f"{bank}:0", TPM2B_DATA(binding),
+                TPMT_SIG_SCHEME(scheme=TPM2_ALG.NULL))
+        return bytes(attest), bytes(signature.marshal())
 
     def extend(self, pcr: int, digests: Mapping[str, bytes]) -> None:
         """TPM2_PCR_Extend ``pcr`` in each bank of ``digests`` (``bank -> digest``) at once."""
@@ -376,4 +430,5 @@ class AgentTpm:
                 self._ectx.flush_context(handle)
 
 
-__all__ = ["AgentTpm", "AgentTpmError", "AkInfo", "EkInfo", "Quote"]
+__all__ = ["AgentTpm", "AgentTpmError", "AkInfo", "EkInfo", "Quote", "Selection",
+           "normalise_selection"]

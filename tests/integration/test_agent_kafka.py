@@ -1,5 +1,6 @@
 """Enrolment and attestation through Kafka: real broker, real swtpm hosts, and the collector as a
-real separate process (``hostgate run collector``).
+real separate process (``hostgate run collector``) with a policy in force on its policies topic:
+the agent signs its challenge requests and quotes exactly the coverage the policy asks for.
 
 Every run uses its own topic namespace (``HOSTGATE_TOPIC_NAMESPACE``), consumer group and host
 ids, so runs never see each other's records; everything started here is stopped here.
@@ -39,12 +40,32 @@ from services.runtime.codec import Codec
 from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
 from services.tpm.keys import decode_public
 from services.tpm.quote import verify_quote
+from services.verifier.policy_in_force import published_record
 from tests.integration import runtime_support as rs
 
 pytestmark = [pytest.mark.kafka, pytest.mark.swtpm]
 REPO = Path(__file__).resolve().parents[2]
 NONCE_TTL_S = 4
 TABLES = ("enrollments", "challenges", "nonces", "hosts")
+POLICY_ID = "agent-kafka"
+# Secure Boot reads PCR 7 and the kernel command line PCRs 8 and 12, in both banks the policy
+# requires: the challenge asks for sha1 and sha256, each with PCRs 0-8 and 12.
+POLICY = f"""\
+apiVersion: hostgate/v1
+kind: AttestationPolicy
+metadata:
+  id: {POLICY_ID}
+  version: 1
+spec:
+  banks:
+    require: [sha1, sha256]
+  secureBoot:
+    enabled: true
+  bootChain:
+    kernelCmdline:
+      forbidden: ["init=/bin/sh"]
+"""
+COVERAGE = tuple((bank, (*range(9), 12)) for bank in ("sha1", "sha256"))
 
 
 def _specs(topics: TopicNames) -> list[TopicSpec]:
@@ -52,6 +73,7 @@ def _specs(topics: TopicNames) -> list[TopicSpec]:
             TopicSpec(topics.evidence, "t", broker_timestamps=True),
             TopicSpec(topics.challenges, "t"), TopicSpec(topics.collected, "t"),
             TopicSpec(topics.rejections, "t"), TopicSpec(topics.dlq, "t"),
+            TopicSpec(topics.policies, "t", compacted=True),
             *(TopicSpec(topics.changelog(t), "t", compacted=True) for t in TABLES)]
 
 
@@ -141,6 +163,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 async def env(tmp_path: Path, fleet: Fleet, kafka_bootstrap: str) -> AsyncIterator[Env]:
     topics = TopicNames(f"it{uuid.uuid4().hex[:8]}")
     await ensure_topics(kafka_bootstrap, specs=_specs(topics), layout=TopicLayout(3, 1))
+    codec = Codec.load()
+    policy = published_record(POLICY, version=1, published_at_ms=1, author="tests")
+    await rs.produce_raw(topics.policies, [(POLICY_ID.encode(), codec.encode(
+        "hostgate.PolicyPublished", policy), [])])
     ca_dir = tmp_path / "ek-ca"
     ca_dir.mkdir()
     (ca_dir / "root.pem").write_bytes(fleet.ek_ca_root_pem())
@@ -149,11 +175,12 @@ async def env(tmp_path: Path, fleet: Fleet, kafka_bootstrap: str) -> AsyncIterat
                 "HOSTGATE_TOPIC_NAMESPACE": topics.namespace,
                 "HOSTGATE_GROUP": f"hostgate.collector.{topics.namespace}",
                 "HOSTGATE_EK_CA_DIR": str(ca_dir), "HOSTGATE_NONCE_TTL_S": str(NONCE_TTL_S),
+                "HOSTGATE_POLICY_ID": POLICY_ID,
                 "HOSTGATE_SESSION_TIMEOUT_MS": "6000", "HOSTGATE_BATCH_MAX_MS": "300"}
     collector = Collector(proc_env, tmp_path / "collector.log")
     collector.start()
     try:
-        yield Env(topics, fleet, collector, kafka_bootstrap, Codec.load())
+        yield Env(topics, fleet, collector, kafka_bootstrap, codec)
     finally:
         collector.kill()
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -192,8 +219,9 @@ async def test_enrol_attest_and_intake_refusals(env: Env) -> None:
             values.setdefault(v["bank"].lower(), {})[v["pcr"]] = v["value"]
         verified = verify_quote(got["ak_public"], ev["quote_attest"], ev["quote_signature"],
                                 nonce=first.nonce, pcr_values=values)
-        assert {b for b, _ in verified.selection} == {"sha1", "sha256"}
-        assert all(set(range(8)) <= set(p) for _, p in verified.selection)
+        # Exactly the policy's coverage, bank by bank; the values reported are those quoted.
+        assert verified.selection == COVERAGE
+        assert {b: tuple(sorted(v)) for b, v in values.items()} == dict(COVERAGE)
         assert enrolled.challenge_id.startswith("act-")
         # The collector confirmed the enrolment to the agent, naming the AK it enrolled.
         assert enrolled.result == "ENROLLED"

@@ -59,7 +59,7 @@ def test_over_kafka_the_host_quotes_the_issued_nonce(fleet: Fleet, tamper: str) 
     assert _extra_data(host.quote(nonce).quote.attest) != nonce
     side = SimulatedHostSide(host)
     assert side.hook is hook_for(tamper)
-    assert _extra_data(side.quote(nonce, (0, 1, 2, 3, 4, 5, 6, 7)).attest) == nonce
+    assert _extra_data(side.quote(nonce, (("sha256", tuple(range(8))),)).attest) == nonce
 
 
 def test_an_output_profile_still_acts_inside_the_host(fleet: Fleet) -> None:
@@ -67,7 +67,7 @@ def test_an_output_profile_still_acts_inside_the_host(fleet: Fleet) -> None:
     side = SimulatedHostSide(host)
     assert side.hook is None
     nonce = os.urandom(32)
-    q = side.quote(nonce, tuple(range(8)))
+    q = side.quote(nonce, (("sha256", tuple(range(8))),))
     assert _extra_data(q.attest) == nonce  # the right nonce, signed by a never-enrolled key
     with pytest.raises(InvalidQuoteSignature):
         verify_attest_signature(decode_public(host.ak_public), q.attest, q.signature)
@@ -78,14 +78,16 @@ def test_the_replay_hook_answers_with_the_previous_rounds_nonce(fleet: Fleet) ->
     side = SimulatedHostSide(host)
     hook = side.hook
     assert hook is not None
-    pcrs = tuple(range(8))
+    sel = (("sha256", tuple(range(8))), ("sha1", (0, 7)))
     first_nonce, second_nonce = os.urandom(32), os.urandom(32)
-    first = EvidenceDraft("ch-1", first_nonce, side.quote(first_nonce, pcrs), b"", None, pcrs,
+    first = EvidenceDraft("ch-1", first_nonce, side.quote(first_nonce, sel), b"", None, sel,
                           expires_at_ms=1)
     assert hook(first, (), side) == first  # nothing to replay yet: an honest first round
-    second = EvidenceDraft("ch-2", second_nonce, side.quote(second_nonce, pcrs), b"", None,
-                           pcrs, expires_at_ms=2)
+    second = EvidenceDraft("ch-2", second_nonce, side.quote(second_nonce, sel), b"", None,
+                           sel, expires_at_ms=2)
     replayed = hook(second, (first,), side)
     assert (replayed.challenge_id, replayed.nonce) == ("ch-1", first_nonce)
     assert _extra_data(replayed.quote.attest) == first_nonce
+    # the replayed round quotes what its own challenge asked, bank by bank
+    assert decode_attest(replayed.quote.attest).selection == sel
     assert replayed.quote.attest != first.quote.attest  # quoted anew, not re-sent

@@ -22,11 +22,17 @@ from tpm2_pytss.TSS2_Exception import TSS2_Exception
 
 from services.agent.measured_boot import IMAGES, synthesise
 from services.agent.swtpm import LocalCA, SwtpmInstance, clone_state, provision
-from services.agent.tpm import AgentTpm
+from services.agent.tpm import AgentTpm, AgentTpmError
+from services.collector.request_auth import (
+    RequestClock,
+    RequestUnauthenticated,
+    request_binding,
+    verify_request,
+)
 from services.tpm.credential import make_credential, pcr_selection, seal_to_ek
 from services.tpm.eventlog import parse_event_log
 from services.tpm.eventlog_builder import HASH_ALGS
-from services.tpm.quote import verify_quote
+from services.tpm.quote import decode_attest, verify_quote
 from services.tpm.replay import verify_replay
 
 pytestmark = pytest.mark.swtpm
@@ -165,6 +171,46 @@ def test_synthesised_log_replays_to_a_verified_quote(tpm_a: AgentTpm, image: str
                            verified.pcr_values)
     assert set(result.banks) == {"sha1", "sha256"}
     assert result.applied_quirks == ()
+
+
+def test_a_quote_covers_exactly_the_selection_bank_by_bank(tpm_a: AgentTpm) -> None:
+    """What a challenge names is what is quoted and reported: per bank, nothing more."""
+    _boot(tpm_a, "ubuntu-24.04-shim")
+    ak = tpm_a.create_ak("ecc")
+    nonce = os.urandom(32)
+    selection = (("sha256", tuple(range(15))), ("sha1", (0, 7)))
+    quote = tpm_a.quote(nonce, selection=selection)
+    assert decode_attest(quote.attest).selection == selection == quote.selection
+    assert {b: sorted(v) for b, v in quote.pcr_values.items()} == {
+        "sha256": list(range(15)), "sha1": [0, 7]}
+    verify_quote(ak.public, quote.attest, quote.signature, nonce=nonce,
+                 pcr_values=quote.pcr_values)
+    for bad in ((("sha256", (0,)), ("sha256", (1,))), (("sm3", (0,)),), (("sha256", (24,)),),
+                (("sha256", ()),), ()):
+        with pytest.raises(AgentTpmError):
+            tpm_a.quote(nonce, selection=bad)
+    with pytest.raises(AgentTpmError):
+        tpm_a.quote(nonce, range(8), selection=selection)
+
+
+def test_the_request_signature_binds_host_and_request(tpm_a: AgentTpm) -> None:
+    """``sign_request`` is a quote whose extraData is the request binding; the collector's
+    check accepts it once, for that host and request id, and not again."""
+    ak = tpm_a.create_ak("ecc")
+    attest, signature = tpm_a.sign_request(request_binding("web-042", "ask-1"))
+    assert decode_attest(attest).extra_data == request_binding("web-042", "ask-1")
+    def check(host: str, rid: str, auth: tuple[bytes, bytes],
+              last: RequestClock | None) -> RequestClock:
+        return verify_request(ak.public, host, rid, auth[0], auth[1], last=last,
+                              max_attest_bytes=2048, max_signature_bytes=1024).clock
+
+    first = check("web-042", "ask-1", (attest, signature), None)
+    for host, rid, last in (("web-042", "ask-2", None), ("web-043", "ask-1", None),
+                            ("web-042", "ask-1", first)):
+        with pytest.raises(RequestUnauthenticated):
+            check(host, rid, (attest, signature), last)
+    later = tpm_a.sign_request(request_binding("web-042", "ask-2"))
+    assert check("web-042", "ask-2", later, first) > first
 
 
 def test_ak_survives_agent_and_tpm_restart(identities: tuple[Path, Path], tmp_path: Path) -> None:
