@@ -5,8 +5,14 @@ Inputs (all keyed by ``host_id``, co-partitioned with the state changelogs):
 * ``hostgate.Verdict`` (``attest.verdicts.v1``): FAIL (or a result this reader does not know,
   which fails closed) opens the host's incident or adds an occurrence; PASS only refreshes
   liveness and notes a pass after REMEDIATED.
-* ``hostgate.IntakeRejected`` (``attest.rejections.v1``): like a failed verdict, except for the
-  benign reasons in ``IncidentsConfig.ignored_rejections``.
+* ``hostgate.IntakeRejected`` (``attest.rejections.v1``): one OCSF Detection Finding about the
+  refused record (``ocsf.rejection_finding``), and nothing else: no incident, no occurrence, no
+  state change (the benign reasons in ``IncidentsConfig.ignored_rejections`` not even a
+  finding). A rejection names a host but does not show the host sent the record: anyone who
+  can write to the request or evidence topics can have intake refuse a record naming any host
+  (wrong key, copied nonce, unsigned request). An incident would make the issuer quarantine
+  that host and revoke its certificate, or regress a remediated incident; so a refused record
+  stays a SOC finding, and the host keeps the trust state its own verdicts gave it.
 * ``hostgate.RemediationCommand`` (``attest.remediation.v1``): a lifecycle step, applied if
   ``lifecycle.check_transition`` allows it, else a ``RemediationRejected`` record on
   ``attest.incidents.v1`` with the reason; a refused command changes no state.
@@ -66,6 +72,7 @@ from services.incidents.ocsf import (
     SocFinding,
     detection_finding,
     incident_finding,
+    rejection_finding,
 )
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
 
@@ -98,7 +105,8 @@ class IncidentsConfig:
     max_roster: int = 4096
     """Hosts tracked for liveness per partition (more are not tracked, and the log says so)."""
     ignored_rejections: frozenset[str] = frozenset({"RATE_LIMITED", "STALE_NONCE"})
-    """Intake rejection reasons that are not incidents (benign: a busy or slow host)."""
+    """Intake rejection reasons that are not even findings (benign: a busy or slow host). No
+    rejection is ever an incident (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -285,6 +293,16 @@ def on_failure(host_id: str, ind: Indicators, inp: InputRecord, state: StateView
     return _step_decision(step, inp, config)
 
 
+def on_rejection(host_id: str, ind: Indicators) -> IncidentsDecision:
+    """An intake rejection: a Detection Finding about the refused record, and no incident or
+    state change for the host it names (module docstring)."""
+    finding = rejection_finding(host_id, ind)
+    return IncidentsDecision(
+        Decision(log={"host_id": host_id, "intake_rejection": ind.record_id,
+                      "rules": ",".join(ind.rule_ids[:8])[:200]}),
+        findings=(finding,))
+
+
 def on_pass(host_id: str, state: StateView) -> Decision:
     """A passing verdict: notes the pass on a REMEDIATED incident (nothing else changes)."""
     current = _current(state, host_id)
@@ -436,11 +454,12 @@ def decide(inp: InputRecord, state: StateView, config: IncidentsConfig) -> Incid
             result = on_failure(host_id, verdict_indicators(inp), inp, state, config)
     elif inp.subject == INTAKE_REJECTED:
         host_id = _host_of(inp)
-        if str(inp.record["reason"]) in config.ignored_rejections:
-            result = IncidentsDecision(Decision(log={"host_id": host_id, "ignored_rejection":
-                                                     str(inp.record["reason"])}))
+        reason = str(inp.record["reason"])
+        if reason in config.ignored_rejections:
+            result = IncidentsDecision(Decision(log={"host_id": host_id,
+                                                     "ignored_rejection": reason}))
         else:
-            result = on_failure(host_id, rejection_indicators(inp), inp, state, config)
+            result = on_rejection(host_id, rejection_indicators(inp))
     elif inp.subject == COMMAND:
         result = on_command(inp, state, config)
     else:

@@ -7,7 +7,8 @@
       └─(stays)               └─(stays)  ◀──────────────┴───────────(regresses)───┘
 
 Operator triggers come from ``RemediationCommand`` records; ``FAILURE`` is automatic (a failed
-verdict or an intake rejection for the incident's host). A failure after ``REMEDIATED`` means the
+verdict for the incident's host; an intake rejection is never one, see ``services.incidents.core``).
+A failure after ``REMEDIATED`` means the
 fix did not hold: the incident goes back to ``ACKNOWLEDGED`` (its root cause is in doubt). A
 failure after ``CLOSED`` is not a transition: it opens a new incident. Every (status, trigger)
 pair not in ``TRANSITIONS`` is refused by ``check_transition``, the one function that decides.

@@ -1,5 +1,6 @@
-"""OCSF findings for the SOC: a Detection Finding (class 2004) per failing occurrence or stale
-host, an Incident Finding (class 2005) per incident lifecycle change; rendering and validation.
+"""OCSF findings for the SOC: a Detection Finding (class 2004) per failing occurrence, intake
+rejection or stale host, an Incident Finding (class 2005) per incident lifecycle change;
+rendering and validation.
 
 Rendering is pure: values in, a JSON object out, times from the inputs. ``validate`` checks a
 finding against the pinned schema of its class (``ocsf_schema``), the OCSF arithmetic
@@ -159,6 +160,37 @@ def detection_finding(host_id: str, incident_id: str, ind: Indicators,
         "resources": [{"uid": host_id, "type": "host", "name": host_id}],
         "unmapped": {"hostgate": {"incident_id": incident_id, "host_id": host_id,
                                   "occurrence": occurrence, "indicators": indicators_json(ind)}},
+    })
+    return SocFinding(uid, host_id, DETECTION_FINDING_UID, 1, ind.observed_at_ms, body)
+
+
+def rejection_finding(host_id: str, ind: Indicators) -> SocFinding:
+    """The Detection Finding (2004, Create) for one intake rejection of a record naming
+    ``host_id``. It belongs to no incident and says so: anyone who can write to the request or
+    evidence topics can make intake refuse a record naming any host, so the rejection tells the
+    SOC about the *record* (what was refused, where it is, why) and nothing about the host's
+    trust. Correlated per named host (``intake-<host>``) so a flood reads as one story."""
+    uid = detection_uid(ind)
+    rules = ", ".join(ind.rule_ids[:8]) or "no rule named"
+    title = f"a record naming host {host_id} was refused at intake: {rules}"[:512]
+    body = _base(DETECTION_FINDING_UID, 1, ind.observed_at_ms, 3, uid, f"intake-{host_id}",
+                 ind.record.topic)
+    body.update({
+        "status_id": 1, "status": DETECTION_STATUS[1], "is_alert": True, "confidence_id": 1,
+        "message": title,
+        "finding_info": {
+            "uid": uid, "title": title, "types": ["TPM attestation intake rejection"],
+            "desc": "Intake refused a record that names this host. The record is not shown to "
+                    "come from the host, so the host's trust state and incidents are unchanged.",
+            "analytic": {"name": "hostgate intake", "uid": "hostgate.intake", "type_id": 1,
+                         "type": "Rule"},
+            "created_time": ind.observed_at_ms,
+            "data_sources": [ind.evidence.topic],
+        },
+        "resources": [{"uid": host_id, "type": "host", "name": host_id}],
+        "unmapped": {"hostgate": {"incident_id": None, "host_id": host_id,
+                                  "trust_state_changed": False,
+                                  "indicators": indicators_json(ind)}},
     })
     return SocFinding(uid, host_id, DETECTION_FINDING_UID, 1, ind.observed_at_ms, body)
 

@@ -173,19 +173,27 @@ def test_a_misrouted_verdict_raises_so_the_runtime_dead_letters_it() -> None:
         Driver().feed(VERDICT, verdict("host-a", 1), key="host-b")
 
 
-def test_intake_rejections_open_incidents_except_benign_reasons() -> None:
+def test_intake_rejections_are_findings_never_incidents() -> None:
     d = Driver()
     ignored = d.feed(INTAKE_REJECTED, rejection("host-a", 1, reason="RATE_LIMITED"))
-    assert ignored.decision.outputs == () and d.incident("host-a") is None
-    d.feed(INTAKE_REJECTED, rejection("host-a", 2, reason="REPLAYED_NONCE", at=T0 + 7))
+    assert ignored.decision.outputs == () and ignored.findings == ()
+    assert d.incident("host-a") is None
+    # A rejection names a host without proving it sent the record: a finding, no incident.
+    r = d.feed(INTAKE_REJECTED, rejection("host-a", 2, reason="REPLAYED_NONCE", at=T0 + 7))
+    assert r.decision.outputs == () and r.decision.state_updates == ()
+    assert d.incident("host-a") is None
+    (finding,) = r.findings
+    validate(finding.body)
+    assert finding.uid == "det-rej-host-a-2" and finding.time_ms == T0 + 7
+    ind = finding.body["unmapped"]["hostgate"]["indicators"]
+    assert ind["source"] == "INTAKE_REJECTION" and ind["policy_sha256"] is None
+    assert [r["rule_id"] for r in ind["failed_rules"]] == ["intake.replayed_nonce"]
+    assert ind["evidence"] == "attest.evidence.v1[2]@502"
+    assert finding.body["metadata"]["correlation_uid"] == "intake-host-a"
+    d.feed(VERDICT, verdict("host-a", 3))  # a failed verdict opens the host's incident alone
     inc = d.incident("host-a")
     assert inc is not None and inc["occurrences"] == 1
-    (ind,) = inc["indicators"]
-    assert ind["source"] == "INTAKE_REJECTION" and ind["policy_digest"] is None
-    assert [r["rule_id"] for r in ind["failed_rules"]] == ["intake.replayed_nonce"]
-    assert ind["evidence"]["offset"] == 502
-    d.feed(VERDICT, verdict("host-a", 3))  # a later failed verdict joins the same incident
-    assert d.incident("host-a")["occurrences"] == 2  # type: ignore[index]
+    assert [i["source"] for i in inc["indicators"]] == ["VERDICT"]
 
 
 def test_unknown_verdict_result_fails_closed_and_pass_opens_nothing() -> None:
@@ -219,7 +227,8 @@ def test_findings_validate_and_carry_no_key_material() -> None:
     d.feed(INTAKE_REJECTED, rejection("host-a", 2))
     inc_id = d.incident("host-a")["incident_id"]  # type: ignore[index]
     d.feed(COMMAND, command("host-a", inc_id, "ACKNOWLEDGE", n=1))
-    assert len(d.findings) == 5
+    # verdict: detection + incident finding; rejection: detection only; command: incident
+    assert [f.class_uid for f in d.findings] == [2004, 2005, 2004, 2005]
     for f in d.findings:
         validate(f.body)
         text = f.to_json().decode()
