@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.verifier.cli_policy",
     "services.incidents.cli",
     "services.issuer.cli",
+    "services.collector.cli_identity",
     "services.verifier.cli_replay",
     "services.demo.cli",
 )

@@ -14,6 +14,8 @@ environment                         meaning                                     
 ``HOSTGATE_CHALLENGE_RATE``         per-host challenge requests per window,         ``10/60``
                                     ``COUNT/SECONDS`` (fixed window)
 ``HOSTGATE_MAX_OPEN_CHALLENGES``    issued-but-unused nonces a host may hold        ``4``
+``HOSTGATE_MAX_PENDING_ENROLMENTS`` activation challenges one host id may have     ``4``
+                                    open at once (1..16)
 ``HOSTGATE_POLICY_ID``              id of the policy in force (as the verifier's):  (required)
                                     challenges ask for its coverage
 ``HOSTGATE_REQUIRED_PCRS``          PCRs every quote must cover, e.g. ``0-7``,      ``0-7``
@@ -47,6 +49,12 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from services.errors import ConfigError
+from services.runtime.topics import (
+    EK_BINDINGS_TOPIC,
+    EK_GRANTS_TOPIC,
+    IDENTITY_EVENTS_TOPIC,
+    IDENTITY_TOPIC,
+)
 
 if TYPE_CHECKING:
     from services.verifier.policy_in_force import PolicyCache
@@ -112,6 +120,26 @@ class TopicNames:
         """The compacted policy topic (read whole, as a global table, like the verifier)."""
         return self._t("attest.policies.v1")
 
+    @property
+    def identity(self) -> str:
+        """Operator identity commands (``hostgate identity release``)."""
+        return self._t(IDENTITY_TOPIC)
+
+    @property
+    def identity_events(self) -> str:
+        """The collector's identity audit records (the issuer reads them too)."""
+        return self._t(IDENTITY_EVENTS_TOPIC)
+
+    @property
+    def ek_bindings(self) -> str:
+        """Internal: EK binding requests, keyed by EK digest."""
+        return self._t(EK_BINDINGS_TOPIC)
+
+    @property
+    def ek_grants(self) -> str:
+        """Internal: EK binding answers, keyed by host id."""
+        return self._t(EK_GRANTS_TOPIC)
+
     def changelog(self, table: str) -> str:
         return self._t(f"hostgate.collector.{table}.changelog.v1")
 
@@ -139,6 +167,9 @@ class CollectorConfig:
     challenge_rate_count: int = 10
     challenge_rate_window_ms: int = 60_000
     max_open_challenges: int = 4
+    max_pending_enrolments: int = 4
+    """Activation challenges one host id may have open at once (each answered or expired on
+    its own: a new request never displaces another)."""
     required_pcrs: tuple[int, ...] = DEFAULT_REQUIRED_PCRS
     policy_id: str = ""
     """The policy in force (``HOSTGATE_POLICY_ID``); empty: none, challenges fall back."""
@@ -156,6 +187,7 @@ class CollectorConfig:
             (self.challenge_rate_count >= 1, "challenge rate count must be ≥ 1"),
             (self.challenge_rate_window_ms >= 1000, "challenge rate window must be ≥ 1 s"),
             (1 <= self.max_open_challenges <= 64, "max open challenges must be 1..64"),
+            (1 <= self.max_pending_enrolments <= 16, "max pending enrolments must be 1..16"),
             (all(0 <= p <= 23 for p in self.required_pcrs), "required PCRs must be 0..23"),
             (len(self.policy_id) <= 128, "policy id must be at most 128 characters"),
         ]
@@ -263,6 +295,7 @@ def load_config(env: Mapping[str, str]) -> CollectorConfig:
         challenge_rate_count=count,
         challenge_rate_window_ms=window_ms,
         max_open_challenges=_int(env, "HOSTGATE_MAX_OPEN_CHALLENGES", 4, 1),
+        max_pending_enrolments=_int(env, "HOSTGATE_MAX_PENDING_ENROLMENTS", 4, 1),
         required_pcrs=parse_pcr_list(env.get("HOSTGATE_REQUIRED_PCRS", "0-7")),
         policy_id=_policy_id(env),
         limits=limits,

@@ -1,17 +1,28 @@
-"""The collector's pure core: one ``decide`` for every record on its two input topics.
+"""The collector's pure core: one ``decide`` for every record on its input topics.
 
 ``attest.requests.v1`` carries ``EnrollmentRequested``, ``ActivationProof`` and
-``ChallengeRequested``; ``attest.evidence.v1`` carries ``EvidenceSubmitted``. Each subject has
-its own module (``enrollment``, ``challenges``, ``intake``); this one dispatches and holds the
-error policy. Every decodable input ends in exactly one place: an output on
-``attest.challenges.v1`` / ``attest.collected.v1``, a state change with an ENROLLED
-``EnrollmentResult`` (a correct activation proof), or an ``IntakeRejected`` on
+``ChallengeRequested``; ``attest.evidence.v1`` carries ``EvidenceSubmitted``;
+``attest.identity.v1`` the operators' ``IdentityCommand``; the collector-internal
+``collector.ek-bindings.v1`` / ``collector.ek-grants.v1`` the EK registry's
+``EkBindingRequested`` / ``EkBindingDecided``. Each subject has its own module
+(``enrollment``, ``challenges``, ``intake``, ``identity``, ``ek_registry``); this one
+dispatches and holds the error policy. Every decodable input from outside ends in exactly one
+place: an output on ``attest.challenges.v1`` / ``attest.collected.v1`` /
+``attest.identity.events.v1`` / an internal topic, a state change, or an ``IntakeRejected`` on
 ``attest.rejections.v1`` (plus a REFUSED ``EnrollmentResult`` when it refuses an identified
 host's enrolment step) — never nowhere, and an unknown host is a rejection, not a DLQ record.
 
+First check, for every record: it must sit on the partition Kafka's default partitioner maps
+its key to (``InputRecord.key_partition``, computed by the runtime). State is partitioned by
+key: a record keyed ``web-042`` on another partition would be judged by a task whose tables
+know nothing of the real ``web-042``. Such a record is refused ``WRONG_PARTITION`` with no
+state change (an internal record on a wrong partition goes to the DLQ: only the collector
+writes those topics, so it is a bug, not a host's doing).
+
 State tables (all keyed within the task's partition, see ``services.runtime.worker``):
 ``enrollments`` (host_id → EnrollmentState), ``challenges`` (challenge id → PendingChallenge),
-``nonces`` (hex nonce → UsedNonce), ``hosts`` (host_id → HostTrackState).
+``nonces`` (hex nonce → UsedNonce), ``hosts`` (host_id → HostTrackState), ``ek_bindings``
+(EK digest → EkBinding, on the EK digest's partition).
 """
 
 from __future__ import annotations
@@ -28,26 +39,36 @@ from services.collector.challenges import (
 )
 from services.collector.common import reject
 from services.collector.config import CollectorConfig
+from services.collector.ek_registry import TABLE as EK_BINDINGS
+from services.collector.ek_registry import decide_binding_request
 from services.collector.enrollment import (
+    SUBJECT_BINDING_DECIDED,
+    SUBJECT_BINDING_REQUEST,
     SUBJECT_ENROLL,
     SUBJECT_PROOF,
+    InternalRecordError,
     attributable,
+    decide_binding_answer,
     decide_enrollment,
     decide_proof,
     refuse,
 )
 from services.collector.enrollment import TABLE as ENROLLMENTS
+from services.collector.identity import SUBJECT_COMMAND, decide_identity_command
 from services.collector.intake import SUBJECT_EVIDENCE, decide_evidence
 from services.errors import HostgateError
 from services.runtime.stage import Decision, InputRecord, StateView
 
+INTERNAL_SUBJECTS: Final = frozenset({SUBJECT_BINDING_REQUEST, SUBJECT_BINDING_DECIDED})
+"""Records only the collector writes (its EK registry traffic)."""
 INPUT_SUBJECTS: Final = frozenset({SUBJECT_ENROLL, SUBJECT_PROOF, SUBJECT_REQUEST,
-                                   SUBJECT_EVIDENCE})
+                                   SUBJECT_EVIDENCE, SUBJECT_COMMAND, *INTERNAL_SUBJECTS})
 TABLES: Final[Mapping[str, str]] = {
     ENROLLMENTS: "hostgate.EnrollmentState",
     CHALLENGES: "hostgate.PendingChallenge",
     NONCES: "hostgate.UsedNonce",
     HOSTS: "hostgate.HostTrackState",
+    EK_BINDINGS: "hostgate.EkBinding",
 }
 
 _HANDLERS: Final[Mapping[str, Callable[[InputRecord, StateView, CollectorConfig], Decision]]] = {
@@ -55,6 +76,9 @@ _HANDLERS: Final[Mapping[str, Callable[[InputRecord, StateView, CollectorConfig]
     SUBJECT_PROOF: decide_proof,
     SUBJECT_REQUEST: decide_challenge_request,
     SUBJECT_EVIDENCE: decide_evidence,
+    SUBJECT_COMMAND: decide_identity_command,
+    SUBJECT_BINDING_REQUEST: decide_binding_request,
+    SUBJECT_BINDING_DECIDED: decide_binding_answer,
 }
 
 
@@ -67,13 +91,36 @@ def decide(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> Decision
     handler = _HANDLERS.get(inp.subject)
     if handler is None:
         raise UnexpectedSubject(f"collector got {inp.subject} at {inp.coordinates}")
+    if inp.misrouted:
+        return _wrong_partition(inp, cfg)
     return handler(inp, state, cfg)
+
+
+def _wrong_partition(inp: InputRecord, cfg: CollectorConfig) -> Decision:
+    """Refuse a record that is not on its key's partition, before looking at anything else."""
+    c = inp.coordinates
+    key = (inp.key or "")[:64]
+    if inp.subject in INTERNAL_SUBJECTS:
+        raise InternalRecordError(f"{inp.subject} keyed {key!r} is on partition "
+                                  f"{c.partition} of {c.topic}, not its key's "
+                                  f"({inp.key_partition})")
+    if inp.key is None:
+        where = "has no key, so it belongs to no partition"
+    elif inp.key_partition is None:
+        where = f"could not be placed: the partition count of {c.topic} is unknown"
+    else:
+        where = f"belongs to partition {inp.key_partition} of {c.topic}"
+    return reject(inp, cfg.topics.rejections, "WRONG_PARTITION",
+                  f"record keyed {key!r} {where}, but was written to partition {c.partition}: "
+                  "a host's state lives only on its key's partition, so the record was not "
+                  "looked at", extra_log={"anomaly": True})
 
 
 def on_error(inp: InputRecord, exc: Exception, cfg: CollectorConfig) -> Decision:
     """A decodable record whose decision raised: refuse it as ``MALFORMED`` with the error
     class and message (our errors name field and offset; nothing secret is in them)."""
-    if isinstance(exc, UnexpectedSubject):
+    if isinstance(exc, UnexpectedSubject | InternalRecordError) or \
+            inp.subject in INTERNAL_SUBJECTS:
         raise exc  # to the DLQ: not a host's fault
     detail = f"{type(exc).__name__}: {exc}"
     if attributable(inp, cfg):  # an enrolment step: the host hears REFUSED too

@@ -2,10 +2,12 @@
 
 Reads its configuration from the environment once (``services.collector.config``) and binds
 it into the pure core. Inputs: ``attest.requests.v1`` and ``attest.evidence.v1`` (both with
-``LogAppendTime``: the broker's stamp is the collector's only clock). Like the verifier it
-holds the whole compacted ``attest.policies.v1`` as the global table ``policies``
-(``HOSTGATE_POLICY_ID`` names the policy in force, highest version wins): every challenge asks
-for that policy's coverage.
+``LogAppendTime``: the broker's stamp is the collector's only clock), the operators'
+``attest.identity.v1``, and its own EK registry topics ``collector.ek-bindings.v1`` and
+``collector.ek-grants.v1`` (``services.collector.ek_registry``), all co-partitioned.
+Like the verifier it holds the whole compacted ``attest.policies.v1`` as the global table
+``policies`` (``HOSTGATE_POLICY_ID`` names the policy in force, highest version wins): every
+challenge asks for that policy's coverage.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from functools import partial
 
 from services.collector.config import CollectorConfig, load_config
 from services.collector.core import INPUT_SUBJECTS, TABLES, decide, on_error
-from services.runtime.stage import GlobalTableSpec, Stage
+from services.runtime.stage import MISROUTED_DECIDE, GlobalTableSpec, Stage
 from services.verifier.policy_in_force import POLICY_SUBJECT, POLICY_TABLE, newer
 
 
@@ -24,7 +26,8 @@ def stage_from_config(cfg: CollectorConfig) -> Stage:
     topics = cfg.topics
     return Stage(
         name="collector",
-        input_topics=(topics.requests, topics.evidence),
+        input_topics=(topics.requests, topics.evidence, topics.identity, topics.ek_bindings,
+                      topics.ek_grants),
         input_subjects=INPUT_SUBJECTS,
         decide=partial(decide, cfg=cfg),
         tables=TABLES,
@@ -32,6 +35,9 @@ def stage_from_config(cfg: CollectorConfig) -> Stage:
         dlq=topics.dlq,
         changelogs={t: topics.changelog(t) for t in TABLES},
         global_tables={POLICY_TABLE: GlobalTableSpec(topics.policies, POLICY_SUBJECT, newer)},
+        # The collector refuses a mis-partitioned record itself (WRONG_PARTITION), so the host
+        # and the SOC see why; see services.collector.core.
+        misrouted=MISROUTED_DECIDE,
     )
 
 

@@ -7,7 +7,16 @@
   ``services.issuer.hoststate``.
 * ``apply_incident_event``: tracks the host's incident from ``attest.incidents.v1``; an
   unresolved incident quarantines the host (and revokes), a resolution is remembered.
-* ``decide``: the stage contract (``services.runtime.stage``) around both.
+* ``apply_identity_event``: an operator release of the host's identity (the collector's
+  ``IdentityEvent`` RELEASED on ``attest.identity.events.v1``) resets the EK the host is bound
+  to and revokes what the old TPM holds (``services.issuer.hoststate``).
+* ``decide``: the stage contract (``services.runtime.stage``) around all three.
+
+A verdict issues only for the host's own EK: the first verdict binds the host to the SHA-256 of
+its EK's SubjectPublicKeyInfo (``services.ekid``, what the collector's EK registry is keyed
+by); a later verdict naming another EK issues nothing and quarantines the host until an
+operator releases it. The collector already refuses such evidence; this is the issuer not
+trusting that, or the verifier, with a credential.
 
 Nothing here reads the clock: every time comes from the input record. The only non-determinism
 is the fresh key material (host key, content key, wrap seed), on purpose.
@@ -23,6 +32,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from services.ekid import ek_key_sha256
 from services.issuer.ca import (
     CertificateProfile,
     HostCertificateRequest,
@@ -45,6 +55,7 @@ from services.issuer.hoststate import (
 from services.issuer.sealing import new_host_key, seal_credential, seal_policy
 from services.runtime.stage import Decide, Decision, InputRecord, Output, StateUpdate, StateView
 from services.tpm.credential import PcrSelection, pcr_selection
+from services.tpm.errors import MalformedInput, Unsupported
 
 VERDICT_SUBJECT: Final = "hostgate.Verdict"
 INCIDENT_SUBJECT: Final = "hostgate.IncidentEvent"
@@ -140,6 +151,18 @@ def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None, ca
     state = state.pruned(at)
     rules = [r["rule_id"] for r in verdict.get("failed_rules") or []]
     passed = verdict["result"] == "PASS" and not rules
+    ek = _ek_digest(verdict)
+    if ek is not None and state.ek_key_sha256 is not None and ek != state.ek_key_sha256:
+        target = check_transition(host_id, state.state, Trigger.EK_MISMATCH)
+        new = replace(state.revoke_all(at, RevocationReason.KEY_COMPROMISE), state=target,
+                      since=_entered(state, target, at), verdict_id=verdict_id,
+                      ek_mismatch_at=at, reason=_clip(
+                          f"verdict {verdict_id} names EK {ek.hex()[:16]}…, not the host's "
+                          f"EK {state.ek_key_sha256.hex()[:16]}…: nothing issued; only an "
+                          "operator release (hostgate identity release) rebinds the host"))
+        return IssuerOutcome(new, new.public_record(), None, Trigger.EK_MISMATCH)
+    if ek is not None and state.ek_key_sha256 is None:
+        state = replace(state, ek_key_sha256=ek)  # the first verdict binds the host's EK
 
     if not passed:
         target = check_transition(host_id, state.state, Trigger.FAIL)
@@ -213,6 +236,46 @@ def _issue(verdict: Mapping[str, Any], host_id: str, verdict_id: str, at: dt.dat
     return record, HeldCredential(serial, cert.not_valid_after_utc, verdict_id)
 
 
+def _ek_digest(verdict: Mapping[str, Any]) -> bytes | None:
+    """The verdict's EK identity, or None when it carries no usable EK (a failed verdict
+    quarantines whatever it names; a pass without one fails when it is sealed)."""
+    raw = bytes(verdict.get("ek_public") or b"")
+    if not raw:
+        return None
+    try:
+        return ek_key_sha256(raw)
+    except (MalformedInput, Unsupported, ValueError):
+        return None
+
+
+IDENTITY_SUBJECT: Final = "hostgate.IdentityEvent"
+
+
+def apply_identity_event(event: Mapping[str, Any], current: HostTrustState | None
+                         ) -> IssuerOutcome:
+    """Apply one ``hostgate.IdentityEvent``: RELEASED resets the host's EK binding, revokes its
+    certificates (CESSATION_OF_OPERATION: that TPM no longer is the host) and leaves it REVOKED,
+    or QUARANTINED while a failure still waits for its incident. Other events change nothing."""
+    host_id = check_host_id(event["host_id"])
+    if event.get("event") != "RELEASED" or current is None:
+        return IssuerOutcome(current or HostTrustState.pending(
+            host_id, _utc(event["occurred_at"], "occurred_at")), None)
+    if current.host_id != host_id:
+        raise IssuanceError(f"state for host {current.host_id} given for identity event of "
+                            f"{host_id}", field="host_id")
+    at = _utc(event["occurred_at"], "occurred_at")
+    state = current.pruned(at)
+    blocked = state.state is HostTrust.QUARANTINED and state.failure_pending()
+    trigger = Trigger.RELEASE_BLOCKED if blocked else Trigger.RELEASE
+    target = check_transition(host_id, state.state, trigger)
+    new = replace(state.revoke_all(at, RevocationReason.CESSATION_OF_OPERATION), state=target,
+                  since=_entered(state, target, at), ek_key_sha256=None, ek_mismatch_at=None,
+                  reason=_clip(f"identity released by {str(event.get('actor'))[:64]!r} "
+                               f"({str(event.get('reason'))[:120]}); the host must attest "
+                               "again" + (", and its incident be resolved" if blocked else "")))
+    return IssuerOutcome(new, new.public_record() if new != state else None, None, trigger)
+
+
 def incident_resolved(event: Mapping[str, Any]) -> bool:
     """An incident event says "resolved" only if its status is REMEDIATED or CLOSED *and* its
     ``resolved`` flag (when present) agrees; anything else, UNKNOWN included, is unresolved."""
@@ -273,7 +336,7 @@ def decide(inp: InputRecord, view: StateView, *, ca: IssuingCA,
            hosts_topic: str = HOSTS_TOPIC) -> Decision:
     """The issuer stage's ``decide``: verdicts and incident events in, credentials, host states
     and the ``hosts`` table out. Other subjects on the inputs are ignored (logged)."""
-    if inp.subject not in (VERDICT_SUBJECT, INCIDENT_SUBJECT):
+    if inp.subject not in (VERDICT_SUBJECT, INCIDENT_SUBJECT, IDENTITY_SUBJECT):
         return Decision(log={"ignored": inp.subject})
     host_id = check_host_id(inp.record["host_id"])
     if inp.key != host_id:
@@ -283,6 +346,8 @@ def decide(inp: InputRecord, view: StateView, *, ca: IssuingCA,
     current = HostTrustState.from_record(raw) if raw is not None else None
     if inp.subject == VERDICT_SUBJECT:
         outcome = apply_verdict(inp.record, current, ca, config)
+    elif inp.subject == IDENTITY_SUBJECT:
+        outcome = apply_identity_event(inp.record, current)
     else:
         outcome = apply_incident_event(inp.record, current)
     outputs: list[Output] = []
@@ -318,8 +383,10 @@ __all__ = [
     "CREDENTIALS_TOPIC",
     "HOSTS_TABLE",
     "HOSTS_TOPIC",
+    "IDENTITY_SUBJECT",
     "IssuerConfig",
     "IssuerOutcome",
+    "apply_identity_event",
     "apply_incident_event",
     "apply_verdict",
     "attested_pcr_map",

@@ -15,6 +15,14 @@ later than the host's last failure, and the passing verdict was appraised after 
 Any other pass is ``PASS_BLOCKED``. Every (state, trigger) pair missing from ``TRANSITIONS`` is
 refused by ``check_transition``. ``UNKNOWN`` (a state a newer writer knows) allows nothing.
 
+Identity. The first verdict binds the host to its EK (``ek_key_sha256``, ``services.ekid``). A
+verdict naming another EK is ``EK_MISMATCH``: every state goes QUARANTINED, nothing is issued,
+and ``ek_mismatch_at`` blocks every later pass until an operator releases the host
+(``hostgate identity release``, seen here as the collector's ``IdentityEvent`` RELEASED). The
+release (``RELEASE``) resets the EK binding, revokes what the old TPM holds and leaves the host
+REVOKED (it must attest again), or QUARANTINED (``RELEASE_BLOCKED``) while a failure still
+waits for its incident's resolution: a release never launders a failed attestation.
+
 ``HostTrustState`` is the value the issuer keeps per host (Avro ``hostgate.IssuerHostState``);
 ``public_record`` projects it to ``hostgate.HostState`` for ``attest.hosts.v1``.
 """
@@ -68,6 +76,12 @@ class Trigger(Enum):
     """An incident event marking it REMEDIATED or CLOSED."""
     OPERATOR_REVOKE = "OPERATOR_REVOKE"
     """An operator revoked the host's credentials (retired host); it must attest again."""
+    EK_MISMATCH = "EK_MISMATCH"
+    """A verdict for the host named an EK other than the one it is bound to (suspicious)."""
+    RELEASE = "RELEASE"
+    """An operator released the host's identity (new TPM): EK binding reset, must attest."""
+    RELEASE_BLOCKED = "RELEASE_BLOCKED"
+    """The same, while a failure still waits for its incident's resolution."""
 
 
 _H, _T = HostTrust, Trigger
@@ -91,6 +105,15 @@ TRANSITIONS: Final[Mapping[tuple[HostTrust, Trigger], HostTrust]] = {
     (_H.REVOKED, _T.INCIDENT_UNRESOLVED): _H.QUARANTINED,
     (_H.REVOKED, _T.INCIDENT_RESOLVED): _H.REVOKED,
     (_H.REVOKED, _T.OPERATOR_REVOKE): _H.REVOKED,
+    (_H.PENDING, _T.EK_MISMATCH): _H.QUARANTINED,
+    (_H.TRUSTED, _T.EK_MISMATCH): _H.QUARANTINED,
+    (_H.QUARANTINED, _T.EK_MISMATCH): _H.QUARANTINED,
+    (_H.REVOKED, _T.EK_MISMATCH): _H.QUARANTINED,
+    (_H.PENDING, _T.RELEASE): _H.PENDING,
+    (_H.TRUSTED, _T.RELEASE): _H.REVOKED,
+    (_H.QUARANTINED, _T.RELEASE): _H.REVOKED,
+    (_H.REVOKED, _T.RELEASE): _H.REVOKED,
+    (_H.QUARANTINED, _T.RELEASE_BLOCKED): _H.QUARANTINED,
 }
 """Every allowed (state, trigger) → next state. PASS_BLOCKED outside QUARANTINED is missing on
 purpose: an unresolved incident always quarantines first, so it would mean corrupt state."""
@@ -158,6 +181,10 @@ class HostTrustState:
     last_failure_at: dt.datetime | None = None
     held: tuple[HeldCredential, ...] = ()
     revoked: tuple[RevokedCredential, ...] = ()
+    ek_key_sha256: bytes | None = None
+    """The EK this host's verdicts must name (the first verdict binds it; a release resets)."""
+    ek_mismatch_at: dt.datetime | None = None
+    """When a verdict named another EK: no pass lifts the quarantine until a release."""
 
     @classmethod
     def pending(cls, host_id: str, at: dt.datetime) -> HostTrustState:
@@ -173,9 +200,10 @@ class HostTrustState:
         """May a pass appraised at ``appraised_at`` make this host trusted?
 
         Yes if its incident is resolved and, when it ever failed, the resolution came after the
-        latest failure and the pass after the resolution.
+        latest failure and the pass after the resolution — and no verdict named another EK
+        since the last operator release.
         """
-        if not self.incident_resolved:
+        if self.ek_mismatch_at is not None or not self.incident_resolved:
             return False
         if self.last_failure_at is None and self.state is not HostTrust.QUARANTINED:
             return True
@@ -185,6 +213,15 @@ class HostTrustState:
         if self.last_failure_at is not None and resolved_at <= self.last_failure_at:
             return False
         return appraised_at > resolved_at
+
+    def failure_pending(self) -> bool:
+        """A failure still waiting for its incident's resolution (what a release must keep)."""
+        if not self.incident_resolved:
+            return True
+        if self.last_failure_at is None:
+            return False
+        resolved_at = self.incident_changed_at
+        return resolved_at is None or resolved_at <= self.last_failure_at
 
     # -- credential bookkeeping -----------------------------------------------------------
 
@@ -227,6 +264,7 @@ class HostTrustState:
             "revoked": [{"serial": r.serial, "not_after": r.not_after,
                          "revoked_at": r.revoked_at, "reason": r.reason.value}
                         for r in self.revoked],
+            "ek_key_sha256": self.ek_key_sha256, "ek_mismatch_at": self.ek_mismatch_at,
         }
 
     @classmethod
@@ -253,6 +291,9 @@ class HostTrustState:
                        for h in held_raw),
             revoked=tuple(RevokedCredential(r["serial"], r["not_after"], r["revoked_at"],
                                             _reason(r["reason"])) for r in revoked_raw),
+            ek_key_sha256=None if record.get("ek_key_sha256") is None
+            else bytes(record["ek_key_sha256"]),
+            ek_mismatch_at=record.get("ek_mismatch_at"),
         )
 
     def public_record(self) -> dict[str, Any]:

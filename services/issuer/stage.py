@@ -1,8 +1,10 @@
 """The issuer stage as the runtime runs it (``hostgate run issuer``).
 
 ``build_stage(env)`` loads the issuing CA once and wires the pure core (``services.issuer.core``)
-into a runtime ``Stage``: inputs ``attest.verdicts.v1`` and ``attest.incidents.v1`` (both keyed
-by host id, so one host's verdicts and incident events meet on one task), state table ``hosts``
+into a runtime ``Stage``: inputs ``attest.verdicts.v1``, ``attest.incidents.v1`` and
+``attest.identity.events.v1`` (all keyed by host id, so one host's verdicts, incident events
+and identity releases meet on one task; a record on a partition other than its key's goes to
+the DLQ), state table ``hosts``
 (``hostgate.IssuerHostState``), outputs ``attest.credentials.v1`` and ``attest.hosts.v1``.
 
 A decision the core refuses (an ``IssuerError``: a passing verdict without the attested PCRs
@@ -44,13 +46,15 @@ from services.issuer.ca import (
 )
 from services.issuer.core import (
     HOSTS_TABLE,
+    IDENTITY_SUBJECT,
     INCIDENT_SUBJECT,
     VERDICT_SUBJECT,
     IssuerConfig,
     make_decide,
 )
 from services.issuer.errors import IssuerError
-from services.runtime.stage import Stage
+from services.runtime.stage import MISROUTED_DLQ, Stage
+from services.runtime.topics import IDENTITY_EVENTS_TOPIC
 
 ENV_CA_CERT: Final = "HOSTGATE_ISSUER_CA_CERT"
 ENV_CA_KEY: Final = "HOSTGATE_ISSUER_CA_KEY"
@@ -83,8 +87,13 @@ class IssuerTopics:
         return self.name("attest.incidents.v1")
 
     @property
+    def identity_events(self) -> str:
+        """The collector's identity audit: an operator release resets the host's EK."""
+        return self.name(IDENTITY_EVENTS_TOPIC)
+
+    @property
     def inputs(self) -> tuple[str, ...]:
-        return (self.verdicts, self.incidents)
+        return (self.verdicts, self.incidents, self.identity_events)
 
     @property
     def credentials(self) -> str:
@@ -188,11 +197,16 @@ def build_stage(env: Mapping[str, str]) -> Stage:
         input_topics=topics.inputs,
         # attest.incidents.v1 also carries the incidents stage's RemediationRejected records:
         # decodable, read and ignored by the core (not DLQ material).
-        input_subjects=frozenset({VERDICT_SUBJECT, INCIDENT_SUBJECT, REJECTED_SUBJECT}),
+        input_subjects=frozenset({VERDICT_SUBJECT, INCIDENT_SUBJECT, REJECTED_SUBJECT,
+                                  IDENTITY_SUBJECT}),
         decide=make_decide(ca, config, topics.credentials, topics.hosts),
         tables={HOSTS_TABLE: HOST_STATE_SUBJECT},
         dlq=topics.dlq,
         changelogs={HOSTS_TABLE: topics.hosts_changelog},
+        # Only stage principals write the issuer's inputs, with the default partitioner; a
+        # record elsewhere would be judged against another partition's (empty) host state and
+        # could bind a fresh EK, so it goes to the DLQ instead (services.runtime.plan).
+        misrouted=MISROUTED_DLQ,
     )
 
 

@@ -8,18 +8,25 @@ input record ends in exactly one of three places, never nowhere:
    ``raw_value`` bytes as they are) and its state changes (as changelog records, on the task's
    own changelog partition);
 2. ``decide`` raised and the stage's ``on_error`` policy returned a decision: that decision;
-3. the record could not be decoded, or ``decide``/``on_error``/encoding the result failed: one
-   DLQ record with the original key, value and headers plus the failure context.
+3. the record could not be decoded, or ``decide``/``on_error``/encoding the result failed, or
+   it sits on a partition its key does not map to and the stage's ``misrouted`` policy is
+   ``dlq``: one DLQ record with the original key, value and headers plus the failure context.
+
+Every input gets ``key_partition`` (``services.runtime.partitioner``) from the partition counts
+the worker read at start; a mis-partitioned record is flagged ``misrouted`` in its outcome
+(the worker counts and logs it), whatever the stage's policy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 from services.runtime.dlq import REASON_DECODE, REASON_STAGE_ERROR, Failure, dlq_headers
+from services.runtime.partitioner import key_partition
 from services.runtime.stage import (
+    MISROUTED_DLQ,
     Coordinates,
     Decision,
     Headers,
@@ -32,6 +39,12 @@ H_ID: Final = "hg-id"
 """Header carrying an output's deterministic id."""
 H_STAGE: Final = "hg-stage"
 """Header naming the stage that wrote an output."""
+REASON_MISROUTED: Final = "misrouted"
+"""DLQ reason of a record on a partition its key does not map to (``Stage.misrouted="dlq"``)."""
+
+
+class MisroutedRecord(Exception):
+    """A record on a partition other than the one Kafka's default partitioner maps its key to."""
 
 
 class DecodedLike(Protocol):
@@ -138,10 +151,14 @@ def plan_batch(
     *,
     group: str,
     task_partition: int,
+    partition_counts: Mapping[str, int] | None = None,
 ) -> BatchPlan:
     """Plan one transaction for one task. ``state`` collects the batch's pending updates so later
-    records in the batch see earlier ones; the caller commits or discards them."""
+    records in the batch see earlier ones; the caller commits or discards them.
+    ``partition_counts`` (topic -> partitions) gives each input its ``key_partition``; a topic
+    missing from it leaves that unknown (which a stage must treat as misrouted)."""
     plan = BatchPlan()
+    counts = partition_counts or {}
     for raw in raw_records:
         plan.next_offsets[(raw.topic, raw.partition)] = raw.offset + 1
         try:
@@ -152,8 +169,18 @@ def plan_batch(
         except Exception as exc:  # codec errors, bad UTF-8 keys: all undecodable
             _to_dlq(plan, stage, raw, group, Failure(REASON_DECODE, exc))
             continue
+        count = counts.get(raw.topic)
+        home = None if raw.key is None or count is None else key_partition(raw.key, count)
         inp = InputRecord(key, decoded.subject, decoded.record, raw.coordinates,
-                          raw.timestamp_ms, raw.headers)
+                          raw.timestamp_ms, raw.headers, key_partition=home)
+        misrouted = inp.misrouted and decoded.subject not in stage.explicit_partition_subjects
+        if misrouted and stage.misrouted == MISROUTED_DLQ:
+            _to_dlq(plan, stage, raw, group, Failure(REASON_MISROUTED, MisroutedRecord(
+                f"key {(key or '')[:64]!r} maps to partition {home} of {raw.topic}, but the "
+                f"record is on partition {raw.partition}")), key)
+            plan.outcomes[-1] = replace(plan.outcomes[-1], facts={
+                **plan.outcomes[-1].facts, "misrouted": True})
+            continue
         result = "ok"
         try:
             decision = stage.decide(inp, state)
@@ -171,8 +198,9 @@ def plan_batch(
             result = "on-error"
         state.apply(decision.state_updates)
         plan.records.extend(records)
+        facts = {**decision.log, "misrouted": True} if misrouted else decision.log
         plan.outcomes.append(RecordOutcome(raw.coordinates, key, result,
-                                           len(decision.outputs), decision.log))
+                                           len(decision.outputs), facts))
     return plan
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from services.runtime.topics import changelog_topic, dlq_topic
 
@@ -44,6 +44,18 @@ class InputRecord:
     coordinates: Coordinates
     timestamp_ms: int
     headers: Headers = ()
+    key_partition: int | None = None
+    """The partition Kafka's default partitioner maps ``key`` to on this topic
+    (``services.runtime.partitioner``), computed by the runtime from the topic's partition
+    count; None when unknown (no key, or the count was not known). State is partitioned by
+    key, so a record whose ``coordinates.partition`` differs was written where its key does
+    not belong (an explicit ``partition=``): a stage that keeps per-host state must not judge
+    it against the state of that partition. Fail closed on None."""
+
+    @property
+    def misrouted(self) -> bool:
+        """True unless the record is known to sit on its key's partition (fail closed)."""
+        return self.key_partition is None or self.key_partition != self.coordinates.partition
 
 
 class StateView(Protocol):
@@ -90,6 +102,14 @@ class Decision:
     log: Mapping[str, str | int | bool] = field(default_factory=dict)
     """A few non-secret facts for the decision's log event (e.g. a verdict, a reason id)."""
 
+
+MISROUTED_WARN: Final = "warn"
+"""Mis-partitioned inputs are decided as usual, counted and logged as a warning."""
+MISROUTED_DLQ: Final = "dlq"
+"""Mis-partitioned inputs go to the stage's DLQ untouched (reason ``misrouted``)."""
+MISROUTED_DECIDE: Final = "decide"
+"""Mis-partitioned inputs reach ``decide``, which refuses them itself (``key_partition``)."""
+MISROUTED_POLICIES: Final = frozenset({MISROUTED_WARN, MISROUTED_DLQ, MISROUTED_DECIDE})
 
 Decide = Callable[[InputRecord, StateView], Decision]
 OnError = Callable[[InputRecord, Exception], Decision]
@@ -143,10 +163,21 @@ class Stage:
     changelogs: Mapping[str, str] = field(default_factory=dict)
     global_tables: Mapping[str, GlobalTableSpec] = field(default_factory=dict)
     """Read-only tables over whole compacted topics (see :class:`GlobalTableSpec`)."""
+    misrouted: str = MISROUTED_WARN
+    """What the runtime does with an input whose partition is not its key's (or unknown):
+    ``warn`` (decide, count, log a warning), ``dlq`` or ``decide`` (the stage refuses it
+    itself). Per-host state makes a mis-partitioned record dangerous wherever anyone but a
+    stage principal can write the topic (see ``docs/design/identity.md``)."""
+    explicit_partition_subjects: frozenset[str] = frozenset()
+    """Subjects written to an explicit partition on purpose (e.g. one liveness tick per
+    partition): exempt from the partition check."""
 
     def __post_init__(self) -> None:
         if not self.input_topics:
             raise ValueError(f"stage {self.name!r}: no input topics")
+        if self.misrouted not in MISROUTED_POLICIES:
+            raise ValueError(f"stage {self.name!r}: misrouted={self.misrouted!r} is not one "
+                             f"of {sorted(MISROUTED_POLICIES)}")
         clash = set(self.global_tables) & set(self.tables)
         if clash:
             raise ValueError(f"stage {self.name!r}: {sorted(clash)} are both state and global "

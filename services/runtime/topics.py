@@ -64,6 +64,16 @@ def min_insync(replication: int) -> int:
     return max(1, replication - 1)
 
 
+IDENTITY_TOPIC = "attest.identity.v1"
+"""Operator identity commands (``hostgate identity release``); only the operator writes it."""
+IDENTITY_EVENTS_TOPIC = "attest.identity.events.v1"
+"""The collector's audit of identity commands (who released what, why); the issuer reads it."""
+EK_BINDINGS_TOPIC = "collector.ek-bindings.v1"
+"""Collector-internal: binding requests keyed by EK digest, so the one task owning the EK's
+partition decides EK -> host id (a repartition topic, as in a foreign-key join)."""
+EK_GRANTS_TOPIC = "collector.ek-grants.v1"
+"""Collector-internal: the EK task's answers, keyed by host id (back to the host's task)."""
+
 PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("attest.requests.v1", "agents: enrolment, activation proofs, challenge requests",
               retention_ms=str(30 * DAY_MS), broker_timestamps=True),
@@ -83,13 +93,17 @@ PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("attest.incidents.v1", "incidents: incident lifecycle events (audit)"),
     TopicSpec("attest.remediation.v1", "SOC: acknowledge, root cause, remediate, close"),
     TopicSpec("soc.findings.ocsf.v1", "incidents: OCSF Detection/Incident Findings for SIEMs"),
+    TopicSpec(IDENTITY_TOPIC, "operators: identity commands (release a host id and its EK)"),
+    TopicSpec(IDENTITY_EVENTS_TOPIC, "collector: identity audit (releases: who, why, what)"),
+    TopicSpec(EK_BINDINGS_TOPIC, "collector (internal): EK binding requests, key = EK digest"),
+    TopicSpec(EK_GRANTS_TOPIC, "collector (internal): EK binding answers, key = host id"),
 )
 
 STAGES: tuple[str, ...] = ("collector", "verifier", "issuer", "incidents")
 
 # State tables per stage; each is a compacted changelog written in the stage's transactions.
 STATE_TABLES: Mapping[str, tuple[str, ...]] = {
-    "collector": ("enrollments", "challenges", "nonces", "hosts"),
+    "collector": ("enrollments", "challenges", "nonces", "hosts", "ek_bindings"),
     "verifier": (),
     "issuer": ("hosts",),
     "incidents": ("incidents", "hosts"),

@@ -58,6 +58,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
+from prometheus_client import Counter
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
@@ -125,6 +126,12 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._plain_producer: AIOKafkaProducer | None = None
         self.global_tables: dict[str, GlobalTable] = {}
         """The stage's global tables (``Stage.global_tables``), loaded before any processing."""
+        self.partition_counts: dict[str, int] = {}
+        """Partitions of each input topic (read at connect): gives every input its
+        ``key_partition``, so a record written where its key does not belong is caught."""
+        self._misrouted = Counter(
+            "hostgate_misrouted_records", "Inputs on a partition other than their key's",
+            ["stage", "topic"], registry=self.metrics.registry)
 
     # -- readiness --------------------------------------------------------------------------
 
@@ -236,6 +243,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 raise ConfigError(f"stage {self.stage.name}: topic {doc.get('topic')!r} does "
                                   "not exist (run `hostgate topics ensure`)")
             counts[str(doc["topic"])] = len(doc["partitions"])
+        self.partition_counts = {t: counts[t] for t in self.stage.input_topics}
         if len(set(counts.values())) > 1:
             raise ConfigError(
                 f"stage {self.stage.name}: inputs and state changelogs must be co-partitioned "
@@ -471,7 +479,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             chunk = raws[i:i + PLAN_CHUNK]
             i += len(chunk)
             plan = plan_batch(self.stage, self.codec, chunk, overlay, group=self.config.group,
-                              task_partition=task.partition)
+                              task_partition=task.partition,
+                              partition_counts=self.partition_counts)
             for rec in plan.records:
                 futures.append(await producer.send(
                     rec.topic, value=rec.value, key=rec.key, partition=rec.partition,
@@ -500,7 +509,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         assert self._plain_producer is not None and self._consumer is not None
         overlay = OverlayState(task.tables, self.global_tables)
         plan = plan_batch(self.stage, self.codec, raws[start:], overlay,
-                          group=self.config.group, task_partition=task.partition)
+                          group=self.config.group, task_partition=task.partition,
+                          partition_counts=self.partition_counts)
         futures = [await self._plain_producer.send(
             r.topic, value=r.value, key=r.key, partition=r.partition, headers=list(r.headers))
             for r in plan.records]
@@ -521,6 +531,11 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         m.records_out.labels(name).inc(outs)
         for o in plan.outcomes:
             c = o.coordinates
+            if o.facts.get("misrouted"):
+                self._misrouted.labels(name, c.topic).inc()
+                self.log.warning("input.misrouted", key=o.key, topic=c.topic,
+                                 partition=c.partition, offset=c.offset,
+                                 policy=self.stage.misrouted)
             if o.result == "dlq":
                 m.dlq.labels(name, str(o.facts.get("dlq_reason", "?"))).inc()
                 self.log.warning("decision", key=o.key, topic=c.topic, partition=c.partition,

@@ -9,7 +9,8 @@ an injected ``now`` (the verifier never reads the clock).
 
 What :func:`verify_ek_certificate` checks, in order (each failure a ``CertificateChainError``):
 
-1. the certificate parses (DER or PEM), and its validity covers ``now``;
+1. the certificate parses (DER or PEM), its validity covers ``now``, and it is not a CA
+   (basicConstraints cA=TRUE on the leaf is refused);
 2. an issuer chain exists: each link's issuer name equals the next subject and its signature
    verifies with the next key; every issuer is a CA (basicConstraints cA, keyCertSign when
    keyUsage is present, pathLen respected) and valid at ``now``; the chain ends at a trusted
@@ -178,6 +179,23 @@ def _check_ca(cert: x509.Certificate, below: int) -> None:
         raise CertificateChainError(f"issuer {subject!r} lacks keyCertSign")
 
 
+def _check_not_ca(cert: x509.Certificate) -> None:
+    """An EK certificate certifies a TPM's key, never an issuer: a leaf with basicConstraints
+    cA=TRUE is a CA certificate presented as an EK (a mis-filed or leaked sub-CA whose key
+    could mint "EK certificates" of its own). Absent basicConstraints is fine (TCG EK profile
+    makes the extension optional for a leaf)."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return
+    except ValueError as exc:
+        raise CertificateChainError(f"EK certificate extensions do not parse: {exc}") from exc
+    if bc.ca:
+        raise CertificateChainError(
+            f"EK certificate {cert.subject.rfc4514_string()!r} has basicConstraints cA=TRUE: "
+            "it is a CA certificate, not an endorsement key's")
+
+
 def _build_chain(
     leaf: x509.Certificate,
     trusted: Sequence[x509.Certificate],
@@ -223,6 +241,7 @@ def verify_ek_certificate(
         raise CertificateChainError("now must be timezone-aware")
     cert = ek_cert if isinstance(ek_cert, x509.Certificate) else load_certificate(ek_cert)
     _check_validity(cert, now, "EK certificate")
+    _check_not_ca(cert)
     chain = _build_chain(cert, trusted, intermediates, now, max_depth)
     has_eku = False
     try:

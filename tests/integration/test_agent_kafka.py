@@ -46,7 +46,7 @@ from tests.integration import runtime_support as rs
 pytestmark = [pytest.mark.kafka, pytest.mark.swtpm]
 REPO = Path(__file__).resolve().parents[2]
 NONCE_TTL_S = 4
-TABLES = ("enrollments", "challenges", "nonces", "hosts")
+TABLES = ("enrollments", "challenges", "nonces", "hosts", "ek_bindings")
 POLICY_ID = "agent-kafka"
 # Secure Boot reads PCR 7 and the kernel command line PCRs 8 and 12, in both banks the policy
 # requires: the challenge asks for sha1 and sha256, each with PCRs 0-8 and 12.
@@ -73,6 +73,8 @@ def _specs(topics: TopicNames) -> list[TopicSpec]:
             TopicSpec(topics.evidence, "t", broker_timestamps=True),
             TopicSpec(topics.challenges, "t"), TopicSpec(topics.collected, "t"),
             TopicSpec(topics.rejections, "t"), TopicSpec(topics.dlq, "t"),
+            TopicSpec(topics.identity, "t"), TopicSpec(topics.identity_events, "t"),
+            TopicSpec(topics.ek_bindings, "t"), TopicSpec(topics.ek_grants, "t"),
             TopicSpec(topics.policies, "t", compacted=True),
             *(TopicSpec(topics.changelog(t), "t", compacted=True) for t in TABLES)]
 

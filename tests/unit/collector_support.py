@@ -270,14 +270,39 @@ class Harness:
         return {t: dict(rows) for t, rows in self.state.tables.items()}
 
     def feed(self, subject: str, record: Mapping[str, Any], *, at_ms: int = NOW_MS,
-             key: str | None = "") -> Decision:
+             key: str | None = "", follow: bool = True) -> Decision:
+        """Decide one input. With ``follow`` (the default), the collector's own EK-registry
+        records it produces are decided next, as the runtime would consume them; the result
+        holds every decision's outside outputs and state changes, and the last one's log."""
+        decision = self._feed_one(subject, record, at_ms=at_ms, key=key)
+        if not follow:
+            return decision
+        internal = (self.cfg.topics.ek_bindings, self.cfg.topics.ek_grants)
+        outputs, updates, log = [], list(decision.state_updates), dict(decision.log)
+        queue = list(decision.outputs)
+        while queue:
+            out = queue.pop(0)
+            if out.topic not in internal:
+                outputs.append(out)
+                continue
+            nxt = self._feed_one(out.subject, out.record, at_ms=at_ms, key=out.key,
+                                 topic=out.topic)
+            updates.extend(nxt.state_updates)
+            log.update(nxt.log)
+            queue = [*nxt.outputs, *queue]
+        return Decision(tuple(outputs), tuple(updates), log)
+
+    def _feed_one(self, subject: str, record: Mapping[str, Any], *, at_ms: int,
+                  key: str | None, topic: str | None = None) -> Decision:
         raw = self.codec.encode(subject, record)
         decoded = self.codec.decode(raw, expected=self.stage.input_subjects)
         self.offset += 1
         inp = InputRecord(key=str(record["host_id"]) if key == "" else key,
                           subject=decoded.subject, record=decoded.record,
-                          coordinates=Coordinates(TOPIC_OF[subject], 0, self.offset),
-                          timestamp_ms=at_ms)
+                          coordinates=Coordinates(topic or TOPIC_OF[subject], 0, self.offset),
+                          timestamp_ms=at_ms,
+                          # one partition: every keyed record is on its key's partition
+                          key_partition=None if key is None else 0)
         try:
             decision = self.stage.decide(inp, self.state)
         except Exception as exc:

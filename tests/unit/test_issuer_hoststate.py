@@ -46,6 +46,20 @@ EXPECTED: dict[tuple[HostTrust, Trigger], HostTrust | None] = {
     (H.REVOKED, T.INCIDENT_UNRESOLVED): H.QUARANTINED,
     (H.REVOKED, T.INCIDENT_RESOLVED): H.REVOKED,
     (H.REVOKED, T.OPERATOR_REVOKE): H.REVOKED,
+    # A verdict naming another EK quarantines from everywhere; a release resets the identity
+    # (REVOKED: attest again), except that a pending failure keeps a quarantine.
+    (H.PENDING, T.EK_MISMATCH): H.QUARANTINED,
+    (H.TRUSTED, T.EK_MISMATCH): H.QUARANTINED,
+    (H.QUARANTINED, T.EK_MISMATCH): H.QUARANTINED,
+    (H.REVOKED, T.EK_MISMATCH): H.QUARANTINED,
+    (H.PENDING, T.RELEASE): H.PENDING,
+    (H.TRUSTED, T.RELEASE): H.REVOKED,
+    (H.QUARANTINED, T.RELEASE): H.REVOKED,
+    (H.REVOKED, T.RELEASE): H.REVOKED,
+    (H.PENDING, T.RELEASE_BLOCKED): None,
+    (H.TRUSTED, T.RELEASE_BLOCKED): None,
+    (H.QUARANTINED, T.RELEASE_BLOCKED): H.QUARANTINED,
+    (H.REVOKED, T.RELEASE_BLOCKED): None,
     **{(H.UNKNOWN, t): None for t in Trigger},
 }
 

@@ -39,6 +39,10 @@ def ek_public() -> bytes:
     return software_ek_public()
 
 
+# "host-0007" maps to partition 1 of a 4-partition topic (the issuer DLQs misrouted inputs).
+COUNTS = dict.fromkeys(T.inputs, 4)
+
+
 def _raw(topic: str, offset: int, subject: str, record: dict[str, object],
          key: str = "host-0007") -> RawRecord:
     return RawRecord(topic, 1, offset, 1_700_000_000_000 + offset, key.encode(),
@@ -49,12 +53,14 @@ def test_registered_stage_reads_verdicts_and_incidents_and_writes_its_own_change
         ca_files: CaFiles) -> None:
     stage = build_registered("issuer", {**ca_files.env, "HOSTGATE_ISSUER_TOPIC_PREFIX": PREFIX})
     assert stage.name == "issuer"
-    assert stage.input_topics == ("ut.attest.verdicts.v1", "ut.attest.incidents.v1")
+    assert stage.input_topics == ("ut.attest.verdicts.v1", "ut.attest.incidents.v1",
+                                  "ut.attest.identity.events.v1")
     assert stage.tables == {"hosts": "hostgate.IssuerHostState"}
     assert stage.changelog_of("hosts") == "ut.hostgate.issuer.hosts.changelog.v1"
     assert stage.dlq == "ut.issuer.dlq.v1"
     assert build_stage(ca_files.env).input_topics == ("attest.verdicts.v1",
-                                                      "attest.incidents.v1")
+                                                      "attest.incidents.v1",
+                                                      "attest.identity.events.v1")
 
 
 def test_pass_then_fail_through_the_planner(ca_files: CaFiles, ek_public: bytes) -> None:
@@ -63,7 +69,8 @@ def test_pass_then_fail_through_the_planner(ca_files: CaFiles, ek_public: bytes)
     state = OverlayState(committed)  # type: ignore[arg-type]
     ok = wire_verdict("v-pass-1", ek_public=ek_public)
     plan = plan_batch(stage, CODEC, [_raw(T.verdicts, 10, "hostgate.Verdict", ok)], state,
-                      group="g", task_partition=1)
+                      group="g", task_partition=1,
+                      partition_counts=COUNTS)
     assert [o.result for o in plan.outcomes] == ["ok"], plan.outcomes
     topics = [r.topic for r in plan.records]
     assert topics == [T.credentials, T.hosts, T.hosts_changelog]
@@ -82,7 +89,8 @@ def test_pass_then_fail_through_the_planner(ca_files: CaFiles, ek_public: bytes)
     bad = wire_verdict("v-fail-2", result="FAIL", rules=("secureboot.enabled",),
                   at=APPRAISED.replace(hour=13))
     plan = plan_batch(stage, CODEC, [_raw(T.verdicts, 11, "hostgate.Verdict", bad)], state,
-                      group="g", task_partition=1)
+                      group="g", task_partition=1,
+                      partition_counts=COUNTS)
     assert [r.topic for r in plan.records] == [T.hosts, T.hosts_changelog]
     hs = CODEC.decode(plan.records[0].value or b"").record
     assert (hs["state"], hs["cert_serial"]) == ("QUARANTINED", None)
@@ -108,7 +116,8 @@ def test_incidents_topic_records_from_the_real_incidents_core(ca_files: CaFiles)
     stage = build_stage({**ca_files.env, "HOSTGATE_ISSUER_TOPIC_PREFIX": PREFIX})
     raws = [_raw(T.incidents, 5 + i, o.subject, dict(o.record))
             for i, o in enumerate((opened, rejected[0]))]
-    plan = plan_batch(stage, CODEC, raws, OverlayState({}), group="g", task_partition=1)
+    plan = plan_batch(stage, CODEC, raws, OverlayState({}), group="g", task_partition=1,
+                      partition_counts=COUNTS)
     assert [o.result for o in plan.outcomes] == ["ok", "ok"]
     assert plan.outcomes[1].facts == {"ignored": "hostgate.RemediationRejected"}
     assert [r.topic for r in plan.records] == [T.hosts, T.hosts_changelog]
