@@ -70,7 +70,8 @@ REPLICAS: Final = 3
 IMAGE: Final = "hostgate:0.1.0"
 """Placeholder image reference; override it with kustomize ``images:``."""
 POLICY_ID: Final = "fleet-default"
-"""The verifier's policy id in force (``HOSTGATE_POLICY_ID``); operators publish its versions."""
+"""The policy id in force (``HOSTGATE_POLICY_ID``) of the verifier, which appraises under it, and
+of the collector, whose challenges ask for its coverage; operators publish its versions."""
 HTTP_PORT: Final = 9400
 KEDA_KAFKA_VERSION: Final = "4.0.0"
 """sarama protocol version KEDA speaks; its 1.0.0 default predates Kafka 4's 2.1 baseline."""
@@ -100,6 +101,8 @@ STAGE_IO: Final[Mapping[str, StageIO]] = {
     "collector": StageIO(
         inputs=("attest.requests.v1", "attest.evidence.v1"),
         outputs=("attest.challenges.v1", "attest.collected.v1", "attest.rejections.v1"),
+        # The policy in force decides what a challenge asks the host to quote.
+        tables=("attest.policies.v1",),
     ),
     "verifier": StageIO(
         inputs=("attest.collected.v1",),
@@ -312,7 +315,9 @@ def _stage_mounts(stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     """(env, volumes, volumeMounts) that only one stage has."""
     if stage == "collector":
         return (
-            [{"name": "HOSTGATE_EK_CA_DIR", "value": "/etc/hostgate/ek-ca"}],
+            [{"name": "HOSTGATE_EK_CA_DIR", "value": "/etc/hostgate/ek-ca"},
+             # Challenges ask for this policy's coverage (the verifier's policy in force).
+             {"name": "HOSTGATE_POLICY_ID", "value": POLICY_ID}],
             [{"name": "ek-ca", "configMap": {"name": "hostgate-ek-ca", "defaultMode": 0o444}}],
             [{"name": "ek-ca", "mountPath": "/etc/hostgate/ek-ca", "readOnly": True}],
         )

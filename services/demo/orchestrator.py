@@ -640,7 +640,9 @@ def run_demo(config: DemoConfig, on_tick: Callable[[RunState], None] = lambda st
         t = st.mark("fleet_start", t)
         if "collector" in stages:
             _start_stage(st, config, "collector", {"HOSTGATE_EK_CA_DIR": str(_ek_ca_dir(st)),
-                                                   "HOSTGATE_NONCE_TTL_S": f"{config.nonce_ttl_s:g}"})
+                                                   "HOSTGATE_NONCE_TTL_S": f"{config.nonce_ttl_s:g}",
+                                                   # challenges ask for the policy's coverage
+                                                   "HOSTGATE_POLICY_ID": st.policy_id})
         try:
             asyncio.run(_run_fleet(config, st, on_tick))
         except KeyboardInterrupt:

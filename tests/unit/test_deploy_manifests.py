@@ -703,7 +703,7 @@ def test_dockerfile_is_multistage_nonroot_without_secrets() -> None:
 def test_every_stage_gets_the_settings_it_cannot_start_without(compose: Doc) -> None:
     """A stage refuses to start without these (its build_stage raises ConfigError)."""
     required = {
-        "collector": {"HOSTGATE_EK_CA_DIR"},
+        "collector": {"HOSTGATE_EK_CA_DIR", "HOSTGATE_POLICY_ID"},
         "verifier": {"HOSTGATE_POLICY_ID"},
         "issuer": {"HOSTGATE_ISSUER_CA_CERT", "HOSTGATE_ISSUER_CA_KEY",
                    "HOSTGATE_ISSUER_CA_PASSPHRASE_FILE"},
