@@ -88,11 +88,12 @@ class Authority:
 
 @dataclass(frozen=True, slots=True)
 class BootApplication:
-    """An EV_EFI_BOOT_SERVICES_APPLICATION / *_DRIVER image, in log order.
+    """Code that ran, in log order: an EV_EFI_BOOT_SERVICES_APPLICATION / *_DRIVER image, or
+    (``kind`` ``"opaque"``) any other event of a code PCR whose digest is not over its data.
 
-    ``digests`` are the event's (Authenticode) digests; ``authorities`` the seqs of authority
-    events measured since the previous image (firmware logs an authority only the first time
-    it is used, so an image may have none)."""
+    ``digests`` are the event's (Authenticode) digests. ``authorities`` are the seqs of the
+    authority events the log happens to place since the previous image: informational only,
+    since nothing covers the order of events in different PCRs (rules never pair on it)."""
 
     seq: int
     pcr: int

@@ -12,9 +12,12 @@ image, event sequence numbers).
 Fail-closed rules (the event type is not covered by the digest, so a forged type could hide
 data from every check):
 
-* in PCR 7 and PCRs 12-14 (for Intel TDX CCEL logs: MR 1 = RTMR0 and MR 3 = RTMR2), an event
-  type outside the TCG spec, an event type not expected in PCR 7, data that cannot be decoded
-  and data whose digest cannot be checked are *fatal* anomalies;
+* anywhere, an event type outside the TCG spec or outside its PCR's row of
+  :mod:`services.tpm.pcr_types` is a *fatal* anomaly;
+* in code PCRs (2 and 4; MR 2 of a CCEL log), every event whose digest is not over its data is
+  code that ran and is listed with the boot applications or drivers, whatever its label;
+* in PCR 7 and PCRs 12-14 (for Intel TDX CCEL logs: MR 1 = RTMR0 and MR 3 = RTMR2), data that
+  cannot be decoded and data whose digest cannot be checked are *fatal* anomalies;
 * anywhere, a digest mismatch of data that is hashed (``tpm.binding.digest_mismatch``), a
   duplicate or error separator, and a Secure Boot variable that is duplicated, measured after
   the separator or has an invalid value are fatal.
@@ -44,6 +47,7 @@ from services.tpm.claim_records import (
     QuirkUse,
 )
 from services.tpm.eventlog import PCR_NOT_EXTENDED, Event, EventType
+from services.tpm.pcr_types import CODE_PCRS
 from services.tpm.readings import (
     IMAGE_KINDS,
     AuthorityFact,
@@ -59,6 +63,7 @@ from services.tpm.replay import ReplayResult
 from services.tpm.uefi import EFI_GLOBAL_VARIABLE_GUID, KEY_DATABASES, UefiVariableData
 
 __all__ = [
+    "OPAQUE_CODE",
     "REASONS",
     "Anomaly",
     "Authority",
@@ -90,6 +95,11 @@ REASONS: Final[dict[str, str]] = {
 }
 
 _FAIL_CLOSED: Final = {"tpm": frozenset({7, 12, 13, 14}), "ccel": frozenset({1, 3})}
+"""Where undecodable data is fatal (security decisions read these decoders' output). An event
+type outside its PCR's row of :mod:`services.tpm.pcr_types` is fatal in every PCR."""
+_CODE_PCRS: Final = {"tpm": frozenset(CODE_PCRS), "ccel": frozenset({2})}
+OPAQUE_CODE: Final = "opaque"
+"""``BootApplication.kind`` of code known by its digest only (see :func:`_opaque_code`)."""
 _SECURE_BOOT_PCR: Final = {"tpm": 7, "ccel": 1}
 _NO_ACTION: Final = int(EventType.EV_NO_ACTION)
 _SEPARATOR_OK: Final = (b"\x00\x00\x00\x00", b"WBCL")
@@ -184,6 +194,17 @@ def _image(ev: Event, fact: Fact, st: _State) -> None:
     st.apps.append(
         BootApplication(ev.seq, ev.pcr, fact.kind, fact.device_path, fact.file_path,
                         dict(ev.digests), tuple(st.pending_auth))
+    )
+    st.pending_auth.clear()
+
+
+def _opaque_code(ev: Event, st: _State) -> None:
+    """Code that ran in a code PCR under a label that does not say what it was (an image whose
+    load event does not decode, an EV_IPL in PCR 4, a blob or tag in PCR 2): only its digest is
+    known, and it stays in the boot chain or driver list like any image."""
+    st.apps.append(
+        BootApplication(ev.seq, ev.pcr, OPAQUE_CODE, f"{ev.type_name} (label not covered by "
+                        "its digest)", None, dict(ev.digests), tuple(st.pending_auth))
     )
     st.pending_auth.clear()
 
@@ -333,8 +354,21 @@ def extract_claims(
     if not verified:  # verify_replay's events are the extending ones already
         events = [ev for ev in events if ev.event_type != _NO_ACTION and ev.pcr != PCR_NOT_EXTENDED]
     folds = _FOLDS
+    code_pcrs = _CODE_PCRS[measurement_registers]
     for ev, reading in zip(events, read_events(events, measurement_registers), strict=True):
-        if not reading.plain and not _note(ev, reading, st):
+        usable = reading.plain or _note(ev, reading, st)
+        if reading.opaque and reading.usable and ev.pcr in code_pcrs:
+            # Code, whatever its (unhashed) label: it must not vanish from the boot chain.
+            if usable and type(reading.fact) is ImageFact:
+                _image(ev, reading.fact, st)
+            else:
+                _opaque_code(ev, st)
+                if usable and ev.event_type not in IMAGE_KINDS:
+                    fold = folds.get(ev.event_type)
+                    if fold is not None:
+                        fold(ev, reading.fact, st)
+            continue
+        if not usable:
             continue
         fold = folds.get(ev.event_type)
         if fold is not None:

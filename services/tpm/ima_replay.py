@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from services.tpm.errors import DigestMismatch, ReplayMismatch, Unsupported, VerificationFailed
@@ -114,19 +114,29 @@ def verify_replay(
     quoted: Mapping[str, Mapping[int, bytes]],
     *,
     allow_unquoted_tail: bool = False,
+    pcrs: Collection[int] | None = None,
 ) -> VerifiedImaList:
     """Check the list against quoted PCR values in every supported bank ``quoted`` carries.
 
     The listed template hashes must match their data, and replaying the entries must give the
-    quoted value of every PCR the list extends (and of PCR 10 when quoted). With
-    ``allow_unquoted_tail`` the longest prefix that matches is accepted (the list was read
-    after the quote); otherwise the whole list must match. Raises ``ReplayMismatch``.
+    quoted value of every PCR the list extends and of each of ``pcrs`` when quoted (default: PCR
+    10, IMA's). With ``pcrs`` given, an entry extending any other PCR raises: the caller said
+    which PCRs IMA accounts for. With ``allow_unquoted_tail`` the longest prefix that matches is
+    accepted (the list was read after the quote); otherwise the whole list must match. Raises
+    ``ReplayMismatch``.
     """
     check_template_hashes(ima)
     banks = tuple(b for b in quoted if b in _BANK_SIZES)
     if not banks:
         raise Unsupported(f"no IMA-replayable bank among {sorted(quoted)}")
     extended = {e.pcr for e in ima.entries}
+    expected = frozenset(pcrs) if pcrs is not None else frozenset({IMA_PCR})
+    if pcrs is not None and not extended <= expected:
+        stray = sorted(extended - expected)
+        raise ReplayMismatch(
+            f"IMA list extends PCR(s) {stray}, which the policy does not name as IMA's",
+            invalid_pcrs={banks[0]: stray}, first=(banks[0], stray[0]),
+        )  # fmt: skip
     for bank in banks:
         missing = sorted(p for p in extended if p not in quoted[bank])
         if missing:
@@ -134,7 +144,7 @@ def verify_replay(
                 f"IMA list extends PCR(s) {missing} not quoted in bank {bank}",
                 invalid_pcrs={bank: missing}, first=(bank, missing[0]),
             )  # fmt: skip
-    targets = extended | ({IMA_PCR} & {p for b in banks for p in quoted[b]})
+    targets = extended | (expected & {p for b in banks for p in quoted[b]})
     state = {b: {p: bytes(_BANK_SIZES[b]) for p in targets} for b in banks}
 
     def matches() -> bool:

@@ -32,6 +32,7 @@ from services.tpm.claim_records import BootOption, DecodedEvent, KeyEntry
 from services.tpm.errors import MalformedInput
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import LINUX_EFI_INITRD_TAG, LINUX_EFI_LOAD_OPTIONS_TAG, IplString, decode_ipl
+from services.tpm.pcr_types import allowed_types
 from services.tpm.uefi import (
     CACHED_VALUE_MAX,
     KEY_DATABASES,
@@ -76,16 +77,6 @@ _KEY_BY_DIGEST_ABOVE: Final = 1024
 """Longer data is keyed by its SHA-256 (cheaper to compare, and the key holds 32 bytes)."""
 
 _KNOWN_TYPES: Final = frozenset(int(t) for t in EventType)
-_PCR7_TYPES: Final = frozenset(
-    {
-        EventType.EV_EFI_VARIABLE_DRIVER_CONFIG,
-        EventType.EV_EFI_VARIABLE_AUTHORITY,
-        EventType.EV_SEPARATOR,
-        EventType.EV_EFI_ACTION,
-        EventType.EV_EFI_SPDM_DEVICE_POLICY,
-        EventType.EV_EFI_SPDM_DEVICE_AUTHORITY,
-    }
-)
 _WINDOWS_PCRS: Final = frozenset({12, 13, 14})
 _BOOT_OPTION: Final = re.compile(r"^Boot[0-9A-Fa-f]{4}$")
 #: Authority variables whose value is an EFI_SIGNATURE_DATA (or shim's bare certificate);
@@ -173,13 +164,16 @@ class Flag:
 class Reading:
     """What :func:`read_event` found. ``usable`` False: a type or binding check failed and the
     data must not be interpreted (``flags`` say why). ``error``: the data does not decode as its
-    type says (the detail of a ``tpm.event.undecodable`` anomaly)."""
+    type says (the detail of a ``tpm.event.undecodable`` anomaly). ``opaque``: the type's digest
+    is not over the event's data (an image, a blob, a file), so only the digest says what was
+    measured (``services.tpm.pcr_types.CODE_PCRS`` counts such events as code)."""
 
     flags: tuple[Flag, ...] = ()
     usable: bool = True
     quirk: str | None = None
     fact: Fact = None
     error: str | None = None
+    opaque: bool = False
     plain: bool = field(init=False)
     """Usable, with no flag, quirk or error: the fold only has to apply :attr:`fact`."""
 
@@ -340,13 +334,16 @@ binding, the second depends on the measurement registers)."""
 
 # --- the reading -------------------------------------------------------------------------
 def _type_flags(ev: Event, registers: Registers) -> Reading | None:
-    """A non-usable reading if the event type is unknown or not allowed in its PCR."""
+    """A non-usable reading, fatal wherever it is, if the event type is outside the spec or
+    outside its PCR's row of ``services.tpm.pcr_types`` (the type is not covered by the digest:
+    an unexpected label could hide the measurement from every check)."""
     t = ev.event_type
     if t not in _KNOWN_TYPES:
-        return Reading((Flag("tpm.event.unknown_type", f"event type 0x{t:08x}"),), usable=False)
-    if registers == "tpm" and ev.pcr == 7 and t not in _PCR7_TYPES:
-        return Reading((Flag("tpm.event.unexpected_type", f"{ev.type_name} in PCR 7", True),),
-                       usable=False)
+        return Reading((Flag("tpm.event.unknown_type", f"event type 0x{t:08x} in PCR {ev.pcr}",
+                             True),), usable=False)
+    if t not in allowed_types(registers, ev.pcr):
+        return Reading((Flag("tpm.event.unexpected_type", f"{ev.type_name} in PCR {ev.pcr}",
+                             True),), usable=False)
     return None
 
 
@@ -378,6 +375,7 @@ def _read(ev: Event, registers: Registers) -> Reading:
     if refused is not None:
         return refused
     quirk = binding.quirk if binding.status == "quirk" else None
+    opaque = binding.status == "not_bound"
     try:
         if ipl is not None:
             fact: Fact = DecodedEvent(ev.pcr, t, ev.data, ipl=ipl)
@@ -387,8 +385,8 @@ def _read(ev: Event, registers: Registers) -> Reading:
             reader = _READERS.get(t)
             fact = reader(ev) if reader is not None else None
     except MalformedInput as exc:
-        return Reading(quirk=quirk, error=str(exc))
-    return Reading(quirk=quirk, fact=fact)
+        return Reading(quirk=quirk, error=str(exc), opaque=opaque)
+    return Reading(quirk=quirk, fact=fact, opaque=opaque)
 
 
 def read_event(ev: Event, registers: Registers) -> Reading:

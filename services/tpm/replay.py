@@ -52,7 +52,8 @@ PcrBanks = Mapping[str, Mapping[int, bytes]]
 """Bank name -> {PCR index -> value}."""
 
 ALWAYS_CHECKED_PCRS: frozenset[int] = frozenset(range(8))
-"""Firmware PCRs a TCG boot log must always account for, even if it has no event for them."""
+"""Firmware PCRs a TCG boot log must always account for: a verifier requires them in every
+quote (``services.verifier.policy.coverage``); :func:`verify_replay` checks every quoted PCR."""
 
 _ALLOWED_LOCALITIES = frozenset({0, 3, 4})
 _NO_ACTION = int(EventType.EV_NO_ACTION)
@@ -69,13 +70,17 @@ class ReplayResult:
     banks: tuple[str, ...]
     """Quoted banks that were replayed and compared."""
     unverified_banks: tuple[str, ...]
-    """Quoted banks the log does not carry (not compared)."""
+    """Always empty: a quoted bank the log does not carry fails the replay (kept so readers of
+    older results see the field)."""
     applied_quirks: tuple[str, ...]
     """Ids of the :mod:`~services.tpm.quirks` needed to match (empty for a plain replay)."""
     startup_locality: int
     verified_events: tuple[Event, ...]
     """Logged events extended into a checked PCR: their digests are vouched for by the quote.
     Their ``event_type`` and ``data`` still are not (check data against digests before use)."""
+    external_events: tuple[Event, ...] = ()
+    """Logged events that extend a PCR the caller said another log accounts for (``external``):
+    never verified by this replay, never interpreted; a verifier refuses a log that has any."""
 
 
 def initial_pcr_value(pcr: int, size: int, locality: int = 0) -> bytes:
@@ -287,13 +292,16 @@ def verify_replay(
     *,
     allowed_quirks: Collection[str] = (),
     pcrs: Collection[int] | None = None,
+    external: Collection[int] = (),
 ) -> ReplayResult:
     """Replay ``log`` and require it to reproduce the ``quoted`` PCR values.
 
-    ``quoted`` must come from a verified quote. Checked are ``pcrs`` if given, else every quoted
-    PCR the log extends plus PCRs 0-7 (:data:`ALWAYS_CHECKED_PCRS`), compared with their reset
-    value when the log has no event for them; other quoted PCRs (e.g. IMA's PCR 10) are left to
-    their own logs. Every quoted bank the log carries is compared.
+    ``quoted`` must come from a verified quote. Checked are ``pcrs`` if given, else **every
+    quoted PCR** except those in ``external`` (extended by another log, e.g. IMA's PCR 10, which
+    the caller checks against that log): a quoted PCR the log has no event for must hold its reset
+    value, so nothing extended outside the log goes unnoticed. **Every quoted bank** must be
+    carried by the log and is compared: a log that lacks a quoted bank raises ``ReplayMismatch``
+    (a host cannot have a bank judged by the other one).
 
     On mismatch, each allowed quirk whose ``affected_pcrs`` cover every differing PCR is tried,
     in table order, on a copy of the log; the first that makes everything match is recorded in
@@ -304,28 +312,34 @@ def verify_replay(
     for quirk_id in allowed_quirks:
         if quirk_id not in QUIRK_IDS:
             raise Unsupported(f"unknown quirk id {quirk_id!r} (known: {sorted(QUIRK_IDS)})")
-    wanted = _normalise(quoted)
-    banks = [b for b in wanted if b in log.banks]
-    unverified = tuple(b for b in wanted if b not in log.banks)
+    wanted = {bank: values for bank, values in _normalise(quoted).items() if values}
+    banks = list(wanted)
+    missing_banks = [b for b in wanted if b not in log.banks]
+    if not banks:
+        raise ReplayMismatch(f"no PCR value to replay against (the log has banks "
+                             f"{', '.join(log.banks) or 'none'})", invalid_pcrs={},
+                             first=("", -1))
+    if missing_banks:
+        invalid = {b: sorted(wanted[b]) for b in missing_banks}
+        first_bank = missing_banks[0]
+        raise ReplayMismatch(
+            f"the quote covers bank(s) {', '.join(missing_banks)} that the log does not carry "
+            f"(it has {', '.join(log.banks) or 'none'}): every quoted bank must be replayed "
+            "from the log",
+            invalid_pcrs=invalid, first=(first_bank, min(wanted[first_bank])),
+        )
     for bank in banks:
         if alg_by_name(bank) is None:
             raise Unsupported(f"cannot replay quoted bank {bank!r}: unknown hash algorithm")
-    if not banks:
-        invalid = {b: sorted(v) for b, v in wanted.items()}
-        first_bank = next(iter(wanted), "")
-        raise ReplayMismatch(
-            f"the log carries none of the quoted banks {sorted(wanted)} (it has {list(log.banks)})",
-            invalid_pcrs=invalid, first=(first_bank, min(wanted.get(first_bank) or [-1])),
-        )
     _check_late_startup_locality(log)
     locality = startup_locality(log)
     extending = _extending(log.events)
+    outside = frozenset(external)
     if pcrs is None:
-        touched = {ev.pcr for ev in extending}
         quoted_pcrs = {p for values in wanted.values() for p in values}
-        checked = frozenset((touched | ALWAYS_CHECKED_PCRS) & quoted_pcrs)
+        checked = frozenset(quoted_pcrs - outside)
     else:
-        checked = frozenset(pcrs)
+        checked = frozenset(pcrs) - outside
     diffs, values = _compare(extending, wanted, banks, checked, locality)
     applied: tuple[str, ...] = ()
     if diffs:
@@ -345,8 +359,9 @@ def verify_replay(
         pcrs=values,
         checked_pcrs=checked,
         banks=tuple(banks),
-        unverified_banks=unverified,
+        unverified_banks=(),
         applied_quirks=applied,
         startup_locality=locality,
         verified_events=verified,
+        external_events=tuple(ev for ev in extending if ev.pcr in outside),
     )

@@ -78,10 +78,37 @@ def test_changed_event_type_in_pcr7_fails_closed() -> None:
     ]
 
 
-def test_unknown_type_outside_fail_closed_pcrs_is_not_fatal() -> None:
-    # real: A42 (Intel server) logs an event of type 0x40e in PCR 0
+def test_unknown_type_is_fatal_in_every_pcr() -> None:
+    # real: A42 (Intel server) logs an event of type 0x40e in PCR 0; a policy may accept that
+    # one (PCR, type) pair explicitly (evidence.allowedEventTypes), nothing accepts it silently
     c = extract_claims(log("A42").events, banks=log("A42").banks)
-    assert [(a.reason, a.pcr, a.fatal) for a in c.anomalies] == [("tpm.event.unknown_type", 0, False)]
+    assert [(a.reason, a.pcr, a.fatal) for a in c.anomalies] == [("tpm.event.unknown_type", 0, True)]
+
+
+@pytest.mark.parametrize(("pcr", "event_type"), [
+    (4, EventType.EV_POST_CODE),  # code hidden as a POST code in the boot-loader PCR
+    (8, EventType.EV_EFI_VARIABLE_DRIVER_CONFIG),  # a variable where GRUB measures strings
+    (2, EventType.EV_EFI_BOOT_SERVICES_APPLICATION),  # an application among option ROMs
+    (10, EventType.EV_IPL),  # IMA's PCR: no TCG-log event belongs there
+    (16, EventType.EV_EFI_ACTION),  # the debug PCR
+])
+def test_type_outside_its_pcr_row_is_fatal(pcr: int, event_type: int) -> None:
+    base = first("A31", EventType.EV_EFI_ACTION, 4, b"Calling")
+    moved = base._replace(pcr=pcr, event_type=event_type)
+    assert claims_with("A31", moved) == [("tpm.event.unexpected_type", True)]
+
+
+def test_opaque_code_in_pcr4_stays_in_the_boot_chain() -> None:
+    """An EFI application logged as EV_IPL (its image digest cannot be checked against the
+    data) is still code that ran in PCR 4: it is listed with the boot applications."""
+    lg = log("A31")
+    app = first("A31", EventType.EV_EFI_BOOT_SERVICES_APPLICATION, 4, b"")
+    relabelled = app._replace(event_type=EventType.EV_IPL, data=b"harmless\x00")
+    events = [relabelled if e.seq == app.seq else e for e in lg.events]
+    c = extract_claims(events, banks=lg.banks)
+    listed = [a for a in c.boot_applications if a.seq == app.seq]
+    assert len(listed) == 1 and listed[0].kind == "opaque" and listed[0].pcr == 4
+    assert listed[0].digests == dict(app.digests)
 
 
 def test_undecodable_data_in_pcr7_fails_closed_elsewhere_not() -> None:
