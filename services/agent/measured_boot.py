@@ -125,12 +125,14 @@ class BootConfig:
     """What a boot actually did. The defaults are the golden (clean) boot.
 
     ``bootloader`` selects the second-stage loader: ``golden`` (approved), ``unknown`` (a binary
-    no policy knows) or ``revoked`` (an older build whose hash the image's dbx revokes).
+    no policy knows) or ``revoked`` (an older build whose hash the image's dbx revokes);
+    ``kernel`` the Linux kernel GRUB starts last (``golden`` or ``unknown``).
     """
 
     secure_boot: bool = True
     extra_db_cert: bool = False
     bootloader: Literal["golden", "unknown", "revoked"] = "golden"
+    kernel: Literal["golden", "unknown"] = "golden"
     kernel_cmdline_suffix: str = ""
     boot_debugging: bool = False
     kernel_debugger: bool = False
@@ -292,7 +294,7 @@ def _linux_events(img: GoldenImage, seed: int, cfg: BootConfig) -> list[LogEvent
     base = 0x7E000000 + (seed % 256) * 0x1000
     shim = boot_binary(img.name, "shimx64.efi")
     grub = boot_binary(img.name, "grubx64.efi", cfg.bootloader)
-    kernel = boot_binary(img.name, "vmlinuz")
+    kernel = boot_binary(img.name, "vmlinuz", cfg.kernel)
     owner = _owner(img.name, "vendor")
     events: list[LogEvent] = []
     if cfg.secure_boot:

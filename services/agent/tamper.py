@@ -81,6 +81,8 @@ PROFILES: Mapping[str, TamperProfile] = {p.name: p for p in (
                   (("code_integrity", False),)),
     TamperProfile("unknown_bootloader", "grubx64.efi replaced by a binary no policy knows",
                   "linux", (("bootloader", "unknown"),)),
+    TamperProfile("unknown_kernel", "vmlinuz replaced by a kernel no policy knows", "linux",
+                  (("kernel", "unknown"),)),
     TamperProfile("revoked_in_dbx", "an old grubx64.efi whose hash the dbx revokes", "linux",
                   (("bootloader", "revoked"),)),
     TamperProfile("db_tampered", "an extra certificate enrolled in db", "any",

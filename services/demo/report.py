@@ -24,6 +24,7 @@ EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
     "test_signing_on": frozenset({"policy.debug.test_signing"}),
     "code_integrity_off": frozenset({"policy.codeintegrity.enabled"}),
     "unknown_bootloader": frozenset({"policy.bootchain.applications"}),
+    "unknown_kernel": frozenset({"policy.bootchain.applications"}),
     "revoked_in_dbx": frozenset({"policy.bootchain.applications"}),
     "db_tampered": frozenset({"policy.secureboot.db"}),
     "kernel_cmdline_tampered": frozenset({"policy.bootchain.kernel_cmdline"}),

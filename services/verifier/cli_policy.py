@@ -1,4 +1,4 @@
-"""``hostgate policy from-log|check|show``: write, try and inspect attestation policies.
+"""``hostgate policy from-log|check|show|lint``: write, try and inspect attestation policies.
 
 ``from-log`` and ``check`` read boot logs *log-only*: the log is replayed against itself (or
 against ``--pcrs`` when given), so they judge what a log says, not whether a TPM vouched for it.
@@ -23,6 +23,7 @@ from services.tpm.eventlog import parse_event_log
 from services.tpm.replay import verify_replay
 from services.verifier.policy.derive import Golden, derive_policy, golden_from_log
 from services.verifier.policy.evaluate import evaluate, prepare, subject
+from services.verifier.policy.lint import findings
 from services.verifier.policy.loader import load_policy_file
 from services.verifier.policy.results import Outcome, Verdict
 from services.verifier.policy.yamlout import dump
@@ -88,6 +89,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     s.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
     s.add_argument("--json", action="store_true", help="print canonical JSON and the digest")
     s.set_defaults(func=_cmd_show)
+
+    lint = sub.add_parser(
+        "lint",
+        help="explain what a policy leaves open (exit 1 if it admits any host unasked)",
+        description="Load POLICY and list what it does not check, section by section: Secure "
+        "Boot, key databases, boot chain, command line, Windows debug controls, reference "
+        "groups (and so which platforms are proven), banks, accepted anomalies, and the PCRs "
+        "every quote must cover because its rules read them. A policy that would admit any "
+        "host is an error unless it declares spec.permissive: true.",
+        epilog="Exit status: 0 no error, 1 an error finding, 2 the policy does not load.",
+    )
+    lint.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
+    lint.add_argument("--json", action="store_true", help="print the findings as JSON")
+    lint.set_defaults(func=_cmd_lint)
 
     from services.verifier.publish import add_publish_parser
 
@@ -164,6 +179,24 @@ def _print_verdict(v: Verdict, log_name: str, mode: str) -> None:
         console.print("[green]PASS[/]")
     else:
         console.print(f"[bold red]FAIL[/]: {len(v.failed)} rule(s) failed")
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    policy = load_policy_file(args.policy, require_asks=False)
+    found = findings(policy)
+    errors = [f for f in found if f.severity == "error"]
+    if args.json:
+        json.dump({"policy": policy.metadata.id, "version": policy.metadata.version,
+                   "digest": policy.digest, "findings": [f.to_json() for f in found]},
+                  sys.stdout, indent=1, sort_keys=True)
+        print()
+    else:
+        print(f"policy {policy.metadata.id} v{policy.metadata.version} ({policy.digest})")
+        for f in found:
+            print(f"  {f.severity:<7} {f.field}: {f.message}")
+        print(f"{len(errors)} error(s), {sum(f.severity == 'warning' for f in found)} "
+              "warning(s)")
+    return EXIT_FAIL if errors else 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

@@ -19,6 +19,14 @@ A failure in 1, 2 or 5 stops there (nothing after it could be trusted); 3, 4 and
 list and appraisal goes on, so a verdict names every problem it can. Malformed evidence is a
 failed verdict with a reason id from :mod:`.reasons` and a sentence naming the byte offset;
 only a bug raises (the stage turns that into ``verifier.internal_error``).
+
+What a PASS means (``docs/design/threat-model.md``): the TPM signed, over the nonce issued for
+this host, PCR values that cover every bank and PCR the policy in force requires
+(``policy.coverage``); every quoted PCR is accounted for, by the boot log's replay in every
+quoted bank or, where the policy names it, by the IMA list; claims were read only from those
+replay-verified events, under the per-PCR event-type table; and every rule of the policy passed
+on them, none for want of evidence. Work per record is bounded (:data:`BUDGET`): evidence over
+it is a failed verdict, never a stalled worker.
 """
 
 from __future__ import annotations
@@ -48,8 +56,9 @@ from services.tpm.quote import ClockInfo, VerifiedQuote, verify_quote
 from services.tpm.replay import ReplayResult, verify_replay
 from services.verifier import counters, ear, reasons
 from services.verifier.claims_json import claims_json
-from services.verifier.policy.evaluate import evaluate, subject
+from services.verifier.policy.evaluate import QuoteFacts, evaluate, subject
 from services.verifier.policy.events import shorten
+from services.verifier.policy.model import ExternalPcr
 from services.verifier.policy.results import EventRef, Outcome
 from services.verifier.policy_in_force import PolicyInForce, PolicyUnusable
 
@@ -66,6 +75,20 @@ _STRONG_BANKS: Final = frozenset({"sha256", "sha384", "sha512", "sm3_256"})
 _SUMMARY_MAX: Final = 160
 _SENTENCE_MAX: Final = 600
 MAX_PCR_VALUES: Final = 24 * len(BANK_SYMBOLS)
+@dataclass(frozen=True)
+class AppraisalBudget:
+    """The most one appraisal reads (deterministic, so a replayed audit reaches the same verdict).
+    Above intake's defaults (1 MiB / 20,000 events, 8 MiB / 100,000 IMA entries) and far above
+    any real boot in the corpus (largest 256 KiB, about 2,000 events), well below what would keep
+    a worker busy for seconds."""
+
+    log_bytes: int = 4 * 1024 * 1024
+    log_events: int = 50_000
+    ima_bytes: int = 16 * 1024 * 1024
+    ima_entries: int = 200_000
+
+
+BUDGET: Final = AppraisalBudget()
 ALLOWED_QUIRKS: Final[tuple[str, ...]] = ()
 """Replay quirks (``services.tpm.quirks``) the verifier accepts. None yet: the policy model has
 no section to accept one, so a log that only replays with a quirk fails closed."""
@@ -112,6 +135,8 @@ class _Work:
     claims: Claims | None = None
     active_banks: tuple[str, ...] = ()
     rule_outcomes: list[tuple[str, bool]] = field(default_factory=list)
+    ima_verified: tuple[int, ...] = ()
+    """PCRs the IMA list replayed to (IMA rules read their claims from them)."""
 
     def fail(self, rule_id: str, sentence: str, event: Mapping[str, Any] | None = None) -> None:
         self.failures.append(Failure(rule_id, shorten(sentence, _SENTENCE_MAX), event))
@@ -267,10 +292,28 @@ def _parse_log(ev: Mapping[str, Any], w: _Work) -> None:
         w.fail(reasons.LOG_UNSUPPORTED, f"The boot event log cannot be read: {exc}.")
 
 
-def _replay(w: _Work) -> None:
+def _over_budget(ev: Mapping[str, Any], w: _Work) -> bool:
+    """Fail (and stop) evidence that holds more than :data:`BUDGET` lets one appraisal read."""
+    boot_log = ev["boot_log"]
+    ima_log = ev.get("ima_log")
+    problem = ""
+    if len(boot_log) > BUDGET.log_bytes:
+        problem = f"the boot log is {len(boot_log)} bytes (budget {BUDGET.log_bytes})"
+    elif ima_log is not None and len(ima_log) > BUDGET.ima_bytes:
+        problem = f"the IMA list is {len(ima_log)} bytes (budget {BUDGET.ima_bytes})"
+    elif w.log is not None and len(w.log.events) > BUDGET.log_events:
+        problem = f"the boot log holds {len(w.log.events)} events (budget {BUDGET.log_events})"
+    if problem:
+        w.fail(reasons.OVER_BUDGET, f"The evidence is over the appraisal budget: {problem}. "
+               "No real boot comes close; it fails closed.")
+    return bool(problem)
+
+
+def _replay(w: _Work, external: tuple[int, ...]) -> None:
     assert w.log is not None and w.quote is not None
     try:
-        w.replay = verify_replay(w.log, w.quote.pcr_values, allowed_quirks=ALLOWED_QUIRKS)
+        w.replay = verify_replay(w.log, w.quote.pcr_values, allowed_quirks=ALLOWED_QUIRKS,
+                                 external=external)
     except ReplayMismatch as exc:
         by_seq = {e.seq: e for e in w.log.events}
         last = by_seq.get(exc.event_seqs[-1]) if exc.event_seqs else None
@@ -283,14 +326,27 @@ def _replay(w: _Work) -> None:
         w.fail(reasons.LOG_UNSUPPORTED, f"The boot event log cannot be replayed: {exc}.")
 
 
-def _ima(ev: Mapping[str, Any], w: _Work) -> tuple[ImaClaim, ...] | None:
+def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work
+         ) -> tuple[ImaClaim, ...] | None:
+    """The IMA list's claims when the policy names PCRs IMA accounts for (``ima_pcrs``): the
+    list is then required and must replay to them. Otherwise IMA is not read at all."""
+    if not ima_pcrs:
+        return None
     raw = ev.get("ima_log")
+    where = ", ".join(map(str, ima_pcrs))
     if raw is None:
+        w.fail(reasons.IMA_MISSING, f"The policy says the IMA measurement list accounts for PCR "
+               f"{where}, but the evidence carries none: those measurements cannot be "
+               "confirmed.")
         return None
     assert w.quote is not None
     try:
         parsed = tpm_ima.parse(bytes(raw))
-        verified = tpm_ima_replay.verify_replay(parsed, w.quote.pcr_values)
+        if len(parsed.entries) > BUDGET.ima_entries:
+            w.fail(reasons.OVER_BUDGET, f"The evidence is over the appraisal budget: the IMA "
+                   f"list holds {len(parsed.entries)} entries (budget {BUDGET.ima_entries}).")
+            return None
+        verified = tpm_ima_replay.verify_replay(parsed, w.quote.pcr_values, pcrs=ima_pcrs)
     except MalformedInput as exc:
         w.fail(reasons.IMA_MALFORMED, f"The IMA measurement list does not parse: {exc}.")
         return None
@@ -304,14 +360,18 @@ def _ima(ev: Mapping[str, Any], w: _Work) -> tuple[ImaClaim, ...] | None:
         tpm_ima_replay.verify_boot_aggregate(parsed, w.quote.pcr_values)
     except HostgateError as exc:
         w.fail(reasons.IMA_BOOT_AGGREGATE, f"The IMA boot_aggregate is wrong: {exc}.")
+    w.ima_verified = ima_pcrs
     return tuple(ImaClaim(e.pcr, e.template_name, e.file_hash_alg, e.file_hash, e.path)
                  for e in verified.entries)
 
 
 def _evaluate(policy: PolicyInForce, w: _Work) -> None:
     assert w.claims is not None and w.replay is not None and w.quote is not None
+    facts = QuoteFacts(clock_safe=w.quote.clock_info.safe,
+                       firmware_version=w.quote.firmware_version)
     s = subject(w.claims, w.replay.verified_events, active_banks=w.active_banks,
                 quoted_pcrs={bank: pcrs for bank, pcrs in w.quote.selection},
+                checked_pcrs=w.replay.checked_pcrs | set(w.ima_verified), quote=facts,
                 explain=False)  # a verdict keeps only the outcome of a passed rule
     result = evaluate(policy.prepared, s)
     by_seq: dict[int, Event] | None = None
@@ -325,6 +385,11 @@ def _evaluate(policy: PolicyInForce, w: _Work) -> None:
             w.fail(r.rule_id, r.message, _event_from_ref(r.event, by_seq))
 
 
+def _external_log(external: tuple[ExternalPcr, ...], pcr: int) -> str:
+    log = next((e.log for e in external if e.pcr == pcr), "")
+    return {"ima": "IMA measurement list"}.get(log, f"{log} log")
+
+
 def _run_checks(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Work) -> None:
     ev = collected["evidence"]
     pcrs = _pcr_values(ev, w)
@@ -334,15 +399,24 @@ def _run_checks(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _
     if w.quote is None:
         return
     _check_counters(collected, w.quote, w)
+    if _over_budget(ev, w):
+        return
     _parse_log(ev, w)
+    if _over_budget(ev, w):
+        return
     w.active_banks = _active_banks(ev, w.log)
     _check_banks(w.quote, w)
     if w.log is None:
         return
-    _replay(w)
+    external = policy.prepared.coverage.external if policy is not None else ()
+    _replay(w, tuple(e.pcr for e in external))
     if w.replay is None:
         return
-    ima_claims = _ima(ev, w)
+    for stray in w.replay.external_events[:1]:
+        w.fail(reasons.REPLAY_EXTERNAL_PCR, f"The boot log extends PCR {stray.pcr} (event "
+               f"{stray.seq}), which the policy says the {_external_log(external, stray.pcr)} "
+               "accounts for: one PCR, one log.", offending_event(stray))
+    ima_claims = _ima(ev, tuple(e.pcr for e in external if e.log == "ima"), w)
     w.claims = extract_claims(w.replay, ima=ima_claims)
     if policy is not None:
         _evaluate(policy, w)
@@ -443,7 +517,9 @@ def quote_clock(record: Mapping[str, Any]) -> ClockInfo | None:
 
 __all__ = [
     "BANK_SYMBOLS",
+    "BUDGET",
     "VERDICT_SUBJECT",
+    "AppraisalBudget",
     "Failure",
     "VerdictRecord",
     "appraise",

@@ -94,8 +94,10 @@ def choose_version(text: str, explicit: int | None) -> int:
 
 async def publish(text: str, *, bootstrap: str, version: int, author: str,
                   topics: VerifierTopics, first_only: bool = False,
-                  now_ms: int | None = None) -> Published:
-    """Publish ``text`` as ``version``; see the module docstring for what is refused."""
+                  now_ms: int | None = None, allow_permissive: bool = False) -> Published:
+    """Publish ``text`` as ``version``; see the module docstring for what is refused. A policy
+    that declares ``spec.permissive: true`` (it may admit any host) needs ``allow_permissive``:
+    publishing one is a decision, never an accident."""
     from aiokafka import AIOKafkaProducer
 
     from services.runtime.globaltable import GlobalTable
@@ -104,6 +106,10 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
                               published_at_ms=now_ms if now_ms is not None
                               else int(time.time() * 1000))
     policy = load_policy(text)
+    if policy.spec.permissive and not allow_permissive:
+        raise PublishRefused(f"policy {policy.metadata.id!r} declares spec.permissive: true (it "
+                             "may admit any host; see `hostgate policy lint`); pass "
+                             "--allow-permissive to publish it anyway")
     codec = Codec.load()
     table = GlobalTable("policies", GlobalTableSpec(topics.policies, POLICY_SUBJECT, newer),
                         bootstrap=bootstrap, codec=codec, client_id="hostgate.policy-publish")
@@ -159,6 +165,9 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--broker", default=None, metavar="HOST:PORT",
                    help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or the local "
                         "broker)")
+    p.add_argument("--allow-permissive", action="store_true",
+                   help="publish a policy that declares spec.permissive: true (refused "
+                        "otherwise: such a policy may admit any host)")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_publish)
 
@@ -181,7 +190,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     author = args.author or getpass.getuser()
     topics = VerifierTopics(os.environ.get("HOSTGATE_TOPIC_NAMESPACE", "").strip())
     done = asyncio.run(publish(text, bootstrap=_broker(args), version=version, author=author,
-                               topics=topics, first_only=args.bootstrap))
+                               topics=topics, first_only=args.bootstrap,
+                               allow_permissive=args.allow_permissive))
     if args.json:
         json.dump(done.to_json(), sys.stdout, indent=1, sort_keys=True)
         print()

@@ -22,6 +22,7 @@ QUOTE_MALFORMED: Final = "verifier.quote.malformed"
 QUOTE_UNSUPPORTED: Final = "verifier.quote.unsupported"
 
 EVIDENCE_MALFORMED: Final = "verifier.evidence.malformed"
+OVER_BUDGET: Final = "verifier.evidence.over_budget"
 
 COUNTERS_WENT_BACKWARDS: Final = "verifier.counters.went_backwards"
 
@@ -31,8 +32,10 @@ LOG_MALFORMED: Final = "verifier.log.malformed"
 LOG_UNSUPPORTED: Final = "verifier.log.unsupported"
 
 REPLAY_PCR_MISMATCH: Final = "verifier.replay.pcr_mismatch"
+REPLAY_EXTERNAL_PCR: Final = "verifier.replay.external_pcr_in_log"
 
 IMA_MALFORMED: Final = "verifier.ima.malformed"
+IMA_MISSING: Final = "verifier.ima.missing"
 IMA_PCR_MISMATCH: Final = "verifier.ima.pcr_mismatch"
 IMA_BOOT_AGGREGATE: Final = "verifier.ima.boot_aggregate_mismatch"
 
@@ -50,14 +53,18 @@ REASONS: Final[dict[str, str]] = {
     QUOTE_MALFORMED: "the quote, its signature or the AK public area does not parse",
     QUOTE_UNSUPPORTED: "the quote uses an algorithm hostgate does not accept",
     EVIDENCE_MALFORMED: "the collected record is inconsistent (unknown bank, duplicate PCR)",
+    OVER_BUDGET: "the evidence holds more than one appraisal may read (events, entries, bytes)",
     COUNTERS_WENT_BACKWARDS: "TPM reset/restart counters or clock went backwards since the "
                              "host's previous quote",
     BANKS_DOWNGRADE: "only the SHA-1 bank was quoted although a stronger bank is active",
     LOG_MALFORMED: "the TCG boot event log does not parse",
     LOG_UNSUPPORTED: "the boot log uses a bank or format hostgate cannot replay",
-    REPLAY_PCR_MISMATCH: "replaying the boot log does not reproduce the quoted PCRs",
+    REPLAY_PCR_MISMATCH: "replaying the boot log does not reproduce the quoted PCRs, or the "
+                         "log lacks a quoted bank",
+    REPLAY_EXTERNAL_PCR: "the boot log extends a PCR the policy says another log accounts for",
     IMA_MALFORMED: "the IMA measurement list does not parse or its template hashes are wrong",
-    IMA_PCR_MISMATCH: "replaying the IMA list does not reproduce the quoted PCR 10",
+    IMA_MISSING: "the policy's IMA PCR was quoted but no IMA measurement list accounts for it",
+    IMA_PCR_MISMATCH: "replaying the IMA list does not reproduce the quoted IMA PCR",
     IMA_BOOT_AGGREGATE: "the IMA boot_aggregate does not match the quoted boot PCRs",
     POLICY_NONE_IN_FORCE: "no policy is in force, so nothing can pass (fail closed)",
     POLICY_UNUSABLE: "the policy in force could not be loaded or evaluated (fail closed)",

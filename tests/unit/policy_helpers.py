@@ -53,3 +53,31 @@ spec:
 def policy_text(spec_yaml: str) -> str:
     """A full document around ``spec_yaml`` (already indented by two spaces)."""
     return POLICY_HEAD + spec_yaml
+
+
+def rule_policy_text(spec_yaml: str) -> str:
+    """A document that tests the rules in ``spec_yaml`` in isolation. It declares itself
+    permissive (appended last, so line numbers of ``spec_yaml`` do not move): such a policy
+    may ask nothing else, which the loader refuses unless it is said."""
+    return POLICY_HEAD + spec_yaml + "  permissive: true\n"
+
+
+def platform_group(g: Golden, name: str = "proven") -> str:
+    """A ``referenceGroups`` entry (YAML, four-space indent) that ``g``'s own boot matches and
+    that proves its platform (``derive.platform_of``) by its first boot application, as
+    ``policy from-log`` derives one."""
+    from services.verifier.policy.derive import platform_of
+    from services.verifier.policy.rules import BOOT_APPLICATION_PCR, code_in
+
+    bank = next(b for b in ("sha256", "sha384", "sha1") if b in g.claims.pcrs)
+    first = code_in(g.claims, BOOT_APPLICATION_PCR)[0]
+    return (f"    - name: {name}\n      platform: {platform_of(g.claims)}\n"
+            f"      pcrs: {{{bank}: {{0: '{g.claims.pcrs[bank][0].hex()}'}}}}\n"
+            f"      firstBootApplication: [{{{bank}: '{first.digests[bank].hex()}'}}]\n")
+
+
+def banks_of(g: Golden) -> str:
+    """A ``banks`` section requiring the strongest bank ``g`` carries (a SHA-1-only log needs a
+    policy that says SHA-1 is enough)."""
+    bank = next(b for b in ("sha256", "sha384", "sha512", "sha1") if b in g.claims.banks)
+    return f"  banks:\n    require: [{bank}]\n"

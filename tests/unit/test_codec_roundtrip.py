@@ -93,7 +93,9 @@ def test_every_subject_round_trips_in_both_framings(subject: str, data: st.DataO
     for codec in (CODEC, CONFLUENT):
         encoded = codec.encode(subject, record)
         decoded = codec.decode(encoded, expected={subject})
-        assert decoded == Decoded(subject=subject, version=1, record=record, writer_version=1)
+        newest = CODEC.newest(subject).version
+        assert decoded == Decoded(subject=subject, version=newest, record=record,
+                                  writer_version=newest)
         # Either codec reads either framing.
         assert CODEC.decode(encoded) == decoded
 
@@ -103,9 +105,11 @@ def test_single_object_header_is_the_avro_specs() -> None:
     # (SchemaNormalization.parsingFingerprint64), carried little-endian.
     assert schema_fingerprint(parse_schema("null")) == (7195948357588979594).to_bytes(8, "little")
     for sv in CODEC.versions:
-        encoded = CODEC.encode(sv.subject, _minimal(sv.subject))
         independent = avro.schema.parse(_avro_py_canonical_form(sv.source)).fingerprint()
-        assert encoded[:10] == b"\xc3\x01" + independent, sv.subject
+        assert sv.fingerprint == independent, (sv.subject, sv.version)
+        if sv.version == CODEC.newest(sv.subject).version:  # what encode writes with
+            encoded = CODEC.encode(sv.subject, _minimal(sv.subject))
+            assert encoded[:10] == b"\xc3\x01" + independent, sv.subject
 
 
 def _avro_py_canonical_form(source: str) -> str:
@@ -123,6 +127,8 @@ def _avro_py_canonical_form(source: str) -> str:
 def test_confluent_header_uses_the_ids_from_registry_json() -> None:
     assert len(REGISTRY) == len(CODEC.versions)
     for entry in REGISTRY:
+        if entry["version"] != CODEC.newest(entry["subject"]).version:
+            continue  # encode writes with the newest version only
         encoded = CONFLUENT.encode(entry["subject"], _minimal(entry["subject"]))
         assert encoded[:5] == b"\x00" + struct.pack(">I", entry["id"]), entry["subject"]
         assert CONFLUENT.decode(encoded).subject == entry["subject"]

@@ -154,6 +154,10 @@ def test_each_tamper_profile_changes_exactly_what_it_says(name: str) -> None:
         revoked = [s.value for lst in uefi.decode_signature_lists(dbx.variable_data)
                    for s in lst.entries]
         assert (added[0].digest(TPM_ALG_SHA256) in revoked) == (name == "revoked_in_dbx")
+    elif name == "unknown_kernel":
+        # the kernel's PCR 4 image digest and GRUB's PCR 9 file digest of it both change
+        assert sorted(_kinds(removed)) == sorted(_kinds(added)) == [
+            (4, EV_EFI_BOOT_SERVICES_APPLICATION), (9, EV_IPL)]
     elif name == "db_tampered":
         assert _kinds(removed) == _kinds(added) == [(7, EV_EFI_VARIABLE_DRIVER_CONFIG)]
         db = uefi.decode_uefi_variable_data(added[0].data)

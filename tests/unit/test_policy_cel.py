@@ -9,14 +9,14 @@ from services.verifier.policy.errors import CelError, PolicyError
 from services.verifier.policy.evaluate import evaluate, prepare
 from services.verifier.policy.loader import load_policy
 from services.verifier.policy.results import Outcome
-from tests.unit.policy_helpers import golden, policy_text
+from tests.unit.policy_helpers import golden, rule_policy_text
 
 
 def _rules(*pairs: tuple[str, str]) -> str:
     body = "  customRules:\n"
     for name, expr in pairs:
         body += f"    - name: {name}\n      expression: '{expr}'\n"
-    return policy_text(body)
+    return rule_policy_text(body)
 
 
 def test_custom_rules_pass_and_fail_on_real_claims() -> None:

@@ -12,7 +12,14 @@ from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.evaluate import evaluate, prepare, subject
 from services.verifier.policy.loader import load_policy
 from services.verifier.policy.results import Outcome
-from tests.unit.policy_helpers import golden, manifest, policy_text, real_log_ids
+from tests.unit.policy_helpers import (
+    banks_of,
+    golden,
+    manifest,
+    platform_group,
+    real_log_ids,
+    rule_policy_text,
+)
 
 FAILS_CLOSED = {"C03", "C04"}  # real TDX CCEL logs with a duplicate separator (firmware bug)
 
@@ -77,8 +84,9 @@ def test_windows_flags_judged_and_flipped(entry_id: str) -> None:
     g = golden(entry_id)
     assert g.claims.windows is not None
     assert g.claims.windows.test_signing is False
-    doc = policy_text("  debug:\n    testSigning: false\n    kernelDebugger: false\n"
-                      "    bootDebugging: false\n  codeIntegrity:\n    enabled: true\n")
+    doc = rule_policy_text(banks_of(g) + "  debug:\n    testSigning: false\n"
+                           "    kernelDebugger: false\n"
+                           "    bootDebugging: false\n  codeIntegrity:\n    enabled: true\n")
     prepared = prepare(load_policy(doc))
     ok = evaluate(prepared, g.subject())
     assert ok.passed, [r.message for r in ok.failed]
@@ -93,22 +101,34 @@ def test_windows_flags_judged_and_flipped(entry_id: str) -> None:
     assert "Test signing is on" in bad.failed[0].message
 
 
-def test_windows_rules_not_applicable_on_linux() -> None:
-    doc = policy_text("  debug:\n    kernelDebugger: false\n  codeIntegrity:\n    enabled: true\n")
-    verdict = evaluate(prepare(load_policy(doc)), golden("A36").subject())
-    assert verdict.passed
+def test_windows_rules_not_applicable_only_on_a_proven_linux_boot() -> None:
+    rules = "  debug:\n    kernelDebugger: false\n  codeIntegrity:\n    enabled: true\n"
+    proven = rules + "  referenceGroups:\n" + platform_group(golden("A36"))
+    verdict = evaluate(prepare(load_policy(rule_policy_text(proven))), golden("A36").subject())
+    assert verdict.passed, [r.message for r in verdict.failed]
     for rule in (ids.DEBUG_KERNEL_DEBUGGER, ids.CI_ENABLED):
         r = verdict.result(rule)
         assert r is not None and r.outcome is Outcome.NOT_APPLICABLE
+    # without a group proving the platform, no Windows configuration is not "not Windows"
+    unproven = evaluate(prepare(load_policy(rule_policy_text(rules))), golden("A36").subject())
+    for rule in (ids.DEBUG_KERNEL_DEBUGGER, ids.CI_ENABLED):
+        r = unproven.result(rule)
+        assert r is not None and r.outcome is Outcome.FAIL and "cannot be confirmed" in r.message
 
 
 def test_verdict_is_deterministic() -> None:
-    g = golden("W04")
-    derived = derive_policy([g, golden("W03")])
+    g = golden("W03")
+    derived = derive_policy([g, golden("A36")])
     a = evaluate(prepare(derived.policy), g.subject()).canonical_json()
-    b = evaluate(prepare(load_policy(derived.text)), golden("W04").subject()).canonical_json()
+    b = evaluate(prepare(load_policy(derived.text)), golden("W03").subject()).canonical_json()
     assert a == b
-    assert derive_policy([g, golden("W03")]).text == derived.text
+    assert derive_policy([g, golden("A36")]).text == derived.text
+
+
+def test_golden_logs_without_a_common_bank_are_refused() -> None:
+    """W04 carries SHA-1 only, W03 SHA-256 only: no bank could be required of both."""
+    with pytest.raises(PolicyError, match="share no bank"):
+        derive_policy([golden("W04"), golden("W03")])
 
 
 def test_unexplained_passes_change_no_outcome_and_no_failure() -> None:

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.verifier.policy.errors import PolicyError
+from services.verifier.policy.lint import admits_any_host
 from services.verifier.policy.loader import load_policy
 from services.verifier.policy.model import Policy
 
@@ -17,13 +18,17 @@ KEYS = ["apiVersion", "kind", "metadata", "spec", "id", "version", "banks", "sec
         "enabled", "pk", "kek", "db", "dbx", "allowed", "required", "denied", "sha256", "sha1",
         "name", "pcrs", "requirePcrs", "refuseSha1Only", "applications", "digests", "optional",
         "kernelCmdline", "forbidden", "expression", "testSigning", "ima", "kernelModules",
-        "allowedAnomalies", "pcr7Variables", "drivers", "allowedSigners", "siPolicies"]
+        "allowedAnomalies", "pcr7Variables", "drivers", "allowedSigners", "siPolicies",
+        "permissive", "require", "externalPcrs", "pcr", "log", "tpm", "clockSafe",
+        "firmwareVersion", "minimum", "platform", "firstBootApplication",
+        "allowedEventTypes", "type"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True), st.text(max_size=80),
     st.sampled_from(["hostgate/v1", "AttestationPolicy", "a" * 64, "0" * 40, "true",
-                     "claims.secure_boot == true", "1 / 0 == 1", "(((", "sha256"]),
+                     "claims.secure_boot == true", "1 / 0 == 1", "(((", "sha256", "ima",
+                     "linux", "windows", "EV_POST_CODE"]),
 )
 keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=12), st.integers(0, 30))
 documents = st.recursive(
@@ -56,6 +61,9 @@ def test_random_specs_under_a_valid_header(spec: Any) -> None:
     if policy is not None:  # whatever loads must have a stable canonical form and digest
         assert policy.canonical_json() == Policy(policy.metadata, policy.spec).canonical_json()
         assert policy.digest.startswith("sha256:")
+        # ... and its normalised form loads back to the same policy
+        assert load_policy(yaml.safe_dump(policy.to_json())).digest == policy.digest
+        assert policy.spec.permissive or not admits_any_host(policy.spec)
 
 
 @settings(max_examples=300, deadline=None)

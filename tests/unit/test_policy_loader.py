@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.loader import load_policy
@@ -131,3 +132,56 @@ def test_boot_stage_order_is_kept_and_optional_must_trail() -> None:
            f"      - {{name: grub, digests: [{{sha256: {b}}}]}}\n")
     err = _error(policy_text(bad))
     assert err.line == 10 and err.field == "spec.bootChain.applications[1]" and "cannot follow an optional" in err.message
+
+
+_HEX = "ab" * 32
+NEW_FIELDS = f"""\
+  banks:
+    require: [sha256, sha384]
+    requirePcrs: [0, 9]
+    externalPcrs: [{{pcr: 10, log: ima}}]
+  tpm:
+    clockSafe: true
+    firmwareVersion: {{minimum: 0x20170619, allowed: [0x20170619, 0x20191023]}}
+  referenceGroups:
+    - name: linux-build
+      platform: linux
+      pcrs: {{sha256: {{0: '{_HEX}'}}}}
+      firstBootApplication: [{{sha256: '{_HEX}', name: shim}}]
+  evidence:
+    allowedEventTypes: [{{pcr: 0, type: 0x40e}}, {{pcr: 5, type: EV_POST_CODE}}]
+"""
+
+
+def test_coverage_platform_quote_and_event_type_fields_load_and_round_trip() -> None:
+    policy = load_policy(policy_text(NEW_FIELDS))
+    spec = policy.spec
+    assert spec.bank_spec.require_banks == ("sha256", "sha384")
+    assert [(e.pcr, e.log) for e in spec.bank_spec.external_pcrs] == [(10, "ima")]
+    assert spec.tpm is not None and spec.tpm.clock_safe is True
+    assert spec.tpm.firmware_minimum == 0x20170619
+    group = spec.reference_groups[0]
+    assert group.platform == "linux" and group.first_boot_application[0].hex == _HEX
+    assert [(t.pcr, t.event_type) for t in spec.evidence.allowed_event_types] == [(0, 0x40E),
+                                                                                 (5, 1)]
+    again = load_policy(yaml.safe_dump(policy.to_json()))
+    assert again.digest == policy.digest
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("  banks: {require: [md5]}\n", "unknown bank"),
+    ("  banks: {require: []}\n", "at least one bank"),
+    ("  banks: {externalPcrs: [{pcr: 4, log: ima}]}\n", "outside 8..23"),
+    ("  banks: {externalPcrs: [{pcr: 10, log: systemd}]}\n", "unknown log"),
+    ("  banks: {externalPcrs: [{pcr: 10, log: ima}, {pcr: 10, log: ima}]}\n", "duplicate"),
+    (f"  referenceGroups: [{{name: g, platform: linux, pcrs: {{sha256: {{0: '{_HEX}'}}}}}}]\n",
+     "pinned by the boot loader"),
+    (f"  referenceGroups: [{{name: g, platform: bsd, pcrs: {{sha256: {{4: '{_HEX}'}}}}}}]\n",
+     "unknown platform"),
+    ("  evidence: {allowedEventTypes: [{pcr: 4, type: EV_POST_CODE}]}\n", "never accepted"),
+    ("  evidence: {allowedEventTypes: [{pcr: 0, type: EV_NOPE}]}\n", "unknown event type"),
+    ("  tpm: {firmwareVersion: {minimum: -1}}\n", "outside"),
+])
+def test_new_fields_refuse_what_would_weaken_them(spec: str, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        load_policy(policy_text(spec + "  permissive: true\n"))

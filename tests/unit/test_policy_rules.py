@@ -9,13 +9,13 @@ from services.verifier.policy.evaluate import evaluate, prepare, subject
 from services.verifier.policy.loader import load_policy
 from services.verifier.policy.results import Outcome, Verdict
 from services.verifier.policy.rules import cmdline_tokens
-from tests.unit.policy_helpers import golden, policy_text
+from tests.unit.policy_helpers import golden, platform_group, rule_policy_text
 
 
 def _judge(spec: str, entry_id: str, **kw: object) -> Verdict:
     g = golden(entry_id)
     subj = subject(g.claims, g.events, active_banks=g.log.banks, **kw)  # type: ignore[arg-type]
-    return evaluate(prepare(load_policy(policy_text(spec))), subj)
+    return evaluate(prepare(load_policy(rule_policy_text(spec))), subj)
 
 
 def _group(name: str, bank: str, values: dict[int, str]) -> str:
@@ -58,7 +58,8 @@ def test_sha1_only_quote_refused_when_stronger_bank_active() -> None:
     legacy = _judge(spec, "S10")
     r = legacy.result(ids.BANKS_SHA1_ONLY)
     assert r is not None and r.outcome is Outcome.PASS
-    missing = _judge("  banks:\n    requirePcrs: [0, 14]\n", "A36")
+    without_14 = {b: sorted(p for p in v if p != 14) for b, v in g.claims.pcrs.items()}
+    missing = _judge("  banks:\n    requirePcrs: [0, 14]\n", "A36", quoted_pcrs=without_14)
     r = missing.result(ids.BANKS_REQUIRED_PCRS)
     assert r is not None and r.outcome is Outcome.FAIL and "14" in r.message
 
@@ -91,10 +92,15 @@ def test_kernel_cmdline_rules() -> None:
     lacks = _judge(base + "      required: [lockdown=integrity]\n", "A36")
     r = lacks.result(ids.BOOTCHAIN_CMDLINE)
     assert r is not None and r.outcome is Outcome.FAIL and "lockdown=integrity" in r.message
-    # Windows has no Linux command line: not applicable, not pass
-    win = _judge(base + "      required: [ro]\n", "W03")
+    # A proven Windows boot has no Linux command line: not applicable, not pass
+    group = "  referenceGroups:\n" + platform_group(golden("W03"))
+    win = _judge(base + "      required: [ro]\n" + group, "W03")
     r = win.result(ids.BOOTCHAIN_CMDLINE)
     assert r is not None and r.outcome is Outcome.NOT_APPLICABLE
+    # ... but a Windows boot configuration alone proves nothing (any root can extend PCR 12)
+    unproven = _judge(base + "      required: [ro]\n", "W03")
+    r = unproven.result(ids.BOOTCHAIN_CMDLINE)
+    assert r is not None and r.outcome is Outcome.FAIL
 
 
 def test_cmdline_tokens_keep_quoted_spans() -> None:
@@ -128,7 +134,7 @@ def test_hypervisor_debug_unmeasured_passes_only_without_hypervisor() -> None:
     assert g.claims.windows is not None
     stripped = dataclasses.replace(
         g.claims, windows=dataclasses.replace(g.claims.windows, hypervisor_debug=None))
-    v = evaluate(prepare(load_policy(policy_text(spec))), subject(stripped, g.events))
+    v = evaluate(prepare(load_policy(rule_policy_text(spec))), subject(stripped, g.events))
     r = v.result(ids.DEBUG_HYPERVISOR_DEBUG)
     assert r is not None and r.outcome is Outcome.FAIL and "never measured" in r.message
 

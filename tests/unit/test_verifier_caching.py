@@ -25,11 +25,11 @@ from services.verifier.policy.derive import Golden, golden_from_log
 from services.verifier.policy.evaluate import evaluate, prepare, subject
 from services.verifier.policy.events import EventIndex
 from services.verifier.policy.loader import load_policy
-from tests.unit.policy_helpers import CORPUS, manifest, policy_text, real_log_ids
+from tests.unit.policy_helpers import CORPUS, manifest, real_log_ids, rule_policy_text
 
 #: Asks every folded-claim lookup (SecureBoot variable, PCR 7 variables, Windows flags, kernel
 #: command lines), with wants that fail on some logs so failed rules name their events.
-STRICT = policy_text(
+STRICT = rule_policy_text(
     "  secureBoot:\n    enabled: true\n    pcr7Variables: [SecureBoot, PK]\n"
     "  debug:\n    bootDebugging: false\n    kernelDebugger: false\n    hypervisorDebug: false\n"
     "    testSigning: true\n    flightSigning: false\n    safeMode: false\n    winPE: false\n"

@@ -32,6 +32,7 @@ from tests.unit.verifier_support import (
     SimFleet,
     collected_for,
     sim_fleet,
+    with_ima_pcr,
 )
 
 pytestmark = pytest.mark.swtpm
@@ -45,6 +46,7 @@ EXPECTED: dict[str, str] = {
     "test_signing_on": "policy.debug.test_signing",
     "code_integrity_off": "policy.codeintegrity.enabled",
     "unknown_bootloader": "policy.bootchain.applications",
+    "unknown_kernel": "policy.bootchain.applications",
     "revoked_in_dbx": "policy.bootchain.applications",
     "db_tampered": "policy.secureboot.db",
     "kernel_cmdline_tampered": "policy.bootchain.kernel_cmdline",
@@ -55,6 +57,7 @@ EXPECTED: dict[str, str] = {
 EXPECTED_PCR: dict[str, int | None] = {
     "secure_boot_off": 7, "boot_debugging_on": 12, "kernel_debugger_on": 12,
     "test_signing_on": 12, "code_integrity_off": 12, "unknown_bootloader": 4,
+    "unknown_kernel": 4,
     "revoked_in_dbx": 4, "db_tampered": 7, "kernel_cmdline_tampered": 8, "forged_log": 7,
     "pcr_bank_downgrade": None,
 }
@@ -257,9 +260,16 @@ def test_ima_list_replays_to_pcr_10_and_its_foreign_boot_aggregate_fails(
         digests = {b: tpm_ima_replay.template_digest(entry, b) for b in ("sha1", "sha256")}
         host.extend(entry.pcr, digests)
     col = collected_for(host, pcrs=(*range(11), 12, 13, 14), ima_log=raw, round_no=5)
-    v = appraise(col, sim.policy)
+    # PCR 10 is quoted and moved; a policy that does not say IMA accounts for it cannot
+    # confirm it from the boot log
+    unaccounted = appraise(col, sim.policy)
+    assert reasons.REPLAY_PCR_MISMATCH in unaccounted.reason_ids
+    policy = with_ima_pcr(sim.policy)
+    v = appraise(col, policy)
     assert v.reason_ids == (reasons.IMA_BOOT_AGGREGATE,), v.failures
     ima = json.loads(v.record["claims_json"])["ima"]
     assert len(ima) == len(parsed.entries) and ima[0]["path"] == "boot_aggregate"
     col["evidence"]["ima_log"] = raw[:-3]
-    assert appraise(col, sim.policy).reason_ids == (reasons.IMA_MALFORMED,)
+    assert appraise(col, policy).reason_ids == (reasons.IMA_MALFORMED,)
+    col["evidence"]["ima_log"] = None
+    assert appraise(col, policy).reason_ids == (reasons.IMA_MISSING,)

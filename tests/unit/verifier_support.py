@@ -80,3 +80,21 @@ def sim_fleet(workdir: Path, *, tampered: tuple[str, ...] = VERIFIER_PROFILES,
                                   author="tests")
         yield SimFleet(fleet, derived.text, load_in_force(record),
                        tuple(h.host_id for h in ref.values()))
+
+
+def with_ima_pcr(policy: PolicyInForce, pcr: int = 10) -> PolicyInForce:
+    """``policy`` re-published with ``banks.externalPcrs: [{pcr, log: ima}]``: the IMA list
+    then accounts for that PCR (and is required)."""
+    import dataclasses
+
+    import yaml
+
+    from services.verifier.policy.model import ExternalPcr
+
+    spec = policy.prepared.policy.spec
+    banks = dataclasses.replace(spec.bank_spec, external_pcrs=(ExternalPcr(pcr, "ima"),))
+    doc = dataclasses.replace(policy.prepared.policy,
+                              spec=dataclasses.replace(spec, banks=banks)).to_json()
+    record = published_record(yaml.safe_dump(doc, sort_keys=False), version=policy.version + 1,
+                              published_at_ms=RECEIVED_AT_MS, author="tests")
+    return load_in_force(record)

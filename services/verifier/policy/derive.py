@@ -11,10 +11,18 @@ a *log-only* reading — nothing is quoted, so it describes a log, it does not a
   every log agrees; otherwise they are left out with a comment saying so;
 * the boot chain is position-wise: stage *i* accepts the *i*-th application of every log
   (stages beyond the shortest chain are optional);
-* one reference group per distinct firmware build (PCRs 0 and 2 in the strongest bank).
+* coverage: the banks every golden log carries (SHA-256 when they all do) and every PCR any
+  golden log extends, besides 0-7 — Windows boot configuration in 11-14, GRUB and kernel in
+  8-9 — so a host cannot leave out what the policy's claims are read from;
+* one reference group per distinct (firmware build, platform, first boot application): PCRs 0
+  and 2 in the strongest bank, and the first code measured in PCR 4, which proves the platform
+  (``windows`` with a Windows boot configuration, ``linux`` with GRUB or kernel measurements,
+  else ``other``) and so which platform's rules do not apply;
+* an event type outside its PCR's table in a PCR no rule reads (``TOLERANT_PCRS``) is accepted
+  by that (PCR, type) pair alone, with a comment asking for review.
 
 Every value carries a YAML comment naming the file and event it came from. A golden log whose
-claims fail closed (a fatal anomaly) is refused: it cannot be a reference.
+claims fail closed otherwise (a fatal anomaly) is refused: it cannot be a reference.
 """
 
 from __future__ import annotations
@@ -24,24 +32,34 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from services.tpm.algorithms import alg_by_name
 from services.tpm.claims import BootApplication, Claims, extract_claims
 from services.tpm.eventlog import Event, EventLog, EventType, parse_event_log
-from services.tpm.replay import replay, verify_replay
+from services.tpm.replay import initial_pcr_value, replay, startup_locality, verify_replay
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.evaluate import subject
 from services.verifier.policy.events import EventIndex
 from services.verifier.policy.loader import load_policy
-from services.verifier.policy.model import API_VERSION, DEBUG_FLAGS, KIND, Policy
-from services.verifier.policy.rules import Subject, hvci_on, hypervisor_launched
+from services.verifier.policy.model import API_VERSION, DEBUG_FLAGS, KIND, TOLERANT_PCRS, Policy
+from services.verifier.policy.rules import (
+    BOOT_APPLICATION_PCR,
+    DRIVER_PCR,
+    Subject,
+    code_in,
+    hvci_on,
+    hypervisor_launched,
+)
 from services.verifier.policy.yamlout import Commented, dump
 
-__all__ = ["DerivedPolicy", "Golden", "derive_policy", "golden_from_log"]
+__all__ = ["DerivedPolicy", "Golden", "derive_policy", "fully_quoted", "golden_from_log",
+           "platform_of"]
 
 _BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
 _GROUP_PCRS: Final = (0, 2)
 _FIRMWARE_PCRS: Final = frozenset(range(8))
 _NAME_RE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _HASH_SIZES: Final = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
+_TYPE_REASONS: Final = frozenset({"tpm.event.unknown_type", "tpm.event.unexpected_type"})
 
 
 @dataclass(frozen=True)
@@ -80,9 +98,28 @@ def golden_from_log(
         is_ccel = (first is not None and first.pcr == 1
                    and first.event_type == EventType.EV_NO_ACTION)
         registers = "ccel" if is_ccel else "tpm"
-    result = verify_replay(log, replay(log))
+    result = verify_replay(log, fully_quoted(log))
     claims = extract_claims(result, measurement_registers=registers)
     return Golden(source=source, log=log, claims=claims, events=result.verified_events)
+
+
+def fully_quoted(log: EventLog) -> dict[str, dict[int, bytes]]:
+    """The PCR values a quote of every PCR would show if the log told the whole truth: each
+    PCR's replay, and the reset value of every PCR the log never extends (as a fleet host
+    quoting its policy's whole coverage does). Still log-only: nothing vouches for them."""
+    replayed = replay(log)
+    touched = {ev.pcr for ev in log.events if ev.extends}
+    locality = startup_locality(log)
+    out: dict[str, dict[int, bytes]] = {}
+    for bank, values in replayed.items():
+        alg = alg_by_name(bank)
+        assert alg is not None  # replay() only returns banks it can hash
+        filled = dict(values)
+        for pcr in range(24):
+            if pcr not in touched:
+                filled[pcr] = initial_pcr_value(pcr, alg.digest_size, locality)
+        out[bank] = filled
+    return out
 
 
 def _best_bank(digests: Any) -> str | None:
@@ -123,13 +160,30 @@ def _all_agree(values: Iterable[Any]) -> tuple[bool, Any]:
 
 
 def _banks(golden: Sequence[Golden]) -> dict[str, Any]:
-    common: set[int] | None = None
+    carried = [set(g.claims.banks) for g in golden]
+    common = set.intersection(*carried) if carried else set()
+    if "sha256" in common:
+        banks = ["sha256"]
+        note = "every golden log carries SHA-256: every quote must cover it, every log replay it"
+    else:
+        best = next((b for b in _BANK_PREFERENCE if b in common), None)
+        if best is None:
+            have = "; ".join(f"{g.source}: {', '.join(g.claims.banks) or 'none'}" for g in golden)
+            raise PolicyError(f"the golden logs share no bank ({have}): a policy requires banks "
+                              "every quote covers and every log replays; derive one policy per "
+                              "bank family")
+        banks = [best]
+        note = f"the golden logs share only {best}: review before use"
+    extended: dict[int, str] = {}
     for g in golden:
-        bank = _best_bank(g.claims.pcrs)
-        have = set(g.claims.pcrs.get(bank, {})) if bank else set()
-        common = have if common is None else common & have
-    pcrs = sorted((common or set()) & _FIRMWARE_PCRS)
-    return {"requirePcrs": Commented(pcrs, "firmware PCRs replayed in every golden log"),
+        for ev in g.events:
+            extended.setdefault(ev.pcr, _where(g, ev.seq))
+    pcrs = sorted(_FIRMWARE_PCRS | set(extended))
+    beyond = [f"{p} ({extended[p]})" for p in pcrs if p not in _FIRMWARE_PCRS]
+    why = ("firmware PCRs 0-7" + (", and every PCR a golden log extends: " + ", ".join(beyond)
+                                  if beyond else ""))
+    return {"require": Commented(banks, note),
+            "requirePcrs": Commented(pcrs, why),
             "refuseSha1Only": True}
 
 
@@ -234,14 +288,12 @@ def _code_integrity(golden: Sequence[Golden], win: Sequence[Golden]) -> dict[str
     drivers = _Collector()
     every_has_app = True
     for g in golden:
-        has_app = False
-        for app in g.claims.boot_applications:
-            if app.kind == "application":
-                has_app = True
-                _image_digests(apps, g, app)
-            else:
-                _image_digests(drivers, g, app)
-        every_has_app = every_has_app and has_app
+        chain = code_in(g.claims, BOOT_APPLICATION_PCR)
+        for app in chain:
+            _image_digests(apps, g, app)
+        for app in code_in(g.claims, DRIVER_PCR):
+            _image_digests(drivers, g, app)
+        every_has_app = every_has_app and bool(chain)
         if g.claims.windows is not None:
             for i, m in enumerate(g.claims.windows.loaded_modules):
                 alg = (m.hash_algorithm or _HASH_SIZES.get(len(m.authenticode_hash), "")).lower()
@@ -255,8 +307,7 @@ def _code_integrity(golden: Sequence[Golden], win: Sequence[Golden]) -> dict[str
 
 
 def _boot_chain(golden: Sequence[Golden]) -> dict[str, Any]:
-    chains = [(g, [a for a in g.claims.boot_applications if a.kind == "application"])
-              for g in golden]
+    chains = [(g, code_in(g.claims, BOOT_APPLICATION_PCR)) for g in golden]
     shortest = min(len(c) for _, c in chains)
     longest = max(len(c) for _, c in chains)
     out: dict[str, Any] = {}
@@ -296,6 +347,17 @@ def _group_name(source: str, taken: set[str]) -> str:
     return name
 
 
+def platform_of(claims: Claims) -> str:
+    """What a golden log boots: ``windows`` (a Windows boot configuration was measured),
+    ``linux`` (GRUB commands, kernel command lines or kernel/initrd files were measured) or
+    ``other``."""
+    if claims.windows is not None:
+        return "windows"
+    if claims.kernel_cmdlines or claims.grub_commands or claims.linux_efi_stub_tags:
+        return "linux"
+    return "other"
+
+
 def _groups(golden: Sequence[Golden]) -> list[Any]:
     seen: dict[tuple[Any, ...], int] = {}
     groups: list[dict[str, Any]] = []
@@ -308,21 +370,50 @@ def _groups(golden: Sequence[Golden]) -> list[Any]:
         values = {p: g.claims.pcrs[bank][p].hex() for p in _GROUP_PCRS if p in g.claims.pcrs[bank]}
         if not values:
             continue
-        key = (bank, tuple(sorted(values.items())))
+        chain = code_in(g.claims, BOOT_APPLICATION_PCR)
+        first = chain[0] if chain else None
+        first_bank = _best_bank(first.digests) if first is not None else None
+        pinned = (first_bank, first.digests[first_bank].hex()) if first and first_bank else None
+        platform = platform_of(g.claims) if pinned is not None else None
+        key = (bank, tuple(sorted(values.items())), platform, pinned)
         if key in seen:
             sources[seen[key]].append(g.source)
             continue
         seen[key] = len(groups)
-        groups.append({"name": _group_name(g.source, taken), "pcrs": {bank: values}})
+        group: dict[str, Any] = {"name": _group_name(g.source, taken), "pcrs": {bank: values}}
+        if pinned is not None and first is not None:
+            group["platform"] = Commented(platform, "proven by the first boot application "
+                                          "below: the rules of other platforms do not apply")
+            group["firstBootApplication"] = [Commented(
+                {pinned[0]: pinned[1], **({"name": first.file_path} if first.file_path else {})},
+                _where(g, first.seq))]
+        groups.append(group)
         sources.append([g.source])
     return [Commented(grp, "firmware build of " + ", ".join(src))
             for grp, src in zip(groups, sources, strict=True)]
+
+
+def _tolerated_types(golden: Sequence[Golden]) -> list[Any]:
+    """(PCR, type) pairs outside the per-PCR table, seen in a PCR no rule reads."""
+    found: dict[tuple[int, str], str] = {}
+    for g in golden:
+        for a in g.claims.anomalies:
+            if a.fatal and a.reason in _TYPE_REASONS and a.pcr in TOLERANT_PCRS:
+                found.setdefault((a.pcr, a.event_type), _where(g, a.seq))
+    out = []
+    for (pcr, name), where in sorted(found.items()):
+        value: int | str = int(name, 16) if name.startswith("0x") else name
+        out.append(Commented({"pcr": pcr, "type": value}, f"seen in {where}: an event type "
+                             "outside PCR's table (vendor firmware); review"))
+    return out
 
 
 def _anomalies(golden: Sequence[Golden]) -> list[Any]:
     found: dict[str, str] = {}
     for g in golden:
         for a in g.claims.anomalies:
+            if a.fatal:
+                continue  # accepted by (PCR, type) only, or the log was refused
             found.setdefault(a.reason, _where(g, a.seq))
     return [Commented(r, f"seen in {w}: review") for r, w in sorted(found.items())]
 
@@ -338,7 +429,8 @@ def derive_policy(
     if not golden:
         raise PolicyError("derivation needs at least one golden log")
     for g in golden:
-        fatal = [a for a in g.claims.anomalies if a.fatal]
+        fatal = [a for a in g.claims.anomalies if a.fatal and not (
+            a.reason in _TYPE_REASONS and a.pcr in TOLERANT_PCRS)]
         if fatal:
             a = fatal[0]
             raise PolicyError(f"golden log {g.source} fails closed ({a.reason} at event {a.seq} "
@@ -352,7 +444,11 @@ def derive_policy(
     groups = _groups(golden)
     if groups:
         spec["referenceGroups"] = groups
-    spec["evidence"] = {"allowedAnomalies": _anomalies(golden)}
+    evidence: dict[str, Any] = {"allowedAnomalies": _anomalies(golden)}
+    tolerated = _tolerated_types(golden)
+    if tolerated:
+        evidence["allowedEventTypes"] = tolerated
+    spec["evidence"] = evidence
     desc = description or ("Derived from " + ", ".join(g.source for g in golden)
                            + ". Review every section before use.")
     doc = {"apiVersion": API_VERSION, "kind": KIND,

@@ -8,16 +8,19 @@ or the environment (the CEL wall-clock backstop is off unless the caller sets it
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.tpm.claims import Claims
 from services.tpm.eventlog import Event
 from services.verifier.policy import cel, ids
+from services.verifier.policy.coverage import Coverage, coverage, rule_pcrs
 from services.verifier.policy.events import EventIndex, shorten
 from services.verifier.policy.model import CustomRule, Policy
 from services.verifier.policy.results import Outcome, RuleResult, Verdict
 from services.verifier.policy.rules import (
+    QuoteFacts,
     Subject,
     check_banks,
     check_boot_chain,
@@ -26,24 +29,31 @@ from services.verifier.policy.rules import (
     check_evidence,
     check_reference_groups,
     check_secure_boot,
+    check_tpm,
+    proven_platform,
 )
 
-__all__ = ["PreparedPolicy", "Subject", "evaluate", "prepare", "subject"]
+__all__ = ["PreparedPolicy", "QuoteFacts", "Subject", "evaluate", "prepare", "subject"]
 
 
 @dataclass(frozen=True)
 class PreparedPolicy:
-    """A policy with its custom rules compiled. Build with :func:`prepare`; reuse per verdict."""
+    """A policy with its custom rules compiled and its coverage worked out. Build with
+    :func:`prepare`; reuse per verdict."""
 
     policy: Policy
     digest: str
     programs: tuple[tuple[CustomRule, cel.CompiledExpression], ...]
+    coverage: Coverage
+    rule_pcrs: Mapping[str, frozenset[int]]
+    """Configured rule id -> the PCRs it reads (``coverage.rule_pcrs``)."""
 
 
 def prepare(policy: Policy) -> PreparedPolicy:
     """Compile every custom rule once (the loader already refused expressions that fail)."""
     programs = tuple((r, cel.compile_expression(r.expression)) for r in policy.spec.custom_rules)
-    return PreparedPolicy(policy=policy, digest=policy.digest, programs=programs)
+    return PreparedPolicy(policy=policy, digest=policy.digest, programs=programs,
+                          coverage=coverage(policy), rule_pcrs=rule_pcrs(policy.spec))
 
 
 def subject(
@@ -52,18 +62,39 @@ def subject(
     *,
     active_banks: Sequence[str] | None = None,
     quoted_pcrs: Mapping[str, Sequence[int]] | None = None,
+    checked_pcrs: Collection[int] | None = None,
+    quote: QuoteFacts | None = None,
     explain: bool = True,
 ) -> Subject:
-    """Bundle claims with the replay-verified ``events`` they came from and the quote coverage.
-    ``explain=False`` lets rules leave a pass unworded (see :class:`~.rules.Subject`)."""
+    """Bundle claims with the replay-verified ``events`` they came from, the quote coverage
+    and the PCRs whose replay matched (``checked_pcrs``). ``explain=False`` lets rules leave a
+    pass unworded (see :class:`~.rules.Subject`)."""
     return Subject(
         claims=claims,
         index=EventIndex(events, claims.decoded),
         active_banks=tuple(active_banks) if active_banks is not None else None,
         quoted_pcrs=({b: frozenset(p) for b, p in quoted_pcrs.items()}
                      if quoted_pcrs is not None else None),
+        checked_pcrs=frozenset(checked_pcrs) if checked_pcrs is not None else None,
+        quote=quote,
         explain=explain,
     )
+
+
+def _unconfirmed(results: list[RuleResult], needs: Mapping[str, frozenset[int]],
+                 checked: frozenset[int]) -> list[RuleResult]:
+    """Every result of a rule whose PCRs were not all replay-verified becomes a failure: its
+    claims came from events nobody vouched for, or from none at all (absence is not a pass)."""
+    out: list[RuleResult] = []
+    for r in results:
+        missing = sorted(needs.get(r.rule_id, frozenset()) - checked)
+        if missing:
+            out.append(RuleResult(r.rule_id, Outcome.FAIL, f"{r.rule_id} cannot be confirmed: "
+                                  f"PCR {', '.join(map(str, missing))} was not quoted and "
+                                  "replayed, and the rule reads its claims from there."))
+        else:
+            out.append(r)
+    return out
 
 
 def _custom(prepared: PreparedPolicy, s: Subject, max_steps: int,
@@ -99,9 +130,12 @@ def evaluate(
 ) -> Verdict:
     """Judge ``s`` by ``prepared``; deterministic unless ``cel_deadline_seconds`` is set."""
     spec = prepared.policy.spec
+    s = dataclasses.replace(s, trusted_banks=frozenset(spec.bank_spec.require_banks))
+    s = dataclasses.replace(s, platform=proven_platform(spec.reference_groups, s))
     results: list[RuleResult] = []
-    if spec.banks is not None:
-        results += check_banks(spec.banks, s)
+    results += check_banks(spec.bank_spec, s, prepared.coverage.pcrs)
+    if spec.tpm is not None:
+        results += check_tpm(spec.tpm, s)
     if spec.secure_boot is not None:
         results += check_secure_boot(spec.secure_boot, s)
     if spec.debug is not None:
@@ -113,6 +147,7 @@ def evaluate(
     results += check_reference_groups(spec.reference_groups, s)
     results += check_evidence(spec.evidence, s)
     results += _custom(prepared, s, cel_max_steps, cel_deadline_seconds)
+    results = _unconfirmed(results, prepared.rule_pcrs, s.checked())
     md = prepared.policy.metadata
     return Verdict(policy_id=md.id, policy_version=md.version, policy_digest=prepared.digest,
                    results=tuple(sorted(results, key=lambda r: r.rule_id)))

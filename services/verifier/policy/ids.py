@@ -38,7 +38,11 @@ BOOTCHAIN_CMDLINE: Final = "policy.bootchain.kernel_cmdline"
 REFERENCE_GROUPS: Final = "policy.reference.groups"
 
 BANKS_REQUIRED_PCRS: Final = "policy.banks.required_pcrs"
+BANKS_REQUIRED_BANKS: Final = "policy.banks.required_banks"
 BANKS_SHA1_ONLY: Final = "policy.banks.sha1_only"
+
+TPM_CLOCK_SAFE: Final = "policy.tpm.clock_safe"
+TPM_FIRMWARE_VERSION: Final = "policy.tpm.firmware_version"
 
 EVIDENCE_ANOMALIES: Final = "policy.evidence.anomalies"
 
@@ -53,7 +57,8 @@ BUILTIN_RULE_IDS: Final[tuple[str, ...]] = tuple(sorted((
     CI_IMA_KERNEL_MODULES, CI_IMA_EXECUTABLES,
     BOOTCHAIN_APPLICATIONS, BOOTCHAIN_CMDLINE,
     REFERENCE_GROUPS,
-    BANKS_REQUIRED_PCRS, BANKS_SHA1_ONLY,
+    BANKS_REQUIRED_PCRS, BANKS_REQUIRED_BANKS, BANKS_SHA1_ONLY,
+    TPM_CLOCK_SAFE, TPM_FIRMWARE_VERSION,
     EVIDENCE_ANOMALIES,
 )))
 """Every built-in rule id, sorted."""

@@ -10,6 +10,7 @@ expand without bound). Sizes, node counts and nesting are bounded before and whi
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable
@@ -20,13 +21,19 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from services.tpm.eventlog import EventType
 from services.verifier.policy import cel
 from services.verifier.policy.errors import CelError, PolicyError
+from services.verifier.policy.lint import admits_any_host
 from services.verifier.policy.model import (
     API_VERSION,
     DEBUG_FLAGS,
     DIGEST_SIZES,
+    EXTERNAL_LOGS,
     KIND,
+    PLATFORMS,
+    TOLERANT_PCRS,
+    AllowedEventType,
     BankSpec,
     BootChainSpec,
     BootStage,
@@ -35,6 +42,7 @@ from services.verifier.policy.model import (
     CustomRule,
     DebugSpec,
     EvidenceSpec,
+    ExternalPcr,
     ImageList,
     ImaList,
     Metadata,
@@ -43,6 +51,7 @@ from services.verifier.policy.model import (
     RefDigest,
     ReferenceGroup,
     SecureBootSpec,
+    TpmSpec,
     sorted_refs,
 )
 
@@ -69,7 +78,8 @@ T = TypeVar("T")
 class _Walker:
     """Schema walker over composed YAML nodes; raises :class:`PolicyError` with positions."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, require_asks: bool = True) -> None:
+        self.require_asks = require_asks
         self._seen: set[int] = set()
         self._count = 0
         self._ctor = SafeConstructor()
@@ -216,11 +226,38 @@ def _strings(w: _Walker, node: Node, field: str, max_len: int = 4096) -> tuple[s
 
 
 def _banks(w: _Walker, node: Node, field: str) -> BankSpec:
-    m = w.mapping(node, field, ("requirePcrs", "refuseSha1Only"))
+    m = w.mapping(node, field, ("require", "requirePcrs", "refuseSha1Only", "externalPcrs"))
     pcrs = tuple(sorted(set(w.list_of(*m["requirePcrs"], lambda n, f: w.integer(n, f, 0, 23)))
                         )) if "requirePcrs" in m else ()
     refuse = w.boolean(*m["refuseSha1Only"]) if "refuseSha1Only" in m else True
-    return BankSpec(require_pcrs=pcrs, refuse_sha1_only=refuse)
+    spec = BankSpec(require_pcrs=pcrs, refuse_sha1_only=refuse)
+    if "require" in m:
+        rnode, rfield = m["require"]
+        banks = w.list_of(rnode, rfield, lambda n, f: w.string(n, f, max_len=16), 8)
+        for (bnode, bfield), bank in zip(w_seq_nodes(rnode), banks, strict=True):
+            if bank not in DIGEST_SIZES:
+                raise w.error(bnode, f"{rfield}{bfield}", f"unknown bank {bank!r} (known: "
+                              f"{', '.join(sorted(DIGEST_SIZES))})")
+        if not banks:
+            raise w.error(rnode, rfield, "a policy must require at least one bank: every quote "
+                          "covers it and every log replays it")
+        spec = dataclasses.replace(spec, require_banks=tuple(sorted(set(banks))))
+    if "externalPcrs" in m:
+        enode, efield = m["externalPcrs"]
+        external = w.list_of(enode, efield, lambda n, f: _external(w, n, f), 24)
+        _unique(w, m["externalPcrs"], [str(e.pcr) for e in external], "external PCR")
+        spec = dataclasses.replace(spec, external_pcrs=tuple(sorted(external)))
+    return spec
+
+
+def _external(w: _Walker, node: Node, field: str) -> ExternalPcr:
+    m = w.mapping(node, field, ("pcr", "log"), ("pcr", "log"))
+    pcr = w.integer(*m["pcr"], 8, 23)
+    log = w.string(*m["log"], max_len=16)
+    if log not in EXTERNAL_LOGS:
+        raise w.error(m["log"][0], m["log"][1], f"unknown log {log!r}: a PCR outside the TCG "
+                      f"boot log can be accounted for by {', '.join(sorted(EXTERNAL_LOGS))}")
+    return ExternalPcr(pcr=pcr, log=log)
 
 
 def _allowed_list(w: _Walker, node: Node, field: str, key: str) -> tuple[RefDigest, ...]:
@@ -322,7 +359,8 @@ def w_seq_nodes(node: Node) -> list[tuple[Node, str]]:
 
 
 def _group(w: _Walker, node: Node, field: str) -> ReferenceGroup:
-    m = w.mapping(node, field, ("name", "pcrs"), ("name", "pcrs"))
+    m = w.mapping(node, field, ("name", "pcrs", "platform", "firstBootApplication"),
+                  ("name", "pcrs"))
     name = w.string(*m["name"], pattern=_ID_RE)
     pnode, pfield = m["pcrs"]
     banks = w.mapping(pnode, pfield, tuple(sorted(DIGEST_SIZES)))
@@ -345,7 +383,61 @@ def _group(w: _Walker, node: Node, field: str) -> ReferenceGroup:
         out.append((bank, tuple(sorted(vals.items()))))
     if not any(v for _, v in out):
         raise w.error(pnode, pfield, "a reference group needs at least one PCR value")
-    return ReferenceGroup(name=name, pcrs=tuple(out))
+    group = ReferenceGroup(name=name, pcrs=tuple(out))
+    if "firstBootApplication" in m:
+        fnode, ffield = m["firstBootApplication"]
+        first = _refs(w, fnode, ffield)
+        if not first:
+            raise w.error(fnode, ffield, "firstBootApplication needs at least one digest")
+        group = dataclasses.replace(group, first_boot_application=first)
+    if "platform" in m:
+        platform = w.string(*m["platform"], max_len=16)
+        if platform not in PLATFORMS:
+            raise w.error(m["platform"][0], m["platform"][1], f"unknown platform {platform!r} "
+                          f"(known: {', '.join(PLATFORMS)})")
+        if 4 not in group.pcr_indices() and not group.first_boot_application:
+            raise w.error(m["platform"][0], m["platform"][1], "a group proves a platform only "
+                          "when its match is pinned by the boot loader: give PCR 4 or "
+                          "firstBootApplication (firmware PCRs say nothing about the OS)")
+        group = dataclasses.replace(group, platform=platform)
+    return group
+
+
+_EVENT_TYPES: Final = {t.name: int(t) for t in EventType}
+
+
+def _allowed_type(w: _Walker, node: Node, field: str) -> AllowedEventType:
+    m = w.mapping(node, field, ("pcr", "type"), ("pcr", "type"))
+    pnode, pfield = m["pcr"]
+    pcr = w.integer(pnode, pfield, 0, 23)
+    if pcr not in TOLERANT_PCRS:
+        raise w.error(pnode, pfield, f"PCR {pcr} holds measurements rules read: an event type "
+                      f"outside its table is never accepted there (tolerant PCRs: "
+                      f"{', '.join(map(str, sorted(TOLERANT_PCRS)))})")
+    tnode, tfield = m["type"]
+    if isinstance(tnode, ScalarNode) and tnode.tag == "tag:yaml.org,2002:int":
+        value = w.integer(tnode, tfield, 0, 2**32 - 1)
+    else:
+        name = w.string(tnode, tfield, max_len=64)
+        if name not in _EVENT_TYPES:
+            raise w.error(tnode, tfield, f"unknown event type name {name!r} (give a number for "
+                          "a vendor type)")
+        value = _EVENT_TYPES[name]
+    return AllowedEventType(pcr=pcr, event_type=value)
+
+
+def _tpm(w: _Walker, node: Node, field: str) -> TpmSpec:
+    m = w.mapping(node, field, ("clockSafe", "firmwareVersion"))
+    spec = TpmSpec(clock_safe=w.boolean(*m["clockSafe"]) if "clockSafe" in m else None)
+    if "firmwareVersion" in m:
+        fw = w.mapping(*m["firmwareVersion"], ("minimum", "allowed"))
+        minimum = w.integer(*fw["minimum"], 0, 2**64 - 1) if "minimum" in fw else None
+        allowed = (tuple(sorted(set(w.list_of(*fw["allowed"],
+                                              lambda n, f: w.integer(n, f, 0, 2**64 - 1),
+                                              1024))))
+                   if "allowed" in fw else None)
+        spec = dataclasses.replace(spec, firmware_minimum=minimum, firmware_allowed=allowed)
+    return spec
 
 
 def _custom(w: _Walker, node: Node, field: str) -> CustomRule:
@@ -362,8 +454,9 @@ def _custom(w: _Walker, node: Node, field: str) -> CustomRule:
 
 
 def _spec(w: _Walker, node: Node, field: str) -> PolicySpec:
-    m = w.mapping(node, field, ("banks", "secureBoot", "debug", "codeIntegrity", "bootChain",
-                                "referenceGroups", "evidence", "customRules"))
+    m = w.mapping(node, field, ("permissive", "banks", "tpm", "secureBoot", "debug",
+                                "codeIntegrity", "bootChain", "referenceGroups", "evidence",
+                                "customRules"))
     groups = w.list_of(*m["referenceGroups"], lambda n, f: _group(w, n, f), 1024) \
         if "referenceGroups" in m else ()
     _unique(w, m.get("referenceGroups"), [g.name for g in groups], "reference group name")
@@ -372,10 +465,16 @@ def _spec(w: _Walker, node: Node, field: str) -> PolicySpec:
     _unique(w, m.get("customRules"), [r.name for r in rules], "custom rule name")
     evidence = EvidenceSpec()
     if "evidence" in m:
-        e = w.mapping(*m["evidence"], ("allowedAnomalies",))
+        e = w.mapping(*m["evidence"], ("allowedAnomalies", "allowedEventTypes"))
         if "allowedAnomalies" in e:
             evidence = EvidenceSpec(allowed_anomalies=_strings(w, *e["allowedAnomalies"], 256))
+        if "allowedEventTypes" in e:
+            types = w.list_of(*e["allowedEventTypes"], lambda n, f: _allowed_type(w, n, f), 256)
+            evidence = dataclasses.replace(evidence,
+                                           allowed_event_types=tuple(sorted(set(types))))
     return PolicySpec(
+        permissive=w.boolean(*m["permissive"]) if "permissive" in m else False,
+        tpm=_tpm(w, *m["tpm"]) if "tpm" in m else None,
         banks=_banks(w, *m["banks"]) if "banks" in m else None,
         secure_boot=_secure_boot(w, *m["secureBoot"]) if "secureBoot" in m else None,
         debug=_debug(w, *m["debug"]) if "debug" in m else None,
@@ -418,11 +517,20 @@ def _document(w: _Walker, root: Node) -> Policy:
         version=version,
         description=w.string(*md["description"], max_len=4096) if "description" in md else "",
     )
-    return Policy(metadata=metadata, spec=_spec(w, *m["spec"]))
+    spec = _spec(w, *m["spec"])
+    if w.require_asks and not spec.permissive and admits_any_host(spec):
+        raise w.error(m["spec"][0], "spec", "admits any host with a valid quote: it has "
+                      "no Secure Boot, key-database, boot-chain, reference-group or "
+                      "boot-application allow-list rule. Add one, or set spec.permissive: true "
+                      "to mean it (`hostgate policy lint` explains what a policy leaves open)")
+    return Policy(metadata=metadata, spec=spec)
 
 
-def load_policy(text: str | bytes) -> Policy:
-    """Parse and validate a policy document; raise :class:`PolicyError` naming line and field."""
+def load_policy(text: str | bytes, *, require_asks: bool = True) -> Policy:
+    """Parse and validate a policy document; raise :class:`PolicyError` naming line and field.
+
+    A policy that would admit any host (``lint.admits_any_host``) is refused unless it says
+    ``spec.permissive: true``; ``require_asks=False`` loads it anyway (for ``policy lint``)."""
     if isinstance(text, bytes):
         if len(text) > MAX_POLICY_BYTES:
             raise PolicyError(f"policy is {len(text)} bytes, at most {MAX_POLICY_BYTES}")
@@ -446,7 +554,7 @@ def load_policy(text: str | bytes) -> Policy:
         raise PolicyError(f"not valid YAML: {type(exc).__name__}") from exc
     if root is None:
         raise PolicyError("policy document is empty")
-    return _document(_Walker(), root)
+    return _document(_Walker(require_asks=require_asks), root)
 
 
 def _nesting_error(text: str) -> PolicyError | None:
@@ -465,7 +573,7 @@ def _nesting_error(text: str) -> PolicyError | None:
     return None
 
 
-def load_policy_file(path: str | Path) -> Policy:
+def load_policy_file(path: str | Path, *, require_asks: bool = True) -> Policy:
     """Read and load a policy file (size-bounded before reading)."""
     p = Path(path)
     try:
@@ -475,4 +583,4 @@ def load_policy_file(path: str | Path) -> Policy:
         data = p.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read policy {p}: {exc.strerror}") from exc
-    return load_policy(data)
+    return load_policy(data, require_asks=require_asks)

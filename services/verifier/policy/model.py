@@ -68,15 +68,46 @@ def _sorted_refs(refs: tuple[RefDigest, ...]) -> tuple[RefDigest, ...]:
     return tuple(sorted(set(refs)))
 
 
+EXTERNAL_LOGS: Final = frozenset({"ima"})
+"""Logs other than the TCG boot log that may account for a quoted PCR."""
+DEFAULT_REQUIRED_BANKS: Final[tuple[str, ...]] = ("sha256",)
+"""Banks every quote must cover and every log must replay when a policy names none."""
+
+
+@dataclass(frozen=True, order=True)
+class ExternalPcr:
+    """A PCR extended outside the TCG boot log, and the log that accounts for it (``ima``:
+    the IMA measurement list, which is then required and must replay to the quoted value)."""
+
+    pcr: int
+    log: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pcr": self.pcr, "log": self.log}
+
+
 @dataclass(frozen=True)
 class BankSpec:
-    """Which PCRs must be quoted, and whether a SHA-1-only quote is refused."""
+    """What a quote must cover: banks (each also replayed from the log) and PCRs.
+
+    ``require_pcrs`` is what the author wrote; the coverage a quote must meet also holds PCRs
+    0-7 and every PCR a configured rule reads (:mod:`.coverage`). ``external_pcrs`` names PCRs
+    extended by another log; every other quoted PCR must be accounted for by the boot log.
+    """
 
     require_pcrs: tuple[int, ...] = ()
     refuse_sha1_only: bool = True
+    require_banks: tuple[str, ...] = DEFAULT_REQUIRED_BANKS
+    external_pcrs: tuple[ExternalPcr, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"requirePcrs": list(self.require_pcrs), "refuseSha1Only": self.refuse_sha1_only}
+        return {"require": list(self.require_banks), "requirePcrs": list(self.require_pcrs),
+                "refuseSha1Only": self.refuse_sha1_only,
+                "externalPcrs": [e.to_json() for e in self.external_pcrs]}
+
+    def external_log(self, pcr: int) -> str | None:
+        """The log that accounts for ``pcr``, or None (the TCG boot log must)."""
+        return next((e.log for e in self.external_pcrs if e.pcr == pcr), None)
 
 
 @dataclass(frozen=True)
@@ -257,30 +288,97 @@ class BootChainSpec:
         return out
 
 
+PLATFORMS: Final = ("linux", "other", "windows")
+"""What a reference group may prove a host boots. ``windows`` makes the Linux-only rules (kernel
+command line, IMA) not applicable; ``linux`` and ``other`` make the Windows-only rules (debug
+controls, code integrity, DEP, HVCI, SI policy) not applicable. Nothing else ever does."""
+
+
 @dataclass(frozen=True)
 class ReferenceGroup:
     """A named set of reference values (one approved firmware/boot build).
 
     ``pcrs`` is ``((bank, ((pcr, hex), ...)), ...)`` sorted. A host matches the group when every
-    listed value equals its own; a host passes when it matches any group.
+    listed value equals its own and, if ``first_boot_application`` is given, the first boot
+    application of its replay-verified PCR 4 has one of those digests; a host passes when it
+    matches any group. ``platform`` is what a match proves the host boots (see
+    :data:`PLATFORMS`); only a group whose match is pinned by PCR 4 (a PCR 4 value or
+    ``first_boot_application``) may name one, since firmware PCRs say nothing about the OS.
     """
 
     name: str
     pcrs: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = ()
+    platform: str | None = None
+    first_boot_application: tuple[RefDigest, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name,
-                "pcrs": {bank: {str(p): v for p, v in vals} for bank, vals in self.pcrs}}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "pcrs": {bank: {str(p): v for p, v in vals} for bank, vals in self.pcrs}}
+        if self.platform is not None:
+            out["platform"] = self.platform
+        if self.first_boot_application:
+            out["firstBootApplication"] = [r.to_json() for r in self.first_boot_application]
+        return out
+
+    def pcr_indices(self) -> frozenset[int]:
+        """Every PCR index the group lists, in any bank."""
+        return frozenset(p for _, vals in self.pcrs for p, _ in vals)
+
+
+TOLERANT_PCRS: Final = frozenset({0, 1, 3, 5, 6})
+"""PCRs where a policy may accept an event type outside the PCR's table
+(``evidence.allowedEventTypes``): no built-in rule reads claims from them, so an accepted event
+is kept as an opaque measurement (its digest counts in the replay; its data is never read)."""
+
+
+@dataclass(frozen=True, order=True)
+class AllowedEventType:
+    """An event type outside the per-PCR table that the operator accepts in one PCR."""
+
+    pcr: int
+    event_type: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pcr": self.pcr, "type": self.event_type}
 
 
 @dataclass(frozen=True)
 class EvidenceSpec:
-    """Claims anomalies (reason ids) the operator accepts; any other anomaly fails."""
+    """Claims anomalies (reason ids) and off-table event types the operator accepts; any other
+    anomaly fails."""
 
     allowed_anomalies: tuple[str, ...] = ()
+    allowed_event_types: tuple[AllowedEventType, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"allowedAnomalies": list(self.allowed_anomalies)}
+        out: dict[str, Any] = {"allowedAnomalies": list(self.allowed_anomalies)}
+        if self.allowed_event_types:
+            out["allowedEventTypes"] = [t.to_json() for t in self.allowed_event_types]
+        return out
+
+
+@dataclass(frozen=True)
+class TpmSpec:
+    """Facts of the quote itself: the clock's ``safe`` flag (False after an unorderly shutdown
+    may have rolled the clock back) and the TPM firmware version."""
+
+    clock_safe: bool | None = None
+    firmware_minimum: int | None = None
+    firmware_allowed: tuple[int, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.clock_safe is not None:
+            out["clockSafe"] = self.clock_safe
+        fw: dict[str, Any] = {}
+        if self.firmware_minimum is not None:
+            fw["minimum"] = self.firmware_minimum
+        if self.firmware_allowed is not None:
+            fw["allowed"] = list(self.firmware_allowed)
+        if fw:
+            out["firmwareVersion"] = fw
+        return out
 
 
 @dataclass(frozen=True)
@@ -308,11 +406,24 @@ class PolicySpec:
     reference_groups: tuple[ReferenceGroup, ...] = ()
     evidence: EvidenceSpec = field(default_factory=EvidenceSpec)
     custom_rules: tuple[CustomRule, ...] = ()
+    tpm: TpmSpec | None = None
+    permissive: bool = False
+    """The author's statement that this policy may admit any host (``hostgate policy lint``
+    says what it leaves open); without it the loader refuses such a policy."""
+
+    @property
+    def bank_spec(self) -> BankSpec:
+        """The banks section, or its defaults when absent (coverage is never optional)."""
+        return self.banks if self.banks is not None else BankSpec()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        if self.permissive:
+            out["permissive"] = True
         if self.banks is not None:
             out["banks"] = self.banks.to_json()
+        if self.tpm is not None:
+            out["tpm"] = self.tpm.to_json()
         if self.secure_boot is not None:
             out["secureBoot"] = self.secure_boot.to_json()
         if self.debug is not None:

@@ -1,19 +1,30 @@
 """The built-in rules: each reads claims and yields :class:`~.results.RuleResult`\\ s.
 
 Every rule is a pure function ``(spec section, Subject) -> list[RuleResult]``. A rule is only
-evaluated when its policy section asks for something. Fail-closed choices, rule by rule:
+evaluated when its policy section asks for something. What every rule may rely on, and what
+``evaluate`` enforces around them (``docs/design/threat-model.md``):
 
-* Secure Boot state / PK / KEK / db / dbx not measured -> **fail** (cannot confirm).
-* Windows debug flags, code integrity, DEP, HVCI, SI policy on a host with no Windows boot
-  configuration (no SIPA events) -> **not_applicable**; on a Windows host, a flag that was never
-  measured -> **fail**, except hypervisor debug when the hypervisor was not launched (Windows
-  only measures it when the hypervisor starts; corpus W03) -> pass.
-* Boot applications: none measured -> fail. An image whose signing authority was logged for an
-  earlier image (firmware logs each authority once) inherits every earlier authority as a
-  candidate signer: allowed only if every candidate is allowed, denied if any is denied. A
-  signer in a policy list matches by certificate subject or by ``sha256:<hex of the DER>``.
-* Kernel command line not measured on a non-Windows host -> fail; Windows host -> n/a.
-* IMA lists on a Windows host -> n/a; no IMA list supplied -> fail.
+* **Absence is never a pass.** Claims are read only from replay-verified events; a rule whose
+  PCRs (``coverage.RULE_PCRS``) were not quoted and replayed fails "cannot be confirmed"
+  (``evaluate`` overrides its result). Evidence that is missing fails the rule.
+* **Not applicable only when proven.** The Windows-only rules (debug controls, code integrity,
+  DEP, HVCI, SI policy) are not applicable only on a host whose verified boot matched a reference
+  group of platform ``linux`` or ``other``; on any other host without a measured Windows boot
+  configuration they fail. The Linux-only rules (kernel command line, IMA) are not applicable
+  only on a host that matched a ``windows`` group. A Windows boot configuration in PCRs 12-14
+  proves nothing by itself: any root on any OS can extend those PCRs.
+* **Digests approve only in the banks the policy requires** (``banks.require``, SHA-256 by
+  default); a denial matches in any bank. A host cannot get an image approved by its digest in a
+  bank the policy does not rely on (``TPM2_PCR_Extend`` takes one digest per bank, chosen freely).
+* **No rule depends on the order of events in different PCRs** (nothing covers it): signer rules
+  use the set of authorities measured in PCR 7, never a pairing of an authority with an image.
+  A denied signer anywhere in PCR 7 fails the rule; an image not approved by digest is approved by
+  signer only if every signing authority PCR 7 measured is an approved signer.
+* Boot applications are every code event of PCR 4, drivers every code event of PCR 2
+  (``services.tpm.pcr_types.CODE_PCRS``), whatever their labels say.
+* Secure Boot state / PK / KEK / db / dbx not measured -> **fail**; on a Windows host, a flag
+  that was never measured -> **fail**, except hypervisor debug when the hypervisor was not
+  launched (Windows only measures it when the hypervisor starts; corpus W03) -> pass.
 * Reference groups: a host PCR missing from the claims never matches.
 * Claims that are not replay-verified, or with a fatal anomaly (claims' own fail-closed
   verdict), or a non-fatal anomaly the policy does not accept -> fail (always evaluated).
@@ -26,12 +37,14 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from services.tpm.claims import Authority, BootApplication, Claims, KeyDatabase
+from services.tpm.eventlog import event_type_name
 from services.tpm.sipa import WindowsBootConfig
 from services.verifier.policy import ids
 from services.verifier.policy.events import EventIndex, shorten
 from services.verifier.policy.model import (
     DEBUG_FLAGS,
     STRONG_BANKS,
+    TOLERANT_PCRS,
     BankSpec,
     BootChainSpec,
     CmdlineSpec,
@@ -43,10 +56,12 @@ from services.verifier.policy.model import (
     RefDigest,
     ReferenceGroup,
     SecureBootSpec,
+    TpmSpec,
 )
 from services.verifier.policy.results import EventRef, Outcome, RuleResult
 
 PASS, FAIL, NA = Outcome.PASS, Outcome.FAIL, Outcome.NOT_APPLICABLE
+NON_WINDOWS: Final = frozenset({"linux", "other"})
 
 _BANK_ORDER: Final = ("sha512", "sha384", "sha256", "sm3_256", "sha1")
 _HASH_SIZES: Final = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
@@ -72,15 +87,26 @@ _MODULE_SUFFIXES: Final = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
 
 @dataclass(frozen=True)
+class QuoteFacts:
+    """What the verified quote itself says about the TPM (TPMS_CLOCK_INFO.safe, the TPM's
+    firmwareVersion): signed by the AK, so claims a policy can check."""
+
+    clock_safe: bool
+    firmware_version: int
+
+
+@dataclass(frozen=True)
 class Subject:
     """What a policy judges: claims, the events they came from, and the quote's coverage.
 
     ``active_banks``: banks the TPM had active (the log's Spec ID event), default the claims'
     banks. ``quoted_pcrs``: bank -> PCR indices the quote covered, default the claims' PCRs.
-    ``explain``: word every result (``hostgate policy check``); when False (the verifier, which
-    keeps only the outcome of a rule that passed), a rule whose pass is costly to word (events
-    to find, digests to format) leaves its message empty and names no event. Failures are
-    always worded in full, and outcomes never depend on it.
+    ``checked_pcrs``: PCRs whose replay matched the quote (claims come only from their events),
+    default every PCR the claims hold a value for. ``quote``: the quote's own facts (None for a
+    log-only check). ``explain``: word every result (``hostgate policy check``); when False (the
+    verifier, which keeps only the outcome of a rule that passed), a rule whose pass is costly to
+    word leaves its message empty and names no event. Failures are always worded in full, and
+    outcomes never depend on it. ``platform`` and ``trusted_banks`` are set by ``evaluate``.
     """
 
     claims: Claims
@@ -88,6 +114,12 @@ class Subject:
     active_banks: tuple[str, ...] | None = None
     quoted_pcrs: Mapping[str, frozenset[int]] | None = None
     explain: bool = True
+    checked_pcrs: frozenset[int] | None = None
+    quote: QuoteFacts | None = None
+    platform: str | None = None
+    """The platform a matched reference group proves (None: nothing proven)."""
+    trusted_banks: frozenset[str] | None = None
+    """Banks whose digests may approve (the policy's required banks; None: any bank)."""
 
     @property
     def windows(self) -> WindowsBootConfig | None:
@@ -97,6 +129,12 @@ class Subject:
         if self.quoted_pcrs is not None:
             return {b: frozenset(p) for b, p in self.quoted_pcrs.items()}
         return {b: frozenset(v) for b, v in self.claims.pcrs.items()}
+
+    def checked(self) -> frozenset[int]:
+        """PCRs whose events were replay-verified against the quote."""
+        if self.checked_pcrs is not None:
+            return self.checked_pcrs
+        return frozenset(p for values in self.claims.pcrs.values() for p in values)
 
 
 def _r(rule: str, outcome: Outcome, message: str, event: EventRef | None = None) -> RuleResult:
@@ -124,23 +162,36 @@ def _ranges(values: Iterable[int]) -> str:
 
 
 # --- banks --------------------------------------------------------------------------------
-def check_banks(spec: BankSpec, s: Subject) -> list[RuleResult]:
+def check_banks(spec: BankSpec, s: Subject, required_pcrs: Iterable[int] = ()) -> list[RuleResult]:
+    """Coverage: every required bank quoted with every required PCR (``required_pcrs``: the
+    policy's whole coverage, ``coverage.coverage``) and replayed from the log."""
     out: list[RuleResult] = []
     quoted = {b: p for b, p in s.quoted().items() if p}
-    if spec.require_pcrs:
-        if not quoted:
-            out.append(_r(ids.BANKS_REQUIRED_PCRS, FAIL, "No PCR was quoted in any bank."))
+    replayed = set(s.claims.banks)
+    missing_banks = [b for b in spec.require_banks if b not in quoted or b not in replayed]
+    if missing_banks:
+        why = ", ".join(f"{b} ({'not quoted' if b not in quoted else 'not in the log'})"
+                        for b in missing_banks)
+        out.append(_r(ids.BANKS_REQUIRED_BANKS, FAIL, f"The policy requires bank(s) {why}: "
+                      "the measurements cannot be confirmed in a bank it relies on."))
+    else:
+        out.append(_judged(s, ids.BANKS_REQUIRED_BANKS, PASS, lambda: (
+            f"Every required bank ({', '.join(spec.require_banks)}) is quoted and replayed.")))
+    wanted = sorted(set(spec.require_pcrs) | set(required_pcrs))
+    if wanted:
+        gaps = [(b, sorted(set(wanted) - quoted.get(b, frozenset())))
+                for b in spec.require_banks]
+        gaps = [(b, m) for b, m in gaps if m]
+        if gaps:
+            bank, missing = gaps[0]
+            out.append(_r(ids.BANKS_REQUIRED_PCRS, FAIL,
+                          f"PCRs {_ranges(missing)} are required but not quoted in the {bank} "
+                          f"bank (quoted: {_ranges(quoted.get(bank, ()))}), so the claims read "
+                          "from them cannot be confirmed."))
         else:
-            best = next((b for b in _BANK_ORDER if b in quoted), sorted(quoted)[0])
-            missing = sorted(set(spec.require_pcrs) - quoted[best])
-            if missing:
-                out.append(_r(ids.BANKS_REQUIRED_PCRS, FAIL,
-                              f"PCRs {_ranges(missing)} are required but not quoted in the "
-                              f"{best} bank (quoted: {_ranges(quoted[best])})."))
-            else:
-                out.append(_judged(s, ids.BANKS_REQUIRED_PCRS, PASS, lambda: (
-                    f"All required PCRs ({_ranges(spec.require_pcrs)}) are quoted in the "
-                    f"{best} bank.")))
+            out.append(_judged(s, ids.BANKS_REQUIRED_PCRS, PASS, lambda: (
+                f"All required PCRs ({_ranges(wanted)}) are quoted in "
+                f"{', '.join(spec.require_banks)}.")))
     if spec.refuse_sha1_only:
         active = set(s.active_banks if s.active_banks is not None else s.claims.banks)
         strong_active = sorted(active & STRONG_BANKS)
@@ -157,6 +208,37 @@ def check_banks(spec: BankSpec, s: Subject) -> list[RuleResult]:
             out.append(_judged(s, ids.BANKS_SHA1_ONLY, PASS, lambda: (
                 f"The quote covers a bank stronger than SHA-1 "
                 f"({', '.join(sorted(set(quoted) & STRONG_BANKS))}).")))
+    return out
+
+
+# --- the quote's own facts --------------------------------------------------------------------
+def check_tpm(spec: TpmSpec, s: Subject) -> list[RuleResult]:
+    out: list[RuleResult] = []
+    q = s.quote
+    if spec.clock_safe is not None:
+        if q is None:
+            out.append(_r(ids.TPM_CLOCK_SAFE, FAIL, "The TPM clock's safe flag cannot be "
+                          "confirmed: no verified quote."))
+        else:
+            state = "safe" if q.clock_safe else "not safe (the clock may have been rolled "
+            "back after an unorderly shutdown)"
+            out.append(_r(ids.TPM_CLOCK_SAFE, PASS if q.clock_safe == spec.clock_safe else FAIL,
+                          f"The quote's clock is {state}."))
+    if spec.firmware_minimum is not None or spec.firmware_allowed is not None:
+        rule = ids.TPM_FIRMWARE_VERSION
+        if q is None:
+            out.append(_r(rule, FAIL, "The TPM firmware version cannot be confirmed: no "
+                          "verified quote."))
+        else:
+            fw = q.firmware_version
+            if spec.firmware_minimum is not None and fw < spec.firmware_minimum:
+                out.append(_r(rule, FAIL, f"The TPM firmware version {fw:#018x} is below the "
+                              f"minimum {spec.firmware_minimum:#018x}."))
+            elif spec.firmware_allowed is not None and fw not in spec.firmware_allowed:
+                out.append(_r(rule, FAIL, f"The TPM firmware version {fw:#018x} is not one of "
+                              f"the {len(spec.firmware_allowed)} approved versions."))
+            else:
+                out.append(_r(rule, PASS, f"The TPM firmware version {fw:#018x} is approved."))
     return out
 
 
@@ -266,8 +348,7 @@ def check_debug(spec: DebugSpec, s: Subject) -> list[RuleResult]:
             continue
         rule, words = _FLAG_IDS[attr], _FLAG_WORDS[attr]
         if w is None:
-            out.append(_r(rule, NA, f"{words}: not a Windows boot (no Windows boot "
-                          "configuration was measured)."))
+            out.append(_not_windows(rule, words, s))
             continue
         value = getattr(w, attr)
         if value is None:
@@ -280,6 +361,17 @@ def check_debug(spec: DebugSpec, s: Subject) -> list[RuleResult]:
             continue
         out.append(_flag_result(s, rule, words, attr, value, PASS if value == want else FAIL))
     return out
+
+
+def _not_windows(rule: str, words: str, s: Subject) -> RuleResult:
+    """A Windows-only rule on a host with no Windows boot configuration: not applicable only
+    where a verified non-Windows boot was proven, else it cannot be confirmed."""
+    if s.platform in NON_WINDOWS:
+        return _r(rule, NA, f"{words}: not a Windows boot (the host matched a {s.platform} "
+                  "reference group).")
+    return _r(rule, FAIL, f"{words} cannot be confirmed: no Windows boot configuration was "
+              "measured, and the host's verified boot did not match a non-Windows reference "
+              "group.")
 
 
 def _flag_result(s: Subject, rule: str, words: str, attr: str, value: object,
@@ -309,8 +401,13 @@ def hvci_on(w: WindowsBootConfig) -> bool | None:
     return all(v != 0 for v in w.hvci_policy)
 
 
-def _digest_matches(refs: Iterable[RefDigest], digests: Mapping[str, bytes]) -> RefDigest | None:
+def _digest_matches(refs: Iterable[RefDigest], digests: Mapping[str, bytes],
+                    banks: frozenset[str] | None = None) -> RefDigest | None:
+    """The first of ``refs`` equal to the event's digest in its algorithm; with ``banks``, only
+    references in those banks count (what approves must be in a bank the policy relies on)."""
     for ref in refs:
+        if banks is not None and ref.alg not in banks:
+            continue
         value = digests.get(ref.alg)
         if value is not None and value.hex() == ref.hex:
             return ref
@@ -324,10 +421,20 @@ class _Image:
     label: str
     digests: Mapping[str, bytes]
     signers: tuple[tuple[str, ...], ...]
-    """Candidate signers, each as its names (certificate subject and ``sha256:<DER hash>``)."""
-    inherited: bool
+    """Its own signers (a Windows module's, from its bound SIPA record), each as its names;
+    empty for UEFI images, whose possible signers are every authority of PCR 7."""
     seq: int
     pcr: int
+    uefi: bool
+
+
+def _signer_names(a: Authority) -> tuple[str, ...]:
+    return tuple(x for x in (a.subject, f"sha256:{a.digest.hex()}") if x)
+
+
+def _pcr7_signers(s: Subject) -> list[tuple[Authority, tuple[str, ...]]]:
+    """Every signing authority PCR 7 measured (SbatLevel and other variables excluded)."""
+    return [(a, _signer_names(a)) for a in s.claims.authorities if a.kind != "variable"]
 
 
 def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Image],
@@ -335,6 +442,13 @@ def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Imag
     allow_any = lists.allowed_digests is not None or lists.allowed_signers is not None
     denied_signers = set(lists.denied_signers)
     allowed_signers = set(lists.allowed_signers or ())
+    pcr7 = _pcr7_signers(s)
+    for a, names in pcr7:
+        if denied_signers & set(names):
+            return _r(rule, FAIL, f"PCR 7 measured a denied signer, {names[0]} (authority "
+                      f"event {a.seq}): it verified an image at boot, and nothing records "
+                      "which one.", s.index.ref(a.seq, names[0], pcr=7))
+    unapproved = [names for _, names in pcr7 if not allowed_signers & set(names)]
     for img in images:
         denied = _digest_matches(lists.denied_digests, img.digests)
         if denied is not None:
@@ -347,14 +461,26 @@ def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Imag
                       f"{bad[0]} (event {img.seq}).", _image_ref(img, s))
         if not allow_any:
             continue
-        if _digest_matches(lists.allowed_digests or (), img.digests) is not None:
+        # A UEFI image's digests are the host's PCR extends, one per bank, each chosen freely
+        # by whoever extended: only the banks the policy relies on may approve. A Windows
+        # module's hash sits inside its bound SIPA record, in the algorithm Windows names.
+        banks = s.trusted_banks if img.uefi else None
+        if _digest_matches(lists.allowed_digests or (), img.digests, banks):
             continue
-        if img.signers and all(allowed_signers & set(names) for names in img.signers):
-            continue
-        signer = "; ".join(names[0] for names in img.signers) or "unknown"
-        how = "possible signers" if img.inherited else "signer"
-        return _r(rule, FAIL, f"The {what} {img.label} is not approved: neither its digest nor "
-                  f"its {how} ({signer}) is allowed (event {img.seq}).", _image_ref(img, s))
+        if img.uefi:
+            if pcr7 and not unapproved:
+                continue
+            if not pcr7:
+                why = "no signing authority was measured in PCR 7"
+            else:
+                why = (f"PCR 7 also measured the unapproved signer {unapproved[0][0]}, and "
+                       "nothing records which image each authority verified")
+        else:
+            if img.signers and all(allowed_signers & set(names) for names in img.signers):
+                continue
+            why = f"its signer ({'; '.join(n[0] for n in img.signers) or 'unknown'}) is not allowed"
+        return _r(rule, FAIL, f"The {what} {img.label} is not approved: its digest is not "
+                  f"allowed and {why} (event {img.seq}).", _image_ref(img, s))
     return _judged(s, rule, PASS, lambda: f"All {len(images)} measured {what}s are approved.")
 
 
@@ -362,29 +488,19 @@ def _image_ref(img: _Image, s: Subject) -> EventRef | None:
     return s.index.ref(img.seq, img.label, pcr=img.pcr)
 
 
-def _signers_of(app: BootApplication, by_seq: Mapping[int, Authority],
-                earlier: set[tuple[str, ...]]) -> tuple[tuple[tuple[str, ...], ...], bool]:
-    own: set[tuple[str, ...]] = set()
-    for seq in app.authorities:
-        a = by_seq.get(seq)
-        if a is not None:
-            own.add(tuple(x for x in (a.subject, f"sha256:{a.digest.hex()}") if x))
-    if own:
-        earlier.update(own)
-        return tuple(sorted(own)), False
-    return tuple(sorted(earlier)), True
+BOOT_APPLICATION_PCR: Final = 4
+DRIVER_PCR: Final = 2
 
 
-def _uefi_images(s: Subject, kinds: frozenset[str]) -> list[_Image]:
-    earlier: set[tuple[str, ...]] = set()
-    out: list[_Image] = []
-    by_seq = {a.seq: a for a in s.claims.authorities}
-    for app in s.claims.boot_applications:
-        signers, inherited = _signers_of(app, by_seq, earlier)
-        if app.kind in kinds:
-            out.append(_Image(app.file_path or app.device_path or f"image at event {app.seq}",
-                              app.digests, signers, inherited, app.seq, app.pcr))
-    return out
+def code_in(claims: Claims, pcr: int) -> list[BootApplication]:
+    """Every code event of ``pcr`` (images and opaque code, ``services.tpm.pcr_types``)."""
+    return [a for a in claims.boot_applications if a.pcr == pcr]
+
+
+def _uefi_images(s: Subject, pcr: int) -> list[_Image]:
+    return [_Image(app.file_path or app.device_path or f"image at event {app.seq}",
+                   app.digests, (), app.seq, app.pcr, True)
+            for app in code_in(s.claims, pcr)]
 
 
 def _windows_modules(w: WindowsBootConfig) -> list[_Image]:
@@ -394,25 +510,24 @@ def _windows_modules(w: WindowsBootConfig) -> list[_Image]:
         names = tuple(x for x in (m.authority_publisher, m.authority_issuer) if x)
         signers = (names,) if names else ()
         label = m.file_path or f"Windows module #{i} (sha:{m.authenticode_hash.hex()[:16]}…)"
-        out.append(_Image(label, {alg: m.authenticode_hash}, signers, False, -1, 13))
+        out.append(_Image(label, {alg: m.authenticode_hash}, signers, -1, 13, False))
     return out
 
 
 def check_code_integrity(spec: CodeIntegritySpec, s: Subject) -> list[RuleResult]:
     out: list[RuleResult] = []
     w = s.windows
-    na = "not a Windows boot (no Windows boot configuration was measured)"
     if spec.enabled is not None:
-        out.append(_r(ids.CI_ENABLED, NA, f"Code integrity: {na}.") if w is None else
+        out.append(_not_windows(ids.CI_ENABLED, "Code integrity", s) if w is None else
                    _windows_bool(ids.CI_ENABLED, "Code integrity", w.code_integrity,
                                  spec.enabled, s, "code_integrity"))
     if spec.dep is not None:
-        out.append(_r(ids.CI_DEP, NA, f"DEP: {na}.") if w is None else
+        out.append(_not_windows(ids.CI_DEP, "DEP", s) if w is None else
                    _windows_bool(ids.CI_DEP, "Data execution prevention (DEP)", w.dep,
                                  spec.dep, s, "dep"))
     if spec.hvci is not None:
         if w is None:
-            out.append(_r(ids.CI_HVCI, NA, f"HVCI: {na}."))
+            out.append(_not_windows(ids.CI_HVCI, "HVCI", s))
         else:
             hv = hvci_on(w)
             if hv is None:
@@ -423,16 +538,16 @@ def check_code_integrity(spec: CodeIntegritySpec, s: Subject) -> list[RuleResult
                               f"HVCI is {'on' if hv else 'off'} (policy values "
                               f"{list(w.hvci_policy)})."))
     if spec.si_policies is not None:
-        out.append(_r(ids.CI_SI_POLICY, NA, f"SI policy: {na}.") if w is None else
+        out.append(_not_windows(ids.CI_SI_POLICY, "SI policy", s) if w is None else
                    _si_policies(spec.si_policies, w))
     if spec.boot_applications is not None:
-        apps = _uefi_images(s, frozenset({"application"}))
+        apps = _uefi_images(s, BOOT_APPLICATION_PCR)
         out.append(_r(ids.CI_BOOT_APPLICATIONS, FAIL, "No boot application was measured.")
                    if not apps else
                    _judge_images(ids.CI_BOOT_APPLICATIONS, "boot application",
                                  spec.boot_applications, apps, s))
     if spec.drivers is not None:
-        drivers = _uefi_images(s, frozenset({"boot_driver", "runtime_driver"}))
+        drivers = _uefi_images(s, DRIVER_PCR)
         if w is not None:
             drivers.extend(_windows_modules(w))
         out.append(_judge_images(ids.CI_DRIVERS, "driver", spec.drivers, drivers, s))
@@ -463,14 +578,16 @@ def _is_module(path: str | None) -> bool:
 
 def _ima(rule: str, lst: ImaList, modules: bool, s: Subject) -> RuleResult:
     what = "kernel module" if modules else "executable"
-    if s.windows is not None:
-        return _r(rule, NA, f"IMA {what}s: not a Linux boot (Windows boot configuration "
-                  "measured).")
+    if s.platform == "windows":
+        return _r(rule, NA, f"IMA {what}s: not a Linux boot (the host matched a windows "
+                  "reference group).")
     entries = s.claims.ima
     if entries is None:
         return _r(rule, FAIL, f"No IMA measurement list was supplied, so {what}s cannot be "
                   "checked.")
     checked = 0
+    # indexed once: an IMA list and an allow-list may both hold 100,000 entries
+    allowed = ({(r.alg, r.hex) for r in lst.allowed} if lst.allowed is not None else None)
     for i, e in enumerate(entries):
         if e.path == "boot_aggregate" or _is_module(e.path) != modules:
             continue
@@ -481,7 +598,8 @@ def _ima(rule: str, lst: ImaList, modules: bool, s: Subject) -> RuleResult:
         if denied is not None:
             return _r(rule, FAIL, f"IMA measured a denied {what}: {e.path} ({shown}, IMA entry "
                       f"{i}).")
-        if lst.allowed is not None and _digest_matches(lst.allowed, digests) is None:
+        listed = (e.file_hash_alg or "", e.file_hash.hex() if e.file_hash else "")
+        if allowed is not None and listed not in allowed:
             return _r(rule, FAIL, f"IMA measured an unapproved {what}: {e.path} ({shown}, IMA "
                       f"entry {i}).")
     return _r(rule, PASS, f"All {checked} {what}s measured by IMA are approved.")
@@ -499,7 +617,7 @@ def check_boot_chain(spec: BootChainSpec, s: Subject) -> list[RuleResult]:
 
 def _chain(spec: BootChainSpec, s: Subject) -> RuleResult:
     stages = spec.stages or ()
-    apps = [a for a in s.claims.boot_applications if a.kind == "application"]
+    apps = code_in(s.claims, BOOT_APPLICATION_PCR)
     required = sum(1 for st in stages if not st.optional)
     names = " -> ".join(st.name for st in stages)
     if len(apps) < required or len(apps) > len(stages):
@@ -510,7 +628,7 @@ def _chain(spec: BootChainSpec, s: Subject) -> RuleResult:
                   f"{required if required == len(stages) else f'{required} to {len(stages)}'} "
                   f"({names}).", ref)
     for i, (app, stage) in enumerate(zip(apps, stages, strict=False)):
-        if _digest_matches(stage.digests, app.digests) is None:
+        if _digest_matches(stage.digests, app.digests, s.trusted_banks) is None:
             label = app.file_path or app.device_path or f"image at event {app.seq}"
             shown = next((f"{b}:{app.digests[b].hex()}" for b in ("sha256", "sha384", "sha1")
                           if b in app.digests), "no digest")
@@ -555,8 +673,9 @@ def _forbidden_hit(token: str, forbidden: Iterable[str]) -> str | None:
 
 def _cmdline(spec: CmdlineSpec, s: Subject) -> RuleResult:
     rule = ids.BOOTCHAIN_CMDLINE
-    if s.windows is not None:
-        return _r(rule, NA, "Kernel command line: a Windows boot has no Linux command line.")
+    if s.platform == "windows":
+        return _r(rule, NA, "Kernel command line: a Windows boot has no Linux command line "
+                  "(the host matched a windows reference group).")
     lines = s.claims.kernel_cmdlines
     if not lines:
         return _r(rule, FAIL, "No kernel command line was measured, so it cannot be checked.")
@@ -589,25 +708,47 @@ def _cmdline_event(line: str, s: Subject) -> tuple[str, EventRef | None]:
 
 
 # --- reference groups ---------------------------------------------------------------------
+def _group_mismatches(g: ReferenceGroup, s: Subject) -> list[str]:
+    pcrs = s.claims.pcrs
+    mismatches: list[str] = []
+    for bank, values in g.pcrs:
+        have = pcrs.get(bank, {})
+        for idx, want in values:
+            got = have.get(idx)
+            if got is None:
+                mismatches.append(f"PCR {idx} ({bank}) is not in the evidence")
+            elif got.hex() != want:
+                mismatches.append(f"PCR {idx} ({bank}) is {got.hex()[:16]}…, the group "
+                                  f"expects {want[:16]}…")
+    if g.first_boot_application:
+        apps = code_in(s.claims, BOOT_APPLICATION_PCR)
+        if not apps:
+            mismatches.append("no boot application was measured in PCR 4")
+        elif _digest_matches(g.first_boot_application, apps[0].digests,
+                             s.trusted_banks) is None:
+            mismatches.append(f"the first boot application (event {apps[0].seq}) is not the "
+                              "group's")
+    return mismatches
+
+
+def proven_platform(groups: Sequence[ReferenceGroup], s: Subject) -> str | None:
+    """The platform the groups the host matches prove, or None when none of them names one or
+    they disagree (then nothing is proven, and every platform's rules apply)."""
+    platforms = {g.platform for g in groups
+                 if g.platform is not None and not _group_mismatches(g, s)}
+    return platforms.pop() if len(platforms) == 1 else None
+
+
 def check_reference_groups(groups: tuple[ReferenceGroup, ...], s: Subject) -> list[RuleResult]:
     if not groups:
         return []
-    pcrs = s.claims.pcrs
     best: tuple[int, ReferenceGroup, str] | None = None
     for g in groups:
-        mismatches: list[str] = []
-        for bank, values in g.pcrs:
-            have = pcrs.get(bank, {})
-            for idx, want in values:
-                got = have.get(idx)
-                if got is None:
-                    mismatches.append(f"PCR {idx} ({bank}) is not in the evidence")
-                elif got.hex() != want:
-                    mismatches.append(f"PCR {idx} ({bank}) is {got.hex()[:16]}…, the group "
-                                      f"expects {want[:16]}…")
+        mismatches = _group_mismatches(g, s)
         if not mismatches:
+            proves = f" (a {g.platform} boot)" if g.platform else ""
             return [_r(ids.REFERENCE_GROUPS, PASS,
-                       f"The host matches the approved reference group {g.name!r}.")]
+                       f"The host matches the approved reference group {g.name!r}{proves}.")]
         if best is None or len(mismatches) < best[0]:
             best = (len(mismatches), g, mismatches[0])
     assert best is not None
@@ -618,12 +759,18 @@ def check_reference_groups(groups: tuple[ReferenceGroup, ...], s: Subject) -> li
 
 
 # --- evidence -----------------------------------------------------------------------------
+_TYPE_REASONS: Final = frozenset({"tpm.event.unknown_type", "tpm.event.unexpected_type"})
+
+
 def check_evidence(spec: EvidenceSpec, s: Subject) -> list[RuleResult]:
     c = s.claims
     rule = ids.EVIDENCE_ANOMALIES
     if not c.replay_verified:
         return [_r(rule, FAIL, "The claims were not read from a log that replayed to a quote.")]
-    fatal = [a for a in c.anomalies if a.fatal]
+    accepted_types = {(t.pcr, event_type_name(t.event_type)) for t in spec.allowed_event_types
+                      if t.pcr in TOLERANT_PCRS}
+    fatal = [a for a in c.anomalies if a.fatal
+             and not (a.reason in _TYPE_REASONS and (a.pcr, a.event_type) in accepted_types)]
     allowed = set(spec.allowed_anomalies)
     other = [a for a in c.anomalies if not a.fatal and a.reason not in allowed]
     for a in (*fatal, *other):
