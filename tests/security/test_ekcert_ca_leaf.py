@@ -50,11 +50,3 @@ def test_a_ca_leaf_is_not_an_ek_certificate(
                  root_key, ca=True)
     with pytest.raises(CertificateChainError, match="cA=TRUE"):
         verify_ek_certificate(leaf, trusted=[root], now=NOW)
-
-
-def test_leaves_without_ca_flag_still_verify(
-        pki: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> None:
-    root, root_key = pki
-    for ca in (False, None):  # cA=FALSE, and no basicConstraints at all (TCG allows both)
-        leaf = _cert("EK", ec.generate_private_key(ec.SECP256R1()), "Root", root_key, ca=ca)
-        assert verify_ek_certificate(leaf, trusted=[root], now=NOW).chain[-1] == root

@@ -58,7 +58,10 @@ EK_ATTRS = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT | TPMA_OBJECT.FIXEDTPM
 TOPIC_OF = {"hostgate.EnrollmentRequested": "attest.requests.v1",
             "hostgate.ActivationProof": "attest.requests.v1",
             "hostgate.ChallengeRequested": "attest.requests.v1",
-            "hostgate.EvidenceSubmitted": "attest.evidence.v1"}
+            "hostgate.EvidenceSubmitted": "attest.evidence.v1",
+            "hostgate.IdentityCommand": "attest.identity.v1",
+            "hostgate.EkBindingRequested": "collector.ek-bindings.v1",
+            "hostgate.EkBindingDecided": "collector.ek-grants.v1"}
 
 
 POLICY_TABLE = "policies"
