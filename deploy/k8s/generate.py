@@ -99,8 +99,13 @@ class StageIO:
 # From DESIGN.md's pipeline table. Every name is checked against topics.py in ``check_io``.
 STAGE_IO: Final[Mapping[str, StageIO]] = {
     "collector": StageIO(
-        inputs=("attest.requests.v1", "attest.evidence.v1"),
-        outputs=("attest.challenges.v1", "attest.collected.v1", "attest.rejections.v1"),
+        # The EK registry topics are the collector's own (a repartition step): it writes and
+        # reads them, nobody else does. attest.identity.v1 is the operators' only.
+        inputs=("attest.requests.v1", "attest.evidence.v1", "attest.identity.v1",
+                "collector.ek-bindings.v1", "collector.ek-grants.v1"),
+        outputs=("attest.challenges.v1", "attest.collected.v1", "attest.rejections.v1",
+                 "attest.identity.events.v1", "collector.ek-bindings.v1",
+                 "collector.ek-grants.v1"),
         # The policy in force decides what a challenge asks the host to quote.
         tables=("attest.policies.v1",),
     ),
@@ -110,7 +115,7 @@ STAGE_IO: Final[Mapping[str, StageIO]] = {
         tables=("attest.policies.v1",),
     ),
     "issuer": StageIO(
-        inputs=("attest.verdicts.v1", "attest.incidents.v1"),
+        inputs=("attest.verdicts.v1", "attest.incidents.v1", "attest.identity.events.v1"),
         outputs=("attest.credentials.v1", "attest.hosts.v1"),
     ),
     "incidents": StageIO(
@@ -126,13 +131,17 @@ AGENTS_IO: Final = (
     "hostgate.agent.",
 )
 SOC_IO: Final = (
-    ("attest.incidents.v1", "soc.findings.ocsf.v1", "attest.hosts.v1", "attest.rejections.v1"),
+    ("attest.incidents.v1", "soc.findings.ocsf.v1", "attest.hosts.v1", "attest.rejections.v1",
+     "attest.identity.events.v1"),
     ("attest.remediation.v1",),
     "hostgate.soc.",
 )
 OPERATOR_IO: Final = (
-    ("attest.policies.v1", "attest.policies.history.v1", *(dlq_topic(s) for s in STAGES)),
-    ("attest.policies.v1", "attest.policies.history.v1"),
+    # identity show reads the collector's enrolment and EK-binding changelogs too.
+    ("attest.policies.v1", "attest.policies.history.v1", *(dlq_topic(s) for s in STAGES),
+     "attest.identity.events.v1", changelog_topic("collector", "enrollments"),
+     changelog_topic("collector", "ek_bindings")),
+    ("attest.policies.v1", "attest.policies.history.v1", "attest.identity.v1"),
     "hostgate.operator.",
 )
 
