@@ -5,7 +5,8 @@ on ``attest.identity.v1``, a topic only the operator principal may write (``depl
 collector task owning the host's partition (the single writer of its ``enrollments`` row):
 
 * tombstones the host's enrolment (enrolled AK and EK, and every pending activation), and
-  forgets its previous quote counters (they belong to the old TPM);
+  forgets its previous quote counters and the clock of its last signed challenge request (they
+  belong to the old TPM: a new TPM's clock starts lower, and the old AK signs nothing any more);
 * sends a ``RELEASE`` to the EK registry for the enrolled EK and for every activation already
   waiting for a grant (``services.collector.ek_registry``: it removes a binding only if it
   names this host);
@@ -97,6 +98,8 @@ def decide_identity_command(inp: InputRecord, state: StateView, cfg: CollectorCo
     if track is not None:
         fresh: dict[str, Any] = {**track, "last_counters": None, "last_evidence": None,
                                  "updated_at": inp.timestamp_ms}
+        if "last_request_counters" in fresh:
+            fresh["last_request_counters"] = None
         updates.append(StateUpdate(HOSTS, host, fresh))
     return Decision(outputs=tuple(outputs), state_updates=tuple(updates),
                     log={"outcome": "identity-released", "released_eks": len(digests)})

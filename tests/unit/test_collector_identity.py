@@ -23,6 +23,7 @@ from tests.unit.collector_support import (
 
 ENROLL, PROOF = "hostgate.EnrollmentRequested", "hostgate.ActivationProof"
 COMMAND = "hostgate.IdentityCommand"
+ASK = "hostgate.ChallengeRequested"
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +194,7 @@ def test_release_removes_enrolment_and_binding_and_is_audited(hx: Harness, pki: 
                                                               rnd: SeededRandom) -> None:
     host = SoftHost("host-rel", pki)
     _enrol(hx, host, rnd)
+    only(hx.feed(ASK, host.ask()), "hostgate.NonceIssued")  # the host's clock is now on record
     digest = ek_key_sha256(host.ek_public)
     done = hx.feed(COMMAND, _command("host-rel"))
     (event,) = [o for o in done.outputs if o.subject == "hostgate.IdentityEvent"]
@@ -202,11 +204,16 @@ def test_release_removes_enrolment_and_binding_and_is_audited(hx: Harness, pki: 
     assert event.record["previous_state"] == "ENROLLED"
     assert hx.state.get("enrollments", "host-rel") is None
     assert hx.state.get("ek_bindings", digest.hex()) is None
+    track = hx.state.get("hosts", "host-rel")
+    assert track is not None and track["last_counters"] is None
+    assert track["last_request_counters"] is None
     # The EK may now enrol another id, and a new TPM the released one.
     assert only(_enrol(hx, SoftHost("host-new", pki, ek_key=host.ek_key), rnd, "enr-n"),
                 "hostgate.EnrollmentResult")["result"] == "ENROLLED"
-    assert only(_enrol(hx, SoftHost("host-rel", pki), rnd, "enr-m"),
+    reimaged = SoftHost("host-rel", pki)  # its TPM's clock starts where the old one's was
+    assert only(_enrol(hx, reimaged, rnd, "enr-m"),
                 "hostgate.EnrollmentResult")["result"] == "ENROLLED"
+    only(hx.feed(ASK, reimaged.ask("ask-2")), "hostgate.NonceIssued")
 
 
 def test_refused_commands_change_nothing(hx: Harness, pki: EkPki, rnd: SeededRandom) -> None:
