@@ -118,8 +118,8 @@ def test_every_trusted_host_opened_its_credential_in_its_tpm(demo: DemoResult) -
         # the serial the host's own TPM recovered is the one the issuer's host state names
         assert h["credential_opened"] == {"ok": True, "detail": h["cert_serial"]}, h
         assert h["credential_id"] and h["check"]["ok"] is True
-    for h in hosts:
-        if h["status"] != "TRUSTED" or h["tamper"] is not None:
+    for h in hosts:  # (replayed_nonce stays TRUSTED from its honest round: not judged here)
+        if h["status"] != "TRUSTED":
             assert h["credential_opened"]["ok"] is None, h
     page = (demo.run_dir / "report.html").read_text()
     assert "credential opened in TPM" in page
