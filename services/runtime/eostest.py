@@ -12,8 +12,9 @@ coordinate, or a gap or repeat in a key's ``counter_after`` sequence.
   so each test run can use fresh topics;
 * ``HOSTGATE_EOSTEST_STALL_AFTER`` / ``HOSTGATE_EOSTEST_STALL_S``: after that many decisions in
   this process, block inside ``decide`` for that many seconds, with a transaction open. Tests
-  use it to kill a worker mid-transaction, or to make it a zombie (a blocked event loop sends no
-  heartbeats, so the group evicts it while it still holds an open transaction).
+  use it to kill a worker mid-transaction, to make it a zombie (stopped with SIGSTOP while it
+  holds the open transaction, so the group evicts it), and to show that a slow decision alone
+  does not cost a worker its partitions (planning runs off the event loop).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def build_stage(env: Mapping[str, str]) -> Stage:
         nonlocal seen
         seen += 1
         if stall_after and seen == stall_after and stall_s > 0:
-            # Test instrumentation, not part of the core: announce, then block the event loop
+            # Test instrumentation, not part of the core: announce, then block the planner
             # with a transaction open.
             print(f"eostest: stalling {stall_s}s at {inp.coordinates}", file=sys.stderr,
                   flush=True)

@@ -36,6 +36,14 @@ The commit path of one transaction (``_transact``), in order:
 6. only then fold the batch's state updates into the in-memory tables, count metrics and log
    one ``decision`` event per input record.
 
+Planning (step 2's decode, decide, encode) runs off the event loop, in the worker's one planner
+thread, so a record that takes long to decide (a large boot log, a slow policy) never stops the
+consumer's heartbeats or the global tables' followers: the group does not evict a worker for
+being busy. One thread, so stage cores and their caches are never run concurrently. The stages
+bound their own work per record (the verifier's appraisal budget); past
+``max.poll.interval.ms`` aiokafka leaves the group anyway, the backstop for a decide that never
+returns.
+
 On any failure in steps 1 to 5 the task is reset: its producer is dropped (the next InitProducerId with the
 same id aborts whatever it left open — no need to trust an ``abort`` on a broken connection), a
 new producer is started, the state is restored from the changelog and the inputs are rewound to
@@ -48,9 +56,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +142,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         self._misrouted = Counter(
             "hostgate_misrouted_records", "Inputs on a partition other than their key's",
             ["stage", "topic"], registry=self.metrics.registry)
+        self._planner: ThreadPoolExecutor | None = None
+        """The one thread that plans (decodes, decides, encodes); see the module docstring."""
 
     # -- readiness --------------------------------------------------------------------------
 
@@ -214,6 +226,17 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                     await asyncio.wait_for(client.stop(), STOP_TIMEOUT_S)
         self._consumer = self._restorer = self._plain_producer = None
 
+    async def _plan(self, task: Task, chunk: Sequence[RawRecord],
+                    overlay: OverlayState) -> BatchPlan:
+        """``plan_batch`` of ``chunk`` in the planner thread (the event loop keeps running)."""
+        if self._planner is None:
+            self._planner = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"hostgate-{self.stage.name}-plan")
+        job = functools.partial(plan_batch, self.stage, self.codec, chunk, overlay,
+                                group=self.config.group, task_partition=task.partition,
+                                partition_counts=dict(self.partition_counts))
+        return await asyncio.get_running_loop().run_in_executor(self._planner, job)
+
     async def _shutdown(self) -> None:
         self.started = False
         if self._consumer is not None:
@@ -224,6 +247,9 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._close_producer(task)
             self.tasks.clear()
         await self._disconnect()
+        planner, self._planner = self._planner, None
+        if planner is not None:  # nothing is planned after the tasks are gone
+            planner.shutdown(wait=False, cancel_futures=True)
         self.log.info("worker.stopped")
 
     async def _check_copartitioned(self) -> None:
@@ -478,9 +504,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         while i < len(raws) and (i == start or time.monotonic() < deadline):  # 2
             chunk = raws[i:i + PLAN_CHUNK]
             i += len(chunk)
-            plan = plan_batch(self.stage, self.codec, chunk, overlay, group=self.config.group,
-                              task_partition=task.partition,
-                              partition_counts=self.partition_counts)
+            plan = await self._plan(task, chunk, overlay)
             for rec in plan.records:
                 futures.append(await producer.send(
                     rec.topic, value=rec.value, key=rec.key, partition=rec.partition,
@@ -508,9 +532,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         """Benchmark baseline: same plan, idempotent producer, offsets committed after acks."""
         assert self._plain_producer is not None and self._consumer is not None
         overlay = OverlayState(task.tables, self.global_tables)
-        plan = plan_batch(self.stage, self.codec, raws[start:], overlay,
-                          group=self.config.group, task_partition=task.partition,
-                          partition_counts=self.partition_counts)
+        plan = await self._plan(task, raws[start:], overlay)
         futures = [await self._plain_producer.send(
             r.topic, value=r.value, key=r.key, partition=r.partition, headers=list(r.headers))
             for r in plan.records]

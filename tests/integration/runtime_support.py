@@ -192,8 +192,19 @@ class WorkerProcess:
     def kill(self) -> None:
         if self.alive():
             assert self.proc is not None
+            self.proc.send_signal(signal.SIGCONT)  # a stopped process dies all the same
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the whole process halts (no heartbeats), as in a long GC or VM pause."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT: it resumes where it stopped, unaware of the time that passed."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         assert self.proc is not None

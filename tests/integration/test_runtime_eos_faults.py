@@ -4,8 +4,11 @@
   restarted once, while 10,000 inputs stream in;
 * two workers in one group, one SIGKILLed while it holds an open transaction (it blocks inside
   ``decide``), so the group rebalances and the survivor takes its tasks over;
-* the same, but the stalled worker is not killed: it wakes up as a zombie after the group has
-  given its tasks away, and its transactions must be fenced.
+* the same, but the stalled worker is frozen (SIGSTOP) instead of killed: it wakes up
+  (SIGCONT) as a zombie after the group has given its tasks away, and its transactions must be
+  fenced;
+* a worker whose decision takes longer than the session timeout keeps its tasks: planning runs
+  off the event loop, so heartbeats go on and nobody takes over (no needless rebalance).
 
 A read_committed reader then must see exactly one output per input (none missing, none
 duplicated), every key's ``counter_after`` values must be 1..n, and the changelog's final
@@ -189,12 +192,16 @@ async def test_kill_mid_transaction_during_rebalance_exactly_once(tmp_path: Path
 
 async def test_zombie_worker_is_fenced(tmp_path: Path, kafka_bootstrap: str) -> None:
     codec = Codec.load()
-    # Blocked for 15 s > the 6 s session timeout: the group evicts it and the steady worker
-    # re-initialises its tasks (InitProducerId) while it still holds an open transaction.
-    topics, steady, zombie = await _two_workers(tmp_path, "zombie", stall_s=15)
+    # Frozen for 15 s > the 6 s session timeout while inside decide with a transaction open: the
+    # group evicts it and the steady worker re-initialises its tasks (InitProducerId); thawed,
+    # it finishes the decision and tries to commit.
+    topics, steady, zombie = await _two_workers(tmp_path, "zombie", stall_s=3)
     try:
         await rs.produce_inputs(topics.input, rs.make_inputs(6000, 100, seed=12), codec)
         await _wait_for_stall(zombie)
+        zombie.freeze()
+        await asyncio.sleep(15)
+        zombie.thaw()
 
         async def zombie_woke() -> bool:
             return '"transaction.failed"' in zombie.log_text() or \
@@ -208,4 +215,27 @@ async def test_zombie_worker_is_fenced(tmp_path: Path, kafka_bootstrap: str) -> 
     finally:
         steady.kill()
         zombie.kill()
+        await rs.delete_topics(topics)
+
+
+async def test_slow_decision_keeps_the_workers_tasks(tmp_path: Path, kafka_bootstrap: str) -> None:
+    """15 s inside one decide, more than twice the 6 s session timeout: the worker stays in the
+    group (no revocation, the other worker takes nothing over) and every input is processed
+    exactly once."""
+    codec = Codec.load()
+    topics, steady, slow = await _two_workers(tmp_path, "slowdecide", stall_s=15)
+    try:
+        await rs.produce_inputs(topics.input, rs.make_inputs(3000, 60, seed=13), codec)
+        await _wait_for_stall(slow)
+        seen = {w.name: len(w.log_text()) for w in (steady, slow)}  # start-up rebalances before
+        await asyncio.sleep(17)  # the decision is over; a blocked loop would have been evicted
+        summary = await _drain_and_check(topics, [steady, slow], codec)
+        assert summary["inputs"] == 3000
+        for w in (steady, slow):
+            since_stall = w.log_text()[seen[w.name]:]
+            assert '"tasks.revoked"' not in since_stall, (w.name, since_stall[-2000:])
+            assert '"tasks.assigned"' not in since_stall, (w.name, since_stall[-2000:])
+    finally:
+        steady.kill()
+        slow.kill()
         await rs.delete_topics(topics)
