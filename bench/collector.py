@@ -60,13 +60,14 @@ def main() -> None:
     hx.feed("hostgate.ActivationProof", host.proof(ch["challenge_id"], rnd.handed_out[-1]))
     n = hx.feed("hostgate.ChallengeRequested", host.ask()).outputs[0].record
     ev = host.evidence(n["challenge_id"], n["nonce"], boot_log=log)
+    # Records on their key's partition, as the runtime would say (a one-partition topic).
     ev_inp = InputRecord("bench-host", "hostgate.EvidenceSubmitted", ev,
-                         Coordinates("attest.evidence.v1", 0, 99), NOW_MS)
+                         Coordinates("attest.evidence.v1", 0, 99), NOW_MS, key_partition=0)
     ask_inp = InputRecord("bench-host", "hostgate.ChallengeRequested", host.ask(),
-                          Coordinates("attest.requests.v1", 0, 98), NOW_MS)
+                          Coordinates("attest.requests.v1", 0, 98), NOW_MS, key_partition=0)
     enr_inp = InputRecord("bench-host2", "hostgate.EnrollmentRequested",
                           SoftHost("bench-host2", pki).enroll(),
-                          Coordinates("attest.requests.v1", 0, 97), NOW_MS)
+                          Coordinates("attest.requests.v1", 0, 97), NOW_MS, key_partition=0)
     ak = decode_public(host.ak_public)
 
     def accepted() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,19 @@ def test_check_refuses_a_malformed_policy(tmp_path: Path) -> None:
 def test_from_log_refuses_a_log_that_fails_closed() -> None:
     with pytest.raises(PolicyError, match="fails closed"):
         _run(["policy", "from-log", _log("C03")])
+
+
+def test_the_readme_example_policy_passes_the_log_it_names(tmp_path: Path) -> None:
+    """README's example policy (its ```yaml block under "## Policies") is what it says: it loads
+    and passes ``hostgate policy check`` against the real RHEL 9 log A40."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Policies", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = tmp_path / "readme.yaml"
+    policy.write_text(block)
+    (log,) = (CORPUS / "logs").glob("A40__*")
+    out = subprocess.run([sys.executable, "-m", "services.cli", "policy", "check", str(policy),
+                          str(log), "--json"], capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    assert json.loads(out.stdout)["passed"] is True
