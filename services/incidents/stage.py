@@ -142,4 +142,6 @@ def build_stage(env: Mapping[str, str]) -> Stage:
         tables=tables,
         dlq=topics.dlq,
         changelogs={t: topics.changelog(t) for t in tables},
+        # liveness ticks are produced to each partition on purpose (``hostgate incidents tick``)
+        explicit_partition_subjects=frozenset({TICK}),
     )

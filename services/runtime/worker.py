@@ -348,10 +348,11 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _rewind(self, task: Task) -> None:
         assert self._consumer is not None
         assigned = self._consumer.assignment()
-        for tp in self._input_tps(task.partition):
-            if tp not in assigned:
-                continue
-            offset = await self._consumer.committed(tp)
+        tps = [tp for tp in self._input_tps(task.partition) if tp in assigned]
+        # one OffsetFetch round trip per input, all in flight at once: a stage with five inputs
+        # restarting under load must not take five sequential round trips per task
+        committed = await asyncio.gather(*(self._consumer.committed(tp) for tp in tps))
+        for tp, offset in zip(tps, committed, strict=True):
             if offset is None:
                 await self._consumer.seek_to_beginning(tp)
                 task.committed.pop((tp.topic, tp.partition), None)

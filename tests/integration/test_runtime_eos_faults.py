@@ -229,12 +229,21 @@ async def test_slow_decision_keeps_the_workers_tasks(tmp_path: Path, kafka_boots
         await _wait_for_stall(slow)
         seen = {w.name: len(w.log_text()) for w in (steady, slow)}  # start-up rebalances before
         await asyncio.sleep(17)  # the decision is over; a blocked loop would have been evicted
-        summary = await _drain_and_check(topics, [steady, slow], codec)
-        assert summary["inputs"] == 3000
+
+        async def drained() -> bool:
+            try:
+                return await rs.group_lag(slow.group, topics.input) == 0
+            except LookupError:
+                return False
+
+        await rs.wait_until(drained, 180, "consumer-group lag 0", poll_s=1.0)
+        # judged before the workers stop (a worker leaving on SIGTERM rebalances, rightly)
         for w in (steady, slow):
             since_stall = w.log_text()[seen[w.name]:]
             assert '"tasks.revoked"' not in since_stall, (w.name, since_stall[-2000:])
             assert '"tasks.assigned"' not in since_stall, (w.name, since_stall[-2000:])
+        summary = await _drain_and_check(topics, [steady, slow], codec)
+        assert summary["inputs"] == 3000
     finally:
         steady.kill()
         slow.kill()
