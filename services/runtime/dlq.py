@@ -24,6 +24,10 @@ H_REASON: Final = "hostgate.dlq.reason"
 H_TIMESTAMP: Final = "hostgate.dlq.original.timestamp"
 H_GROUP: Final = "hostgate.dlq.original.consumer.group"
 H_BYTE_OFFSET: Final = "hostgate.dlq.byte.offset"
+H_TRUNCATED: Final = "hostgate.dlq.original.size"
+"""Set when the DLQ copy holds only a prefix of the value: the original's size in bytes."""
+H_SHA256: Final = "hostgate.dlq.original.sha256"
+"""With :data:`H_TRUNCATED`: SHA-256 (hex) of the whole original value, to match it in its topic."""
 
 MAX_MESSAGE_CHARS: Final = 1000
 """Exception messages are cut to this length (a DLQ header is not a place for a novel)."""

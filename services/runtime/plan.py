@@ -19,11 +19,19 @@ the worker read at start; a mis-partitioned record is flagged ``misrouted`` in i
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
-from services.runtime.dlq import REASON_DECODE, REASON_STAGE_ERROR, Failure, dlq_headers
+from services.runtime.dlq import (
+    H_SHA256,
+    H_TRUNCATED,
+    REASON_DECODE,
+    REASON_STAGE_ERROR,
+    Failure,
+    dlq_headers,
+)
 from services.runtime.partitioner import key_partition
 from services.runtime.stage import (
     MISROUTED_DLQ,
@@ -121,6 +129,25 @@ class StageOutputError(Exception):
     """A decision that cannot be written (unknown table, undeclared subject...): a stage bug."""
 
 
+class OutputTooLarge(StageOutputError):
+    """A decision would write a record over :data:`MAX_RECORD_BYTES`."""
+
+
+MAX_RECORD_BYTES: Final = 1024 * 1024 - 16 * 1024
+"""Most bytes (key + value + headers) of one record a plan may hold: under the producer's and the
+broker's 1 MiB request and message limits, with room for batch framing. A record the producer
+would refuse fails its transaction, and a transaction that fails on the same input every time
+would stop the task for good; so it never gets that far."""
+DLQ_PREFIX_BYTES: Final = 64 * 1024
+"""How much of an oversized value a DLQ copy keeps (the original stays in its topic)."""
+
+
+def record_bytes(rec: OutRecord) -> int:
+    """What ``rec`` weighs against :data:`MAX_RECORD_BYTES`."""
+    return (len(rec.key or b"") + len(rec.value or b"")
+            + sum(len(k.encode("utf-8")) + len(v) for k, v in rec.headers))
+
+
 def _decode_key(raw: bytes | None) -> str | None:
     return None if raw is None else raw.decode("utf-8")  # UnicodeDecodeError -> DLQ
 
@@ -140,6 +167,11 @@ def _decision_records(
         state = None if upd.value is None else codec.encode(stage.tables[upd.table], upd.value)
         out.append(OutRecord(stage.changelog_of(upd.table), upd.key.encode("utf-8"), state,
                              (), partition=task_partition))
+    for rec in out:
+        size = record_bytes(rec)
+        if size > MAX_RECORD_BYTES:
+            raise OutputTooLarge(f"stage {stage.name!r} would write {size} bytes to {rec.topic} "
+                                 f"(limit {MAX_RECORD_BYTES})")
     return out
 
 
@@ -209,7 +241,23 @@ def _to_dlq(plan: BatchPlan, stage: Stage, raw: RawRecord, group: str, failure: 
     headers = dlq_headers(raw.headers, stage=stage.name, group=group,
                           coordinates=raw.coordinates, timestamp_ms=raw.timestamp_ms,
                           failure=failure)
-    plan.records.append(OutRecord(stage.dlq, raw.key, raw.value, headers))
+    record = OutRecord(stage.dlq, raw.key, raw.value, headers)
+    if record_bytes(record) > MAX_RECORD_BYTES:
+        # The original would not fit with our headers: keep a prefix, its size and digest
+        # (the whole record stays at its coordinates, which the headers name).
+        value = raw.value or b""
+        marks = ((H_TRUNCATED, str(len(value)).encode()),
+                 (H_SHA256, hashlib.sha256(value).hexdigest().encode()))
+        original = tuple(raw.headers)
+        while original and record_bytes(OutRecord(stage.dlq, raw.key, value[:DLQ_PREFIX_BYTES],
+                                                  (*headers, *marks))) > MAX_RECORD_BYTES:
+            original = original[1:]  # a record padded with huge headers: drop them first
+            headers = dlq_headers(original, stage=stage.name, group=group,
+                                  coordinates=raw.coordinates, timestamp_ms=raw.timestamp_ms,
+                                  failure=failure)
+        record = OutRecord(stage.dlq, (raw.key or b"")[:DLQ_PREFIX_BYTES] or None,
+                           value[:DLQ_PREFIX_BYTES], (*headers, *marks))
+    plan.records.append(record)
     exc = failure.exception
     plan.outcomes.append(RecordOutcome(raw.coordinates, key, "dlq", 0,
                                        {"dlq_reason": failure.reason},

@@ -123,6 +123,9 @@ class ImaClaim:
     file_hash_alg: str | None
     file_hash: bytes | None
     path: str | None
+    violation: bool = False
+    """A measurement violation: the kernel extended all-``0xFF``, so nothing covers the entry's
+    path or file hash (``services.tpm.ima_replay``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,10 @@ class Claims:
     quirks_applied: tuple[QuirkUse, ...]
     anomalies: tuple[Anomaly, ...]
     ima: tuple[ImaClaim, ...] | None = None
+    unverified_boot_strings: tuple[int, ...] = ()
+    """Seqs of boot-loader strings (EV_IPL in PCRs 8 and 12, where command lines are measured)
+    whose digest is not over their data (older systemd-boot, pre-upstream GRUB): what they say
+    cannot be confirmed, so a command-line rule fails while any is present."""
     decoded: Mapping[int, DecodedEvent] = field(
         default_factory=dict, compare=False, repr=False
     )

@@ -84,6 +84,8 @@ REASONS: Final[dict[str, str]] = {
     "tpm.event.unknown_type": "event type outside the TCG PC Client spec",
     "tpm.event.unexpected_type": "event type not expected in this PCR",
     "tpm.event.undecodable": "event data does not decode as its type says",
+    "tpm.event.unexpected_data": "event data is not what its type promises (an action string, "
+                                 "a separator value, a boot-loader string's convention)",
     "tpm.separator.duplicate": "a second EV_SEPARATOR in the same PCR",
     "tpm.separator.error": "error separator (value 1 or 0xFFFFFFFF): firmware reported an error",
     "tpm.separator.unexpected_value": "EV_SEPARATOR data is neither 0, an error value nor WBCL",
@@ -98,11 +100,23 @@ _FAIL_CLOSED: Final = {"tpm": frozenset({7, 12, 13, 14}), "ccel": frozenset({1, 
 """Where undecodable data is fatal (security decisions read these decoders' output). An event
 type outside its PCR's row of :mod:`services.tpm.pcr_types` is fatal in every PCR."""
 _CODE_PCRS: Final = {"tpm": frozenset(CODE_PCRS), "ccel": frozenset({2})}
+_NOT_CODE: Final = {
+    "tpm": frozenset({EventType.EV_SEPARATOR, EventType.EV_EFI_ACTION, EventType.EV_ACTION}),
+    # a CCEL's MR 2 holds PCR 5's GPT too: bound, and its decoder demands the "EFI PART" header
+    "ccel": frozenset({EventType.EV_SEPARATOR, EventType.EV_EFI_ACTION, EventType.EV_ACTION,
+                       EventType.EV_EFI_GPT_EVENT, EventType.EV_EFI_GPT_EVENT2}),
+}
+"""The only labels a code PCR's event may carry and not be code: their data is hashed whole and
+held to a fixed-content contract (``pcr_types.content_problem``) or a header no image has."""
+_CMDLINE_PCRS: Final = {"tpm": frozenset({8, 12}), "ccel": frozenset({3})}
+"""Where boot loaders measure kernel command lines (GRUB in 8, systemd-stub in 12; a CCEL's
+MR 3 = RTMR2)."""
+_IPL: Final = int(EventType.EV_IPL)
 OPAQUE_CODE: Final = "opaque"
 """``BootApplication.kind`` of code known by its digest only (see :func:`_opaque_code`)."""
 _SECURE_BOOT_PCR: Final = {"tpm": 7, "ccel": 1}
 _NO_ACTION: Final = int(EventType.EV_NO_ACTION)
-_SEPARATOR_OK: Final = (b"\x00\x00\x00\x00", b"WBCL")
+_SEPARATOR_OK: Final = (b"\x00\x00\x00\x00", b"WBCL")  # also held by readings' contract
 _SEPARATOR_ERROR: Final = (b"\x01\x00\x00\x00", b"\xff\xff\xff\xff")
 
 
@@ -113,6 +127,7 @@ class _State:
 
     fail_closed: frozenset[int]
     sb_pcr: int
+    cmdline_pcrs: frozenset[int]
     secure_boot: bool | None = None
     uefi_debug: bool = False
     dma_off: bool = False
@@ -136,6 +151,7 @@ class _State:
     sipa_blocks: list[tuple[Event, sipa.BlockSummary]] = field(default_factory=list)
     sipa_error: tuple[int, str] | None = None
     quirks: list[QuirkUse] = field(default_factory=list)
+    unverified_strings: list[int] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
     decoded: dict[int, DecodedEvent] = field(default_factory=dict)
 
@@ -220,9 +236,10 @@ def _ipl(ev: Event, fact: Fact, st: _State) -> None:
     assert isinstance(fact, DecodedEvent) and fact.ipl is not None
     st.decoded[ev.seq] = fact  # same pcr, type and data as ev: the reading's key
     ipl = fact.ipl
-    if ipl.is_kernel_cmdline:
-        st.cmdlines.append(ipl.text)
-    elif ipl.kind in ("grub_cmd", "grub_legacy_cmd"):
+    cmdline = ipl.command_line()
+    if cmdline is not None and ev.pcr in st.cmdline_pcrs and cmdline not in st.cmdlines:
+        st.cmdlines.append(cmdline)  # GRUB measures each twice (command and command line)
+    if ipl.kind in ("grub_cmd", "grub_legacy_cmd"):
         st.grub_cmds += 1
     elif ipl.kind == "shim_mok":
         st.moks.append(ipl.text)
@@ -349,24 +366,28 @@ def extract_claims(
         events, verified, pcrs = replayed, False, pcr_values or {}
         bank_names = tuple(banks) if banks is not None else tuple(pcrs)
         replay_quirks = []
-    st = _State(_FAIL_CLOSED[measurement_registers], _SECURE_BOOT_PCR[measurement_registers])
+    st = _State(_FAIL_CLOSED[measurement_registers], _SECURE_BOOT_PCR[measurement_registers],
+                _CMDLINE_PCRS[measurement_registers])
     st.quirks.extend(replay_quirks)
     if not verified:  # verify_replay's events are the extending ones already
         events = [ev for ev in events if ev.event_type != _NO_ACTION and ev.pcr != PCR_NOT_EXTENDED]
     folds = _FOLDS
     code_pcrs = _CODE_PCRS[measurement_registers]
+    not_code = _NOT_CODE[measurement_registers]
     for ev, reading in zip(events, read_events(events, measurement_registers), strict=True):
         usable = reading.plain or _note(ev, reading, st)
-        if reading.opaque and reading.usable and ev.pcr in code_pcrs:
-            # Code, whatever its (unhashed) label: it must not vanish from the boot chain.
+        if ev.pcr in code_pcrs and not (usable and not reading.opaque
+                                        and ev.event_type in not_code):
+            # Code by default: whatever its (unhashed) label says, an event of a code PCR that
+            # is not a separator or action string meeting its contract is code that ran, and
+            # must not vanish from the boot chain.
             if usable and type(reading.fact) is ImageFact:
                 _image(ev, reading.fact, st)
             else:
                 _opaque_code(ev, st)
-                if usable and ev.event_type not in IMAGE_KINDS:
-                    fold = folds.get(ev.event_type)
-                    if fold is not None:
-                        fold(ev, reading.fact, st)
+            continue
+        if ev.event_type == _IPL and ev.pcr in st.cmdline_pcrs and reading.opaque:
+            st.unverified_strings.append(ev.seq)  # what it says cannot be confirmed
             continue
         if not usable:
             continue
@@ -399,5 +420,6 @@ def extract_claims(
         quirks_applied=tuple(st.quirks),
         anomalies=tuple(st.anomalies),
         ima=tuple(ima) if ima is not None else None,
+        unverified_boot_strings=tuple(st.unverified_strings),
         decoded=st.decoded,
     )

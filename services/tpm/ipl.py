@@ -65,6 +65,7 @@ _LEGACY_PREFIXES: Final[tuple[tuple[bytes, IplKind], ...]] = (
     (b"grub_kernel_cmdline ", "grub_legacy_kernel_cmdline"),
 )
 _SHIM_NAMES: Final = frozenset({"MokList", "MokListX", "MokListTrusted", "MokSBState"})
+_LINUX_COMMANDS: Final = frozenset({"linux", "linuxefi", "linux16"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +83,21 @@ class IplString:
 
     @property
     def is_kernel_cmdline(self) -> bool:
-        """Whether this string is a kernel command line."""
+        """Whether this string's label says it is a kernel command line (the label is not
+        hashed: see :meth:`command_line`)."""
         return self.kind in ("kernel_cmdline", "grub_legacy_kernel_cmdline", "systemd_cmdline")
+
+    def command_line(self) -> str | None:
+        """The kernel command line this string carries, judged by its label *and* its content:
+        a GRUB ``linux``/``linuxefi``/``linux16`` command carries the command line whatever its
+        prefix says (GRUB hashes the payload, not the ``grub_cmd:`` / ``kernel_cmdline:``
+        prefix, so a host may relabel one as the other)."""
+        if self.is_kernel_cmdline:
+            return self.text
+        head, _, rest = self.text.partition(" ")
+        if head in _LINUX_COMMANDS and rest:
+            return rest
+        return None
 
 
 def _looks_utf16(data: bytes) -> bool:
@@ -116,4 +130,8 @@ def decode_ipl(data: bytes, pcr: int, *, base: int = 0, seq: int | None = None) 
             return IplString(kind, raw[len(prefix) :].decode("utf-8", "replace"), None)
     if pcr == 9:
         return IplString("grub_file", text, None)
+    if pcr == 8:
+        # GRUB's prefix is not hashed, so a host may strip it: the payload then is the whole
+        # string, still checked against the digest, and classified by content like any other
+        return IplString("other", text, raw)
     return IplString("other", text, None)

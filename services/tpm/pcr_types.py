@@ -12,11 +12,17 @@ a relabelled event from hiding what was measured:
    one named (PCR, type) pair only in a PCR no built-in rule reads: see
    ``services.verifier.policy.model.TOLERANT_PCRS``). PCRs 10 and 15-23 have no TCG-log events
    at all: IMA, systemd's userspace measurements, debug and DRTM PCRs keep their own logs.
-2. **Opaque code** (:data:`CODE_PCRS`): types whose data is bound to the digest are checked
-   (``services.tpm.bindings``), so relabelling a measurement as one of them breaks its binding.
-   What remains are types whose digest is of something outside the log (an image, a blob). In a
-   code PCR every such event is code that ran, whatever its label: in PCR 4 a boot application
-   (so an EFI application logged as ``EV_IPL`` stays in the boot chain), in PCR 2 a driver.
+2. **Label contracts** (:data:`EFI_ACTION_STRINGS`, :func:`content_problem`): a label whose
+   data is hashed whole (``EV_EFI_ACTION``, ``EV_SEPARATOR``) could carry *any* measurement whose
+   preimage the host knows (an image's Authenticode stream, a UEFI variable) and still bind. So
+   each such label has a contract on its content: an ``EV_EFI_ACTION`` is one of the PFP's fixed
+   strings, an ``EV_ACTION`` a short printable string, a separator one of its fixed values, an
+   ``EV_IPL`` in PCR 12 printable UTF-16 text (systemd-stub) and in PCR 14 one of shim's variable
+   names. Content outside its label's contract fails closed (outside :data:`TOLERANT_PCRS`).
+3. **Code by default** (:data:`CODE_PCRS`): in a code PCR, every event that is not a separator,
+   an action string or a boot-loader string meeting its contract is code that ran, whatever its
+   label: in PCR 4 a boot application (so an EFI application logged as ``EV_IPL``, or with data
+   that does not decode, stays in the boot chain), in PCR 2 a driver.
 
 Rows for an Intel TDX CCEL log (:data:`CCEL_MR_TYPES`) follow the TDVF mapping of PCRs to
 measurement registers: MR 1 (RTMR0) takes what PCRs 0, 1 and 7 take, MR 2 (RTMR1) what PCRs
@@ -33,9 +39,12 @@ from services.tpm.eventlog import EventType as T
 __all__ = [
     "CCEL_MR_TYPES",
     "CODE_PCRS",
+    "EFI_ACTION_STRINGS",
+    "TOLERANT_PCRS",
     "TPM_PCR_TYPES",
     "allowed_types",
     "code_kind",
+    "content_problem",
 ]
 
 Registers = Literal["tpm", "ccel"]
@@ -84,8 +93,10 @@ _PLATFORM_STATE: Final = frozenset({
     T.EV_COMPACT_HASH, T.EV_ACTION, T.EV_EFI_ACTION, T.EV_SEPARATOR,
 })
 _SECURE_BOOT_POLICY: Final = frozenset({
+    # PFP 1.06 adds EV_EFI_SPDM_DEVICE_POLICY/AUTHORITY here; hostgate neither binds nor reads
+    # them yet, so a measurement labelled as one would vanish: they fail closed until it does
     T.EV_EFI_VARIABLE_DRIVER_CONFIG, T.EV_EFI_VARIABLE_AUTHORITY, T.EV_SEPARATOR,
-    T.EV_EFI_ACTION, T.EV_EFI_SPDM_DEVICE_POLICY, T.EV_EFI_SPDM_DEVICE_AUTHORITY,
+    T.EV_EFI_ACTION,
 })
 _WINDOWS_AND_STUB: Final = frozenset({T.EV_EVENT_TAG, T.EV_SEPARATOR, T.EV_IPL})
 
@@ -101,8 +112,8 @@ TPM_PCR_TYPES: Final[Mapping[int, frozenset[int]]] = {
     8: frozenset({T.EV_IPL}),  # GRUB commands and command lines; older systemd-boot
     9: frozenset({T.EV_IPL, T.EV_EVENT_TAG}),  # GRUB files; Linux EFI stub initrd/options
     11: frozenset({T.EV_COMPACT_HASH, T.EV_EVENT_TAG, T.EV_IPL}),  # Windows; systemd-stub UKI
-    12: _WINDOWS_AND_STUB,  # SIPA, WBCL separator; systemd-stub command line
-    13: _WINDOWS_AND_STUB,  # SIPA loaded modules; systemd-stub sysexts
+    12: _WINDOWS_AND_STUB,  # SIPA, WBCL separator; systemd-stub command line (EV_IPL)
+    13: frozenset({T.EV_EVENT_TAG, T.EV_SEPARATOR}),  # SIPA loaded modules, WBCL separator
     14: _WINDOWS_AND_STUB,  # SIPA authorities; shim's MokList and friends (EV_IPL)
 }
 """PCR -> event types a TCG boot log may extend it with. Absent PCRs take none."""
@@ -120,7 +131,80 @@ CODE_PCRS: Final[Mapping[int, str]] = {2: "driver", 4: "application"}
 """PCRs whose opaque measurements (data not bound to the digest) are code that ran: the
 ``BootApplication`` kind an unbound event of a non-image type gets there is ``opaque_<kind>``."""
 
+TOLERANT_PCRS: Final = frozenset({0, 1, 3, 5, 6})
+"""PCRs no built-in rule reads claims from. There a content-contract breach is a non-fatal
+anomaly a policy may accept, and a policy may accept one named (PCR, type) pair outside the table
+(``evidence.allowedEventTypes``); the event then counts by its digest only."""
+
+EFI_ACTION_STRINGS: Final = frozenset({
+    b"Calling EFI Application from Boot Option",
+    b"Returning from EFI Application from Boot Option",
+    b"Exit Boot Services Invocation",
+    b"Exit Boot Services Returned with Failure",
+    b"Exit Boot Services Returned with Success",
+    b"UEFI Debug Mode",
+    b"DMA Protection Disabled",
+})
+"""The EV_EFI_ACTION strings of PFP 1.05 section 10.4.4 (PCRs 4, 5, 7): every one seen in the
+corpus, and short fixed text no image, blob or variable can be."""
+MAX_ACTION_STRING: Final = 128
+"""Longest EV_ACTION text accepted (conventional-BIOS strings such as "Calling INT 19h" or
+"Booting BCV Device 80 - Hard Disk"; corpus S06)."""
+SEPARATOR_VALUES: Final = frozenset({b"\x00\x00\x00\x00"})
+WBCL_SEPARATOR: Final = b"WBCL"
+WBCL_PCRS: Final = frozenset({12, 13, 14})
+SHIM_IPL_NAMES: Final = frozenset({b"MokList\x00", b"MokListX\x00", b"MokListTrusted\x00",
+                                   b"MokSBState\x00"})
+"""What shim logs as EV_IPL in PCR 14 (``shim.c`` ``measure_mok``): the variable's name; the
+digest is over its content."""
+ERROR_SEPARATORS: Final = frozenset({b"\x01\x00\x00\x00", b"\xff\xff\xff\xff"})
+
 _EMPTY: Final[frozenset[int]] = frozenset()
+
+
+def _printable_ascii(data: bytes) -> bool:
+    return bool(data) and all(0x20 <= b < 0x7F for b in data)
+
+
+def _printable_utf16(data: bytes) -> bool:
+    text = data[: len(data) & ~1]
+    if len(text) < 2:
+        return False
+    try:
+        decoded = text.decode("utf-16-le").rstrip("\x00")
+    except UnicodeDecodeError:
+        return False
+    return bool(decoded) and decoded.isprintable()
+
+
+def content_problem(registers: Registers, pcr: int, event_type: int, data: bytes) -> str | None:
+    """Why ``data`` breaks the content contract of its label in ``pcr``, or None.
+
+    Separators: ``00000000`` (and ``WBCL`` in PCRs 12-14); error values are the fold's to report.
+    ``EV_EFI_ACTION``: one of :data:`EFI_ACTION_STRINGS`. ``EV_ACTION``: printable ASCII, at most
+    :data:`MAX_ACTION_STRING` bytes. ``EV_IPL`` in PCR 12 (TPM logs): printable UTF-16 text; in
+    PCR 14: one of :data:`SHIM_IPL_NAMES`. Other labels have structural decoders of their own.
+    """
+    if event_type == T.EV_SEPARATOR:
+        if data in SEPARATOR_VALUES or data in ERROR_SEPARATORS:
+            return None
+        if data == WBCL_SEPARATOR and registers == "tpm" and pcr in WBCL_PCRS:
+            return None
+        return f"separator data {data[:16].hex()} is not a separator value"
+    if event_type == T.EV_EFI_ACTION:
+        if data in EFI_ACTION_STRINGS:
+            return None
+        return f"EV_EFI_ACTION data {data[:40]!r} is not one of the PFP's action strings"
+    if event_type == T.EV_ACTION:
+        if len(data) <= MAX_ACTION_STRING and _printable_ascii(data.rstrip(b"\x00")):
+            return None
+        return f"EV_ACTION data ({len(data)} bytes) is not a short printable string"
+    if event_type == T.EV_IPL and registers == "tpm":
+        if pcr == 12 and not _printable_utf16(data):
+            return "EV_IPL in PCR 12 is not the printable UTF-16 text systemd-stub measures"
+        if pcr == 14 and data not in SHIM_IPL_NAMES:
+            return f"EV_IPL in PCR 14 is not one of shim's variable names ({data[:24]!r})"
+    return None
 
 
 def allowed_types(registers: Registers, pcr: int) -> frozenset[int]:

@@ -32,7 +32,7 @@ from services.tpm.claim_records import BootOption, DecodedEvent, KeyEntry
 from services.tpm.errors import MalformedInput
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import LINUX_EFI_INITRD_TAG, LINUX_EFI_LOAD_OPTIONS_TAG, IplString, decode_ipl
-from services.tpm.pcr_types import allowed_types
+from services.tpm.pcr_types import TOLERANT_PCRS, allowed_types, content_problem
 from services.tpm.uefi import (
     CACHED_VALUE_MAX,
     KEY_DATABASES,
@@ -374,6 +374,10 @@ def _read(ev: Event, registers: Registers) -> Reading:
     refused = _binding_flags(binding)
     if refused is not None:
         return refused
+    problem = content_problem(registers, ev.pcr, t, ev.data)
+    if problem is not None:  # a label whose content is not what the label promises
+        fatal = registers != "tpm" or ev.pcr not in TOLERANT_PCRS
+        return Reading((Flag("tpm.event.unexpected_data", problem, fatal),), usable=False)
     quirk = binding.quirk if binding.status == "quirk" else None
     opaque = binding.status == "not_bound"
     try:

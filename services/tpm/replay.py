@@ -336,11 +336,13 @@ def verify_replay(
     extending = _extending(log.events)
     outside = frozenset(external)
     if pcrs is None:
-        quoted_pcrs = {p for values in wanted.values() for p in values}
-        checked = frozenset(quoted_pcrs - outside)
+        # every quoted (bank, PCR) is compared; only a PCR compared in every quoted bank is
+        # "checked", so no claim rests on a digest of a bank that was not replayed for it
+        compared = frozenset(p for values in wanted.values() for p in values) - outside
+        checked = frozenset.intersection(*(frozenset(v) for v in wanted.values())) - outside
     else:
-        checked = frozenset(pcrs) - outside
-    diffs, values = _compare(extending, wanted, banks, checked, locality)
+        compared = checked = frozenset(pcrs) - outside
+    diffs, values = _compare(extending, wanted, banks, compared, locality)
     applied: tuple[str, ...] = ()
     if diffs:
         bad = {d.pcr for d in diffs}
@@ -348,7 +350,7 @@ def verify_replay(
             if quirk.id not in allowed_quirks or not bad <= quirk.affected_pcrs:
                 continue
             q_diffs, q_values = _compare(_extending(quirk.apply(log).events), wanted, banks,
-                                         checked, locality)
+                                         compared, locality)
             if not q_diffs:
                 applied, values = (quirk.id,), q_values
                 break

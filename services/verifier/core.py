@@ -361,8 +361,8 @@ def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work
     except HostgateError as exc:
         w.fail(reasons.IMA_BOOT_AGGREGATE, f"The IMA boot_aggregate is wrong: {exc}.")
     w.ima_verified = ima_pcrs
-    return tuple(ImaClaim(e.pcr, e.template_name, e.file_hash_alg, e.file_hash, e.path)
-                 for e in verified.entries)
+    return tuple(ImaClaim(e.pcr, e.template_name, e.file_hash_alg, e.file_hash, e.path,
+                          e.violation) for e in verified.entries)
 
 
 def _evaluate(policy: PolicyInForce, w: _Work) -> None:

@@ -20,6 +20,7 @@ from services.runtime.plan import H_ID, H_STAGE, RawRecord, plan_batch
 from services.runtime.stage import (
     Decision,
     InputRecord,
+    Output,
     OverlayState,
     Stage,
     StateUpdate,
@@ -160,3 +161,45 @@ def test_negative_seq_is_the_eostest_stage_error() -> None:
 def test_stage_needs_an_input_topic() -> None:
     with pytest.raises(ValueError, match="no input topics"):
         Stage("s", (), frozenset(), _raising)
+
+
+def test_an_undecodable_input_too_large_to_copy_is_dead_lettered_as_a_prefix() -> None:
+    """A value just under the broker's limit plus the DLQ context headers would be over the
+    producer's: the copy keeps a prefix, the original size and its SHA-256 (the whole record
+    stays at the coordinates the headers name), so the task never fails on it."""
+    import hashlib
+
+    from services.runtime.plan import DLQ_PREFIX_BYTES, MAX_RECORD_BYTES, record_bytes
+
+    value = b"\xff" * (1024 * 1024 - 200)
+    plan, _ = _plan([_raw(5, b"victim", value, headers=(("pad", b"x" * 40_000),))])
+    (rec,) = plan.records
+    assert rec.topic == STAGE.dlq and record_bytes(rec) <= MAX_RECORD_BYTES
+    assert rec.value == value[:DLQ_PREFIX_BYTES]
+    assert dlq.header_value(rec.headers, dlq.H_TRUNCATED) == str(len(value))
+    assert dlq.header_value(rec.headers, dlq.H_SHA256) == hashlib.sha256(value).hexdigest()
+    assert dlq.header_value(rec.headers, dlq.H_OFFSET) == "5"
+    small, _ = _plan([_raw(6, b"victim", b"\xff" * 100)])
+    assert small.records[0].value == b"\xff" * 100  # a record that fits is copied whole
+    assert dlq.header_value(small.records[0].headers, dlq.H_TRUNCATED) is None
+
+
+def test_a_decision_writing_a_record_too_large_goes_to_the_error_policy() -> None:
+    from services.runtime.plan import MAX_RECORD_BYTES
+
+    big = "x" * (MAX_RECORD_BYTES + 1)
+
+    def decide(inp: InputRecord, state: StateView) -> Decision:
+        return Decision(outputs=(Output(topic="out", key="k", subject=OUTPUT_SUBJECT,
+                                        record={}, id="i", raw_value=big.encode()),))
+
+    def on_error(inp: InputRecord, exc: Exception) -> Decision:
+        assert type(exc).__name__ == "OutputTooLarge"
+        return Decision(outputs=(Output(topic="out", key="k", subject=OUTPUT_SUBJECT,
+                                        record={}, id="i", raw_value=b"refused"),))
+
+    stage = Stage(name="sized", input_topics=(IN,), input_subjects=frozenset({INPUT_SUBJECT}),
+                  decide=decide, on_error=on_error)
+    plan, _ = _plan([_input(7, "h", 1)], stage=stage)
+    assert [r.value for r in plan.records] == [b"refused"]
+    assert plan.outcomes[0].result == "on-error"

@@ -173,7 +173,7 @@ class EventIndex:
                 ipl = self._ipl(ev)
             except MalformedInput:
                 continue
-            if ipl.is_kernel_cmdline and ipl.text == line:
+            if ipl.command_line() == line:
                 return ev.seq
         return None
 

@@ -52,9 +52,12 @@ def asks(spec: PolicySpec) -> list[str]:
     if sb is not None:
         if sb.enabled is True:
             out.append("secureBoot.enabled")
+        # an allow-list refuses whatever it does not list, even when empty; a required list
+        # asks nothing unless it names something
         out += [f"secureBoot.{name}" for name, refs in (("pk", sb.pk), ("kek", sb.kek),
-                                                        ("db", sb.db), ("dbx", sb.dbx_required))
-                if refs is not None]
+                                                        ("db", sb.db)) if refs is not None]
+        if sb.dbx_required:
+            out.append("secureBoot.dbx")
     if spec.boot_chain is not None and spec.boot_chain.stages is not None:
         out.append("bootChain.applications")
     if spec.reference_groups:
@@ -93,7 +96,7 @@ def findings(policy: Policy) -> list[Finding]:
     if sb is None or sb.db is None:
         out.append(Finding("warning", "spec.secureBoot.db",
                            "db entries are not checked: an extra certificate in db passes"))
-    if sb is None or sb.dbx_required is None:
+    if sb is None or not sb.dbx_required:
         out.append(Finding("warning", "spec.secureBoot.dbx",
                            "dbx revocations are not required: a host may run without them"))
     chain = spec.boot_chain

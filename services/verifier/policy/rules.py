@@ -589,6 +589,11 @@ def _ima(rule: str, lst: ImaList, modules: bool, s: Subject) -> RuleResult:
     # indexed once: an IMA list and an allow-list may both hold 100,000 entries
     allowed = ({(r.alg, r.hex) for r in lst.allowed} if lst.allowed is not None else None)
     for i, e in enumerate(entries):
+        if e.violation:  # its path and hash are not covered: it could be any file
+            return _r(rule, FAIL, f"IMA recorded a measurement violation at entry {i}: the "
+                      f"kernel could not measure a file, and what the list says of it "
+                      f"({shorten(e.path or '', 80)!r}) is covered by nothing, so {what}s "
+                      "cannot be confirmed.")
         if e.path == "boot_aggregate" or _is_module(e.path) != modules:
             continue
         checked += 1
@@ -676,6 +681,11 @@ def _cmdline(spec: CmdlineSpec, s: Subject) -> RuleResult:
     if s.platform == "windows":
         return _r(rule, NA, "Kernel command line: a Windows boot has no Linux command line "
                   "(the host matched a windows reference group).")
+    unverified = s.claims.unverified_boot_strings
+    if unverified:
+        return _r(rule, FAIL, f"The kernel command line cannot be confirmed: event "
+                  f"{unverified[0]} is a boot-loader string whose digest is not over its data, "
+                  "so it could say anything.", s.index.ref(unverified[0], "unbound string"))
     lines = s.claims.kernel_cmdlines
     if not lines:
         return _r(rule, FAIL, "No kernel command line was measured, so it cannot be checked.")
