@@ -27,9 +27,15 @@ The host is a ``HostSide``: ``TpmHost`` (a real TPM through ``AgentTpm``) or ``S
 answers and when — are ``EvidenceHook``s here (``hook_for``): ``replayed_nonce`` answers with
 the previous round's challenge and nonce and a fresh quote over that used nonce;
 ``stale_quote`` quotes at once but holds the evidence until the nonce has expired. Profiles
-that work on the *TPM output* (``wrong_ak``, ``pcr_bank_downgrade``, ``forged_log``) live in
-the simulated host's ``quote`` and log (``services.agent.fleet``); ``SimulatedHostSide.hook``
-gives a fleet host's hook, and its ``quote`` is then honest for the protocol profiles.
+that work on the *TPM output* (``wrong_ak``, ``pcr_bank_downgrade``, ``quote_fewer_pcrs``,
+``forged_log`` and the edited logs) live in the simulated host's ``quote`` and log
+(``services.agent.fleet``); ``SimulatedHostSide.hook`` gives a fleet host's hook, and its
+``quote`` is then honest for the protocol profiles. The protocol attacks
+(``services.agent.attacks``) drive a client with :meth:`AgentClient.send_record` (any record, on
+any partition), :meth:`AgentClient.challenge_request` (signed or not) and
+``SimulatedHostSide(..., speaks_as=OTHER)`` (another host's id over this host's TPM). Every
+record a client writes is listed in :attr:`AgentClient.sent` with its coordinates, which is how
+the demo tells an attacker's refused records from its victim's.
 """
 
 from __future__ import annotations
@@ -195,6 +201,21 @@ class EnrollResult:
 
 
 @dataclass(frozen=True)
+class SentRecord:
+    """Where one record this client wrote landed (what an ``IntakeRejected.source`` names)."""
+
+    topic: str
+    partition: int
+    offset: int
+    subject: str
+
+    @property
+    def coordinates(self) -> tuple[str, int, int]:
+        """``(topic, partition, offset)``."""
+        return (self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
 class AttestResult:
     """What ``attest`` sent: ids, the nonce and where the evidence landed."""
 
@@ -222,6 +243,8 @@ class AgentClient:
         self.codec = codec or Codec.load()
         self.hook = hook
         self.history: list[EvidenceDraft] = []
+        self.sent: list[SentRecord] = []
+        """Every record this client wrote, in order."""
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._tp: Any = None
@@ -318,18 +341,32 @@ class AgentClient:
                             bytes(answer["ak_name"]), _epoch_ms(answer["decided_at"]),
                             str(answer["detail"]))
 
-    async def attest(self) -> AttestResult:
-        """One attestation round (see the module docstring)."""
+    async def challenge_request(self, request_id: str, *, signed: bool = True
+                                ) -> dict[str, Any]:
+        """A ``ChallengeRequested`` for this client's host id offering every active bank,
+        signed by the host's AK over its binding (``signed=False``: no proof at all, as
+        anyone who may write to the requests topic can send)."""
         banks = await asyncio.to_thread(self.host.banks)
-        request_id = f"ask-{uuid.uuid4().hex}"
         offered = [{"bank": _BANK_SYMBOLS[b], "pcrs": list(self.config.offered_pcrs)}
                    for b in banks if b in _BANK_SYMBOLS]
-        attest, signature = await asyncio.to_thread(
-            self.host.sign_request, request_binding(self.host.host_id, request_id))
+        attest: bytes | None = None
+        signature: bytes | None = None
+        if signed:
+            attest, signature = await asyncio.to_thread(
+                self.host.sign_request, request_binding(self.host.host_id, request_id))
+        return {"request_id": request_id, "host_id": self.host.host_id,
+                "requested_pcrs": offered, "sent_at": _now_ms(), "request_attest": attest,
+                "request_signature": signature}
+
+    async def attest(self, *, evidence_partition: int | None = None) -> AttestResult:
+        """One attestation round (see the module docstring). ``evidence_partition`` writes
+        the evidence to that partition instead of its key's (the ``foreign_partition``
+        attack; the collector refuses it)."""
+        banks = await asyncio.to_thread(self.host.banks)
+        request_id = f"ask-{uuid.uuid4().hex}"
         issued = await self._request(
             self.config.topics.requests, "hostgate.ChallengeRequested",
-            {"request_id": request_id, "host_id": self.host.host_id, "requested_pcrs": offered,
-             "sent_at": _now_ms(), "request_attest": attest, "request_signature": signature},
+            await self.challenge_request(request_id),
             {"hostgate.NonceIssued"}, request_id, "NonceIssued")
         nonce = bytes(issued["nonce"])
         selection = challenge_selection(issued, banks)
@@ -349,7 +386,7 @@ class AgentClient:
                 await asyncio.sleep(wait_s)
         evidence_id = f"ev-{uuid.uuid4().hex}"
         q = draft.quote
-        meta = await self._send(self.config.topics.evidence, "hostgate.EvidenceSubmitted", {
+        meta = await self.send_record(self.config.topics.evidence, "hostgate.EvidenceSubmitted", {
             "evidence_id": evidence_id, "host_id": self.host.host_id,
             "challenge_id": draft.challenge_id, "nonce": draft.nonce,
             "quote_attest": q.attest, "quote_signature": q.signature,
@@ -359,14 +396,39 @@ class AgentClient:
             "active_banks": [_BANK_SYMBOLS[b] for b in banks if b in _BANK_SYMBOLS],
             "boot_log": draft.boot_log, "ima_log": draft.ima_log,
             "agent_version": self.config.agent_version, "quoted_at": _now_ms(),
-            "sent_at": _now_ms()})
+            "sent_at": _now_ms()}, partition=evidence_partition)
         self.history.append(draft)
         return AttestResult(request_id, evidence_id, draft.challenge_id, draft.nonce,
                             meta.partition, meta.offset)
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    async def partitions(self, topic: str) -> tuple[int, int]:
+        """(the partition this client's key maps to on ``topic``, the topic's partition count)."""
+        if self._producer is None:
+            raise AgentClientError("client is not started")
+        from aiokafka.partitioner import DefaultPartitioner
+
+        parts = sorted(await self._producer.partitions_for(topic))
+        return DefaultPartitioner()(self.host.host_id.encode(), parts, parts), len(parts)
+
+    async def send_record(self, topic: str, subject: str, record: Mapping[str, Any], *,
+                          partition: int | None = None) -> SentRecord:
+        """Encode and publish ``record`` keyed by this client's host id, on its key's partition
+        (through :meth:`_send`, which a subclass may route) unless ``partition`` names another;
+        the write is listed in :attr:`sent`. Every record the client writes goes through here."""
+        meta = await (self._send(topic, subject, record) if partition is None
+                      else self._publish(topic, subject, record, partition))
+        sent = SentRecord(meta.topic, meta.partition, meta.offset, subject)
+        self.sent.append(sent)
+        return sent
+
     async def _send(self, topic: str, subject: str, record: Mapping[str, Any]) -> Any:
+        """Publish on the key's partition; returns the producer's record metadata."""
+        return await self._publish(topic, subject, record, None)
+
+    async def _publish(self, topic: str, subject: str, record: Mapping[str, Any],
+                       partition: int | None) -> Any:
         if self._producer is None:
             raise AgentClientError("client is not started")
         from aiokafka.errors import KafkaError
@@ -374,7 +436,8 @@ class AgentClient:
         value = self.codec.encode(subject, record)
         try:
             return await asyncio.wait_for(
-                self._producer.send_and_wait(topic, value, key=self.host.host_id.encode()),
+                self._producer.send_and_wait(topic, value, key=self.host.host_id.encode(),
+                                             partition=partition),
                 self.config.timeout_s)
         except (KafkaError, TimeoutError) as exc:
             raise AgentTimeout(f"could not publish {subject} to {topic} within "
@@ -389,7 +452,7 @@ class AgentClient:
         assert self._consumer is not None
         await self._consumer.seek_to_end(self._tp)
         await self._consumer.position(self._tp)
-        await self._send(topic, subject, record)
+        await self.send_record(topic, subject, record)
         deadline = time.monotonic() + self.config.timeout_s
         while (left := deadline - time.monotonic()) > 0:
             batch = await self._consumer.getmany(self._tp, timeout_ms=int(min(left, 1.0) * 1000))
@@ -518,15 +581,21 @@ class SimulatedHostSide:
     """A fleet-simulator host. Profiles on the TPM output or the log apply inside the host's
     ``quote`` and log; protocol profiles (``replayed_nonce``, ``stale_quote``) do not: the host
     quotes the issued nonce honestly and the client applies them through its hook — build the
-    client with ``hook=side.hook`` (``hook_for(tamper)``)."""
+    client with ``hook=side.hook`` (``hook_for(tamper)``).
 
-    def __init__(self, sim: SimulatedHost, *, ak_public: bytes | None = None) -> None:
+    ``speaks_as`` puts another host id on everything this host sends (its own TPM, EK and AK
+    behind it): how a host with a certified TPM of its own borrows an enrolled host's id or
+    floods it (``services.agent.attacks``)."""
+
+    def __init__(self, sim: SimulatedHost, *, ak_public: bytes | None = None,
+                 speaks_as: str | None = None) -> None:
         self.sim = sim
         self._ak_public = ak_public
+        self._host_id = speaks_as or sim.host_id
 
     @property
     def host_id(self) -> str:
-        return self.sim.host_id
+        return self._host_id
 
     def identity(self) -> HostIdentity:
         return HostIdentity(self.sim.ek_public, self.sim.ek_cert,

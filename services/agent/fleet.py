@@ -7,7 +7,13 @@ swtpms, creates each host's AK and extends its synthesised measured boot. Each
 ``event_log``, ``quote(nonce, pcrs)``, ``activate(challenge)``, ``unseal(sealed)`` — with its
 tamper profile applied to what it measures or sends. Over Kafka (``client.SimulatedHostSide``)
 the protocol profiles ``replayed_nonce`` and ``stale_quote`` are left to the agent client's
-evidence hooks, so the collector sees the real protocol abuse (a used nonce, an expired one).
+evidence hooks, so the collector sees the real protocol abuse (a used nonce, an expired one),
+and the protocol attacks (``foreign_partition``, ``borrowed_host_id``, ``challenge_flood``) to
+``services.agent.attacks``; such a host's own quotes and log are honest.
+
+A profile that edits the log (``TamperProfile.log_edit``) is applied as root would apply it:
+the boot's measurements are extended first, then root's own extends (e.g. the approved kernel's
+digest after a relabelled one) go into the same swtpm, and the host reports the edited log.
 
 swtpm processes are started from the calling thread (see ``agent.swtpm``); provisioning and
 TPM work run in a small thread pool (the machine has few cores; RSA work is CPU bound).
@@ -20,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from threading import Lock
 from typing import TypeVar
@@ -31,7 +37,7 @@ from services.agent.tamper import EvidenceTamper, TamperProfile, UnknownTamperPr
 from services.agent.tpm import AgentTpm, AkInfo, EkInfo, Quote, Selection, normalise_selection
 from services.errors import HostgateError
 from services.tpm.credential import CredentialChallenge, SealedCredential
-from services.tpm.eventlog_builder import HASH_ALGS
+from services.tpm.eventlog_builder import HASH_ALGS, LogEvent
 
 #: PCRs a simulated host quotes in every active bank when asked without a selection (local
 #: use: ``hostgate fleet simulate``, benchmarks): firmware and boot loader (0-9), Windows
@@ -53,6 +59,9 @@ class HostSpec:
     image: str
     tamper: str | None = None
     seed: int = 0
+    target: str | None = None
+    """The host whose id this host's attack records name (``borrowed_host_id``,
+    ``challenge_flood``); see :func:`assign_targets`."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +116,27 @@ def plan_hosts(count: int, tamper_counts: Mapping[str, int] | None = None,
             family = get_profile(tamper).family
             chosen = next(n for n in names if IMAGES[n].family == family)
         specs.append(HostSpec(f"{prefix}-{i:03d}", chosen, tamper, seed=i))
-    return specs
+    return assign_targets(specs)
+
+
+def assign_targets(specs: Sequence[HostSpec]) -> list[HostSpec]:
+    """Give every host whose profile attacks another host (``names_another_host``) a clean
+    victim, taking the clean hosts in turn so that victims differ while there are enough.
+    Call it again after renaming hosts. ``FleetError`` if such a profile has no clean host."""
+    clean = [s.host_id for s in specs if s.tamper is None]
+    out: list[HostSpec] = []
+    n = 0
+    for s in specs:
+        if s.tamper is not None and get_profile(s.tamper).evidence.names_another_host:
+            if not clean:
+                raise FleetError(f"tamper profile {s.tamper} attacks another host, but the "
+                                 "fleet has no clean host to be its victim")
+            s = replace(s, target=clean[n % len(clean)])
+            n += 1
+        elif s.target is not None:
+            s = replace(s, target=None)
+        out.append(s)
+    return out
 
 
 _BANKS = {alg: name for alg, (name, _) in HASH_ALGS.items()}
@@ -127,6 +156,7 @@ class SimulatedHost:
         self._rogue_ak: AkInfo | None = None
         self._previous: Quote | None = None
         self._boot: MeasuredBoot | None = None
+        self._after_boot: tuple[LogEvent, ...] = ()
         self._log: bytes = b""
         self._lock = Lock()
 
@@ -175,10 +205,15 @@ class SimulatedHost:
 
     @property
     def measured_boot(self) -> MeasuredBoot:
-        """What the TPM actually measured."""
+        """What the boot measured (root's later extends are :attr:`after_boot_extends`)."""
         if self._boot is None:
             raise FleetError(f"{self.host_id} has not booted")
         return self._boot
+
+    @property
+    def after_boot_extends(self) -> tuple[LogEvent, ...]:
+        """What root extended after the boot for its edited log (in order, every bank)."""
+        return self._after_boot
 
     def _need_ek(self) -> EkInfo:
         if self._ek is None:
@@ -211,6 +246,12 @@ class SimulatedHost:
         if self.profile is not None and self.profile.logged_config() != boot.config:
             logged = synthesise(self.image, self.spec.seed, self.profile.logged_config())
         self._log = logged.log_bytes()
+        if self.profile is not None and self.profile.log_edit is not None:
+            edited = self.profile.log_edit.apply(boot)
+            for event in edited.extends:  # root, after boot: real extends, never undone
+                tpm.extend(event.pcr, {_BANKS[a]: d for a, d in event.digests})
+            self._after_boot = edited.extends
+            self._log = edited.log
         evidence = self.profile.evidence if self.profile else EvidenceTamper.NONE
         if evidence in (EvidenceTamper.REPLAYED_NONCE, EvidenceTamper.STALE_QUOTE):
             self._previous = tpm.quote(self._previous_nonce(), DEFAULT_PCRS)
@@ -278,10 +319,9 @@ class SimulatedHost:
                 q = tpm.quote(self._previous_nonce(), selection=sel, ak=self._ak)
             elif mode is EvidenceTamper.WRONG_AK:
                 q = tpm.quote(nonce, selection=sel, ak=self._rogue_ak)
-            elif mode is EvidenceTamper.PCR_BANK_DOWNGRADE:
-                # Whatever was asked, only SHA-1 (the PCRs of every asked bank, in SHA-1).
-                downgraded = sorted({p for _, pcrs_of_bank in sel for p in pcrs_of_bank})
-                q = tpm.quote(nonce, selection=[("sha1", downgraded)], ak=self._ak)
+            elif mode in (EvidenceTamper.PCR_BANK_DOWNGRADE, EvidenceTamper.FEWER_PCRS):
+                assert self.profile is not None
+                q = tpm.quote(nonce, selection=self.profile.quoted_selection(sel), ak=self._ak)
             else:
                 q = tpm.quote(nonce, selection=sel, ak=self._ak)
             return Evidence(self.host_id, nonce, q, self._log, self.ak_public)

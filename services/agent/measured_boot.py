@@ -290,8 +290,28 @@ def _ipl_string(pcr: int, prefix: str, text: str) -> LogEvent:
                    hashed=text.encode())
 
 
+#: Where the Linux boot loads each PCR 4 application, from the host's load base.
+_LINUX_APP_OFFSETS = {"shimx64.efi": 0, "grubx64.efi": 0x100000, "vmlinuz": 0x400000}
+
+
+def _linux_base(seed: int) -> int:
+    return 0x7E000000 + (seed % 256) * 0x1000
+
+
+def boot_application_event(image: str, host_seed: int, name: str,
+                           variant: str = "golden") -> LogEvent:
+    """The PCR 4 ``EV_EFI_BOOT_SERVICES_APPLICATION`` a Linux boot of ``image`` on host
+    ``host_seed`` logs when it loads ``name`` in ``variant``: byte for byte what ``synthesise``
+    logs (a rooted host appending "the approved kernel" writes exactly this)."""
+    img = get_image(image)
+    if img.family != "linux" or name not in _LINUX_APP_OFFSETS:
+        raise UnknownImage(f"{image} does not load {name!r} as a PCR 4 application here")
+    return _app(boot_binary(image, name, variant),
+                _linux_base(host_seed) + _LINUX_APP_OFFSETS[name])
+
+
 def _linux_events(img: GoldenImage, seed: int, cfg: BootConfig) -> list[LogEvent]:
-    base = 0x7E000000 + (seed % 256) * 0x1000
+    base = _linux_base(seed)
     shim = boot_binary(img.name, "shimx64.efi")
     grub = boot_binary(img.name, "grubx64.efi", cfg.bootloader)
     kernel = boot_binary(img.name, "vmlinuz", cfg.kernel)
@@ -300,11 +320,11 @@ def _linux_events(img: GoldenImage, seed: int, cfg: BootConfig) -> list[LogEvent
     if cfg.secure_boot:
         events.append(_authority(uefi.EFI_IMAGE_SECURITY_DATABASE_GUID, "db",
                                  uefi.signature_data(owner, image_cert(img.name, "db-ca"))))
-    events.append(_app(shim, base))
+    events.append(_app(shim, base + _LINUX_APP_OFFSETS["shimx64.efi"]))
     if cfg.secure_boot:
         events.append(_authority(uefi.SHIM_LOCK_GUID, "Shim",
                                  image_cert(img.name, "vendor")))
-    events.append(_app(grub, base + 0x100000))
+    events.append(_app(grub, base + _LINUX_APP_OFFSETS["grubx64.efi"]))
     kernel_path = f"/vmlinuz-{img.kernel_version}"
     cmdline = img.kernel_cmdline + cfg.kernel_cmdline_suffix
     for cmd in ("set root='hd0,gpt2'", f"linux {kernel_path} {cmdline}",
@@ -315,7 +335,7 @@ def _linux_events(img: GoldenImage, seed: int, cfg: BootConfig) -> list[LogEvent
                           hashed=kernel.content))
     events.append(measure(9, EV_IPL, f"/boot/initrd.img-{img.kernel_version}".encode() + b"\x00",
                           ALGS, hashed=_seed(img.name, "initrd") * 256))
-    events.append(_app(kernel, base + 0x400000))
+    events.append(_app(kernel, base + _LINUX_APP_OFFSETS["vmlinuz"]))
     return events
 
 

@@ -15,14 +15,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from services.demo.live import LiveView, final_table
-    from services.demo.orchestrator import DEFAULT_HOSTS, DemoConfig, parse_tampers, run_demo
+    from services.demo.orchestrator import DemoConfig, parse_tampers, run_demo
     from services.demo.report import render_html, to_json
 
     if not 1 <= args.hosts <= 200:
         raise ConfigError("--hosts must be 1..200")
     if not 2 <= args.nonce_ttl <= 600:
         raise ConfigError("--nonce-ttl must be 2..600 seconds")
-    config = DemoConfig(hosts=args.hosts if args.hosts is not None else DEFAULT_HOSTS,
+    config = DemoConfig(hosts=args.hosts,
                         tampers=parse_tampers(args.tamper) if args.tamper else None,
                         seed=args.seed, out=args.out, follow=args.follow,
                         timeout_s=args.timeout, nonce_ttl_s=args.nonce_ttl)
@@ -47,16 +47,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if run.ok else 1
 
 
+def default_mix_help() -> str:
+    """The default tamper mix in words, from ``DEFAULT_TAMPERS`` itself (so the help cannot
+    drift from what runs)."""
+    from services.demo.orchestrator import DEFAULT_HOSTS, DEFAULT_TAMPERS
+
+    names = [name for name, _ in DEFAULT_TAMPERS]
+    first = names[: DEFAULT_HOSTS // 2]
+    return (f"default mix: one host each of the first N/2 of {', '.join(names)} (with the "
+            f"default {DEFAULT_HOSTS} hosts the first {len(first)}, up to {first[-1]}; the "
+            "other hosts are clean)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``hostgate demo``."""
+    from services.demo.orchestrator import DEFAULT_HOSTS
+
     p = subparsers.add_parser(
         "demo", help="run the whole pipeline with a simulated fleet and show the outcome",
         description="Ensure the topics, derive a policy from the simulator's golden images "
         "and publish it, start the four stages (collector, verifier, issuer, incidents) as "
         "separate `hostgate run` processes, start a fleet of simulated hosts (one swtpm each; "
-        "several tampered), let every host enrol and attest over Kafka, and show live "
-        "progress and a final table: TRUSTED with certificate serial, or QUARANTINED with "
-        "incident id and the failed rules in plain words. Every trusted host then fetches its "
+        "half of them tampered: compromised boots, rooted hosts editing their logs or quoting "
+        "less than asked, and protocol attacks - records on a foreign partition, another "
+        "host's id, a flood of unsigned requests naming another host), let every host enrol "
+        "and attest over Kafka, and show live progress and a final table: TRUSTED with "
+        "certificate serial, QUARANTINED with incident id and the failed rules in plain words, "
+        "or REJECTED at intake with the reason (an attacker's refused records are shown on "
+        "its own row, and the host they name must still end TRUSTED). Every trusted host then "
+        "fetches its "
         "credential from attest.credentials.v1 and opens it in its own swtpm (import under the "
         "EK, PolicyPCR over the attested PCRs, unseal); the table shows whether it opened. "
         "Writes report.json and a self-contained report.html. Everything started is stopped on "
@@ -65,12 +84,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog="Needs a running broker (`hostgate kafka up`; `make demo` does it). "
         "Environment: HOSTGATE_BOOTSTRAP, HOSTGATE_HOME (run directories under "
         "$HOSTGATE_HOME/demo/<run-id>/).")
-    p.add_argument("--hosts", type=int, default=12, metavar="N",
-                   help="number of simulated hosts (default 12)")
+    p.add_argument("--hosts", type=int, default=DEFAULT_HOSTS, metavar="N",
+                   help=f"number of simulated hosts (default {DEFAULT_HOSTS})")
     p.add_argument("--tamper", action="append", default=[], metavar="PROFILE=COUNT",
-                   help="make COUNT hosts compromised as PROFILE (repeatable; default mix: "
-                        "secure_boot_off, kernel_debugger_on, unknown_bootloader, forged_log, "
-                        "replayed_nonce, wrong_ak, one each); see `hostgate fleet simulate "
+                   help="make COUNT hosts compromised as PROFILE (repeatable; "
+                        f"{default_mix_help()}); see `hostgate fleet simulate "
                         "--list-profiles`")
     p.add_argument("--seed", type=int, default=0,
                    help="seed for which hosts are tampered and their boot variations")

@@ -21,6 +21,8 @@ from services.demo.report import (
     judge,
     outcome_cell,
     plain_rules,
+    refusal_summary,
+    tamper_cell,
 )
 
 _STYLE = {"TRUSTED": "bold green", "PASS": "green", "QUARANTINED": "bold red", "FAIL": "red",
@@ -39,8 +41,9 @@ def host_table(hosts: list[HostOutcome], *, title: str, checks: list[str] | None
     table = Table(title=title, expand=True)
     table.add_column("host", no_wrap=True)
     table.add_column("image", no_wrap=True)
-    table.add_column("tamper profile")
-    table.add_column("verdict")
+    # the profile, and the host an attacker's records name
+    table.add_column("tamper profile", ratio=2, overflow="fold")
+    table.add_column("verdict", ratio=1, overflow="fold")
     table.add_column("failed rules (plain words)", ratio=3, overflow="fold")
     table.add_column("outcome", ratio=2, overflow="fold")
     table.add_column("credential opened in TPM", ratio=1, overflow="fold")
@@ -48,11 +51,13 @@ def host_table(hosts: list[HostOutcome], *, title: str, checks: list[str] | None
         table.add_column("check", ratio=2, overflow="fold")
     for i, h in enumerate(hosts):
         verdict = h.verdict or "…"
-        if h.rejection:  # both: a passing round, then a refused one (replayed_nonce)
+        if h.attack_sent is not None or len(h.rejections) > 1:  # many records refused
+            verdict = f"rejected: {refusal_summary(h.rejections) or '…'}"
+        elif h.rejection:  # both: a passing round, then a refused one (replayed_nonce)
             verdict = f"{h.verdict}; rejected: {h.rejection}" if h.verdict else \
                 f"rejected: {h.rejection}"
         row: list[RenderableType] = [
-            h.host_id, h.image, h.tamper or "—", verdict, plain_rules(h) or "—",
+            h.host_id, h.image, tamper_cell(h), verdict, plain_rules(h) or "—",
             Text(outcome_cell(h), style=_STYLE.get(h.status, "")),
             Text(credential_cell(h, short=True), style="dim" if h.credential_opened is None
                  else "green" if h.credential_opened else "bold red")]

@@ -2,7 +2,8 @@
 
 Steps (each stops everything started so far when it fails, and on Ctrl-C/SIGTERM):
 
-1. plan the fleet (``services.agent.fleet.plan_hosts``; ids ``demo-<run-id>-NN``, unique per run);
+1. plan the fleet (``services.agent.fleet.plan_hosts``; ids ``demo-<run-id>-NN``, unique per run;
+   each attack naming another host gets a clean victim, ``assign_targets``);
 2. ensure the topics; derive the default policy from the simulator's golden images (the
    ``from-log`` derivation) and publish it as ``demo-<run-id>`` version 1;
 3. create the issuer's CA (P-256, encrypted PEM, passphrase in a 0600 file) and start the stages
@@ -15,7 +16,12 @@ Steps (each stops everything started so far when it fails, and on Ctrl-C/SIGTERM
    profiles go through the agent client's evidence hooks: ``replayed_nonce`` attests honestly
    first (and is trusted), then answers its next challenge with that used nonce;
    ``stale_quote`` holds its evidence past the nonce's expiry (the collector runs with a short
-   nonce TTL, ``DemoConfig.nonce_ttl_s``, so that takes seconds);
+   nonce TTL, ``DemoConfig.nonce_ttl_s``, so that takes seconds). Protocol attacks
+   (``services.agent.attacks``) run instead of an attestation: ``borrowed_host_id`` and
+   ``challenge_flood`` wait for their victim's enrolment and speak as it over the attacker's own
+   TPM, and the victim attests only after them (so a flood that counted would starve it). Their
+   rejections are keyed by the victim; the watcher gives each to the host that wrote the refused
+   record, by its coordinates (:class:`Attribution`);
 6. every host that becomes TRUSTED fetches its credential from ``attest.credentials.v1`` and
    opens it in its own swtpm, as its agent would (``credential_receiver.receive_credential``:
    import under the EK, PolicyPCR over the attested values, unseal, decrypt the host key,
@@ -49,7 +55,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from services.demo.report import (
-    BENIGN_REJECTIONS,
+    REFUSED_AS,
     ROUNDS,
     DemoRun,
     HostOutcome,
@@ -60,10 +66,19 @@ from services.errors import ConfigError, HostgateError
 
 REPO: Final = Path(__file__).resolve().parents[2]
 PIPELINE_STAGES: Final = ("collector", "verifier", "incidents", "issuer")
-DEFAULT_HOSTS: Final = 12
+DEFAULT_HOSTS: Final = 20
+#: The default mix, in the order a smaller fleet takes them (half the hosts are tampered, so
+#: the first ``hosts // 2`` profiles run; the other half are clean hosts of every image, two of
+#: them the victims of ``challenge_flood`` and ``borrowed_host_id``). The first ten: what the
+#: verifier stops (Secure Boot off, kernel debugger on, a relabelled kernel, a forged log,
+#: dropped Windows events) and what intake stops (a flood naming another host, another host's
+#: id, too few PCRs quoted, a never-enrolled AK, records on a foreign partition).
 DEFAULT_TAMPERS: Final[tuple[tuple[str, int], ...]] = (
-    ("secure_boot_off", 1), ("kernel_debugger_on", 1), ("unknown_bootloader", 1),
-    ("forged_log", 1), ("replayed_nonce", 1), ("wrong_ak", 1))
+    ("secure_boot_off", 1), ("kernel_debugger_on", 1), ("boot_app_relabelled", 1),
+    ("challenge_flood", 1), ("forged_log", 1), ("borrowed_host_id", 1),
+    ("windows_events_dropped", 1), ("quote_fewer_pcrs", 1), ("wrong_ak", 1),
+    ("foreign_partition", 1), ("replayed_nonce", 1), ("sha1_only_log", 1),
+    ("unknown_bootloader", 1))
 #: Nonce lifetime the demo's collector runs with: short, so ``stale_quote`` (evidence held past
 #: the expiry) costs seconds, yet ample for an honest host to quote and send.
 DEMO_NONCE_TTL_S: Final = 15.0
@@ -119,14 +134,16 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 def plan(config: DemoConfig, run_id: str) -> list[Any]:
     """The run's ``HostSpec`` list: tampered hosts spread by ``seed``, ids ``demo-<run>-NN``."""
-    from services.agent.fleet import plan_hosts
+    from services.agent.fleet import assign_targets, plan_hosts
 
     specs = plan_hosts(config.hosts, config.tamper_mix(), prefix=f"demo-{run_id}")
     rng = random.Random(config.seed)
     rng.shuffle(specs)
     width = max(2, len(str(len(specs) - 1)))
-    return [replace(s, host_id=f"demo-{run_id}-{i:0{width}d}", seed=config.seed * 1000 + i)
-            for i, s in enumerate(specs)]
+    # victims are chosen again under the new ids (attackers name them by id)
+    return assign_targets([replace(s, host_id=f"demo-{run_id}-{i:0{width}d}",
+                                   seed=config.seed * 1000 + i, target=None)
+                           for i, s in enumerate(specs)])
 
 
 # --- trust material -----------------------------------------------------------------------
@@ -256,7 +273,7 @@ def apply_record(h: HostOutcome, topic: str, rec: Mapping[str, Any]) -> HostOutc
     """Fold one observed record of this host into its outcome (pure)."""
     if topic == "attest.rejections.v1":
         return replace(h, rejection=str(rec["reason"]), rejection_detail=str(rec["detail"]),
-                       answers=h.answers + 1)
+                       rejections=(*h.rejections, str(rec["reason"])), answers=h.answers + 1)
     if topic == "attest.verdicts.v1":
         rules = tuple(RuleFailure(str(f["rule_id"]), str(f["sentence"]),
                                   rule_event_line(f.get("event")))
@@ -276,9 +293,9 @@ def apply_record(h: HostOutcome, topic: str, rec: Mapping[str, Any]) -> HostOutc
 
 
 def refused_since_trusted(h: HostOutcome) -> bool:
-    """A non-benign rejection or a failed verdict seen: a TRUSTED state is about to change."""
-    return (h.rejection is not None and h.rejection not in BENIGN_REJECTIONS) or \
-        h.verdict == "FAIL"
+    """A failed verdict seen: a TRUSTED state is about to change. (An intake rejection changes
+    no trust state: it is a finding about a record, which anyone may have written.)"""
+    return h.verdict == "FAIL"
 
 
 def wants_credential(h: HostOutcome) -> bool:
@@ -290,7 +307,11 @@ def wants_credential(h: HostOutcome) -> bool:
 
 def is_final(h: HostOutcome, *, issuer_running: bool) -> bool:
     """Whether nothing more is expected for this host."""
-    if h.error and h.verdict is None and h.rejection is None:
+    if h.tamper in REFUSED_AS:  # an attacker: done when every record it wrote is answered
+        if h.attack_sent is None:
+            return bool(h.error)
+        return len(h.rejections) >= h.attack_sent or bool(h.attack_got_through)
+    if h.error and h.verdict is None and not h.refused_at_intake:
         return True
     if h.answers < h.rounds and not h.error:
         return False  # more evidence rounds to come
@@ -300,22 +321,61 @@ def is_final(h: HostOutcome, *, issuer_running: bool) -> bool:
                 return False  # the quarantine is on its way
             return bool(h.cert_serial) and (h.credential_opened is not None or bool(h.error))
         if h.trust == "QUARANTINED":
-            return bool(h.incident_id) and (h.verdict is not None or h.rejection is not None)
-        return h.rejection in BENIGN_REJECTIONS
-    if h.verdict == "PASS" and h.rejection is None:
+            return bool(h.incident_id) and h.verdict is not None
+        # no trust state: final only when refused at intake alone (that changes no state)
+        return h.verdict is None and h.refused_at_intake
+    if h.verdict == "PASS":
         return True
-    if h.rejection in BENIGN_REJECTIONS:
-        return True
-    return (h.verdict is not None or h.rejection is not None) and bool(h.incident_id)
+    if h.verdict is None:
+        return h.refused_at_intake
+    return bool(h.incident_id)
+
+
+@dataclass
+class Attribution:
+    """Who wrote the records a rejection refers to, when the records name another host.
+
+    A rejection is keyed by the host id the refused record names, which for ``borrowed_host_id``
+    and ``challenge_flood`` is the victim's. The attacker reports the coordinates of every
+    record it wrote (``services.agent.attacks.AttackResult.sent``); a rejection whose ``source``
+    is one of them is the attacker's. While an attack naming a host is still writing, that
+    host's rejections wait (:meth:`route` says ``None``) until the coordinates are known, so a
+    rejection is never given to the victim for a record it did not write."""
+
+    owners: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    """(topic, partition, offset) of an attack's record -> the attacker's host id."""
+    in_flight: dict[str, int] = field(default_factory=dict)
+    """Victim host id -> attacks naming it that have not reported yet."""
+
+    def route(self, key: str, rec: Mapping[str, Any]) -> str | None:
+        """The row a rejection keyed ``key`` belongs to, or None to look again later."""
+        src = rec.get("source") or {}
+        owner = self.owners.get((str(src.get("topic")), int(src.get("partition", -1)),
+                                 int(src.get("offset", -1))))
+        if owner is not None:
+            return owner
+        return None if self.in_flight.get(key) else key
+
+    def reported(self, attacker: str, victim: str | None,
+                 coordinates: list[tuple[str, int, int]]) -> None:
+        """An attack finished writing (or failed): its records are known from now on."""
+        for c in coordinates:
+            self.owners[c] = attacker
+        if victim is not None and self.in_flight.get(victim):
+            self.in_flight[victim] -= 1
 
 
 class Watcher:
     """Follows the watched topics from their end offsets at :meth:`start` (own consumer, no
-    group, read_committed) and keeps every run host's :class:`HostOutcome` up to date."""
+    group, read_committed) and keeps every run host's :class:`HostOutcome` up to date;
+    rejections go to the host whose records they refuse (:class:`Attribution`)."""
 
-    def __init__(self, bootstrap: str, rows: dict[str, HostOutcome]) -> None:
+    def __init__(self, bootstrap: str, rows: dict[str, HostOutcome],
+                 attribution: Attribution | None = None) -> None:
         self.bootstrap = bootstrap
         self.rows = rows
+        self.attribution = attribution or Attribution()
+        self._deferred: list[tuple[str, Mapping[str, Any]]] = []
         self._consumer: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._codec: Any = None
@@ -341,8 +401,10 @@ class Watcher:
             self._consumer, self._stack = c, stack.pop_all()
 
     async def poll(self) -> None:
-        """Fetch what arrived and fold it in."""
+        """Fetch what arrived and fold it in (rejections kept back earlier first: nothing
+        awaits between them and the new batch, so a host's rejections keep their order)."""
         batch = await self._consumer.getmany(timeout_ms=300)
+        self.release_deferred()
         for tp, recs in batch.items():
             subject = WATCHED[tp.topic]
             for r in recs:
@@ -356,7 +418,26 @@ class Watcher:
                     rec = self._codec.decode(r.value, expected={subject}).record
                 except HostgateError:
                     continue
-                self.rows[host] = apply_record(row, tp.topic, rec)
+                if tp.topic == "attest.rejections.v1":
+                    self.fold_rejection(host, rec)
+                else:
+                    self.rows[host] = apply_record(row, tp.topic, rec)
+
+    def release_deferred(self) -> None:
+        """Fold the rejections kept back so far, in order (those still unattributable, and
+        any behind them for the same host, are kept back again)."""
+        waiting, self._deferred = self._deferred, []
+        for host, rec in waiting:
+            self.fold_rejection(host, rec)
+
+    def fold_rejection(self, host: str, rec: Mapping[str, Any]) -> None:
+        """Fold a rejection keyed ``host`` into the row of whoever wrote the refused record,
+        or keep it for the next poll while that is not known yet."""
+        owner = self.attribution.route(host, rec)
+        if owner is None or any(kept == host for kept, _ in self._deferred):
+            self._deferred.append((host, rec))  # behind what is kept back for this key
+        elif owner in self.rows:
+            self.rows[owner] = apply_record(self.rows[owner], "attest.rejections.v1", rec)
 
     async def stop(self) -> None:
         """Close the consumer."""
@@ -388,6 +469,12 @@ class RunState:
     """The issuing CA's certificate: a delivered credential must chain to it."""
     opening: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     """Hosts fetching and opening their credential (or done)."""
+    attribution: Attribution = field(default_factory=Attribution)
+    """Which rejections refuse an attacker's records (see :class:`Attribution`)."""
+    enrolled: dict[str, asyncio.Future[bool]] = field(default_factory=dict)
+    """Host id -> whether its enrolment succeeded (attacks naming it wait for this)."""
+    attacked: dict[str, asyncio.Event] = field(default_factory=dict)
+    """Attacker host id -> set once its attack has reported (its victim attests after)."""
 
     @property
     def issuer_running(self) -> bool:
@@ -479,29 +566,97 @@ async def _wait_round_answered(st: RunState, host_id: str, answers: int,
                     f"{timeout_s:.0f}s")
 
 
+def _client_config(config: DemoConfig) -> Any:
+    from services.agent.client import ClientConfig
+    from services.agent.fleet import DEFAULT_PCRS
+
+    return ClientConfig(config.bootstrap, timeout_s=60.0, connect_timeout_s=30.0,
+                        offered_pcrs=DEFAULT_PCRS)
+
+
+async def _wait_for_attacks_on(st: RunState, host_id: str, timeout_s: float) -> None:
+    """Until every attack naming ``host_id`` has reported, so its attestation comes after them
+    (had the collector counted a flood against it, its own request would now be refused)."""
+    events = [st.attacked[a] for a in st.rows[host_id].named_by if a in st.attacked]
+    if not events:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), timeout_s)
+    except TimeoutError:
+        st.notes.append(f"{host_id} attested before the attacks naming it had finished")
+
+
 async def _drive_host(host: Any, config: DemoConfig, codec: Any, st: RunState,
                       sem: asyncio.Semaphore) -> None:
     """Enrol and attest one host over Kafka, as many rounds as its profile needs; its
-    protocol tamper profile (if any) acts through the client's evidence hook."""
-    from services.agent.client import AgentClient, ClientConfig, SimulatedHostSide
-    from services.agent.fleet import DEFAULT_PCRS
+    protocol tamper profile (if any) acts through the client's evidence hook, a protocol attack
+    through :func:`_drive_attacker`."""
+    from services.agent.client import AgentClient, SimulatedHostSide
 
+    if st.rows[host.host_id].tamper in REFUSED_AS:
+        await _drive_attacker(host, config, codec, st, sem)
+        return
     side = SimulatedHostSide(host)
     rounds = st.rows[host.host_id].rounds
+    enrolled = st.enrolled.get(host.host_id)
     try:
-        async with AgentClient(side, ClientConfig(
-                config.bootstrap, timeout_s=60.0, connect_timeout_s=30.0,
-                offered_pcrs=DEFAULT_PCRS), codec=codec, hook=side.hook) as client:
+        async with AgentClient(side, _client_config(config), codec=codec,
+                               hook=side.hook) as client:
+            async with sem:
+                await client.enroll()
+            if enrolled is not None:
+                enrolled.set_result(True)
+            await _wait_for_attacks_on(st, host.host_id, config.timeout_s)
             for n in range(1, rounds + 1):
                 if n > 1:  # let the previous round be judged first (not holding a slot)
                     await _wait_round_answered(st, host.host_id, n - 1, config.timeout_s)
                 async with sem:
-                    if n == 1:
-                        await client.enroll()
                     await client.attest()
     except HostgateError as exc:
         st.rows[host.host_id] = replace(st.rows[host.host_id],
                                         error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if enrolled is not None and not enrolled.done():
+            enrolled.set_result(False)
+
+
+async def _drive_attacker(host: Any, config: DemoConfig, codec: Any, st: RunState,
+                          sem: asyncio.Semaphore) -> None:
+    """Run one host's protocol attack (``services.agent.attacks``). An attack naming another
+    host waits for that host's enrolment and speaks as it over the attacker's own TPM; the
+    coordinates of everything it wrote go to the run's :class:`Attribution`."""
+    from services.agent.attacks import run_attack
+    from services.agent.client import AgentClient, SimulatedHostSide
+
+    row = st.rows[host.host_id]
+    victim = row.target
+    client: Any = None
+    try:
+        if victim is not None:
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(st.enrolled[victim]),
+                                            config.timeout_s)
+            except TimeoutError:
+                ok = False
+            if not ok:
+                raise DemoError(f"{victim} did not enrol, so the {row.tamper} attack naming it "
+                                "was not run")
+        side = SimulatedHostSide(host, speaks_as=victim)
+        client = AgentClient(side, _client_config(config), codec=codec)
+        async with client, sem:
+            if victim is None:  # a host speaking for itself: enrolled like any other
+                await client.enroll()
+            result = await run_attack(str(row.tamper), client)
+        st.rows[host.host_id] = replace(st.rows[host.host_id], attack_sent=len(result.sent),
+                                        attack_heard=result.heard,
+                                        attack_got_through=result.got_through)
+    except HostgateError as exc:
+        st.rows[host.host_id] = replace(st.rows[host.host_id],
+                                        error=f"{type(exc).__name__}: {exc}")
+    finally:
+        written = [s.coordinates for s in client.sent] if client is not None else []
+        st.attribution.reported(host.host_id, victim, written)
+        st.attacked[host.host_id].set()
 
 
 def _open_credential_blocking(bootstrap: str, host: Any, verdict_id: str,
@@ -553,8 +708,11 @@ async def _run_fleet(config: DemoConfig, st: RunState,
     on_tick(st)
     await _wait_ready(st)
     t = st.mark("stages_ready", t)
-    watcher = Watcher(config.bootstrap, st.rows)
+    watcher = Watcher(config.bootstrap, st.rows, st.attribution)
     await watcher.start()
+    loop = asyncio.get_running_loop()
+    st.enrolled = {h: loop.create_future() for h in st.rows}
+    st.attacked = {h: asyncio.Event() for h, row in st.rows.items() if row.tamper in REFUSED_AS}
     try:
         st.phase = "hosts enrolling and attesting"
         codec = Codec.load()
@@ -608,9 +766,13 @@ def run_demo(config: DemoConfig, on_tick: Callable[[RunState], None] = lambda st
     run_dir = (config.out or config.home / "demo" / run_id).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     specs = plan(config, run_id)
-    rows = {s.host_id: HostOutcome(s.host_id, s.image, s.tamper,
-                                   rounds=ROUNDS.get(s.tamper or "", 1)) for s in specs}
+    rows = {s.host_id: HostOutcome(
+        s.host_id, s.image, s.tamper, rounds=ROUNDS.get(s.tamper or "", 1), target=s.target,
+        named_by=tuple(a.host_id for a in specs if a.target == s.host_id)) for s in specs}
     st = RunState(run_id, run_dir, rows, policy_id=f"demo-{run_id}")
+    for s in specs:
+        if s.target is not None:  # its victim's rejections wait until the attack reported
+            st.attribution.in_flight[s.target] = st.attribution.in_flight.get(s.target, 0) + 1
     stages = available_stages()
     missing = [s for s in PIPELINE_STAGES if s not in stages]
     if missing:

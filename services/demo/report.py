@@ -8,6 +8,7 @@ says it must (the demo checks itself); :func:`to_json` and :func:`render_html` w
 from __future__ import annotations
 
 import html
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -16,7 +17,8 @@ from services.verifier import reasons
 
 #: What must stop each tamper profile: verifier rule/reason ids, or ``intake.<REASON>`` for an
 #: intake rejection. A tampered host passes the self-check only if it was refused (failed
-#: verdict or rejection) and at least one of these ids is among the reasons.
+#: verdict or rejection) and at least one of these ids is among the reasons. Each names the
+#: mechanism that stops the profile, not merely something that fails with it.
 EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
     "secure_boot_off": frozenset({"policy.secureboot.enabled"}),
     "boot_debugging_on": frozenset({"policy.debug.boot_debugging"}),
@@ -29,7 +31,22 @@ EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
     "db_tampered": frozenset({"policy.secureboot.db"}),
     "kernel_cmdline_tampered": frozenset({"policy.bootchain.kernel_cmdline"}),
     "forged_log": frozenset({reasons.REPLAY_PCR_MISMATCH}),
-    "pcr_bank_downgrade": frozenset({reasons.BANKS_DOWNGRADE}),
+    # Every quoted PCR is accounted for by the replay: PCRs 12-14 were quoted (the policy
+    # reads the Windows boot configuration there) and the log holds none of their events.
+    "windows_events_dropped": frozenset({reasons.REPLAY_PCR_MISMATCH}),
+    # Opaque code in PCR 4 stays in the boot chain: the relabelled kernel is a fourth
+    # application before the approved one root appended.
+    "boot_app_relabelled": frozenset({"policy.bootchain.applications"}),
+    # Every quoted bank is replayed: the quote's SHA-256 bank is not in the log.
+    "sha1_only_log": frozenset({reasons.REPLAY_PCR_MISMATCH}),
+    # Coverage is the policy's: intake refuses a quote over another selection than the
+    # challenge's (the demo's policy asks for SHA-256 PCRs 0-9 and 12-14).
+    "quote_fewer_pcrs": frozenset({"intake.SELECTION_MISMATCH"}),
+    "pcr_bank_downgrade": frozenset({"intake.SELECTION_MISMATCH"}),
+    # Protocol attacks (services.agent.attacks): every record they write is refused.
+    "foreign_partition": frozenset({"intake.WRONG_PARTITION"}),
+    "borrowed_host_id": frozenset({"intake.EK_CHANGED"}),
+    "challenge_flood": frozenset({"intake.UNAUTHENTICATED"}),
     # The agent client's hooks (services.agent.client.hook_for): after an honest round the host
     # answers a new challenge with the previous round's challenge and nonce, one the collector
     # really issued and saw used; and it holds evidence until its nonce has expired.
@@ -38,12 +55,20 @@ EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
     "wrong_ak": frozenset({"intake.BAD_SIGNATURE"}),
 }
 
+#: The intake reasons each protocol attack's records may be refused with: every record it wrote
+#: must be refused, each for one of these (its ``EXPECTED_REASONS`` among them). An attack whose
+#: records name another host (``HostOutcome.target``) must also leave that host as a clean host
+#: ends: trusted, its credential opened in its TPM.
+REFUSED_AS: Final[Mapping[str, frozenset[str]]] = {
+    "foreign_partition": frozenset({"WRONG_PARTITION"}),
+    # the enrolment under the victim's id (its EK is bound to the victim), then a challenge
+    # request signed by the attacker's own AK
+    "borrowed_host_id": frozenset({"EK_CHANGED", "UNAUTHENTICATED"}),
+    "challenge_flood": frozenset({"UNAUTHENTICATED"}),
+}
 #: Evidence rounds each profile's agent sends (default 1): ``replayed_nonce`` needs an honest
 #: round whose nonce it can then replay.
 ROUNDS: Final[Mapping[str, int]] = {"replayed_nonce": 2}
-#: Intake rejections the incidents stage treats as benign (a busy or slow host): no incident,
-#: so no quarantine — the host is refused, and simply holds no credential.
-BENIGN_REJECTIONS: Final = frozenset({"RATE_LIMITED", "STALE_NONCE"})
 TRUSTED: Final = "TRUSTED"
 QUARANTINED: Final = "QUARANTINED"
 
@@ -88,11 +113,31 @@ class HostOutcome:
     """Verdicts and intake rejections seen for this host so far."""
     error: str = ""
     """What went wrong on the host side (enrolment or attestation), if anything."""
+    rejections: tuple[str, ...] = ()
+    """Every intake rejection reason of this host's records, in order (``rejection`` is the
+    last)."""
+    target: str | None = None
+    """The host whose id this attacker's records name (``borrowed_host_id``,
+    ``challenge_flood``); their rejections are this row's, found by the records' coordinates."""
+    named_by: tuple[str, ...] = ()
+    """Attackers whose records name this host."""
+    attack_sent: int | None = None
+    """Records the attack wrote that intake must refuse (None: no attack, or not run yet)."""
+    attack_heard: tuple[str, ...] = ()
+    """What the attacker heard back (e.g. its enrolment REFUSED)."""
+    attack_got_through: tuple[str, ...] = ()
+    """Answers meaning the collector accepted part of the attack (must be empty)."""
+
+    @property
+    def refused_at_intake(self) -> bool:
+        """Whether intake refused any record of this host."""
+        return bool(self.rejections) or self.rejection is not None
 
     @property
     def reason_ids(self) -> frozenset[str]:
         """Every reason this host was refused for (rule ids and ``intake.<REASON>``)."""
         ids = {r.rule_id for r in self.failed_rules}
+        ids.update(f"intake.{r}" for r in self.rejections)
         if self.rejection:
             ids.add(f"intake.{self.rejection}")
         return frozenset(ids)
@@ -115,41 +160,110 @@ class Judgement:
     why: str
 
 
-def judge(h: HostOutcome, *, issuer_running: bool) -> Judgement:
-    """The demo's self-check for one host (see ``EXPECTED_REASONS``)."""
+def refusal_summary(reasons_seen: Sequence[str]) -> str:
+    """``24 UNAUTHENTICATED, 1 EK_CHANGED``: intake reasons by count, most frequent first."""
+    return ", ".join(f"{n} {r}" for r, n in Counter(reasons_seen).most_common())
+
+
+def judge(h: HostOutcome, *, issuer_running: bool,
+          victim: HostOutcome | None = None) -> Judgement:
+    """The demo's self-check for one host (see ``EXPECTED_REASONS``); ``victim`` is the row of
+    the host an attacker's records name (``h.target``)."""
     if h.tamper is None:
-        if h.rejection:
-            return Judgement(False, f"clean host rejected at intake ({h.rejection})")
-        if h.verdict != "PASS":
-            rules = ", ".join(sorted(h.reason_ids)) or "no verdict"
-            return Judgement(False, f"clean host did not pass ({rules})")
-        if issuer_running and (h.trust != TRUSTED or not h.cert_serial):
-            return Judgement(False, f"clean host passed but is {h.trust or 'not'} trusted "
-                                    "with a certificate")
-        if issuer_running and h.credential_opened is not True:
-            return Judgement(False, "trusted, but its TPM did not open its credential: "
-                                    f"{h.credential_detail or 'not tried'}")
-        return Judgement(True, "trusted, credential opened in its TPM" if issuer_running
-                         else "passed")
+        return _judge_clean(h, issuer_running=issuer_running)
+    if h.tamper in REFUSED_AS:
+        return _judge_attack(h, issuer_running=issuer_running, victim=victim)
     want = EXPECTED_REASONS.get(h.tamper, frozenset())
-    if h.verdict == "PASS" and not h.rejection:
+    if h.verdict == "PASS" and not h.refused_at_intake:
         return Judgement(False, f"tampered host ({h.tamper}) passed")
-    if h.verdict is None and not h.rejection:
+    if h.verdict is None and not h.refused_at_intake:
         return Judgement(False, f"tampered host ({h.tamper}) got no verdict or rejection")
     if not want & h.reason_ids:
         got = ", ".join(sorted(h.reason_ids))
         return Judgement(False, f"{h.tamper} refused for {got}, expected one of "
                                 f"{', '.join(sorted(want))}")
-    benign = frozenset(f"intake.{r}" for r in BENIGN_REJECTIONS)
-    if issuer_running and h.reason_ids <= benign:
-        # refused as a slow/busy host: no incident by design, and never a credential
-        if h.trust == TRUSTED:
-            return Judgement(False, f"{h.tamper} refused at intake ({h.rejection}) but TRUSTED")
-        return Judgement(True, f"refused at intake ({h.rejection}), no credential")
-    if issuer_running and (h.trust != QUARANTINED or not h.incident_id):
-        return Judgement(False, f"{h.tamper} refused but is {h.trust or 'not'} quarantined "
-                                f"with an incident ({h.incident_id or 'none'})")
-    return Judgement(True, "refused for the right reason")
+    if h.verdict == "FAIL":
+        if issuer_running and (h.trust != QUARANTINED or not h.incident_id):
+            return Judgement(False, f"{h.tamper} failed appraisal but is {h.trust or 'not'} "
+                                    f"quarantined with an incident ({h.incident_id or 'none'})")
+        return Judgement(True, "refused for the right reason")
+    # Refused at intake only: a SOC finding about the record, never an incident, and no change
+    # to the trust state of the host it names.
+    rejected = h.rejection or (h.rejections[-1] if h.rejections else "")
+    if h.incident_id:
+        return Judgement(False, f"{h.tamper} refused at intake ({rejected}) but incident "
+                                f"{h.incident_id} was opened")
+    if issuer_running and h.trust == QUARANTINED:
+        return Judgement(False, f"{h.tamper} refused at intake ({rejected}) but QUARANTINED")
+    if h.verdict == "PASS":
+        if ROUNDS.get(h.tamper, 1) < 2:
+            return Judgement(False, f"tampered host ({h.tamper}) passed appraisal")
+        # its honest round passed; the tampered round was refused, which changes no state
+        return Judgement(True, f"honest round passed, tampered round refused at intake "
+                               f"({rejected}); the refused record changed nothing")
+    if h.trust == TRUSTED or h.cert_serial:
+        return Judgement(False, f"{h.tamper} refused at intake ({rejected}) but "
+                                f"{h.trust or 'holds a certificate'}")
+    return Judgement(True, f"refused at intake ({rejected}): a finding, no verdict, "
+                           "no credential, no incident")
+
+
+def _judge_clean(h: HostOutcome, *, issuer_running: bool) -> Judgement:
+    if h.refused_at_intake:
+        return Judgement(False, "clean host rejected at intake "
+                                f"({refusal_summary(h.rejections) or h.rejection})")
+    if h.verdict != "PASS":
+        rules = ", ".join(sorted(h.reason_ids)) or "no verdict"
+        return Judgement(False, f"clean host did not pass ({rules})")
+    if issuer_running and (h.trust != TRUSTED or not h.cert_serial):
+        return Judgement(False, f"clean host passed but is {h.trust or 'not'} trusted "
+                                "with a certificate")
+    if issuer_running and h.credential_opened is not True:
+        return Judgement(False, "trusted, but its TPM did not open its credential: "
+                                f"{h.credential_detail or 'not tried'}")
+    why = "trusted, credential opened in its TPM" if issuer_running else "passed"
+    if h.named_by:
+        why += f"; unharmed by the refused records {', '.join(h.named_by)} wrote in its name"
+    return Judgement(True, why)
+
+
+def _judge_attack(h: HostOutcome, *, issuer_running: bool,
+                  victim: HostOutcome | None) -> Judgement:
+    """An attacker: every record it wrote refused for an allowed reason (one expected), the
+    collector accepted nothing of it, the attacker holds no verdict, trust or incident, and the
+    host its records name ended like the clean host it is."""
+    assert h.tamper is not None
+    if h.attack_sent is None:
+        return Judgement(False, f"the {h.tamper} attack did not run: {h.error or 'no result'}")
+    if h.attack_got_through:
+        return Judgement(False, f"the collector accepted part of the {h.tamper} attack: "
+                                f"{'; '.join(h.attack_got_through)}")
+    if len(h.rejections) < h.attack_sent:
+        return Judgement(False, f"only {len(h.rejections)} of the {h.attack_sent} records the "
+                                f"{h.tamper} attack wrote were refused at intake")
+    allowed = REFUSED_AS[h.tamper]
+    wrong = sorted({r for r in h.rejections if r not in allowed})
+    if wrong:
+        return Judgement(False, f"{h.tamper} records refused for {', '.join(wrong)}, expected "
+                                f"{', '.join(sorted(allowed))}")
+    want = EXPECTED_REASONS.get(h.tamper, frozenset())
+    if not want & h.reason_ids:
+        return Judgement(False, f"{h.tamper} refused for {', '.join(sorted(h.reason_ids))}, "
+                                f"expected one of {', '.join(sorted(want))}")
+    if h.verdict or h.trust or h.incident_id or h.cert_serial:
+        return Judgement(False, f"the {h.tamper} attacker got verdict {h.verdict or '-'}, trust "
+                                f"{h.trust or '-'}, incident {h.incident_id or '-'}")
+    done = f"{len(h.rejections)} records refused at intake ({refusal_summary(h.rejections)})"
+    if h.target is None:
+        return Judgement(True, done)
+    if victim is None:
+        return Judgement(False, f"{h.tamper}: the host its records name ({h.target}) is not in "
+                                "the run")
+    seen = _judge_clean(victim, issuer_running=issuer_running)
+    if not seen.ok:
+        return Judgement(False, f"{done}, but {victim.host_id}, whose id they name: {seen.why}")
+    return Judgement(True, f"{done}; {victim.host_id}, whose id they name, still "
+                           f"{victim.status}")
 
 
 @dataclass(frozen=True)
@@ -170,7 +284,9 @@ class DemoRun:
 
     def judgements(self) -> list[Judgement]:
         """The self-check of every host, in host order."""
-        return [judge(h, issuer_running=self.issuer_running) for h in self.hosts]
+        rows = {h.host_id: h for h in self.hosts}
+        return [judge(h, issuer_running=self.issuer_running,
+                      victim=rows.get(h.target) if h.target else None) for h in self.hosts]
 
     @property
     def ok(self) -> bool:
@@ -198,7 +314,11 @@ def to_json(run: DemoRun) -> dict[str, Any]:
             "trust": h.trust, "cert_serial": h.cert_serial, "incident_id": h.incident_id,
             "credential_id": h.credential_id,
             "credential_opened": {"ok": h.credential_opened, "detail": h.credential_detail},
-            "error": h.error,
+            "error": h.error, "rejections": list(h.rejections), "target": h.target,
+            "named_by": list(h.named_by),
+            "attack": None if h.attack_sent is None else {
+                "sent": h.attack_sent, "heard": list(h.attack_heard),
+                "got_through": list(h.attack_got_through)},
             "check": {"ok": j.ok, "why": j.why}})
     return {"run_id": run.run_id, "started_at": run.started_at,
             "finished_at": run.finished_at, "duration_s": round(run.duration_s, 2),
@@ -210,11 +330,29 @@ def to_json(run: DemoRun) -> dict[str, Any]:
 
 def plain_rules(h: HostOutcome) -> str:
     """The failed rules in plain words, one line (for tables)."""
+    if h.attack_sent is not None:
+        whose = f"naming {h.target} " if h.target else ""
+        text = (f"{h.attack_sent} records {whose}written; refused at intake: "
+                f"{refusal_summary(h.rejections) or 'none yet'}")
+        if h.rejection_detail:
+            text += f" (last: {h.rejection_detail})"
+        return text
     if h.rejection:
-        return f"refused at intake: {h.rejection_detail or h.rejection}"
+        rules = "; ".join(r.sentence for r in h.failed_rules)
+        return (f"{rules + '; then ' if rules else ''}refused at intake: "
+                f"{h.rejection_detail or h.rejection}")
     if h.error and not h.failed_rules:
         return h.error
+    if not h.failed_rules and h.named_by:
+        return f"records naming it were written by {', '.join(h.named_by)} (see that row)"
     return "; ".join(r.sentence for r in h.failed_rules)
+
+
+def tamper_cell(h: HostOutcome) -> str:
+    """The profile, and the host its records name (``challenge_flood → demo-…-03``)."""
+    if h.tamper is None:
+        return "—"
+    return f"{h.tamper} → {h.target}" if h.target else h.tamper
 
 
 def credential_cell(h: HostOutcome, *, short: bool = False) -> str:
@@ -285,11 +423,21 @@ def _card(value: object, label: str, cls: str = "") -> str:
 def _details(h: HostOutcome, j: Judgement) -> str:
     parts = [f'<details id="{_e(h.host_id)}"{" open" if not j.ok else ""}>',
              f'<summary>{_e(h.host_id)} — <span class="badge {_e(h.status)}">{_e(h.status)}'
-             f"</span> {_e(h.image)}{' · tampered: ' + _e(h.tamper) if h.tamper else ''}"
+             f"</span> {_e(h.image)}{' · tampered: ' + _e(tamper_cell(h)) if h.tamper else ''}"
              "</summary><ul>"]
     if h.verdict:
         parts.append(f"<li>verdict <b>{_e(h.verdict)}</b> <code>{_e(h.verdict_id[:24])}"
                      "</code></li>")
+    if h.attack_sent is not None:
+        whose = f" naming <code>{_e(h.target)}</code>" if h.target else ""
+        parts.append(f"<li>attack: {h.attack_sent} records{whose} written; refused at intake: "
+                     f"<b>{_e(refusal_summary(h.rejections) or 'none')}</b></li>")
+        parts += [f"<li>the attacker heard: {_e(x)}</li>" for x in h.attack_heard]
+        parts += [f"<li>accepted by the collector: <b>{_e(x)}</b></li>"
+                  for x in h.attack_got_through]
+    if h.named_by:
+        parts.append(f"<li>records naming this host were written by "
+                     f"{_e(', '.join(h.named_by))}</li>")
     if h.rejection:
         parts.append(f"<li>refused at intake: <b>{_e(h.rejection)}</b> — "
                      f"{_e(h.rejection_detail)}</li>")
@@ -328,7 +476,7 @@ def render_html(run: DemoRun) -> str:
         for h in run.hosts)
     rows = "".join(
         f'<tr class="{"" if j.ok else "miss"}"><td>{_e(h.host_id)}</td><td>{_e(h.image)}</td>'
-        f"<td>{_e(h.tamper or '—')}</td><td>{_e(h.verdict or h.rejection or '—')}</td>"
+        f"<td>{_e(tamper_cell(h))}</td><td>{_e(h.verdict or h.rejection or '—')}</td>"
         f"<td>{_e(plain_rules(h))}</td><td>{_e(outcome_cell(h))}</td>"
         f"<td>{_e(credential_cell(h))}</td>"
         f"<td>{'✔' if j.ok else '✘ ' + _e(j.why)}</td></tr>"

@@ -5,7 +5,12 @@ The demo runs as a separate process (as ``make demo`` runs it) with its own ``HO
 its host ids are unique per run (``demo-<run-id>-NN``), so replay here looks only at this run's
 hosts even though the topics are shared. The mix covers the verifier (secure_boot_off,
 forged_log), intake (wrong_ak) and the agent client's protocol hooks (replayed_nonce: an honest
-round, then that used nonce again; stale_quote: evidence held past the nonce's expiry). Intake
+round, then that used nonce again; stale_quote: evidence held past the nonce's expiry), and
+every attack of the soundness issue in the same run: a rooted host's edited logs
+(windows_events_dropped, boot_app_relabelled, sha1_only_log: real extends and quotes of its
+swtpm), quotes over less than the challenge asks (quote_fewer_pcrs, pcr_bank_downgrade), and
+the protocol attacks of ``services.agent.attacks`` (foreign_partition, borrowed_host_id,
+challenge_flood), two of them naming a clean host that must still end TRUSTED. Intake
 rejections are SOC findings, never incidents: only failed verdicts quarantine.
 """
 
@@ -23,19 +28,25 @@ from typing import Any
 
 import pytest
 
+from services.agent.attacks import FLOOD_COUNT
 from services.demo.report import EXPECTED_REASONS
+from services.runtime.codec import Codec
 from services.verifier.cli_replay import Recorded, read_recorded, run_replay
 from services.verifier.replay import AuditReport, FindingKind, WhatIfReport
+from tests.integration import runtime_support as rs
 from tests.unit.test_replay_core import without_grub_of
 
 pytestmark = [pytest.mark.kafka, pytest.mark.swtpm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 MIX = {"secure_boot_off": 1, "forged_log": 1, "wrong_ak": 1, "replayed_nonce": 1,
-       "stale_quote": 1}
-HOSTS = 8
+       "stale_quote": 1, "windows_events_dropped": 1, "boot_app_relabelled": 1,
+       "sha1_only_log": 1, "quote_fewer_pcrs": 1, "pcr_bank_downgrade": 1,
+       "foreign_partition": 1, "borrowed_host_id": 1, "challenge_flood": 1}
+HOSTS = 16  # three clean hosts: one per image, two of them the attacks' victims
 # Refused at intake: an intake rejection is a SOC finding, never an incident, so these hosts are
 # neither quarantined nor trusted (no verdict, no credential).
-AT_INTAKE = {"stale_quote", "wrong_ak"}
+AT_INTAKE = {"stale_quote", "wrong_ak", "quote_fewer_pcrs", "pcr_bank_downgrade",
+             "foreign_partition", "borrowed_host_id", "challenge_flood"}
 # An honest first round (trusted, credential), then the replay of its nonce, refused at intake:
 # the refused record changes nothing, the host stays as its own verdict left it.
 TRUSTED_THEN_REFUSED = {"replayed_nonce"}
@@ -96,8 +107,7 @@ def test_demo_matches_the_tamper_mix(demo: DemoResult) -> None:
             assert h["status"] == "QUARANTINED" and h["incident_id"], h
         if h["tamper"] is not None:
             reasons = {r["rule_id"] for r in h["failed_rules"]}
-            if h["rejection"]:
-                reasons.add(f"intake.{h['rejection']}")
+            reasons.update(f"intake.{r}" for r in h["rejections"])
             assert reasons & EXPECTED_REASONS[h["tamper"]], h
     at_intake = sum(1 for t in tampers if t in AT_INTAKE)
     kept = sum(1 for t in tampers if t in TRUSTED_THEN_REFUSED)
@@ -138,6 +148,79 @@ def test_protocol_tampers_are_refused_for_what_they_did(demo: DemoResult) -> Non
     assert replayed["status"] == "TRUSTED" and not replayed["incident_id"]
     stale = by_tamper["stale_quote"]
     assert stale["rejection"] == "STALE_NONCE" and "expired" in stale["rejection_detail"]
+
+
+def test_attacks_naming_another_host_are_refused_and_it_stays_trusted(demo: DemoResult) -> None:
+    hosts = {h["host_id"]: h for h in demo.doc["hosts"]}
+    attackers = [h for h in hosts.values() if h["tamper"] in ("borrowed_host_id",
+                                                              "challenge_flood")]
+    assert len(attackers) == 2 and len({a["target"] for a in attackers}) == 2
+    for a in attackers:
+        victim = hosts[a["target"]]
+        assert victim["tamper"] is None and victim["named_by"] == [a["host_id"]]
+        # the victim got its nonce after the attack, passed, and opened its credential
+        assert victim["status"] == "TRUSTED" and victim["rejections"] == [], victim
+        assert victim["credential_opened"] == {"ok": True, "detail": victim["cert_serial"]}
+        # every record the attacker wrote was refused, and is shown on the attacker's row
+        assert len(a["rejections"]) == a["attack"]["sent"] and a["attack"]["got_through"] == []
+        assert a["verdict"] is None and a["incident_id"] is None and a["trust"] is None
+    flood = next(a for a in attackers if a["tamper"] == "challenge_flood")
+    assert flood["attack"]["sent"] == FLOOD_COUNT
+    assert flood["rejections"] == ["UNAUTHENTICATED"] * FLOOD_COUNT
+    borrowed = next(a for a in attackers if a["tamper"] == "borrowed_host_id")
+    assert borrowed["rejections"] == ["EK_CHANGED", "UNAUTHENTICATED"]
+    assert borrowed["attack"]["heard"] == ["enrolment REFUSED: EK_CHANGED"]
+    foreign = next(h for h in hosts.values() if h["tamper"] == "foreign_partition")
+    assert foreign["rejections"] == ["WRONG_PARTITION"] * 2 and foreign["target"] is None
+
+
+def test_the_topics_say_the_same_as_the_demo(demo: DemoResult) -> None:
+    """The demo attributes a refused record to its writer by the record's coordinates; read
+    the rejections and host states straight from the topics and check the same facts."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    hosts = {h["host_id"]: h for h in demo.doc["hosts"]}
+    codec = Codec.load()
+
+    async def read(topic: str, subject: str) -> list[tuple[Any, dict[str, Any]]]:
+        return [(r, codec.decode(r.value, expected={subject}).record)
+                for r in await rs.read_committed(topic)
+                if r.value is not None and r.key is not None and r.key.decode() in hosts]
+
+    rejections = asyncio.run(read("attest.rejections.v1", "hostgate.IntakeRejected"))
+    by_host: dict[str, list[dict[str, Any]]] = {}
+    for _, rec in rejections:
+        by_host.setdefault(rec["host_id"], []).append(rec)
+    flood = next(h for h in hosts.values() if h["tamper"] == "challenge_flood")
+    borrowed = next(h for h in hosts.values() if h["tamper"] == "borrowed_host_id")
+    # records naming the victims: exactly the attackers', all refused as they should be
+    assert sorted(r["reason"] for r in by_host[flood["target"]]) == \
+        ["UNAUTHENTICATED"] * FLOOD_COUNT
+    assert sorted(r["reason"] for r in by_host[borrowed["target"]]) == [
+        "EK_CHANGED", "UNAUTHENTICATED"]
+    assert all(r["record_subject"] == "hostgate.ChallengeRequested"
+               for r in by_host[flood["target"]])
+    # a foreign partition's records really were off their key's partition
+    foreign = next(h for h in hosts.values() if h["tamper"] == "foreign_partition")
+    wrong = by_host[foreign["host_id"]]
+    assert [r["reason"] for r in wrong] == ["WRONG_PARTITION"] * 2
+    assert {r["source"]["topic"] for r in wrong} == {"attest.requests.v1",
+                                                     "attest.evidence.v1"}
+    for r in wrong:
+        parts = list(range(asyncio.run(rs.partition_count(r["source"]["topic"]))))
+        assert r["source"]["partition"] != DefaultPartitioner()(
+            foreign["host_id"].encode(), parts, parts)
+    # the selection refusals name what the challenge asked
+    for name in ("quote_fewer_pcrs", "pcr_bank_downgrade"):
+        h = next(h for h in hosts.values() if h["tamper"] == name)
+        (r,) = by_host[h["host_id"]]
+        assert r["reason"] == "SELECTION_MISMATCH", r
+        assert "the challenge asked for sha256:0-9,12-14" in r["detail"], r
+    # the victims' last host state is TRUSTED: no record naming them changed it
+    states = asyncio.run(read("attest.hosts.v1", "hostgate.HostState"))
+    last = {rec["host_id"]: rec["state"] for _, rec in states}
+    assert last[flood["target"]] == last[borrowed["target"]] == "TRUSTED"
+    assert flood["host_id"] not in last and borrowed["host_id"] not in last
 
 
 def test_nothing_of_the_run_is_left_running(demo: DemoResult) -> None:

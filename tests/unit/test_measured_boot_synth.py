@@ -21,12 +21,13 @@ from services.agent.measured_boot import (
     IMAGES,
     BootConfig,
     MeasuredBoot,
+    boot_application_event,
     synthesise,
 )
-from services.agent.tamper import PROFILES, EvidenceTamper, get_profile
+from services.agent.tamper import PROFILES, RELABEL_DATA, EvidenceTamper, get_profile
 from services.tpm import sipa, uefi
 from services.tpm.eventlog import parse_event_log
-from services.tpm.eventlog_builder import TPM_ALG_SHA1, TPM_ALG_SHA256, LogEvent
+from services.tpm.eventlog_builder import TPM_ALG_SHA1, TPM_ALG_SHA256, LogEvent, expected_pcrs
 from services.tpm.replay import replay
 
 BANKS = {TPM_ALG_SHA1: "sha1", TPM_ALG_SHA256: "sha256"}
@@ -131,8 +132,9 @@ def test_each_tamper_profile_changes_exactly_what_it_says(name: str) -> None:
         assert measured.pcrs()[TPM_ALG_SHA256][7] != clean.pcrs()[TPM_ALG_SHA256][7]  # ...it wasn't
         assert {pcr for pcr, _ in _kinds(removed + added)} == {7}
         return
-    assert logged == measured  # only forged_log lies in its log
-    if profile.evidence is not EvidenceTamper.NONE:
+    assert logged == measured  # only forged_log lies in its log (log edits come after)
+    if not profile.boot_changes:
+        assert profile.evidence is not EvidenceTamper.NONE
         assert measured.log_bytes() == clean.log_bytes()  # evidence-only: the boot is clean
         return
     if name == "secure_boot_off":
@@ -140,9 +142,9 @@ def test_each_tamper_profile_changes_exactly_what_it_says(name: str) -> None:
         assert added[0].data.endswith(b"\x00") and removed[0].data.endswith(b"\x01")
         assert sorted(_kinds(removed)) == sorted(
             [(7, EV_EFI_VARIABLE_DRIVER_CONFIG)] + [(7, EV_EFI_VARIABLE_AUTHORITY)] * 2)
-    elif name in WINDOWS_FLAG:
+    elif name in WINDOWS_FLAG or name == "windows_events_dropped":
         assert _kinds(removed) == _kinds(added) == [(12, EV_EVENT_TAG)]
-        field, value = WINDOWS_FLAG[name]
+        ((field, value),) = profile.boot_changes
         before, after = _windows_config(clean), _windows_config(measured)
         assert getattr(after, field) is value and getattr(before, field) is (not value)
         assert before.loaded_modules == after.loaded_modules
@@ -154,7 +156,7 @@ def test_each_tamper_profile_changes_exactly_what_it_says(name: str) -> None:
         revoked = [s.value for lst in uefi.decode_signature_lists(dbx.variable_data)
                    for s in lst.entries]
         assert (added[0].digest(TPM_ALG_SHA256) in revoked) == (name == "revoked_in_dbx")
-    elif name == "unknown_kernel":
+    elif name in ("unknown_kernel", "boot_app_relabelled"):
         # the kernel's PCR 4 image digest and GRUB's PCR 9 file digest of it both change
         assert sorted(_kinds(removed)) == sorted(_kinds(added)) == [
             (4, EV_EFI_BOOT_SERVICES_APPLICATION), (9, EV_IPL)]
@@ -180,3 +182,57 @@ def test_windows_only_profiles_do_not_touch_a_linux_boot() -> None:
 @pytest.mark.parametrize("image", list(IMAGES))
 def test_clean_hosts_of_one_image_share_their_pcrs(image: str) -> None:
     assert len({repr(synthesise(image, seed).pcrs()) for seed in range(5)}) == 1
+
+
+def _logged(log: bytes) -> list[tuple[int, int, bytes, tuple[tuple[str, bytes], ...]]]:
+    """(PCR, type, data, digests by bank name) of every event after the Spec ID header."""
+    return [(e.pcr, e.event_type, e.data, tuple(sorted(e.digests.items())))
+            for e in parse_event_log(log).events[1:]]
+
+
+def _as_logged(events: list[LogEvent], banks: tuple[int, ...] = (TPM_ALG_SHA1, TPM_ALG_SHA256)
+               ) -> list[tuple[int, int, bytes, tuple[tuple[str, bytes], ...]]]:
+    return [(e.pcr, e.event_type, e.data,
+             tuple(sorted((BANKS[a], d) for a, d in e.digests if a in banks))) for e in events]
+
+
+@pytest.mark.parametrize("name", [n for n, p in PROFILES.items() if p.log_edit is not None])
+def test_each_log_edit_rewrites_the_log_as_root_would(name: str) -> None:
+    """The log a rooted host sends: the measured events minus what it hides, relabelled where
+    it relabels, plus what it extended itself after boot; the TPM's PCRs are the measured
+    boot's plus those extends."""
+    profile = get_profile(name)
+    assert profile.evidence is EvidenceTamper.EDITED_LOG and profile.log_edit is not None
+    image = "windows-server-2022" if profile.family == "windows" else "fedora-40-shim"
+    measured = synthesise(image, 4, profile.measured_config())
+    edited = profile.log_edit.apply(measured)
+    sent = parse_event_log(edited.log)
+    tpm_pcrs = {BANKS[a]: v for a, v in
+                expected_pcrs([*measured.events, *edited.extends], measured.algs).items()}
+    if name == "windows_events_dropped":
+        assert edited.extends == ()
+        kept = [e for e in measured.events if e.pcr not in (11, 12, 13, 14)]
+        assert len(kept) < len(measured.events)
+        assert _logged(edited.log) == _as_logged(kept)
+        # the log no longer touches PCRs 12-14, which the TPM holds extended
+        assert all(p not in replay(sent)[b] and tpm_pcrs[b][p] for b in BANKS.values()
+                   for p in (12, 13, 14))
+    elif name == "boot_app_relabelled":
+        golden_kernel = boot_application_event(image, 4, "vmlinuz")
+        assert edited.extends == (golden_kernel,)
+        assert golden_kernel in synthesise(image, 4).events  # byte for byte the clean event
+        events = list(measured.events)
+        last = max(i for i, e in enumerate(events)
+                   if e.pcr == 4 and e.event_type == EV_EFI_BOOT_SERVICES_APPLICATION)
+        unknown = events[last]
+        assert unknown.digest(TPM_ALG_SHA256) != golden_kernel.digest(TPM_ALG_SHA256)
+        events[last] = LogEvent(4, EV_IPL, unknown.digests, RELABEL_DATA)  # same digests
+        assert _logged(edited.log) == _as_logged([*events, golden_kernel])
+        assert replay(sent) == tpm_pcrs  # the edited log replays to the TPM's PCRs
+    elif name == "sha1_only_log":
+        assert edited.extends == ()
+        assert sent.banks == ("sha1",)
+        assert _logged(edited.log) == _as_logged(list(measured.events), (TPM_ALG_SHA1,))
+        assert replay(sent)["sha1"] == tpm_pcrs["sha1"]
+    else:
+        pytest.fail(f"log edit of {name} has no expectation in this test")

@@ -51,6 +51,14 @@ EXPECTED: dict[str, str] = {
     "db_tampered": "policy.secureboot.db",
     "kernel_cmdline_tampered": "policy.bootchain.kernel_cmdline",
     "forged_log": reasons.REPLAY_PCR_MISMATCH,
+    # PCRs 12-14 quoted, none of their events logged: every quoted PCR must be accounted for
+    "windows_events_dropped": reasons.REPLAY_PCR_MISMATCH,
+    # the relabelled unknown kernel stays in the boot chain (opaque code in PCR 4)
+    "boot_app_relabelled": "policy.bootchain.applications",
+    # SHA-1 and SHA-256 quoted, SHA-1 logged: every quoted bank must be replayed
+    "sha1_only_log": reasons.REPLAY_PCR_MISMATCH,
+    # PCRs 0-7 quoted of a policy that reads 8, 9 and 12-14 (intake refuses it first)
+    "quote_fewer_pcrs": "policy.banks.required_pcrs",
     "pcr_bank_downgrade": reasons.BANKS_DOWNGRADE,
 }
 #: The PCR of the offending event each profile's expected failure must name (None: no event).
@@ -59,7 +67,8 @@ EXPECTED_PCR: dict[str, int | None] = {
     "test_signing_on": 12, "code_integrity_off": 12, "unknown_bootloader": 4,
     "unknown_kernel": 4,
     "revoked_in_dbx": 4, "db_tampered": 7, "kernel_cmdline_tampered": 8, "forged_log": 7,
-    "pcr_bank_downgrade": None,
+    "windows_events_dropped": None, "boot_app_relabelled": 4, "sha1_only_log": None,
+    "quote_fewer_pcrs": None, "pcr_bank_downgrade": None,
 }
 
 
@@ -120,6 +129,78 @@ def test_tamper_profile_fails_with_its_rule_and_event(sim: SimFleet, profile: st
         assert failure.event["seq"] >= 0 and failure.event["digest"]
         assert failure.event["event_type_name"].startswith("EV_")
     assert v.record["ear_status"] == "CONTRAINDICATED"
+
+
+def test_a_rooted_windows_host_hiding_its_boot_configuration_fails_replay(sim: SimFleet) -> None:
+    """Kernel debugger on: the honest log fails the debugger rule, so root leaves PCRs 11-14 out
+    of the log. PCRs 12-14 are quoted (the policy reads them) and no longer accounted for."""
+    (host,) = sim.hosts("windows_events_dropped")
+    honest = appraise(collected_for(host, round_no=1, submitted_changes={
+        "boot_log": host.measured_boot.log_bytes()}), sim.policy)
+    assert "policy.debug.kernel_debugger" in honest.reason_ids, honest.failures
+    v = appraise(collected_for(host), sim.policy)
+    assert "policy.debug.kernel_debugger" not in v.reason_ids  # nothing to read it from...
+    (f,) = [f for f in v.failures if f.rule_id == reasons.REPLAY_PCR_MISMATCH]
+    assert "PCR 12" in f.sentence  # ...and the quote is not accounted for
+
+
+def test_a_relabelled_kernel_stays_in_the_boot_chain(sim: SimFleet) -> None:
+    """Root relabelled the unknown kernel's PCR 4 event as EV_IPL and extended and logged the
+    approved kernel after it: the log replays, and the boot chain still holds the unknown one."""
+    from services.agent.measured_boot import boot_binary
+    from services.tpm.eventlog_builder import TPM_ALG_SHA256
+
+    (host,) = sim.hosts("boot_app_relabelled")
+    assert [e.pcr for e in host.after_boot_extends] == [4]  # a real extend in its swtpm
+    v = appraise(collected_for(host), sim.policy)
+    assert reasons.REPLAY_PCR_MISMATCH not in v.reason_ids  # the edited log replays
+    apps = json.loads(v.record["claims_json"])["boot_applications"]
+    assert [a["kind"] for a in apps] == ["application", "application", "opaque", "application"]
+    unknown = boot_binary(host.image, "vmlinuz", "unknown").authenticode(TPM_ALG_SHA256)
+    golden = boot_binary(host.image, "vmlinuz").authenticode(TPM_ALG_SHA256)
+    assert [apps[2]["digests"]["sha256"], apps[3]["digests"]["sha256"]] == [unknown.hex(),
+                                                                          golden.hex()]
+    (f,) = [f for f in v.failures if f.rule_id == "policy.bootchain.applications"]
+    assert "4 boot application(s)" in f.sentence
+
+
+@pytest.mark.parametrize(("label", "data", "reason"), [
+    # outside PCR 4's row of the per-PCR type table: fails closed
+    (0x00000001, b"ACPI DATA", "tpm.event.unexpected_type: EV_POST_CODE in PCR 4"),
+    # GRUB's string convention: the data must hash to the digest, and it does not
+    (0x0000000D, b"grub_cmd: insmod part_gpt\x00", "tpm.binding.digest_mismatch"),
+])
+def test_the_relabelled_kernel_under_another_label_fails_closed(
+        sim: SimFleet, label: int, data: bytes, reason: str) -> None:
+    """The same host and TPM state (root's extend of the approved kernel is in), the kernel's
+    event logged under another label: the log still replays, the evidence fails closed."""
+    from services.agent.tamper import LogEdit
+
+    (host,) = sim.hosts("boot_app_relabelled")
+    log = LogEdit(relabel_last_application_as=label, relabel_data=data,
+                  append_application="vmlinuz").apply(host.measured_boot).log
+    v = appraise(collected_for(host, round_no=2, submitted_changes={"boot_log": log}),
+                 sim.policy)
+    assert reasons.REPLAY_PCR_MISMATCH not in v.reason_ids
+    (f,) = [f for f in v.failures if f.rule_id == "policy.evidence.anomalies"]
+    assert reason in f.sentence and "PCR 4" in f.sentence
+
+
+def test_quotes_that_leave_out_what_the_policy_reads_fail(sim: SimFleet) -> None:
+    """Past intake (which refuses both selections first), the verifier still fails them: a
+    SHA-1-only log under a SHA-1 + SHA-256 quote, and a quote of PCRs 0-7 only."""
+    (sha1_log,) = sim.hosts("sha1_only_log")
+    col = collected_for(sha1_log)
+    assert {p["bank"] for p in col["evidence"]["pcr_values"]} == {"SHA1", "SHA256"}
+    (f,) = [f for f in appraise(col, sim.policy).failures
+            if f.rule_id == reasons.REPLAY_PCR_MISMATCH]
+    assert "sha256" in f.sentence and "does not carry" in f.sentence
+    (fewer,) = sim.hosts("quote_fewer_pcrs")
+    col = collected_for(fewer)
+    assert {p["pcr"] for p in col["evidence"]["pcr_values"]} == set(range(8))
+    (f,) = [f for f in appraise(col, sim.policy).failures
+            if f.rule_id == "policy.banks.required_pcrs"]
+    assert "PCRs 8, 9, 12, 13, 14 are required but not quoted" in f.sentence
 
 
 def test_forged_log_names_first_pcr_and_the_events_that_built_it(sim: SimFleet) -> None:

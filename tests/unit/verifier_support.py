@@ -20,8 +20,13 @@ from services.verifier.policy.derive import derive_policy, golden_from_log
 from services.verifier.policy_in_force import PolicyInForce, load_in_force, published_record
 from services.verifier.simulate import collected_record, submitted_record
 
-#: Tamper profiles the collector stops at intake; the rest reach the verifier.
-INTAKE_PROFILES = frozenset({"replayed_nonce", "stale_quote", "wrong_ak"})
+#: Tamper profiles whose evidence never reaches the verifier: the collector stops them at intake
+#: (a used or expired nonce, a never-enrolled AK) or their quotes and logs are honest and the
+#: attack is in the records they write (``services.agent.attacks``). The rest reach the
+#: verifier here, including those intake also stops in the pipeline (``quote_fewer_pcrs``,
+#: ``pcr_bank_downgrade``): their evidence must fail appraisal on its own too.
+INTAKE_PROFILES = frozenset({"replayed_nonce", "stale_quote", "wrong_ak", "foreign_partition",
+                             "borrowed_host_id", "challenge_flood"})
 VERIFIER_PROFILES = tuple(p for p in PROFILES if p not in INTAKE_PROFILES)
 RECEIVED_AT_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed "now" from the record
 ACTIVE_BANKS = ("sha1", "sha256")  # what services.agent.swtpm provisions
