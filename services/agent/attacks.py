@@ -14,8 +14,9 @@ coordinates in ``source``) and that no other host's state changes.
 * :func:`borrowed_host_id` (``borrowed_host_id``): the client speaks as an already enrolled
   victim (``SimulatedHostSide(..., speaks_as=victim)``) over the attacker's own TPM: an
   enrolment with the attacker's EK certificate, EK and AK under the victim's id, then a
-  challenge request signed by the attacker's AK under that id. Expected: ``EK_CHANGED`` (the
-  id is bound to the victim's EK) and ``UNAUTHENTICATED``.
+  challenge request signed by the attacker's AK under that id. Expected: ``UNAUTHENTICATED``
+  for both (an enrolled id's enrolment is an AK rotation, which only the id's enrolled AK can
+  vouch for; were it signed, the id's EK would still differ: ``EK_CHANGED``).
 * :func:`challenge_flood` (``challenge_flood``): ``count`` unsigned challenge requests naming
   the victim, more than its rate limit and open-challenge bound. Expected: ``UNAUTHENTICATED``
   for each, and the victim still gets its nonce afterwards.

@@ -196,7 +196,8 @@ def _register_kafka_commands(agent_sub: argparse._SubParsersAction) -> None:  # 
         description="Create a new attestation key under the EK (saved in --state-file), send "
                     "EnrollmentRequested with the EK certificate, activate the collector's "
                     "MakeCredential challenge in this TPM, send the proof and wait for the "
-                    "collector's EnrollmentResult. Running it again rotates the AK (same EK). "
+                    "collector's EnrollmentResult. Running it again rotates the AK (same EK; the "
+                    "request is signed by the AK enrolled so far, from --state-file). "
                     "Prints the enrolled AK's name on success; exits non-zero with the "
                     "collector's reason (e.g. FAILED_ACTIVATION, BAD_EK_CERTIFICATE, "
                     "EK_CHANGED) if it refuses, or after --timeout seconds without an answer.")
@@ -234,10 +235,15 @@ def _run_client(args: argparse.Namespace, action: str) -> dict[str, Any]:
     config = ClientConfig(args.bootstrap, TopicNames(args.topic_namespace),
                           timeout_s=args.timeout)
     with AgentTpm(args.tcti, state_file=args.state_file) as tpm:
+        previous = None
         if action == "enroll":
+            # The AK enrolled so far (if the state file holds one) vouches for its successor:
+            # the collector refuses an unsigned rotation of an enrolled host.
+            if args.state_file is not None and args.state_file.exists():
+                previous = tpm.load_ak()
             tpm.create_ak(args.ak_kind)
         host = TpmHost(args.host_id, tpm, boot_log=getattr(args, "boot_log", Path("/dev/null")),
-                       ima_log=getattr(args, "ima_log", None))
+                       ima_log=getattr(args, "ima_log", None), previous_ak=previous)
 
         async def go() -> Any:
             async with AgentClient(host, config) as client:

@@ -49,12 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.agent.tpm import Quote, Selection
+from services.agent.tpm import AkInfo, Quote, Selection
 from services.collector.config import TopicNames
-from services.collector.request_auth import request_binding
+from services.collector.request_auth import request_binding, rotation_binding
 from services.errors import HostgateError
 from services.runtime.connection import client_kwargs
 from services.tpm.credential import CredentialChallenge
+from services.tpm.keys import decode_public
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -121,6 +122,10 @@ class HostSide(Protocol):
     def activate(self, challenge: CredentialChallenge) -> bytes: ...
     def quote(self, nonce: bytes, selection: Selection) -> Quote: ...
     def sign_request(self, binding: bytes) -> tuple[bytes, bytes]: ...
+    def sign_rotation(self, binding: bytes) -> tuple[bytes, bytes] | None:
+        """A request quote over ``binding`` by the AK this host is *currently* enrolled with
+        (an AK rotation must be vouched for by it), or None for a first enrolment."""
+        ...
     def boot_log(self) -> bytes: ...
     def ima_log(self) -> bytes | None: ...
 
@@ -306,11 +311,16 @@ class AgentClient:
         cannot activate the challenge."""
         ident = await asyncio.to_thread(self.host.identity)
         request_id = f"enr-{uuid.uuid4().hex}"
+        binding = rotation_binding(self.host.host_id, request_id,
+                                   decode_public(ident.ak_public).name)
+        signed = await asyncio.to_thread(self.host.sign_rotation, binding)
         challenge = await self._request(
             self.config.topics.requests, "hostgate.EnrollmentRequested",
             {"request_id": request_id, "host_id": self.host.host_id,
              "agent_version": self.config.agent_version, "ek_cert": ident.ek_cert,
-             "ek_public": ident.ek_public, "ak_public": ident.ak_public, "sent_at": _now_ms()},
+             "ek_public": ident.ek_public, "ak_public": ident.ak_public, "sent_at": _now_ms(),
+             "request_attest": signed[0] if signed else None,
+             "request_signature": signed[1] if signed else None},
             {"hostgate.ActivationChallenge", RESULT_SUBJECT}, request_id, "ActivationChallenge")
         if challenge.get("result") is not None:  # refused before any challenge
             _raise_unless_enrolled(challenge)
@@ -533,9 +543,12 @@ class TpmHost:
     from files (the kernel's securityfs by default)."""
 
     def __init__(self, host_id: str, tpm: AgentTpm, *, boot_log: Path = DEFAULT_BOOT_LOG,
-                 ima_log: Path | None = None, max_log_bytes: int = 8 * 1024 * 1024) -> None:
+                 ima_log: Path | None = None, max_log_bytes: int = 8 * 1024 * 1024,
+                 previous_ak: AkInfo | None = None) -> None:
         self._host_id = host_id
         self.tpm = tpm
+        self.previous_ak = previous_ak
+        """The AK enrolled before this enrolment (it signs an AK rotation), if any."""
         self.boot_log_path = boot_log
         self.ima_log_path = ima_log
         self.max_log_bytes = max_log_bytes
@@ -559,6 +572,11 @@ class TpmHost:
 
     def sign_request(self, binding: bytes) -> tuple[bytes, bytes]:
         return self.tpm.sign_request(binding)
+
+    def sign_rotation(self, binding: bytes) -> tuple[bytes, bytes] | None:
+        if self.previous_ak is None:
+            return None
+        return self.tpm.sign_request(binding, ak=self.previous_ak)
 
     def _read(self, path: Path) -> bytes:
         try:
@@ -616,6 +634,11 @@ class SimulatedHostSide:
         return self.sim.quote(nonce, selection=selection, protocol_hooks=True).quote
 
     def sign_request(self, binding: bytes) -> tuple[bytes, bytes]:
+        return self.sim.sign_request(binding)
+
+    def sign_rotation(self, binding: bytes) -> tuple[bytes, bytes] | None:
+        # A simulated host keeps one AK: enrolling again re-enrols that AK, vouched for by
+        # itself. (On a first enrolment the collector does not look at the signature.)
         return self.sim.sign_request(binding)
 
     def boot_log(self) -> bytes:

@@ -35,26 +35,19 @@ from services.collector.common import check_identity, derived_id, epoch_ms, reje
 from services.collector.config import NONCE_BYTES, CollectorConfig
 from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.enrollment import is_enrolled
-from services.collector.request_auth import RequestClock, RequestUnauthenticated, verify_request
+from services.collector.host_track import HOSTS, last_request_clock, new_track
+from services.collector.request_auth import RequestUnauthenticated, verify_request
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
 
 SUBJECT_REQUEST: Final = "hostgate.ChallengeRequested"
 SUBJECT_NONCE: Final = "hostgate.NonceIssued"
 CHALLENGES: Final = "challenges"
 NONCES: Final = "nonces"
-HOSTS: Final = "hosts"
 BANKS: Final = ("SHA1", "SHA256", "SHA384", "SHA512", "SM3_256")
 """PCR banks a challenge may name (the ``hostgate.HashAlg`` symbols besides UNKNOWN)."""
 MAX_SELECTIONS: Final = 8
 FALLBACK_BANK: Final = "SHA256"
 FIRMWARE_PCRS: Final = tuple(range(8))
-
-
-def new_track(host: str, now: int) -> dict[str, Any]:
-    """A fresh ``HostTrackState`` row."""
-    return {"host_id": host, "last_counters": None, "last_evidence": None,
-            "window_start": now, "submissions_in_window": 0, "updated_at": now,
-            "open_challenges": [], "used_nonces": [], "last_request_counters": None}
 
 
 def sweep(track: dict[str, Any], state: StateView, now: int) -> list[StateUpdate]:
@@ -119,11 +112,6 @@ def policy_selection(state: StateView, cfg: CollectorConfig
     return [{"bank": FALLBACK_BANK, "pcrs": sorted(set(FIRMWARE_PCRS) | required)}], facts
 
 
-def _last_request(track: Any) -> RequestClock | None:
-    rec = None if track is None else track.get("last_request_counters")
-    return None if rec is None else RequestClock.from_record(rec)
-
-
 def decide_challenge_request(inp: InputRecord, state: StateView,
                              cfg: CollectorConfig) -> Decision:
     """A ``ChallengeRequested``: issue a nonce to an enrolled host that signed the request,
@@ -146,7 +134,7 @@ def decide_challenge_request(inp: InputRecord, state: StateView,
         signed = verify_request(
             bytes(enrolment["ak_public"]), host, str(rec["request_id"]),
             None if attest is None else bytes(attest),
-            None if signature is None else bytes(signature), last=_last_request(current),
+            None if signature is None else bytes(signature), last=last_request_clock(current),
             max_attest_bytes=cfg.limits.max_quote_bytes,
             max_signature_bytes=cfg.limits.max_signature_bytes)
     except RequestUnauthenticated as exc:

@@ -32,7 +32,6 @@ from typing import Final
 
 from services.collector.challenges import (
     CHALLENGES,
-    HOSTS,
     NONCES,
     SUBJECT_REQUEST,
     decide_challenge_request,
@@ -54,6 +53,7 @@ from services.collector.enrollment import (
     refuse,
 )
 from services.collector.enrollment import TABLE as ENROLLMENTS
+from services.collector.host_track import HOSTS
 from services.collector.identity import SUBJECT_COMMAND, decide_identity_command
 from services.collector.intake import SUBJECT_EVIDENCE, decide_evidence
 from services.errors import HostgateError

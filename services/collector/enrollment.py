@@ -22,9 +22,13 @@ Checks of a request, in order (first failure wins; a refusal changes no state):
 
 1. key = ``host_id`` (``HOST_MISMATCH``), ids bounded (``MALFORMED``), ``ek_public`` present;
 2. the AK is a restricted, fixedTPM, fixedParent, TPM-generated signing key (``BAD_AK_ATTRIBUTES``);
-3. an ENROLLED host presenting another EK: ``EK_CHANGED`` — fails closed, the enrolled identity
-   is untouched and the SOC sees the anomaly (re-imaging a host with a new TPM needs an
-   operator's ``hostgate identity release`` first);
+3. an ENROLLED host's request is an AK rotation: it must be signed by the enrolled AK over the
+   rotation binding (host id, request id, new AK's name; ``request_auth.rotation_binding``) at a
+   TPM clock later than the host's last signed request (``UNAUTHENTICATED`` otherwise: EK
+   certificates are public material, so copies alone must not open activations against an
+   enrolled host); a signed one presenting another EK: ``EK_CHANGED`` — fails closed, the
+   enrolled identity is untouched and the SOC sees the anomaly (re-imaging a host with a new TPM
+   needs an operator's ``hostgate identity release`` first);
 4. the EK certificate chains to a configured manufacturer CA at the broker's time of the
    request, is not itself a CA, and its key is the presented EK public (``BAD_EK_CERTIFICATE``);
 5. the host has fewer than ``max_pending_enrolments`` activations open (``RATE_LIMITED``;
@@ -42,7 +46,8 @@ a valid manufacturer-certified EK may open activations for it: up to
 ``max_pending_enrolments`` at once per holder of that many certified EKs (filling the slots so
 the real host is refused ``RATE_LIMITED`` until they expire), and the first correct proof whose
 EK the registry grants wins the id. Once enrolled, the id is bound to its EK (``EK_CHANGED``)
-and the EK to the id (``EK_IN_USE``) until an operator releases it. Provisioning that matters
+and the EK to the id (``EK_IN_USE``) until an operator releases it, and only the id's enrolled
+AK can open a further activation (a rotation). Provisioning that matters
 should enrol hosts before they are reachable by others, or pin the expected EK out of band.
 
 The activation secret. It comes from ``CollectorConfig.random_bytes`` (``secrets.token_bytes``)
@@ -77,6 +82,12 @@ from services.collector.common import (
     to_datetime,
 )
 from services.collector.config import ACTIVATION_SECRET_BYTES, CollectorConfig
+from services.collector.host_track import HOSTS, last_request_clock, new_track
+from services.collector.request_auth import (
+    RequestUnauthenticated,
+    rotation_binding,
+    verify_request,
+)
 from services.ekid import ek_key_sha256
 from services.errors import HostgateError
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
@@ -231,8 +242,30 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
 
     existing = state.get(TABLE, host)
     rotating = is_enrolled(existing)
+    track_update: tuple[StateUpdate, ...] = ()
     if rotating:
         assert existing is not None
+        # An enrolled host's own AK must vouch for a rotation: EK certificates and publics are
+        # public material, and an unsigned request would spend the host's activation slots.
+        track = state.get(HOSTS, host)
+        attest, signature = rec.get("request_attest"), rec.get("request_signature")
+        try:
+            signed = verify_request(
+                bytes(existing["ak_public"]), host, str(rec["request_id"]),
+                None if attest is None else bytes(attest),
+                None if signature is None else bytes(signature),
+                last=last_request_clock(track), max_attest_bytes=cfg.limits.max_quote_bytes,
+                max_signature_bytes=cfg.limits.max_signature_bytes,
+                binding=rotation_binding(host, str(rec["request_id"]), ak.name))
+        except RequestUnauthenticated as exc:
+            # The requester hears why (REFUSED, by its request id); no state changes.
+            return refuse(inp, cfg, "UNAUTHENTICATED", f"an AK rotation of enrolled host "
+                          f"{host!r} must be signed by its enrolled AK: {exc}; nothing was "
+                          "changed", extra_log={"anomaly": True}, ak_name=ak.name)
+        moved = dict(track) if track is not None else new_track(host, now)
+        moved["last_request_counters"] = signed.clock.to_record(signed.safe)
+        moved["updated_at"] = now
+        track_update = (StateUpdate(HOSTS, host, moved),)
         enrolled_ek = bytes(existing["ek"]["ek_public"])
         if not hmac.compare_digest(enrolled_ek, ek_public):
             return refuse(inp, cfg, "EK_CHANGED",
@@ -283,7 +316,8 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
         row = {"host_id": host, "state": CHALLENGED, "request_id": rec["request_id"],
                "ak_public": ak_public, "ak_name": ak.name, "ek": identity,
                "ek_key_sha256": None, "pending": pending, "updated_at": now}
-    return Decision(outputs=(out,), state_updates=(StateUpdate(TABLE, host, row),),
+    return Decision(outputs=(out,), state_updates=(StateUpdate(TABLE, host, row),
+                                                   *track_update),
                     log={"outcome": "challenged", "rotation": rotating,
                          "chain_verified": bool(identity["chain_verified"]),
                          "open_activations": len(pending)})

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from services.collector.challenges import HOSTS
 from services.collector.common import coordinates_record, output_id
 from services.collector.config import CollectorConfig
 from services.collector.enrollment import BINDING, TABLE, enrolled_ek_digest, is_enrolled
 from services.collector.enrollment import binding_request as _binding_request
+from services.collector.host_track import HOSTS
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
 
 SUBJECT_COMMAND: Final = "hostgate.IdentityCommand"

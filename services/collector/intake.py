@@ -31,7 +31,7 @@ from __future__ import annotations
 import hmac
 from typing import Any, Final
 
-from services.collector.challenges import CHALLENGES, HOSTS, NONCES, new_track, sweep
+from services.collector.challenges import CHALLENGES, NONCES, sweep
 from services.collector.common import (
     check_identity,
     coordinates_record,
@@ -43,6 +43,7 @@ from services.collector.common import (
 from services.collector.config import CollectorConfig, IntakeLimits
 from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.enrollment import is_enrolled
+from services.collector.host_track import HOSTS, new_track
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
 from services.tpm import eventlog, ima
 from services.tpm.errors import (

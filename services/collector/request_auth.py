@@ -37,6 +37,10 @@ from services.tpm.keys import decode_public
 from services.tpm.quote import TPM_ST_ATTEST_QUOTE, decode_attest, verify_attest_signature
 
 REQUEST_TAG: Final = b"hostgate.challenge-request.v1\x00"
+ROTATION_TAG: Final = b"hostgate.ak-rotation-request.v1\x00"
+"""Domain tag of an AK rotation: an enrolled host's ``EnrollmentRequested`` for a new AK must
+be signed by its *current* AK over ``rotation_binding`` (host id, request id and the new AK's
+name), so copied EK material alone cannot open activations against an enrolled host."""
 CLOCK_MASK: Final = 0x7FFF_FFFF_FFFF_FFFF
 """``clock`` is stored in an Avro long (as the evidence counters are): its low 63 bits."""
 
@@ -46,12 +50,24 @@ class RequestUnauthenticated(HostgateError):
     (it holds no key material)."""
 
 
+def _binding(tag: bytes, *parts: bytes) -> bytes:
+    h = hashlib.sha256(tag)
+    for part in parts:
+        h.update(struct.pack(">I", len(part)) + part)
+    return h.digest()
+
+
 def request_binding(host_id: str, request_id: str) -> bytes:
     """The 32-byte ``extraData`` that authenticates request ``request_id`` of ``host_id``."""
-    host = host_id.encode("utf-8")
-    request = request_id.encode("utf-8")
-    return hashlib.sha256(REQUEST_TAG + struct.pack(">I", len(host)) + host
-                          + struct.pack(">I", len(request)) + request).digest()
+    return _binding(REQUEST_TAG, host_id.encode("utf-8"), request_id.encode("utf-8"))
+
+
+def rotation_binding(host_id: str, request_id: str, new_ak_name: bytes) -> bytes:
+    """The ``extraData`` of an AK rotation request: as :func:`request_binding` under
+    :data:`ROTATION_TAG`, plus the TPM name of the AK to be enrolled (so the signature cannot
+    be reused for another key)."""
+    return _binding(ROTATION_TAG, host_id.encode("utf-8"), request_id.encode("utf-8"),
+                    new_ak_name)
 
 
 @dataclass(frozen=True, order=True)
@@ -86,14 +102,15 @@ class AuthenticatedRequest:
 
 def verify_request(ak_public: bytes, host_id: str, request_id: str, attest: bytes | None,
                    signature: bytes | None, *, last: RequestClock | None,
-                   max_attest_bytes: int, max_signature_bytes: int) -> AuthenticatedRequest:
+                   max_attest_bytes: int, max_signature_bytes: int,
+                   binding: bytes | None = None) -> AuthenticatedRequest:
     """Check a request's quote against the enrolled AK ``ak_public`` (marshalled TPM2B_PUBLIC)
     and the host's ``last`` accepted request clock; ``RequestUnauthenticated`` says which check
-    failed (see the module docstring for the order)."""
+    failed (see the module docstring for the order). ``binding`` is the ``extraData`` expected
+    (default: :func:`request_binding` of ``host_id`` and ``request_id``)."""
     if attest is None or signature is None:
         raise RequestUnauthenticated("fields request_attest and request_signature are required: "
-                                     "a challenge request must be signed by the host's "
-                                     "enrolled AK")
+                                     "this request must be signed by the host's enrolled AK")
     for name, value, limit in (("request_attest", attest, max_attest_bytes),
                                ("request_signature", signature, max_signature_bytes)):
         if len(value) > limit:
@@ -110,7 +127,8 @@ def verify_request(ak_public: bytes, host_id: str, request_id: str, attest: byte
     if quoted.type != TPM_ST_ATTEST_QUOTE:
         raise RequestUnauthenticated(f"field request_attest: type {quoted.type:#06x} is not "
                                      "TPM_ST_ATTEST_QUOTE")
-    if not hmac.compare_digest(quoted.extra_data, request_binding(host_id, request_id)):
+    expected = binding if binding is not None else request_binding(host_id, request_id)
+    if not hmac.compare_digest(quoted.extra_data, expected):
         raise RequestUnauthenticated("field request_attest: extraData is not the binding of "
                                      "this host id and request id (a signature made for "
                                      "another request or another host)")
@@ -124,4 +142,4 @@ def verify_request(ak_public: bytes, host_id: str, request_id: str, attest: byte
 
 
 __all__ = ["AuthenticatedRequest", "RequestClock", "RequestUnauthenticated", "request_binding",
-           "verify_request"]
+           "rotation_binding", "verify_request"]

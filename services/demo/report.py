@@ -45,7 +45,7 @@ EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
     "pcr_bank_downgrade": frozenset({"intake.SELECTION_MISMATCH"}),
     # Protocol attacks (services.agent.attacks): every record they write is refused.
     "foreign_partition": frozenset({"intake.WRONG_PARTITION"}),
-    "borrowed_host_id": frozenset({"intake.EK_CHANGED"}),
+    "borrowed_host_id": frozenset({"intake.UNAUTHENTICATED"}),
     "challenge_flood": frozenset({"intake.UNAUTHENTICATED"}),
     # The agent client's hooks (services.agent.client.hook_for): after an honest round the host
     # answers a new challenge with the previous round's challenge and nonce, one the collector
@@ -63,7 +63,7 @@ REFUSED_AS: Final[Mapping[str, frozenset[str]]] = {
     "foreign_partition": frozenset({"WRONG_PARTITION"}),
     # the enrolment under the victim's id (its EK is bound to the victim), then a challenge
     # request signed by the attacker's own AK
-    "borrowed_host_id": frozenset({"EK_CHANGED", "UNAUTHENTICATED"}),
+    "borrowed_host_id": frozenset({"UNAUTHENTICATED"}),
     "challenge_flood": frozenset({"UNAUTHENTICATED"}),
 }
 #: Evidence rounds each profile's agent sends (default 1): ``replayed_nonce`` needs an honest

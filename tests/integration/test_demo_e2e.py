@@ -168,8 +168,9 @@ def test_attacks_naming_another_host_are_refused_and_it_stays_trusted(demo: Demo
     assert flood["attack"]["sent"] == FLOOD_COUNT
     assert flood["rejections"] == ["UNAUTHENTICATED"] * FLOOD_COUNT
     borrowed = next(a for a in attackers if a["tamper"] == "borrowed_host_id")
-    assert borrowed["rejections"] == ["EK_CHANGED", "UNAUTHENTICATED"]
-    assert borrowed["attack"]["heard"] == ["enrolment REFUSED: EK_CHANGED"]
+    # its enrolment under the enrolled id is not signed by that id's AK, nor its request
+    assert borrowed["rejections"] == ["UNAUTHENTICATED", "UNAUTHENTICATED"]
+    assert borrowed["attack"]["heard"] == ["enrolment REFUSED: UNAUTHENTICATED"]
     foreign = next(h for h in hosts.values() if h["tamper"] == "foreign_partition")
     assert foreign["rejections"] == ["WRONG_PARTITION"] * 2 and foreign["target"] is None
 
@@ -197,7 +198,7 @@ def test_the_topics_say_the_same_as_the_demo(demo: DemoResult) -> None:
     assert sorted(r["reason"] for r in by_host[flood["target"]]) == \
         ["UNAUTHENTICATED"] * FLOOD_COUNT
     assert sorted(r["reason"] for r in by_host[borrowed["target"]]) == [
-        "EK_CHANGED", "UNAUTHENTICATED"]
+        "UNAUTHENTICATED", "UNAUTHENTICATED"]
     assert all(r["record_subject"] == "hostgate.ChallengeRequested"
                for r in by_host[flood["target"]])
     # a foreign partition's records really were off their key's partition

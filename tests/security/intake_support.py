@@ -53,7 +53,7 @@ class TpmHost:
         ek = self.tpm.ek()
         return {"request_id": request_id, "host_id": self.host_id, "agent_version": "test",
                 "ek_cert": ek.certificate, "ek_public": ek.public, "ak_public": self.ak.public,
-                "sent_at": now_ms()}
+                "sent_at": now_ms(), "request_attest": None, "request_signature": None}
 
     def sign_binding(self, host_id: str, request_id: str, *, ak: AkInfo | None = None
                      ) -> tuple[bytes, bytes]:

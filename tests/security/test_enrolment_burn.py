@@ -34,7 +34,8 @@ async def _challenge(client: AgentClient, dep: ids.Deployment) -> dict[str, Any]
         dep.topics.requests, "hostgate.EnrollmentRequested",
         {"request_id": request_id, "host_id": client.host.host_id, "agent_version": "test",
          "ek_cert": ident.ek_cert, "ek_public": ident.ek_public,
-         "ak_public": ident.ak_public, "sent_at": 0},
+         "ak_public": ident.ak_public, "sent_at": 0, "request_attest": None,
+         "request_signature": None},
         {"hostgate.ActivationChallenge", RESULT_SUBJECT}, request_id, "ActivationChallenge")
     assert answer.get("challenge_id", "").startswith("act-"), answer
     return dict(answer)

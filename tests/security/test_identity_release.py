@@ -46,11 +46,12 @@ async def test_operator_release_allows_reenrolment_with_a_new_tpm_and_is_audited
         host = old_sim.host_id
         async with dep.client(old_sim) as client:
             await client.enroll()
-        # The re-imaged machine (a new TPM) under the same id: refused until released.
+        # The re-imaged machine (a new TPM) under the same id: refused until released (it
+        # cannot sign with the enrolled AK, which an enrolled id's enrolment needs).
         async with dep.client(new_sim, host) as newcomer:
             with pytest.raises(EnrollmentRefused) as refused:
                 await newcomer.enroll()
-        assert refused.value.reason == "EK_CHANGED"
+        assert refused.value.reason == "UNAUTHENTICATED"
 
         done = await _identity_cli(dep, "release", host, "--actor", "alice", "--reason",
                                    "re-imaged with a new mainboard (CHG-1234)", "--json")

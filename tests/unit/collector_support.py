@@ -42,6 +42,7 @@ from tpm2_pytss.types import (
 )
 
 from services.collector.config import CollectorConfig
+from services.collector.request_auth import rotation_binding
 from services.collector.stage import stage_from_config
 from services.runtime.codec import Codec
 from services.runtime.stage import Coordinates, Decision, InputRecord, Stage
@@ -181,11 +182,21 @@ class SoftHost:
 
     # -- records the agent would send -----------------------------------------------------
     def enroll(self, request_id: str = "enr-1", *, ak_public: bytes | None = None,
-               ek_cert: bytes | bool | None = True) -> dict[str, Any]:
+               ek_cert: bytes | bool | None = True,
+               rotating_from: ec.EllipticCurvePrivateKey | None = None) -> dict[str, Any]:
+        """An ``EnrollmentRequested`` for ``ak_public`` (default this host's AK). An AK rotation
+        of an enrolled host is signed by its current AK (``rotating_from``) over the rotation
+        binding, as the agent signs it; a first enrolment is not signed."""
         cert = self.ek_cert if ek_cert is True else (None if ek_cert is False else ek_cert)
+        new_ak = ak_public or self.ak_public
+        attest = signature = None
+        if rotating_from is not None:
+            name = bytes(TPM2B_PUBLIC.unmarshal(new_ak)[0].get_name())
+            attest, signature = self.quote(rotation_binding(self.host_id, request_id, name),
+                                           key=rotating_from, pcrs="sha256:0")
         return {"request_id": request_id, "host_id": self.host_id, "agent_version": "test",
-                "ek_cert": cert, "ek_public": self.ek_public,
-                "ak_public": ak_public or self.ak_public, "sent_at": NOW_MS}
+                "ek_cert": cert, "ek_public": self.ek_public, "ak_public": new_ak,
+                "sent_at": NOW_MS, "request_attest": attest, "request_signature": signature}
 
     def proof(self, challenge_id: str, secret: bytes, request_id: str = "proof-1"
               ) -> dict[str, Any]:

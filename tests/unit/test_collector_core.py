@@ -217,6 +217,12 @@ def test_reenrolment_with_new_ek_fails_closed(hx: Harness, pki: EkPki,
     imposter = SoftHost("host-f", pki)  # same host id, another TPM with a valid EK cert
     decision = hx.feed(ENROLL, imposter.enroll("enr-2"))
     reason, detail = rejection(decision)
+    assert reason == "UNAUTHENTICATED" and "enrolled AK" in detail  # it cannot sign for it
+    assert hx.state.get("enrollments", "host-f") == before
+    # the host itself (its enrolled AK signs) presenting another EK: refused too, as EK_CHANGED
+    imposter.clock = host.clock
+    decision = hx.feed(ENROLL, imposter.enroll("enr-3", rotating_from=host.ak_key))
+    reason, detail = rejection(decision)
     assert reason == "EK_CHANGED" and "another EK" in detail
     assert decision.log["anomaly"] is True
     assert hx.state.get("enrollments", "host-f") == before
@@ -228,7 +234,10 @@ def test_ak_rotation_keeps_old_ak_until_proof(hx: Harness, pki: EkPki,
     _enrol(hx, host, rnd)
     old_ak = host.ak_public
     new_key = ec.generate_private_key(ec.SECP256R1())
-    challenge = only(hx.feed(ENROLL, host.enroll("enr-2", ak_public=ak_public_of(new_key))),
+    unsigned = hx.feed(ENROLL, host.enroll("enr-u", ak_public=ak_public_of(new_key)))
+    assert rejection(unsigned)[0] == "UNAUTHENTICATED"  # a rotation needs the current AK
+    challenge = only(hx.feed(ENROLL, host.enroll("enr-2", ak_public=ak_public_of(new_key),
+                                                 rotating_from=host.ak_key)),
                      "hostgate.ActivationChallenge")
     row = hx.state.get("enrollments", "host-rot")
     assert row is not None and row["state"] == "ENROLLED" and row["ak_public"] == old_ak
@@ -545,7 +554,9 @@ def test_untrusted_ek_ca_is_refused_to_the_host(hx: Harness) -> None:
 def test_ek_changed_is_refused_to_the_host(hx: Harness, pki: EkPki, rnd: SeededRandom) -> None:
     host = SoftHost("host-ekc", pki)
     _enrol(hx, host, rnd)
-    told = refused(hx.feed(ENROLL, SoftHost("host-ekc", pki).enroll("enr-2")))
+    other = SoftHost("host-ekc", pki)
+    other.clock = host.clock
+    told = refused(hx.feed(ENROLL, other.enroll("enr-2", rotating_from=host.ak_key)))
     assert told["reason"] == "EK_CHANGED" and told["request_id"] == "enr-2"
     assert "another EK" in told["detail"]
 

@@ -46,8 +46,9 @@ def _challenge(hx: Harness, host: SoftHost, rid: str = "enr-1", **kw: Any) -> di
     return dict(only(hx.feed(ENROLL, host.enroll(rid, **kw)), "hostgate.ActivationChallenge"))
 
 
-def _enrol(hx: Harness, host: SoftHost, rnd: SeededRandom, rid: str = "enr-1") -> Any:
-    ch = _challenge(hx, host, rid)
+def _enrol(hx: Harness, host: SoftHost, rnd: SeededRandom, rid: str = "enr-1",
+           **kw: Any) -> Any:
+    ch = _challenge(hx, host, rid, **kw)
     return hx.feed(PROOF, host.proof(ch["challenge_id"], rnd.handed_out[-1], f"proof-{rid}"))
 
 
@@ -130,7 +131,8 @@ def test_one_ek_cannot_enrol_a_second_host_id(hx: Harness, pki: EkPki,
     row = hx.state.get("enrollments", "host-2")
     assert row is not None and row["state"] == "FAILED" and row["pending"] == []
     # The holder rotating its AK under the same EK is granted.
-    rotated = _enrol(hx, SoftHost("host-1", pki, ek_key=first.ek_key), rnd, "enr-2")
+    again = SoftHost("host-1", pki, ek_key=first.ek_key, clock=first.clock)
+    rotated = _enrol(hx, again, rnd, "enr-2", rotating_from=first.ak_key)
     assert only(rotated, "hostgate.EnrollmentResult")["result"] == "ENROLLED"
 
 
@@ -150,7 +152,8 @@ def test_requests_never_displace_and_are_bounded(hx: Harness, pki: EkPki,
     assert row is not None and len(row["pending"]) == 3
     # Expired unproved activations are swept by the next request.
     later = NOW_MS + hx.cfg.activation_ttl_ms + 1
-    only(hx.feed(ENROLL, host.enroll("enr-late"), at_ms=later), "hostgate.ActivationChallenge")
+    only(hx.feed(ENROLL, host.enroll("enr-late", rotating_from=host.ak_key), at_ms=later),
+         "hostgate.ActivationChallenge")
     row = hx.state.get("enrollments", "host-p")
     assert row is not None and [p["request_id"] for p in row["pending"]] == ["enr-late"]
 
@@ -180,11 +183,12 @@ def test_rotation_pending_survives_a_strangers_request(hx: Harness, pki: EkPki,
     host = SoftHost("host-r", pki)
     _enrol(hx, host, rnd)
     new_ak = ak_public_of(ec.generate_private_key(ec.SECP256R1()))
-    rot = _challenge(hx, host, "enr-rot", ak_public=new_ak)
+    rot = _challenge(hx, host, "enr-rot", ak_public=new_ak, rotating_from=host.ak_key)
     rot_secret = rnd.handed_out[-1]
-    # A stranger's request for the enrolled id is refused (EK_CHANGED), nothing displaced.
+    # A stranger's request for the enrolled id is refused (it cannot sign with the host's AK),
+    # nothing displaced.
     assert rejection(hx.feed(ENROLL, SoftHost("host-r", pki).enroll("enr-s")))[0] == \
-        "EK_CHANGED"
+        "UNAUTHENTICATED"
     done = hx.feed(PROOF, host.proof(rot["challenge_id"], rot_secret, "proof-rot"))
     assert only(done, "hostgate.EnrollmentResult")["result"] == "ENROLLED"
     assert hx.state.get("enrollments", "host-r")["ak_public"] == new_ak  # type: ignore[index]
