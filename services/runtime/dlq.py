@@ -3,7 +3,8 @@
 Header names follow Kafka Connect's dead-letter-queue context headers (``__connect.errors.*``,
 values as UTF-8 strings, as Connect writes them), so existing tooling can read them. Connect has
 no header for the original timestamp, the consumer group or the stage, so those are added under
-``hostgate.dlq.*``. The original record's headers come first and are kept as they were; ours are
+``hostgate.dlq.*``. The original record's headers come first and are kept as they were (all of
+them, unless the record is too large to copy whole: ``services.runtime.plan``); ours are
 appended (if a name repeats, e.g. a record re-driven from a DLQ, the last one is the newest).
 """
 
@@ -28,6 +29,8 @@ H_TRUNCATED: Final = "hostgate.dlq.original.size"
 """Set when the DLQ copy holds only a prefix of the value: the original's size in bytes."""
 H_SHA256: Final = "hostgate.dlq.original.sha256"
 """With :data:`H_TRUNCATED`: SHA-256 (hex) of the whole original value, to match it in its topic."""
+H_HEADER_COUNT: Final = "hostgate.dlq.original.headers"
+"""Set when the DLQ copy keeps only the first of the original's headers: how many it had."""
 
 MAX_MESSAGE_CHARS: Final = 1000
 """Exception messages are cut to this length (a DLQ header is not a place for a novel)."""
@@ -36,6 +39,9 @@ REASON_DECODE: Final = "decode"
 """The value (or key) could not be decoded: the stage never saw the record."""
 REASON_STAGE_ERROR: Final = "stage-error"
 """The record decoded but the stage raised on it and had no (working) error policy."""
+REASON_UNREADABLE: Final = "unreadable"
+"""The client library could not read the record at all (a header name that is not UTF-8): the
+DLQ record names its coordinates, where the original stays."""
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
 from services.runtime.dlq import (
+    H_HEADER_COUNT,
     H_SHA256,
     H_TRUNCATED,
     REASON_DECODE,
     REASON_STAGE_ERROR,
+    REASON_UNREADABLE,
     Failure,
     dlq_headers,
 )
@@ -134,18 +138,24 @@ class OutputTooLarge(StageOutputError):
 
 
 MAX_RECORD_BYTES: Final = 1024 * 1024 - 16 * 1024
-"""Most bytes (key + value + headers) of one record a plan may hold: under the producer's and the
-broker's 1 MiB request and message limits, with room for batch framing. A record the producer
-would refuse fails its transaction, and a transaction that fails on the same input every time
-would stop the task for good; so it never gets that far."""
+"""Most bytes one record a plan holds may weigh (:func:`record_bytes`): under the producer's
+``max_request_size`` (1,048,576 by default, what the workers' producers use) and the broker's
+``message.max.bytes`` (1,048,588), with room to spare. A record the producer would refuse fails
+its transaction, and a transaction that fails on the same input every time would stop the task
+for good; so it never gets that far."""
 DLQ_PREFIX_BYTES: Final = 64 * 1024
 """How much of an oversized value a DLQ copy keeps (the original stays in its topic)."""
+_HEADER_FRAMING: Final = 10
+"""Most bytes a v2 record spends framing one header (two varints of at most 5 bytes)."""
 
 
 def record_bytes(rec: OutRecord) -> int:
-    """What ``rec`` weighs against :data:`MAX_RECORD_BYTES`."""
-    return (len(rec.key or b"") + len(rec.value or b"")
-            + sum(len(k.encode("utf-8")) + len(v) for k, v in rec.headers))
+    """What ``rec`` weighs: the size of a v2 record batch holding only it, varints at their
+    widest, as the producer counts it against ``max_request_size`` in ``send``
+    (``DefaultRecordBatchBuilder.estimate_size_in_bytes``). Every header costs its framing too,
+    so a record of many empty headers weighs what it weighs on the wire."""
+    return int(DefaultRecordBatchBuilder.estimate_size_in_bytes(rec.key, rec.value,
+                                                                list(rec.headers)))
 
 
 def _decode_key(raw: bytes | None) -> str | None:
@@ -236,6 +246,48 @@ def plan_batch(
     return plan
 
 
+def unreadable_dlq_record(stage: Stage, coordinates: Coordinates, group: str,
+                          error: BaseException) -> OutRecord:
+    """The DLQ record of an input the client library could not read (so it has no key, value,
+    timestamp or headers to copy): the context headers name its coordinates and the error; the
+    record itself stays at those coordinates."""
+    headers = dlq_headers((), stage=stage.name, group=group, coordinates=coordinates,
+                          timestamp_ms=-1, failure=Failure(REASON_UNREADABLE, error))
+    return OutRecord(stage.dlq, None, b"", headers)
+
+
+def _truncated_dlq_copy(stage: Stage, raw: RawRecord, group: str, failure: Failure) -> OutRecord:
+    """A DLQ copy of a record too large to copy whole with our headers: a prefix of its key and
+    value, the size and digest of the value, and as many of its headers, in order, as fit (with
+    their count when some are left out). The whole record stays at its coordinates, which the
+    context headers name."""
+    value = raw.value or b""
+    key = (raw.key or b"")[:DLQ_PREFIX_BYTES] or None
+    prefix = value[:DLQ_PREFIX_BYTES]
+    marks: list[tuple[str, bytes]] = [(H_TRUNCATED, str(len(value)).encode()),
+                                      (H_SHA256, hashlib.sha256(value).hexdigest().encode())]
+    counted = (H_HEADER_COUNT, str(len(raw.headers)).encode())
+
+    def copy(original: Headers, extra: Sequence[tuple[str, bytes]]) -> OutRecord:
+        headers = dlq_headers(original, stage=stage.name, group=group,
+                              coordinates=raw.coordinates, timestamp_ms=raw.timestamp_ms,
+                              failure=failure)
+        return OutRecord(stage.dlq, key, prefix, (*headers, *extra))
+
+    budget = MAX_RECORD_BYTES - record_bytes(copy((), (*marks, counted)))
+    kept: list[tuple[str, bytes]] = []
+    for name, v in raw.headers:
+        budget -= len(name.encode("utf-8")) + len(v) + _HEADER_FRAMING
+        if budget < 0:
+            break
+        kept.append((name, v))
+    if len(kept) < len(raw.headers):
+        marks.append(counted)
+    record = copy(tuple(kept), marks)
+    assert record_bytes(record) <= MAX_RECORD_BYTES, "header framing is counted at its widest"
+    return record
+
+
 def _to_dlq(plan: BatchPlan, stage: Stage, raw: RawRecord, group: str, failure: Failure,
             key: str | None = None) -> None:
     headers = dlq_headers(raw.headers, stage=stage.name, group=group,
@@ -243,20 +295,7 @@ def _to_dlq(plan: BatchPlan, stage: Stage, raw: RawRecord, group: str, failure: 
                           failure=failure)
     record = OutRecord(stage.dlq, raw.key, raw.value, headers)
     if record_bytes(record) > MAX_RECORD_BYTES:
-        # The original would not fit with our headers: keep a prefix, its size and digest
-        # (the whole record stays at its coordinates, which the headers name).
-        value = raw.value or b""
-        marks = ((H_TRUNCATED, str(len(value)).encode()),
-                 (H_SHA256, hashlib.sha256(value).hexdigest().encode()))
-        original = tuple(raw.headers)
-        while original and record_bytes(OutRecord(stage.dlq, raw.key, value[:DLQ_PREFIX_BYTES],
-                                                  (*headers, *marks))) > MAX_RECORD_BYTES:
-            original = original[1:]  # a record padded with huge headers: drop them first
-            headers = dlq_headers(original, stage=stage.name, group=group,
-                                  coordinates=raw.coordinates, timestamp_ms=raw.timestamp_ms,
-                                  failure=failure)
-        record = OutRecord(stage.dlq, (raw.key or b"")[:DLQ_PREFIX_BYTES] or None,
-                           value[:DLQ_PREFIX_BYTES], (*headers, *marks))
+        record = _truncated_dlq_copy(stage, raw, group, failure)
     plan.records.append(record)
     exc = failure.exception
     plan.outcomes.append(RecordOutcome(raw.coordinates, key, "dlq", 0,

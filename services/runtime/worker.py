@@ -44,6 +44,12 @@ bound their own work per record (the verifier's appraisal budget); past
 ``max.poll.interval.ms`` aiokafka leaves the group anyway, the backstop for a decide that never
 returns.
 
+A record aiokafka cannot hand out (``UNREADABLE_RECORD_ERRORS``: a header name that is not
+UTF-8, which the broker stores) makes ``getmany`` raise and lose the records it drained. The
+worker then rewinds every ready task, reads each of its input partitions on its own up to where
+it ended, decides what precedes the record as usual, and dead-letters the record by its
+coordinates in a transaction that also commits the offset past it (``_unreadable_fetch``).
+
 On any failure in steps 1 to 5 the task is reset: its producer is dropped (the next InitProducerId with the
 same id aborts whatever it left open — no need to trust an ``abort`` on a broken connection), a
 new producer is started, the state is restored from the changelog and the inputs are rewound to
@@ -62,7 +68,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -74,11 +80,12 @@ from services.errors import ConfigError, HostgateError
 from services.runtime.codec import Codec
 from services.runtime.config import WorkerConfig
 from services.runtime.connection import client_kwargs
+from services.runtime.dlq import REASON_UNREADABLE
 from services.runtime.globaltable import GlobalTable, start_global_tables
 from services.runtime.logging import get_logger
 from services.runtime.metrics import WorkerMetrics, decision_labels
-from services.runtime.plan import BatchPlan, RawRecord, plan_batch
-from services.runtime.stage import OverlayState, Stage, merge_pending
+from services.runtime.plan import BatchPlan, RawRecord, plan_batch, unreadable_dlq_record
+from services.runtime.stage import Coordinates, OverlayState, Stage, merge_pending
 
 PLAN_CHUNK = 64
 """Records planned between two checks of the transaction's age."""
@@ -93,6 +100,23 @@ Tables = dict[str, dict[str, Mapping[str, Any]]]
 
 class StateRestoreError(HostgateError):
     """A changelog record could not be read back (fail closed: the task does not start)."""
+
+    retriable = True
+
+
+UNREADABLE_RECORD_ERRORS: tuple[type[Exception], ...] = (UnicodeDecodeError,)
+"""What ``getmany`` raises for a record aiokafka cannot hand out: it decodes header names as
+strict UTF-8 (C extension and Python alike) while the broker stores any bytes there. Not a
+``KafkaError``; without handling it would leave ``Worker.run`` on every worker that takes the
+partition."""
+_UNREADABLE_PROBES: Final = 64
+"""Offsets tried past an unreadable record's fetch position (transaction markers between)."""
+_DRAIN_IDLE_POLLS: Final = 20
+"""Empty polls after which a drain stops short of its end offset (the rest is read as usual)."""
+
+
+class UnreadableInput(HostgateError):
+    """An unreadable record whose offset could not be found (retried as a failed transaction)."""
 
     retriable = True
 
@@ -444,6 +468,9 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             self.log.warning("poll.failed", error=type(exc).__name__, detail=str(exc)[:300])
             await asyncio.sleep(0.5)
             return
+        except UNREADABLE_RECORD_ERRORS as exc:
+            await self._unreadable_fetch(exc)
+            return
         if not fetched:
             self._update_lag()
             return
@@ -481,13 +508,18 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 else:
                     start, plan, pending = await self._at_least_once(task, raws, start)
             except TRANSACTION_ERRORS as exc:
-                self.log.warning("transaction.failed", partition=task.partition,
-                                 error=type(exc).__name__, detail=str(exc)[:300])
-                self._mark_broken(task, exc)
-                await self._close_producer(task)
+                await self._reset_after_failed_transaction(task, exc)
                 return
             merge_pending(task.tables, pending)
             self._account(plan, time.monotonic() - t0)
+
+    async def _reset_after_failed_transaction(self, task: Task, exc: BaseException) -> None:
+        """Drop the task's producer and retry it later (its re-initialisation restores and
+        rewinds)."""
+        self.log.warning("transaction.failed", partition=task.partition,
+                         error=type(exc).__name__, detail=str(exc)[:300])
+        self._mark_broken(task, exc)
+        await self._close_producer(task)
 
     async def _transact(self, task: Task, raws: Sequence[RawRecord],
                         start: int) -> tuple[int, BatchPlan, Any]:
@@ -542,6 +574,134 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             {TopicPartition(t, p): o for (t, p), o in plan.next_offsets.items()})
         task.committed.update(plan.next_offsets)
         return len(raws), plan, overlay.pending
+
+    # -- records the client library cannot read ---------------------------------------------
+
+    async def _unreadable_fetch(self, exc: Exception) -> None:
+        """``getmany`` raised one of :data:`UNREADABLE_RECORD_ERRORS`: a record aiokafka cannot
+        hand out. The records that call drained are lost with it, and partitions it drained
+        before failing may have moved past them, so every ready task is rewound; then each of
+        their input partitions is read on its own (:meth:`_drain`) up to where it ended: what
+        precedes an unreadable record is decided as usual, and the record is dead-lettered by
+        its coordinates, exactly once. Anything that fails here resets the task concerned (its
+        reset rewinds), as a failed transaction does."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        self.metrics.errors.labels(self.stage.name, type(exc).__name__).inc()
+        self.log.warning("poll.unreadable_record", error=type(exc).__name__,
+                         detail=str(exc)[:300])
+        async with self._lock:
+            was_paused = set(consumer.paused())
+            ready = [t for t in self.tasks.values() if t.ready]
+            for task in ready:
+                tps = [tp for tp in self._input_tps(task.partition)
+                       if tp in consumer.assignment() and tp not in was_paused]
+                try:
+                    await self._rewind(task)
+                    consumer.pause(*tps)
+                    for tp in tps:
+                        if task.ready:
+                            await self._drain(task, tp)
+                    if task.ready:
+                        await self._rewind(task)
+                except TRANSACTION_ERRORS as exc2:
+                    self._mark_broken(task, exc2)  # pauses; its re-initialisation rewinds
+                    await self._close_producer(task)
+                if task.ready:
+                    consumer.resume(*tps)
+
+    async def _drain(self, task: Task, tp: TopicPartition) -> None:
+        """Decide ``tp``'s records (the caller paused every other partition) up to the end it
+        had when called, dead-lettering each unreadable one. After an unreadable record the
+        partition is read one record at a time: aiokafka does not move the position for a
+        ``getmany`` that raised, so the record that fails then is the one at the position."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        consumer.resume(tp)
+        try:
+            end = (await consumer.end_offsets([tp]))[tp]
+            raws: list[RawRecord] = []
+            one_by_one = False
+            idle = 0
+            while task.ready and await consumer.position(tp) < end and idle < _DRAIN_IDLE_POLLS:
+                try:
+                    got = await consumer.getmany(
+                        tp, timeout_ms=self.config.poll_timeout_ms,
+                        max_records=1 if one_by_one else self.config.batch_max_records)
+                except UNREADABLE_RECORD_ERRORS as exc:
+                    if not one_by_one:
+                        one_by_one = True  # the same position again, one record at a time
+                        continue
+                    await self._run_task(task, raws)
+                    raws = []
+                    if task.ready:
+                        offset = await self._unreadable_offset(tp, await consumer.position(tp))
+                        await self._dead_letter_unreadable(task, tp, offset, exc)
+                    one_by_one = False
+                    continue
+                records = got.get(tp, [])
+                idle = 0 if records else idle + 1
+                raws.extend(_raw(rec) for rec in records)
+                if len(raws) >= self.config.batch_max_records:
+                    await self._run_task(task, raws)
+                    raws = []
+            await self._run_task(task, raws)
+        finally:
+            consumer.pause(tp)
+
+    async def _unreadable_offset(self, tp: TopicPartition, position: int) -> int:
+        """The offset of the unreadable record that made a fetch from ``position`` fail: the
+        offsets between hold nothing readable (transaction markers), so it is the last start
+        from which the fetch still fails. Leaves the position just past it."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        offset = position
+        for _ in range(_UNREADABLE_PROBES):
+            consumer.seek(tp, offset + 1)
+            try:
+                while not await consumer.getmany(tp, timeout_ms=self.config.poll_timeout_ms,
+                                                 max_records=1):
+                    if await consumer.position(tp) >= (await consumer.end_offsets([tp]))[tp]:
+                        break
+            except UNREADABLE_RECORD_ERRORS:
+                offset += 1
+                continue
+            consumer.seek(tp, offset + 1)  # the probe's record is decided next
+            return offset
+        raise UnreadableInput(f"{tp.topic}[{tp.partition}]: no readable record within "
+                              f"{_UNREADABLE_PROBES} offsets of {position}")
+
+    async def _dead_letter_unreadable(self, task: Task, tp: TopicPartition, offset: int,
+                                      exc: BaseException) -> None:
+        """Write the DLQ record of the unreadable input at ``offset`` and move the task's
+        committed offset past it, in one transaction (offsets committed after the ack in the
+        at-least-once baseline)."""
+        assert self._consumer is not None
+        where = Coordinates(tp.topic, tp.partition, offset)
+        rec = unreadable_dlq_record(self.stage, where, self.config.group, exc)
+        offsets = {tp: offset + 1}
+        try:
+            if self.config.exactly_once:
+                producer = task.producer
+                assert producer is not None
+                await producer.begin_transaction()
+                await _all_acked([await producer.send(rec.topic, value=rec.value, key=rec.key,
+                                                      headers=list(rec.headers))])
+                await producer.send_offsets_to_transaction(offsets, self.config.group)
+                await producer.commit_transaction()
+            else:
+                assert self._plain_producer is not None
+                await _all_acked([await self._plain_producer.send(
+                    rec.topic, value=rec.value, key=rec.key, headers=list(rec.headers))])
+                await self._consumer.commit(offsets)
+        except TRANSACTION_ERRORS as exc2:
+            await self._reset_after_failed_transaction(task, exc2)
+            return
+        task.committed[(tp.topic, tp.partition)] = offset + 1
+        self.metrics.dlq.labels(self.stage.name, REASON_UNREADABLE).inc()
+        self.log.warning("decision", key=None, topic=tp.topic, partition=tp.partition,
+                         offset=offset, result="dlq", error=type(exc).__name__,
+                         dlq_reason=REASON_UNREADABLE)
 
     # -- accounting -------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ __all__ = [
     "ImaClaim",
     "KeyDatabase",
     "KeyEntry",
+    "LoadOptions",
+    "PossibleCmdline",
     "QuirkUse",
 ]
 
@@ -129,6 +131,27 @@ class ImaClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """The Linux EFI stub's measurement of the load options it took its command line from
+    (``EV_EVENT_TAG``, tag ``LINUX_EFI_LOAD_OPTIONS_TAG``, PCR 9): only their digests are in
+    the log, so a policy confirms them against the command lines the boot loaders measured."""
+
+    seq: int
+    digests: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class PossibleCmdline:
+    """An event of a command-line PCR that is not labelled as a boot-loader string but whose
+    data, hashed whole, could be the UTF-16 command line systemd-stub measures there (no NUL
+    before its end): the label is not hashed, so the data is judged as a command line too."""
+
+    seq: int
+    event_type: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class DecodedEvent:
     """Provenance of folded claims: what extraction decoded from one event (a UEFI variable, an
     EV_IPL string, a SIPA block's own latched flags), so a policy can name the event behind a
@@ -179,7 +202,11 @@ class Claims:
     unverified_boot_strings: tuple[int, ...] = ()
     """Seqs of boot-loader strings (EV_IPL in PCRs 8 and 12, where command lines are measured)
     whose digest is not over their data (older systemd-boot, pre-upstream GRUB): what they say
-    cannot be confirmed, so a command-line rule fails while any is present."""
+    cannot be confirmed, so a command-line rule fails while any is present. Also every such
+    string whose data does not decode, and every bound event of those PCRs whose data would be
+    a UTF-16 command line that does not decode."""
+    kernel_load_options: tuple[LoadOptions, ...] = ()
+    possible_cmdlines: tuple[PossibleCmdline, ...] = ()
     decoded: Mapping[int, DecodedEvent] = field(
         default_factory=dict, compare=False, repr=False
     )

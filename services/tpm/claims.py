@@ -44,6 +44,8 @@ from services.tpm.claim_records import (
     ImaClaim,
     KeyDatabase,
     KeyEntry,
+    LoadOptions,
+    PossibleCmdline,
     QuirkUse,
 )
 from services.tpm.eventlog import PCR_NOT_EXTENDED, Event, EventType
@@ -74,6 +76,8 @@ __all__ = [
     "ImaClaim",
     "KeyDatabase",
     "KeyEntry",
+    "LoadOptions",
+    "PossibleCmdline",
     "QuirkUse",
     "extract_claims",
 ]
@@ -148,6 +152,8 @@ class _State:
     tables: list[str] = field(default_factory=list)
     config_flags: list[str] = field(default_factory=list)
     stub_tags: list[str] = field(default_factory=list)
+    load_options: list[LoadOptions] = field(default_factory=list)
+    possible_cmdlines: list[PossibleCmdline] = field(default_factory=list)
     sipa_blocks: list[tuple[Event, sipa.BlockSummary]] = field(default_factory=list)
     sipa_error: tuple[int, str] | None = None
     quirks: list[QuirkUse] = field(default_factory=list)
@@ -278,12 +284,34 @@ def _config_flags(ev: Event, fact: Fact, st: _State) -> None:
 def _event_tag(ev: Event, fact: Fact, st: _State) -> None:
     if isinstance(fact, str):
         st.stub_tags.append(fact)
+        if fact == "load_options":
+            st.load_options.append(LoadOptions(ev.seq, dict(ev.digests)))
     elif isinstance(fact, SipaFact):
         if fact.summary is not None:
             st.sipa_blocks.append((ev, fact.summary))
         elif st.sipa_error is None and fact.fold_error is not None:
             seq = fact.fold_error_seq if fact.fold_error_seq is not None else -1
             st.sipa_error = (seq, fact.fold_error)
+
+
+def _possible_cmdline(ev: Event, st: _State) -> None:
+    """Command lines by content: systemd-stub hashes its UTF-16 command line whole, and the
+    label is not hashed, so any event of a command-line PCR whose data is hashed whole and
+    could be such a line (even length, no NUL unit before the last) is read as one too."""
+    data = ev.data
+    if len(data) < 2 or len(data) % 2:
+        return
+    nul = data.find(b"\x00\x00")
+    while nul >= 0 and nul % 2:
+        nul = data.find(b"\x00\x00", nul + 1)
+    if 0 <= nul < len(data) - 2:
+        return  # a NUL before the end: no command line the stub measures looks so
+    try:
+        text = data.decode("utf-16-le")
+    except UnicodeDecodeError:
+        st.unverified_strings.append(ev.seq)
+        return
+    st.possible_cmdlines.append(PossibleCmdline(ev.seq, ev.type_name, text.rstrip("\x00")))
 
 
 #: Event type -> fold step (types without one are checked and bound, then not interpreted).
@@ -386,9 +414,12 @@ def extract_claims(
             else:
                 _opaque_code(ev, st)
             continue
-        if ev.event_type == _IPL and ev.pcr in st.cmdline_pcrs and reading.opaque:
-            st.unverified_strings.append(ev.seq)  # what it says cannot be confirmed
-            continue
+        if ev.pcr in st.cmdline_pcrs:
+            if ev.event_type == _IPL and (reading.opaque or not usable):
+                st.unverified_strings.append(ev.seq)  # what it says cannot be confirmed
+                continue
+            if ev.event_type != _IPL and usable and not reading.opaque:
+                _possible_cmdline(ev, st)
         if not usable:
             continue
         fold = folds.get(ev.event_type)
@@ -421,5 +452,7 @@ def extract_claims(
         anomalies=tuple(st.anomalies),
         ima=tuple(ima) if ima is not None else None,
         unverified_boot_strings=tuple(st.unverified_strings),
+        kernel_load_options=tuple(st.load_options),
+        possible_cmdlines=tuple(st.possible_cmdlines),
         decoded=st.decoded,
     )

@@ -65,7 +65,16 @@ _LEGACY_PREFIXES: Final[tuple[tuple[bytes, IplKind], ...]] = (
     (b"grub_kernel_cmdline ", "grub_legacy_kernel_cmdline"),
 )
 _SHIM_NAMES: Final = frozenset({"MokList", "MokListX", "MokListTrusted", "MokSBState"})
-_LINUX_COMMANDS: Final = frozenset({"linux", "linuxefi", "linux16"})
+_LINUX_COMMANDS: Final = frozenset({"linux", "linuxefi", "linux16", "multiboot", "multiboot2",
+                                    "module", "module2"})
+"""GRUB commands whose arguments (after the file) become a kernel's command line: Linux's, a
+multiboot kernel's (Xen) or a multiboot module's (Xen's dom0 kernel)."""
+_CHAINLOADER: Final = "chainloader"
+"""``chainloader FILE ARGS`` hands ``ARGS`` to the image as its UEFI LoadOptions, which the
+Linux EFI stub takes as its command line."""
+_BOTH_SPACES: Final = " \t\n\v\f\r\x00"
+"""Characters both Linux and Python count as whitespace (Python's ``str.strip`` also strips
+``\x1c``-``\x1f`` and U+00A0, which Linux reads as part of a parameter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,17 +94,22 @@ class IplString:
     def is_kernel_cmdline(self) -> bool:
         """Whether this string's label says it is a kernel command line (the label is not
         hashed: see :meth:`command_line`)."""
-        return self.kind in ("kernel_cmdline", "grub_legacy_kernel_cmdline", "systemd_cmdline")
+        return self.kind in ("kernel_cmdline", "module_cmdline", "grub_legacy_kernel_cmdline",
+                             "systemd_cmdline")
 
     def command_line(self) -> str | None:
         """The kernel command line this string carries, judged by its label *and* its content:
-        a GRUB ``linux``/``linuxefi``/``linux16`` command carries the command line whatever its
+        a GRUB command that starts a kernel (``linux``, ``multiboot``, ``module`` and their
+        variants; ``chainloader`` with arguments) carries the command line whatever its
         prefix says (GRUB hashes the payload, not the ``grub_cmd:`` / ``kernel_cmdline:``
-        prefix, so a host may relabel one as the other)."""
+        prefix, so a host may relabel one as the other). The line starts with the file, as
+        GRUB's ``kernel_cmdline:`` string does."""
         if self.is_kernel_cmdline:
             return self.text
         head, _, rest = self.text.partition(" ")
         if head in _LINUX_COMMANDS and rest:
+            return rest
+        if head == _CHAINLOADER and len(rest.split(None, 1)) > 1:
             return rest
         return None
 
@@ -115,7 +129,7 @@ def decode_ipl(data: bytes, pcr: int, *, base: int = 0, seq: int | None = None) 
         text = decode_utf16(even, DataReader(data, base=base, seq=seq), "EV_IPL.utf16", at=0)
         if pcr == 12 or pcr == 8:
             bound = data if pcr == 12 else None
-            return IplString("systemd_cmdline", text.strip(), bound)
+            return IplString("systemd_cmdline", text.strip(_BOTH_SPACES), bound)
         return IplString("other", text, None)
     raw = data.split(b"\x00", 1)[0]
     text = raw.decode("utf-8", "replace")

@@ -7,7 +7,8 @@ a relabelled event from hiding what was measured:
 1. **The table** (:data:`TPM_PCR_TYPES`): each PCR lists the types the TCG PC Client Platform
    Firmware Profile (1.05 rev 23, sections 3.3.4 and 10.4.1, Table 9) assigns to it for PCRs
    0-7, and the boot-loader and OS conventions for 8-14 (GRUB 2 and the Linux EFI stub in 8-9,
-   systemd-stub in 11-13, shim in 14, the Windows Boot Configuration Log in 11-14). An event of
+   systemd-stub in 11 and 12, shim in 14, the Windows Boot Configuration Log in 11-14; PCR 13
+   takes no ``EV_IPL``: systemd-stub's unbound sysext measurement could hide Windows' modules). An event of
    any other type, or of a type outside the spec, fails closed wherever it is (a policy may accept
    one named (PCR, type) pair only in a PCR no built-in rule reads: see
    ``services.verifier.policy.model.TOLERANT_PCRS``). PCRs 10 and 15-23 have no TCG-log events
@@ -19,9 +20,8 @@ a relabelled event from hiding what was measured:
    strings, an ``EV_ACTION`` a short printable string, a separator one of its fixed values, an
    ``EV_IPL`` in PCR 12 printable UTF-16 text (systemd-stub) and in PCR 14 one of shim's variable
    names. Content outside its label's contract fails closed (outside :data:`TOLERANT_PCRS`).
-3. **Code by default** (:data:`CODE_PCRS`): in a code PCR, every event that is not a separator,
-   an action string or a boot-loader string meeting its contract is code that ran, whatever its
-   label: in PCR 4 a boot application (so an EFI application logged as ``EV_IPL``, or with data
+3. **Code by default** (:data:`CODE_PCRS`): in a code PCR, every event that is not a separator
+   or an action string meeting its contract is code that ran, whatever its label: in PCR 4 a boot application (so an EFI application logged as ``EV_IPL``, or with data
    that does not decode, stays in the boot chain), in PCR 2 a driver.
 
 Rows for an Intel TDX CCEL log (:data:`CCEL_MR_TYPES`) follow the TDVF mapping of PCRs to

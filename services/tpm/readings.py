@@ -52,6 +52,7 @@ from services.tpm.uefi import (
 )
 
 __all__ = [
+    "CERT_AUTHORITIES",
     "IMAGE_KINDS",
     "READINGS",
     "AuthorityFact",
@@ -78,10 +79,13 @@ _KEY_BY_DIGEST_ABOVE: Final = 1024
 
 _KNOWN_TYPES: Final = frozenset(int(t) for t in EventType)
 _WINDOWS_PCRS: Final = frozenset({12, 13, 14})
+_LINUX_STUB_PCR: Final = {"tpm": 9, "ccel": 3}
+"""The only register the Linux EFI stub measures its tagged events into (libstub: PCR 9; a
+CCEL maps PCR 9 to MR 3). A Linux tag id anywhere else is read as what that PCR holds."""
 _BOOT_OPTION: Final = re.compile(r"^Boot[0-9A-Fa-f]{4}$")
 #: Authority variables whose value is an EFI_SIGNATURE_DATA (or shim's bare certificate);
 #: others (SbatLevel, MokListTrusted, MokSBState...) are recorded by value digest.
-_CERT_AUTHORITIES: Final = frozenset({"db", "dbx", "MokList", "MokListRT", "Shim", "vendor_db"})
+CERT_AUTHORITIES: Final = frozenset({"db", "dbx", "MokList", "MokListRT", "Shim", "vendor_db"})
 IMAGE_KINDS: Final[dict[int, str]] = {
     EventType.EV_EFI_BOOT_SERVICES_APPLICATION: "application",
     EventType.EV_EFI_BOOT_SERVICES_DRIVER: "boot_driver",
@@ -230,7 +234,7 @@ def _key_entries(var: UefiVariableData, seq: int) -> tuple[KeyEntry, ...]:
 def _authority_fact(ev: Event) -> AuthorityFact:
     var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq, allow_trailing=True)
     value = var.variable_data
-    if var.name in _CERT_AUTHORITIES:
+    if var.name in CERT_AUTHORITIES:
         e = decode_signature_data(value, base=var.data_offset, seq=ev.seq)
         return AuthorityFact(var.name, e.kind, e.owner, e.digest, e.subject)
     return AuthorityFact(var.name, "variable", var.variable_guid,
@@ -300,10 +304,11 @@ def _config_flags_fact(ev: Event) -> str:
 
 def _event_tag_fact(ev: Event, registers: Registers) -> SipaFact | str | None:
     tag = sipa.decode_tagged_event(ev.data, base=ev.data_offset, seq=ev.seq)
-    if tag.event_id == LINUX_EFI_INITRD_TAG:
-        return "initrd"
-    if tag.event_id == LINUX_EFI_LOAD_OPTIONS_TAG:
-        return "load_options"
+    if ev.pcr == _LINUX_STUB_PCR[registers]:
+        if tag.event_id == LINUX_EFI_INITRD_TAG:
+            return "initrd"
+        if tag.event_id == LINUX_EFI_LOAD_OPTIONS_TAG:
+            return "load_options"
     if registers != "tpm" or ev.pcr not in _WINDOWS_PCRS:
         return None
     events = sipa.decode_sipa_events(ev.data, base=ev.data_offset, seq=ev.seq)

@@ -48,8 +48,8 @@ REPO = Path(__file__).resolve().parents[2]
 NONCE_TTL_S = 4
 TABLES = ("enrollments", "challenges", "nonces", "hosts", "ek_bindings")
 POLICY_ID = "agent-kafka"
-# Secure Boot reads PCR 7 and the kernel command line PCRs 8 and 12, in both banks the policy
-# requires: the challenge asks for sha1 and sha256, each with PCRs 0-8 and 12.
+# Secure Boot reads PCR 7 and the kernel command line PCRs 8, 9 and 12, in both banks the policy
+# requires: the challenge asks for sha1 and sha256, each with PCRs 0-9 and 12.
 POLICY = f"""\
 apiVersion: hostgate/v1
 kind: AttestationPolicy
@@ -65,7 +65,7 @@ spec:
     kernelCmdline:
       forbidden: ["init=/bin/sh"]
 """
-COVERAGE = tuple((bank, (*range(9), 12)) for bank in ("sha1", "sha256"))
+COVERAGE = tuple((bank, (*range(10), 12)) for bank in ("sha1", "sha256"))
 
 
 def _specs(topics: TopicNames) -> list[TopicSpec]:

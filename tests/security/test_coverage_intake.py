@@ -40,7 +40,7 @@ from tests.unit.collector_support import (
 
 POLICY_ID = "cov-policy"
 # Secure Boot reads PCR 7, the kernel debugger flag PCRs 12-14 (SIPA), the kernel command line
-# PCRs 8 and 12: the policy's coverage is SHA-256 x 0-8, 12-14.
+# PCRs 8, 9 and 12: the policy's coverage is SHA-256 x 0-9, 12-14.
 COVERAGE_POLICY = f"""\
 apiVersion: hostgate/v1
 kind: AttestationPolicy
@@ -56,7 +56,7 @@ spec:
     kernelCmdline:
       forbidden: ["init=/bin/sh"]
 """
-POLICY_PCRS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14]
+POLICY_PCRS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14]
 TWO_BANKS_POLICY = COVERAGE_POLICY + """\
   banks:
     require: [sha1, sha256]
@@ -143,10 +143,10 @@ def test_without_a_usable_policy_the_challenge_asks_sha256_firmware_and_required
 
 @pytest.mark.parametrize(("label", "quoted"), [
     ("fewer PCRs", "sha256:0,1,2,3,4,5,6,7"),
-    ("more PCRs", "sha256:0,1,2,3,4,5,6,7,8,12,13,14,15"),
-    ("another bank only", "sha1:0,1,2,3,4,5,6,7,8,12,13,14"),
-    ("an extra bank", "sha1:0,1,2,3,4,5,6,7,8,12,13,14+sha256:0,1,2,3,4,5,6,7,8,12,13,14"),
-    ("the bank split in two", "sha256:0,1,2,3,4,5,6,7+sha256:8,12,13,14"),
+    ("more PCRs", "sha256:0,1,2,3,4,5,6,7,8,9,12,13,14,15"),
+    ("another bank only", "sha1:0,1,2,3,4,5,6,7,8,9,12,13,14"),
+    ("an extra bank", "sha1:0,1,2,3,4,5,6,7,8,9,12,13,14+sha256:0,1,2,3,4,5,6,7,8,9,12,13,14"),
+    ("the bank split in two", "sha256:0,1,2,3,4,5,6,7+sha256:8,9,12,13,14"),
 ])
 def test_a_quote_over_another_selection_is_refused(pki: EkPki, tmp_path: Path, label: str,
                                                    quoted: str) -> None:
@@ -159,14 +159,14 @@ def test_a_quote_over_another_selection_is_refused(pki: EkPki, tmp_path: Path, l
                                                pcrs=quoted))
     reason, detail = rejection(decision)
     assert reason == "SELECTION_MISMATCH", (label, detail)
-    assert "sha256:0-8,12-14" in detail, detail  # names what was asked ...
+    assert "sha256:0-9,12-14" in detail, detail  # names what was asked ...
     assert quoted.split("+")[0].split(":")[0] in detail  # ... and what was quoted
     # It is the host's own signed evidence: its challenge is used up, nothing is accepted.
     assert hx.state.get("challenges", issued["challenge_id"]) is None
     track = hx.state.get("hosts", "host-sel")
     assert track is not None and track["last_counters"] is None
     again = hx.feed(EVIDENCE, host.evidence(issued["challenge_id"], issued["nonce"],
-                                            pcrs="sha256:0,1,2,3,4,5,6,7,8,12,13,14",
+                                            pcrs="sha256:0,1,2,3,4,5,6,7,8,9,12,13,14",
                                             evidence_id="ev-2"))
     assert rejection(again)[0] == "REPLAYED_NONCE"
 

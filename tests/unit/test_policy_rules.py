@@ -8,7 +8,6 @@ from services.verifier.policy import ids
 from services.verifier.policy.evaluate import evaluate, prepare, subject
 from services.verifier.policy.loader import load_policy
 from services.verifier.policy.results import Outcome, Verdict
-from services.verifier.policy.rules import cmdline_tokens
 from tests.unit.policy_helpers import golden, platform_group, rule_policy_text
 
 
@@ -101,11 +100,6 @@ def test_kernel_cmdline_rules() -> None:
     unproven = _judge(base + "      required: [ro]\n", "W03")
     r = unproven.result(ids.BOOTCHAIN_CMDLINE)
     assert r is not None and r.outcome is Outcome.FAIL
-
-
-def test_cmdline_tokens_keep_quoted_spans() -> None:
-    assert cmdline_tokens('a b="x y" c') == ["a", 'b="x y"', "c"]
-    assert cmdline_tokens("  ") == []
 
 
 def test_denied_boot_application_fails_even_if_allowed() -> None:

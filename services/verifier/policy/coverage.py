@@ -49,7 +49,8 @@ DEFAULT_IMA_PCR: Final = 10
 _SECURE_BOOT: Final = frozenset({7})
 _IMAGES_PCR4: Final = frozenset({4, 7})  # images in PCR 4, their signers in PCR 7
 _DRIVERS: Final = frozenset({2, 7}) | WINDOWS_PCRS  # UEFI drivers, signers, Windows modules
-_CMDLINE: Final = frozenset({8, 12})  # GRUB (PCR 8), systemd-stub (PCR 12)
+# GRUB (PCR 8), systemd-stub (PCR 12), the kernel's own load options (PCR 9)
+_CMDLINE: Final = frozenset({8, 9, 12})
 
 RULE_PCRS: Final[Mapping[str, frozenset[int]]] = {
     ids.SECUREBOOT_ENABLED: _SECURE_BOOT,

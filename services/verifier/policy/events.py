@@ -21,6 +21,7 @@ from services.tpm.claims import DecodedEvent
 from services.tpm.errors import MalformedInput
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import IplString, decode_ipl
+from services.tpm.readings import CERT_AUTHORITIES
 from services.tpm.uefi import (
     EFI_GLOBAL_VARIABLE_GUID,
     UefiVariableData,
@@ -32,6 +33,8 @@ _BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
 _SUMMARY_MAX: Final = 160
 _WINDOWS_PCRS: Final = frozenset({12, 13, 14})
 _SEQ: Final = attrgetter("seq")
+_PCR7_VARIABLE_TYPES: Final = frozenset({EventType.EV_EFI_VARIABLE_DRIVER_CONFIG,
+                                         EventType.EV_EFI_VARIABLE_AUTHORITY})
 
 
 def shorten(text: str, limit: int = _SUMMARY_MAX) -> str:
@@ -102,15 +105,24 @@ class EventIndex:
         return found
 
     def pcr7_variables(self) -> tuple[tuple[int, str], ...]:
-        """(seq, name) of every UEFI variable measured in PCR 7 (driver config and authority)."""
+        """(seq, name) of every UEFI variable measured in PCR 7: each driver-config event, and
+        each authority event that does not name a signing authority's database
+        (``CERT_AUTHORITIES``: those are signers, judged by the signer rules). An authority
+        event is bound and decoded like a driver-config one and its label is not hashed, so a
+        variable relabelled as an authority is still a variable PCR 7 measured."""
         out: list[tuple[int, str]] = []
         for ev in self._ordered:
-            if ev.pcr != 7 or ev.event_type != EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
+            if ev.pcr != 7 or ev.event_type not in _PCR7_VARIABLE_TYPES:
                 continue
             try:
-                var = self._variable(ev)
+                var = (self._variable(ev) if ev.event_type != EventType.EV_EFI_VARIABLE_AUTHORITY
+                       else decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq,
+                                                      allow_trailing=True))
             except MalformedInput:
                 out.append((ev.seq, "<undecodable>"))
+                continue
+            if ev.event_type == EventType.EV_EFI_VARIABLE_AUTHORITY and \
+                    var.name in CERT_AUTHORITIES:
                 continue
             out.append((ev.seq, var.name))
         return tuple(out)

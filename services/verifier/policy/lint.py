@@ -17,6 +17,7 @@ from services.verifier.policy.model import (
     DEBUG_FLAGS,
     STRONG_BANKS,
     ImageList,
+    ImaList,
     Policy,
     PolicySpec,
     RefDigest,
@@ -138,6 +139,13 @@ def findings(policy: Policy) -> list[Finding]:
             out.append(Finding("warning", where, f"digests in bank(s) {', '.join(stray)} never "
                                "approve: the policy requires "
                                f"{', '.join(sorted(required))}"))
+    for where, lst in _ima_lists(spec):
+        algs = sorted({r.alg for r in lst.denied})
+        if algs:
+            out.append(Finding("info", f"{where}.denied",
+                               f"IMA hashes each file in the algorithm the host's kernel chooses "
+                               f"(ima_hash=): an entry in an algorithm other than "
+                               f"{', '.join(algs)} fails as unconfirmable"))
     for t in spec.evidence.allowed_event_types:
         out.append(Finding("info", "spec.evidence.allowedEventTypes",
                            f"event type {t.event_type:#010x} is accepted in PCR {t.pcr} as an "
@@ -155,6 +163,15 @@ def findings(policy: Policy) -> list[Finding]:
                        + (f" (PCRs {', '.join(map(str, beyond))} because rules read them)"
                           if beyond else "")))
     return sorted(out, key=lambda f: (_ORDER[f.severity], f.field))
+
+
+def _ima_lists(spec: PolicySpec) -> list[tuple[str, ImaList]]:
+    ci = spec.code_integrity
+    if ci is None:
+        return []
+    return [(f"spec.codeIntegrity.ima.{key}", lst)
+            for key, lst in (("kernelModules", ci.ima_kernel_modules),
+                             ("executables", ci.ima_executables)) if lst is not None]
 
 
 def _allow_lists(spec: PolicySpec) -> list[tuple[str, tuple[RefDigest, ...] | None]]:

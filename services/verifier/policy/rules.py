@@ -19,7 +19,8 @@ evaluated when its policy section asks for something. What every rule may rely o
 * **No rule depends on the order of events in different PCRs** (nothing covers it): signer rules
   use the set of authorities measured in PCR 7, never a pairing of an authority with an image.
   A denied signer anywhere in PCR 7 fails the rule; an image not approved by digest is approved by
-  signer only if every signing authority PCR 7 measured is an approved signer.
+  signer only if Secure Boot was measured on and every signing authority PCR 7 measured is an
+  approved signer.
 * Boot applications are every code event of PCR 4, drivers every code event of PCR 2
   (``services.tpm.pcr_types.CODE_PCRS``), whatever their labels say.
 * Secure Boot state / PK / KEK / db / dbx not measured -> **fail**; on a Windows host, a flag
@@ -32,15 +33,24 @@ evaluated when its policy section asks for something. What every rule may rely o
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from services.tpm.claims import Authority, BootApplication, Claims, KeyDatabase
+from services.tpm.claims import Authority, BootApplication, Claims, KeyDatabase, LoadOptions
 from services.tpm.eventlog import event_type_name
 from services.tpm.sipa import WindowsBootConfig
 from services.verifier.policy import ids
 from services.verifier.policy.events import EventIndex, shorten
+from services.verifier.policy.kernel_params import (
+    COMMAND_LINE_SIZE,
+    UnreadableCommandLine,
+    forbidden_hit,
+    kernel_parameters,
+    load_options_forms,
+    missing_required,
+)
 from services.verifier.policy.model import (
     DEBUG_FLAGS,
     STRONG_BANKS,
@@ -468,9 +478,14 @@ def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Imag
         if _digest_matches(lists.allowed_digests or (), img.digests, banks):
             continue
         if img.uefi:
-            if pcr7 and not unapproved:
+            # Authorities say who verified images only if the firmware verified them: with
+            # Secure Boot off it verifies nothing, and anyone may extend PCR 7 afterwards.
+            if pcr7 and not unapproved and s.claims.secure_boot is True:
                 continue
-            if not pcr7:
+            if s.claims.secure_boot is not True:
+                why = ("Secure Boot was not measured on, so no signer verified it (an authority "
+                       "in PCR 7 then proves nothing)")
+            elif not pcr7:
                 why = "no signing authority was measured in PCR 7"
             else:
                 why = (f"PCR 7 also measured the unapproved signer {unapproved[0][0]}, and "
@@ -588,6 +603,9 @@ def _ima(rule: str, lst: ImaList, modules: bool, s: Subject) -> RuleResult:
     checked = 0
     # indexed once: an IMA list and an allow-list may both hold 100,000 entries
     allowed = ({(r.alg, r.hex) for r in lst.allowed} if lst.allowed is not None else None)
+    # A file hash exists in one algorithm, the one the host's kernel chose (ima_hash=, the
+    # template): a denial can only match an entry hashed in the denial's own algorithm.
+    denied_algs = {r.alg for r in lst.denied}
     for i, e in enumerate(entries):
         if e.violation:  # its path and hash are not covered: it could be any file
             return _r(rule, FAIL, f"IMA recorded a measurement violation at entry {i}: the "
@@ -599,6 +617,11 @@ def _ima(rule: str, lst: ImaList, modules: bool, s: Subject) -> RuleResult:
         checked += 1
         digests = {e.file_hash_alg: e.file_hash} if e.file_hash_alg and e.file_hash else {}
         shown = f"{e.file_hash_alg}:{e.file_hash.hex()}" if e.file_hash else "no file hash"
+        if denied_algs and e.file_hash_alg not in denied_algs:
+            return _r(rule, FAIL, f"IMA hashed the {what} {e.path} in "
+                      f"{e.file_hash_alg or 'no algorithm'} (IMA entry {i}); the deny list names "
+                      f"{', '.join(sorted(denied_algs))} digests only, so whether it is denied "
+                      "cannot be confirmed.")
         denied = _digest_matches(lst.denied, digests)
         if denied is not None:
             return _r(rule, FAIL, f"IMA measured a denied {what}: {e.path} ({shown}, IMA entry "
@@ -646,67 +669,72 @@ def _chain(spec: BootChainSpec, s: Subject) -> RuleResult:
         "approved images."))
 
 
-def cmdline_tokens(line: str) -> list[str]:
-    """Split a kernel command line into tokens, keeping double-quoted spans together."""
-    if '"' not in line:
-        return line.split()  # the same split: runs of str.isspace() characters
-    tokens: list[str] = []
-    cur: list[str] = []
-    quoted = False
-    for ch in line:
-        if ch == '"':
-            quoted = not quoted
-            cur.append(ch)
-        elif ch.isspace() and not quoted:
-            if cur:
-                tokens.append("".join(cur))
-                cur = []
-        else:
-            cur.append(ch)
-    if cur:
-        tokens.append("".join(cur))
-    return tokens
-
-
-def _forbidden_hit(token: str, forbidden: Iterable[str]) -> str | None:
-    key = token.split("=", 1)[0]
-    for f in forbidden:
-        if token == f or ("=" not in f and key == f):
-            return f
-    return None
-
-
 def _cmdline(spec: CmdlineSpec, s: Subject) -> RuleResult:
+    """Every command line a bound measurement says the kernel may have run with is judged,
+    parsed as Linux parses it (:mod:`.kernel_params`); the kernel's own measurement of its load
+    options must be one of them."""
     rule = ids.BOOTCHAIN_CMDLINE
     if s.platform == "windows":
         return _r(rule, NA, "Kernel command line: a Windows boot has no Linux command line "
                   "(the host matched a windows reference group).")
-    unverified = s.claims.unverified_boot_strings
+    c = s.claims
+    unverified = c.unverified_boot_strings
     if unverified:
         return _r(rule, FAIL, f"The kernel command line cannot be confirmed: event "
-                  f"{unverified[0]} is a boot-loader string whose digest is not over its data, "
-                  "so it could say anything.", s.index.ref(unverified[0], "unbound string"))
-    lines = s.claims.kernel_cmdlines
+                  f"{unverified[0]} is a boot-loader string whose digest is not over its data "
+                  "or whose data does not decode, so it could say anything.",
+                  s.index.ref(unverified[0], "unbound string"))
+    lines: list[tuple[str, str, EventRef | None]] = []
+    for line in c.kernel_cmdlines:
+        at, ref = _cmdline_event(line, s)
+        lines.append((line, at, ref))
+    for p in c.possible_cmdlines:
+        lines.append((p.text, f" (event {p.seq}, labelled {p.event_type}, whose data is a "
+                      "UTF-16 command line)", s.index.ref(p.seq, p.text)))
     if not lines:
         return _r(rule, FAIL, "No kernel command line was measured, so it cannot be checked.")
-    for line in lines:
+    unconfirmed = _unconfirmed_load_options(c, [line for line, _, _ in lines], s.trusted_banks)
+    if unconfirmed is not None:
+        return _r(rule, FAIL, f"The kernel command line cannot be confirmed: the kernel's load "
+                  f"options (event {unconfirmed.seq}, PCR 9) hash to none of the {len(lines)} "
+                  "command lines the boot loaders measured, so it ran with one nothing shows.",
+                  s.index.ref(unconfirmed.seq, "load options"))
+    for line, at, ref in lines:
         if spec.allowed is not None and line not in spec.allowed:
-            at, ref = _cmdline_event(line, s)
             return _r(rule, FAIL, f"The kernel command line is not one of the "
                       f"{len(spec.allowed)} approved ones: {shorten(line, 120)!r}{at}.", ref)
-        tokens = cmdline_tokens(line)
-        for tok in tokens:
-            hit = _forbidden_hit(tok, spec.forbidden)
-            if hit is not None:
-                at, ref = _cmdline_event(line, s)
-                return _r(rule, FAIL, f"The kernel command line contains the forbidden option "
-                          f"{shorten(tok, 80)!r}{at}.", ref)
-        missing = [t for t in spec.required if t not in tokens]
-        if missing:
-            at, ref = _cmdline_event(line, s)
-            return _r(rule, FAIL, f"The kernel command line lacks the required option "
-                      f"{missing[0]!r}{at}.", ref)
+        try:
+            params = kernel_parameters(line)
+        except UnreadableCommandLine as exc:
+            return _r(rule, FAIL, f"The kernel command line cannot be confirmed: "
+                      f"{shorten(line, 80)!r}{at}: {exc}.", ref)
+        hit = forbidden_hit(params, spec.forbidden)
+        if hit is not None:
+            param, entry = hit
+            return _r(rule, FAIL, f"The kernel command line contains the forbidden option "
+                      f"{shorten(param.written, 80)!r} (the kernel reads it as {entry!r}){at}.",
+                      ref)
+        missing = missing_required(params, spec.required)
+        if missing is not None:
+            return _r(rule, FAIL, f"The kernel command line does not apply the required option "
+                      f"{missing!r} (absent, overridden by a later value, after '--' or past "
+                      f"the kernel's {COMMAND_LINE_SIZE}-byte limit){at}.", ref)
     return _judged(s, rule, PASS, lambda: f"All {len(lines)} kernel command lines meet the policy.")
+
+
+def _unconfirmed_load_options(c: Claims, lines: Sequence[str],
+                              banks: frozenset[str] | None) -> LoadOptions | None:
+    """The first load-options measurement that no form of any of ``lines`` hashes to in a
+    bank the policy relies on (any hashable bank when it names none)."""
+    if not c.kernel_load_options:
+        return None
+    forms = [form for line in lines for form in load_options_forms(line)]
+    for lo in c.kernel_load_options:
+        usable = [(b, d) for b, d in lo.digests.items()
+                  if (banks is None or b in banks) and b in hashlib.algorithms_available]
+        if not any(hashlib.new(b, form).digest() == d for b, d in usable for form in forms):
+            return lo
+    return None
 
 
 def _cmdline_event(line: str, s: Subject) -> tuple[str, EventRef | None]:
