@@ -40,11 +40,10 @@ from aiokafka import AIOKafkaProducer
 from services.demo.orchestrator import StageProcess, create_issuing_ca
 from services.runtime.codec import Codec
 from services.runtime.connection import client_kwargs
-from services.runtime.topics import TopicLayout, TopicSpec, all_topics, ensure_topics
-from services.verifier.cli_replay import ReadSpec, read_recorded, read_topic, run_replay
+from services.runtime.topics import TopicLayout, Topics, ensure_topics
+from services.verifier.cli_audit_replay import ReadSpec, read_recorded, read_topic, run_replay
 from services.verifier.core import appraise
 from services.verifier.publish import publish
-from services.verifier.stage import VerifierTopics
 from tests.unit.verifier_support import collected_for, sim_fleet
 
 
@@ -81,7 +80,7 @@ async def produce(bootstrap: str, topic: str, records: list[dict[str, Any]], cod
         await producer.stop()
 
 
-async def wait_outputs(bootstrap: str, prefix: str, codec: Codec, n: int, timeout_s: float,
+async def wait_outputs(bootstrap: str, topics: Topics, codec: Codec, n: int, timeout_s: float,
                        stages: list[StageProcess]) -> dict[str, int]:
     """verdict_id -> end timestamp (ms), once every verdict has an issuer output."""
     deadline = time.monotonic() + timeout_s
@@ -91,9 +90,9 @@ async def wait_outputs(bootstrap: str, prefix: str, codec: Codec, n: int, timeou
             if not s.alive():
                 raise SystemExit(f"stage {s.stage} died:\n{s.log_tail()}")
         creds, hosts = await asyncio.gather(
-            read_topic(bootstrap, ReadSpec(f"{prefix}attest.credentials.v1",
+            read_topic(bootstrap, ReadSpec(topics.credentials,
                                            "hostgate.CredentialIssued"), codec),
-            read_topic(bootstrap, ReadSpec(f"{prefix}attest.hosts.v1", "hostgate.HostState"),
+            read_topic(bootstrap, ReadSpec(topics.hosts, "hostgate.HostState"),
                        codec))
         ends: dict[str, int] = {}
         for loc in [*creds, *hosts]:
@@ -114,7 +113,7 @@ def main() -> int:
     bootstrap = os.environ.get("HOSTGATE_BOOTSTRAP", "127.0.0.1:19092")
     codec = Codec.load()
     ns = f"bench{uuid.uuid4().hex[:8]}"
-    prefix = f"{ns}."
+    topics = Topics(ns)
     with tempfile.TemporaryDirectory(prefix="hostgate-e2e-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -127,27 +126,23 @@ def main() -> int:
         results = [appraise(r, sim.policy) for r in sample]
         core_rate = len(sample) / (time.perf_counter() - c0)
         passed = sum(v.passed for v in results)
-        specs = [TopicSpec(prefix + s.name, s.purpose, compacted=s.compacted)
-                 for s in all_topics(extra_stages=())]
-        asyncio.run(ensure_topics(bootstrap, specs=specs, layout=TopicLayout(6, 1)))
+        asyncio.run(ensure_topics(bootstrap, specs=topics.all_specs(), layout=TopicLayout(6, 1)))
         policy_id = "bench-policy"
         text = sim.policy_text.replace('id: "fleet-baseline"', f'id: "{policy_id}"')
         asyncio.run(publish(text, bootstrap=bootstrap, version=1, author="bench",
-                            topics=VerifierTopics(ns), first_only=True))
+                            topics=topics, first_only=True))
         ca = create_issuing_ca(work / "ca", __import__("datetime").datetime.now(
             __import__("datetime").UTC))
         base = {k: v for k, v in os.environ.items() if not k.startswith("HOSTGATE_")}
         base.update({"HOSTGATE_BOOTSTRAP": bootstrap, "HOSTGATE_BATCH_MAX_MS": "200",
+                     "HOSTGATE_TOPIC_NAMESPACE": ns,
                      "HOSTGATE_HOME": os.environ.get("HOSTGATE_HOME", tmp)})
         envs = {
-            "verifier": {"HOSTGATE_TOPIC_NAMESPACE": ns, "HOSTGATE_POLICY_ID": policy_id,
-                         "HOSTGATE_GROUP": f"{ns}.verifier"},
-            "issuer": {"HOSTGATE_ISSUER_TOPIC_PREFIX": prefix, "HOSTGATE_GROUP": f"{ns}.issuer",
-                       "HOSTGATE_ISSUER_CA_KEY": str(ca["key"]),
+            "verifier": {"HOSTGATE_POLICY_ID": policy_id},
+            "issuer": {"HOSTGATE_ISSUER_CA_KEY": str(ca["key"]),
                        "HOSTGATE_ISSUER_CA_CERT": str(ca["cert"]),
                        "HOSTGATE_ISSUER_CA_PASSPHRASE_FILE": str(ca["passphrase_file"])},
-            "incidents": {"HOSTGATE_INCIDENTS_TOPIC_PREFIX": prefix,
-                          "HOSTGATE_GROUP": f"{ns}.incidents"},
+            "incidents": {},
         }
         stages = [StageProcess(name, {**base, **env}, work / f"{name}.log")
                   for name, env in envs.items()]
@@ -157,9 +152,9 @@ def main() -> int:
             while not all(s.ready() for s in stages):
                 time.sleep(0.5)
             p0 = time.time()
-            asyncio.run(produce(bootstrap, f"{prefix}attest.collected.v1", records, codec))
+            asyncio.run(produce(bootstrap, topics.collected, records, codec))
             publish_s = time.time() - p0
-            ends = asyncio.run(wait_outputs(bootstrap, prefix, codec, len(records),
+            ends = asyncio.run(wait_outputs(bootstrap, topics, codec, len(records),
                                             args.timeout, stages))
         finally:
             for s in stages:

@@ -7,19 +7,21 @@ purpose (IMA lists excluded). Steps run per log, on one core, in this process:
 
 1. ``parse_event_log``; 2. ``replay`` (every bank); 3. what a verifier runs on evidence:
 ``parse_event_log`` + ``verify_replay`` against quoted values (every bank; the log's own replay,
-computed before timing, stands in for the quote) + ``extract_claims``. Step 3 runs twice:
+computed before timing, stands in for the quote) + ``extract_claims``. Every step is given one
+:class:`~services.verifier.memo.VerifierMemo` (``memo=``), the way the verifier's shell hands
+its memo to ``appraise``. Step 3 runs three ways:
 
-* *fleet*: the per-event readings of :mod:`services.tpm.readings` (and the decoder caches under
-  them) stay warm, as in a verifier whose hosts share firmware and images: every log was seen
-  before, so each event is read from memory instead of decoded and hashed again;
+* *fleet*: the memo stays warm (per-event readings, and the decoder tables under them), as in
+  a verifier whose hosts share firmware and images: every log was seen before, so each event is
+  read from memory instead of decoded and hashed again;
 * *per-host events new*: as *fleet*, but events that differ between hosts installed from one
   image (:data:`HOST_SPECIFIC`: GPT, boot variables and image loads carry disk and partition
   GUIDs; GRUB commands and kernel command lines naming a UUID or root) are never found in the
-  readings cache, and neither is the PCR extend of such an event nor any later extend of its
-  PCR in the remembered extends of :mod:`services.tpm.replay` (each log's entries are dropped
-  from both just before it is read, inside the timing; decoder caches stay warm);
-* *first sight*: every cache is emptied before each round, so each log is read as the first
-  of its kind (events shared between different logs of the round, such as separators or the
+  memo's readings, and neither is the PCR extend of such an event nor any later extend of its
+  PCR in its remembered extends (each log's entries are dropped from both just before it is
+  read, inside the timing; the decoder tables stay warm);
+* *first sight*: the memo is emptied before each round, so each log is read as the first of
+  its kind (events shared between different logs of the round, such as separators or the
   Microsoft db certificates, still hit after their first occurrence).
 
 Baseline in the same run: ``tpm2_eventlog FILE`` started once per log (Keylime's approach),
@@ -32,7 +34,6 @@ each; figures are medians, ratios medians of same-round ratios.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -56,13 +57,13 @@ from services.tpm import (  # noqa: E402
     replay,
     verify_replay,
 )
-from services.tpm._cache import clear_all  # noqa: E402
 from services.tpm.errors import TpmError  # noqa: E402
 from services.tpm.eventlog import Event, EventType  # noqa: E402
 from services.tpm.replay import initial_pcr_value, startup_locality  # noqa: E402
+from services.verifier.memo import VerifierMemo  # noqa: E402
 
-# The module (``services.tpm.replay`` the attribute is the function the package re-exports).
-replay_module = importlib.import_module("services.tpm.replay")
+MEMO: Final = VerifierMemo()
+"""The one memo every variant is given, as the verifier's shell gives its memo to appraise."""
 
 try:
     from services.tpm.claims import extract_claims
@@ -146,13 +147,13 @@ def host_specific_entries(
 
 def forget_host_specific(keys: list[tuple[Any, ...]],
                          steps: dict[str, set[tuple[bytes, bytes]]]) -> None:
-    """Drop one log's :func:`host_specific_entries` from the caches, as if its host were new."""
+    """Drop one log's :func:`host_specific_entries` from :data:`MEMO`, as if its host were new."""
     for key in keys:
-        readings.READINGS.discard(key)
+        MEMO.readings.discard(key)
     for bank, bank_steps in steps.items():
-        table = replay_module._extend_memo(bank)
+        table = MEMO.extends(bank)
         for step in bank_steps:
-            table.pop(step, None)
+            table.discard(step)
 
 
 def verifier_step(logs: list[tuple[str, Path, bytes]]) -> Callable[[bytes], None]:
@@ -164,8 +165,9 @@ def verifier_step(logs: list[tuple[str, Path, bytes]]) -> Callable[[bytes], None
 
     def run(data: bytes) -> None:
         pcrs, registers = quoted[data]
-        result = verify_replay(parse_event_log(data), pcrs)
-        extract_claims(result, measurement_registers=registers)  # type: ignore[arg-type]
+        result = verify_replay(parse_event_log(data, memo=MEMO), pcrs, memo=MEMO)
+        extract_claims(result, measurement_registers=registers,  # type: ignore[arg-type]
+                       memo=MEMO)
     return run
 
 
@@ -206,8 +208,8 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
 
     steps: dict[str, tuple[Callable[[bytes], Any], str]] = {
-        "parse": (parse_event_log, "warm"),
-        "parse+replay": (lambda d: replay(parse_event_log(d)), "warm"),
+        "parse": (lambda d: parse_event_log(d, memo=MEMO), "warm"),
+        "parse+replay": (lambda d: replay(parse_event_log(d, memo=MEMO), memo=MEMO), "warm"),
     }
     if extract_claims is not None:
         verify = verifier_step(logs)
@@ -232,7 +234,7 @@ def main() -> int:
 
         def one_round(step: Callable[[bytes], Any] = step, mode: str = mode) -> None:
             if mode == "cold":
-                clear_all()
+                MEMO.clear()
             if mode == "per-host":
                 for (_, _, data), (keys, steps_) in zip(logs, host_entries, strict=True):
                     forget_host_specific(keys, steps_)

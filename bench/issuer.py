@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from services.issuer.ca import HostCertificateRequest, issue_host_certificate
+from services.issuer.certificates import HostCertificateRequest, issue_host_certificate
+from services.issuer.config import IssuerConfig
 from services.issuer.core import apply_verdict
 from services.issuer.sealing import seal_credential
 from services.tpm.credential import pcr_selection
@@ -53,6 +54,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     ek = software_ek_public()
     sel = pcr_selection({"sha256": range(8)})
     pcrs = {"sha256": PCRS}
@@ -72,7 +74,7 @@ def main() -> None:
                         credential_id="c", certificate_der=b"cert")
 
     def full() -> None:
-        apply_verdict(verdict(f"v-{next(ids)}", ek_public=ek), None, ca)
+        apply_verdict(verdict(f"v-{next(ids)}", ek_public=ek), None, cfg)
 
     cert = issue_host_certificate(ca, HostCertificateRequest(
         "host-0007", ec.generate_private_key(ec.SECP256R1()).public_key(), "v", POLICY_DIGEST,

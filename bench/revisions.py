@@ -13,17 +13,23 @@ its interquartile range.
 Work compared, per item on one core:
 
 * event logs (every TCG boot log of ../shared/corpus that is not malformed on purpose, as
-  ``bench/eventlog.py``'s fleet variant: caches warm): ``parse_event_log``, ``verify_replay``
+  ``bench/eventlog.py``'s fleet variant: memo warm): ``parse_event_log``, ``verify_replay``
   against the log's own replay, ``extract_claims``, the three in a row, and the canonical
   claims JSON a verdict carries (real key databases: 56 entries per log on average);
 * the verifier core (``--verifier``): ``appraise`` of the simulated fleet's evidence records
   (real swtpm hosts, ``bench/verifier.py``'s mix) under the policy derived from its clean
   hosts, each revision loading the same published policy record.
+
+Memoisation, as each revision's verifier does it: a revision with ``services.verifier.memo``
+gets one ``VerifierMemo`` per workload set, passed (``memo=``) to every call that takes one,
+the way ``services.verifier.stage`` hands its memo to ``appraise``; an older revision keeps its
+module-level caches, warmed the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -59,6 +65,16 @@ def module(package: str, name: str) -> ModuleType:
     return __import__(f"{package}.{name}", fromlist=["_"])
 
 
+def with_memo(package: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Binds one new ``VerifierMemo`` (``memo=``) to a function of a revision that has
+    ``services.verifier.memo``; a revision without it (module-level caches) is called as is."""
+    try:
+        memo = module(package, "verifier.memo").VerifierMemo()
+    except ImportError:
+        return lambda fn: fn
+    return lambda fn: functools.partial(fn, memo=memo)
+
+
 def corpus_logs() -> list[bytes]:
     root = Path(os.environ.get("HOSTGATE_CORPUS", REPO_ROOT / ".." / "shared" / "corpus"))
     root = root if root.is_absolute() else REPO_ROOT / root
@@ -69,17 +85,18 @@ def corpus_logs() -> list[bytes]:
 
 def eventlog_work(package: str, logs: list[bytes]) -> dict[str, Callable[[], None]]:
     """The four event-log workloads of one revision, each over every log (caches warmed)."""
-    parse = module(package, "tpm.eventlog").parse_event_log
+    memo = with_memo(package)
+    parse = memo(module(package, "tpm.eventlog").parse_event_log)
     replay_mod = module(package, "tpm.replay")
-    extract = module(package, "tpm.claims").extract_claims
+    extract = memo(module(package, "tpm.claims").extract_claims)
+    verify = memo(replay_mod.verify_replay)
     quoted = []
     for data in logs:
         log = parse(data)
         ccel = log.events[0].pcr == 1 and log.banks == ("sha384",)
         quoted.append((data, replay_mod.replay(log), "ccel" if ccel else "tpm"))
     parsed = [(parse(d), q, r) for d, q, r in quoted]
-    verified = [(replay_mod.verify_replay(log, q), r) for log, q, r in parsed]
-    verify = replay_mod.verify_replay
+    verified = [(verify(log, q), r) for log, q, r in parsed]
 
     def parse_all() -> None:
         for data in logs:
@@ -98,7 +115,7 @@ def eventlog_work(package: str, logs: list[bytes]) -> dict[str, Callable[[], Non
             extract(verify(parse(data), q), measurement_registers=registers)
 
     try:
-        claims_text = module(package, "verifier.claims_json").claims_json
+        claims_text = memo(module(package, "verifier.claims_json").claims_json)
     except ImportError:  # before the verdict wrote entry lists once
         ear = module(package, "verifier.ear")
 
@@ -120,7 +137,7 @@ def eventlog_work(package: str, logs: list[bytes]) -> dict[str, Callable[[], Non
 
 def verifier_work(package: str, cols: list[dict[str, Any]],
                   record: dict[str, Any]) -> dict[str, Callable[[], None]]:
-    appraise = module(package, "verifier.core").appraise
+    appraise = with_memo(package)(module(package, "verifier.core").appraise)
     policy = module(package, "verifier.policy_in_force").load_in_force(record)
 
     def appraise_all() -> None:

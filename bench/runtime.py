@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.runtime.codec import Codec
 from services.runtime.config import WorkerConfig
-from services.runtime.eostest import build_stage
 from services.runtime.logging import configure_logging
 from services.runtime.worker import Worker
 from tests.integration.runtime_support import (
@@ -37,20 +36,20 @@ from tests.integration.runtime_support import (
     make_inputs,
     produce_inputs,
 )
+from tests.support.eostest import EostestTopics, build_stage
 
 
 async def one_run(batch: int, exactly_once: bool, n: int, codec: Codec) -> float:
     first_count = 0
     label = f"bench-{batch}-{'eos' if exactly_once else 'alo'}-{uuid.uuid4().hex[:6]}"
-    stage = build_stage({"HOSTGATE_EOSTEST_PREFIX": f"eostest.{label}"})
-    from services.runtime.eostest import EostestTopics
-
     topics = EostestTopics(f"eostest.{label}")
+    stage = build_stage({"HOSTGATE_TOPIC_NAMESPACE": topics.namespace})
     await create_topics(topics)
     try:
         await produce_inputs(topics.input, make_inputs(n, 500, seed=batch))
-        cfg = WorkerConfig(stage="eostest", bootstrap=bootstrap(), group=f"g.{label}",
-                           batch_max_records=batch, exactly_once=exactly_once)
+        # The at-least-once baseline is a keyword of the config only (no flag, no env var).
+        cfg = WorkerConfig(stage="eostest", bootstrap=bootstrap(), namespace=topics.namespace,
+                           group="g", batch_max_records=batch, exactly_once=exactly_once)
         worker = Worker(stage, cfg, codec)
         stop = asyncio.Event()
         run = asyncio.create_task(worker.run(stop))

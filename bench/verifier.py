@@ -10,6 +10,11 @@ clean hosts of each of the 3 images plus one host per tamper profile that reache
 replay + golden-PCR compare, no claims, no policy). Variants are timed in turn, in ``--rounds``
 slices each, and each figure is the median of its slices. ``--profile`` prints the top of a
 cProfile of the full appraisal.
+
+Memoisation as in the verifier stage: one :class:`~services.verifier.memo.VerifierMemo`, made
+once, is passed (``memo=``) to ``appraise`` and to the quote, parse and replay calls of the
+partial variants, the way ``services.verifier.stage.build_stage`` hands its memo to every
+appraisal; the agent's selfcheck takes none (the agent keeps no memo).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from services.agent.fleet import Evidence
 from services.tpm.eventlog import parse_event_log
 from services.tpm.quote import verify_quote
 from services.tpm.replay import verify_replay
-from services.verifier.core import BANK_SYMBOLS, appraise
+from services.verifier.core import appraise
+from services.verifier.memo import VerifierMemo
+from services.wire.banks import BANK_OF_SYMBOL
 from tests.unit.verifier_support import (
     VERIFIER_PROFILES,
     collected_for,
@@ -72,7 +79,7 @@ def _interleaved(variants: list[tuple[Callable[[Any], object], list[Any]]], seco
 def _pcrs(col: dict[str, Any]) -> dict[str, dict[int, bytes]]:
     out: dict[str, dict[int, bytes]] = {}
     for item in col["evidence"]["pcr_values"]:
-        out.setdefault(BANK_SYMBOLS[item["bank"]], {})[item["pcr"]] = item["value"]
+        out.setdefault(BANK_OF_SYMBOL[item["bank"]], {})[item["pcr"]] = item["value"]
     return out
 
 
@@ -93,26 +100,27 @@ def main() -> int:
             ev: Evidence = h.quote(nonce_for(h.host_id, 9))
             selfchecks.append((ev, nonce_for(h.host_id, 9), h.ak_public,
                                selfcheck.golden_pcrs(h.image, h.spec.seed)))
-        passed = sum(appraise(c, sim.policy).passed for c in cols)
+        memo = VerifierMemo()
+        passed = sum(appraise(c, sim.policy, memo=memo).passed for c in cols)
         print(f"{len(cols)} evidences ({passed} pass, {len(VERIFIER_PROFILES)} tamper profiles)")
 
         def quote_only(item: tuple[dict[str, Any], dict[str, dict[int, bytes]]]) -> object:
             c, pcrs = item
             e = c["evidence"]
             return verify_quote(c["ak_public"], e["quote_attest"], e["quote_signature"],
-                                nonce=e["nonce"], pcr_values=pcrs)
+                                nonce=e["nonce"], pcr_values=pcrs, memo=memo)
 
         def quote_replay(item: tuple[dict[str, Any], dict[str, dict[int, bytes]]]) -> object:
             q = quote_only(item)
             assert hasattr(q, "pcr_values")
-            log = parse_event_log(item[0]["evidence"]["boot_log"])
+            log = parse_event_log(item[0]["evidence"]["boot_log"], memo=memo)
             try:
-                return verify_replay(log, q.pcr_values)
+                return verify_replay(log, q.pcr_values, memo=memo)
             except Exception:  # forged_log: the mismatch is the expected outcome
                 return None
 
         def full(c: dict[str, Any]) -> object:
-            return appraise(c, sim.policy)
+            return appraise(c, sim.policy, memo=memo)
 
         def local(item: tuple[Evidence, bytes, bytes, Any]) -> object:
             return selfcheck.check(*item)
@@ -135,7 +143,7 @@ def main() -> int:
             prof.enable()
             for _ in range(20):
                 for c in cols:
-                    appraise(c, sim.policy)
+                    appraise(c, sim.policy, memo=memo)
             prof.disable()
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)

@@ -24,7 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.incidents.cli",
     "services.issuer.cli",
     "services.collector.cli_identity",
-    "services.verifier.cli_replay",
+    "services.verifier.cli_audit_replay",
     "services.demo.cli",
 )
 

@@ -14,10 +14,14 @@ class HostgateError(Exception):
     """Base of every deliberate hostgate error.
 
     ``retriable`` tells a shell whether trying the same thing again can succeed (a broker that
-    is not up yet) or not (malformed bytes from a host).
+    is not up yet) or not (malformed bytes from a host). ``host_fault`` says the error is the
+    fault of whoever sent the input (malformed or unverifiable evidence, an unsigned request):
+    a stage answers it with a refusal that names what and where, never with a dead letter.
+    ``services.runtime.faults.classify`` reads both, for every stage.
     """
 
     retriable: ClassVar[bool] = False
+    host_fault: ClassVar[bool] = False
 
 
 class ConfigError(HostgateError):

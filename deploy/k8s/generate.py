@@ -9,12 +9,12 @@ committed files byte for byte.
 Writes three files under ``deploy/k8s/generated/``:
 
 ``topics.yaml``
-    one ``KafkaTopic`` per topic of ``all_topics(extra_stages=())`` (the runtime's own test
-    stage ``eostest`` is left out), with partitions, replicas and the topic configs hostgate
-    checks for drift (``cleanup.policy``, ``retention.ms``, ``min.insync.replicas``).
+    one ``KafkaTopic`` per topic of ``Topics.all_specs()`` (the product's topics), with
+    partitions, replicas and the topic configs hostgate checks for drift (``cleanup.policy``,
+    ``retention.ms``, ``min.insync.replicas``).
 ``users.yaml``
     one ``KafkaUser`` (mutual-TLS authentication, ``simple`` authorization) per stage with
-    least-privilege ACLs derived from ``STAGE_IO`` below, plus the agents', the SOC's, the
+    least-privilege ACLs derived from ``stage_io`` below, plus the agents', the SOC's, the
     operators' and KEDA's users.
 ``stages.yaml``
     per stage: a ``Deployment``, a ``PodDisruptionBudget`` and a KEDA ``ScaledObject`` on
@@ -24,6 +24,12 @@ Usage::
 
     python deploy/k8s/generate.py            # rewrite the files
     python deploy/k8s/generate.py --check    # exit 1 and name the stale files if they differ
+    python deploy/k8s/generate.py --namespace blue --out DIR   # a namespaced deployment
+
+Every name comes from one ``Topics(namespace)``: with ``--namespace NS`` each topic, DLQ,
+changelog, ACL, consumer group, group prefix and transactional-id prefix is ``NS.<name>``, the
+workloads get ``HOSTGATE_TOPIC_NAMESPACE=NS``, and Kubernetes object names ``NS-<name>`` (with an
+``app.kubernetes.io/instance`` label), so a second deployment can share the Kafka cluster.
 
 Pure apart from ``main``: ``render()`` returns the file texts and touches nothing.
 """
@@ -43,13 +49,13 @@ REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from services.runtime.topics import (  # noqa: E402  (needs the path above)
+from services.errors import ConfigError  # noqa: E402  (needs the path above)
+from services.runtime.topics import (  # noqa: E402
+    NAMESPACE_ENV,
     STAGES,
     STATE_TABLES,
+    Topics,
     TopicSpec,
-    all_topics,
-    changelog_topic,
-    dlq_topic,
 )
 
 OUT_DIR: Final = Path(__file__).resolve().parent / "generated"
@@ -80,6 +86,8 @@ TERMINATION_GRACE_S: Final = 60
 this, and the broker aborts a transaction of a killed worker after its timeout anyway."""
 UID: Final = 10001
 """The non-root user baked into ``deploy/Dockerfile``."""
+DEFAULT_TOPICS: Final = Topics()
+"""The committed manifests' topics: no namespace (``--namespace`` renders another)."""
 
 
 @dataclass(frozen=True)
@@ -96,69 +104,69 @@ class StageIO:
     tables: tuple[str, ...] = ()
 
 
-# From DESIGN.md's pipeline table. Every name is checked against topics.py in ``check_io``.
-STAGE_IO: Final[Mapping[str, StageIO]] = {
-    "collector": StageIO(
-        # The EK registry topics are the collector's own (a repartition step): it writes and
-        # reads them, nobody else does. attest.identity.v1 is the operators' only.
-        inputs=("attest.requests.v1", "attest.evidence.v1", "attest.identity.v1",
-                "collector.ek-bindings.v1", "collector.ek-grants.v1"),
-        outputs=("attest.challenges.v1", "attest.collected.v1", "attest.rejections.v1",
-                 "attest.identity.events.v1", "collector.ek-bindings.v1",
-                 "collector.ek-grants.v1"),
-        # The policy in force decides what a challenge asks the host to quote.
-        tables=("attest.policies.v1",),
-    ),
-    "verifier": StageIO(
-        inputs=("attest.collected.v1",),
-        outputs=("attest.verdicts.v1",),
-        tables=("attest.policies.v1",),
-    ),
-    "issuer": StageIO(
-        inputs=("attest.verdicts.v1", "attest.incidents.v1", "attest.identity.events.v1"),
-        outputs=("attest.credentials.v1", "attest.hosts.v1"),
-    ),
-    "incidents": StageIO(
-        inputs=("attest.verdicts.v1", "attest.rejections.v1", "attest.remediation.v1"),
-        outputs=("attest.incidents.v1", "soc.findings.ocsf.v1"),
-    ),
-}
+def stage_io(t: Topics) -> dict[str, StageIO]:
+    """Per stage, the topics it reads and writes (from DESIGN.md's pipeline table), named by
+    ``t``. Every name is checked against ``t.all_specs()`` in ``check_io``."""
+    return {
+        "collector": StageIO(
+            # The EK registry topics are the collector's own (a repartition step): it writes
+            # and reads them, nobody else does. attest.identity.v1 is the operators' only.
+            inputs=(t.requests, t.evidence, t.identity, t.ek_bindings, t.ek_grants),
+            outputs=(t.challenges, t.collected, t.rejections, t.identity_events,
+                     t.ek_bindings, t.ek_grants),
+            # The policy in force decides what a challenge asks the host to quote.
+            tables=(t.policies,),
+        ),
+        "verifier": StageIO(inputs=(t.collected,), outputs=(t.verdicts,), tables=(t.policies,)),
+        "issuer": StageIO(inputs=(t.verdicts, t.incidents, t.identity_events),
+                          outputs=(t.credentials, t.hosts)),
+        "incidents": StageIO(inputs=(t.verdicts, t.rejections, t.remediation),
+                             outputs=(t.incidents, t.findings)),
+    }
 
-# Principals that are not stages: (read topics, write topics, consumer-group prefix).
-AGENTS_IO: Final = (
-    ("attest.challenges.v1", "attest.credentials.v1"),
-    ("attest.requests.v1", "attest.evidence.v1"),
-    "hostgate.agent.",
-)
-SOC_IO: Final = (
-    ("attest.incidents.v1", "soc.findings.ocsf.v1", "attest.hosts.v1", "attest.rejections.v1",
-     "attest.identity.events.v1"),
-    ("attest.remediation.v1",),
-    "hostgate.soc.",
-)
-OPERATOR_IO: Final = (
+
+STAGE_IO: Final[Mapping[str, StageIO]] = stage_io(Topics())
+"""``stage_io`` of a deployment without a namespace (the committed manifests)."""
+
+ClientIO = tuple[tuple[str, ...], tuple[str, ...], str]
+"""A principal that is not a stage: (read topics, write topics, consumer-group prefix)."""
+
+
+def agents_io(t: Topics) -> ClientIO:
+    return ((t.challenges, t.credentials), (t.requests, t.evidence), t.name("hostgate.agent."))
+
+
+def soc_io(t: Topics) -> ClientIO:
+    return ((t.incidents, t.findings, t.hosts, t.rejections, t.identity_events),
+            (t.remediation,), t.name("hostgate.soc."))
+
+
+def operator_io(t: Topics) -> ClientIO:
     # identity show reads the collector's enrolment and EK-binding changelogs too.
-    ("attest.policies.v1", "attest.policies.history.v1", *(dlq_topic(s) for s in STAGES),
-     "attest.identity.events.v1", changelog_topic("collector", "enrollments"),
-     changelog_topic("collector", "ek_bindings")),
-    ("attest.policies.v1", "attest.policies.history.v1", "attest.identity.v1"),
-    "hostgate.operator.",
-)
+    return ((t.policies, t.policy_history, *(t.dlq(s) for s in STAGES), t.identity_events,
+             t.changelog("collector", "enrollments"), t.changelog("collector", "ek_bindings")),
+            (t.policies, t.policy_history, t.identity), t.name("hostgate.operator."))
 
 
 class GenerateError(Exception):
-    """STAGE_IO names a topic or stage that ``services/runtime/topics.py`` does not declare."""
+    """stage_io names a topic or stage that ``services/runtime/topics.py`` does not declare."""
 
 
-def group_id(stage: str) -> str:
-    """The stage's consumer group (``HOSTGATE_GROUP``)."""
-    return f"hostgate.{stage}"
+def group_id(stage: str, t: Topics = DEFAULT_TOPICS) -> str:
+    """The stage's consumer group (``HOSTGATE_GROUP`` inside the namespace)."""
+    return t.group(stage)
 
 
-def transactional_prefix(stage: str) -> str:
-    """Prefix of the stage's per-partition transactional ids
-    ``hostgate.<stage>.<topic>.<partition>``."""
-    return f"hostgate.{stage}."
+def transactional_prefix(stage: str, t: Topics = DEFAULT_TOPICS) -> str:
+    """Prefix of the stage's per-partition transactional ids ``<group>.task-<partition>``."""
+    return f"{group_id(stage, t)}."
+
+
+def object_name(name: str, t: Topics = DEFAULT_TOPICS) -> str:
+    """A Kubernetes object name of the deployment: ``name``, behind ``<namespace>-`` in a
+    namespaced one (KafkaUsers are principals of the one shared cluster; workloads may share a
+    Kubernetes namespace too)."""
+    return f"{resource_name(t.namespace)}-{name}" if t.namespace else name
 
 
 def resource_name(topic: str) -> str:
@@ -169,23 +177,24 @@ def resource_name(topic: str) -> str:
     return name
 
 
-def production_topics() -> tuple[TopicSpec, ...]:
-    """Every topic a deployment needs (no test-only stage)."""
-    return all_topics(extra_stages=())
+def production_topics(t: Topics = DEFAULT_TOPICS) -> tuple[TopicSpec, ...]:
+    """Every topic a deployment needs (the product's: ``Topics.all_specs``)."""
+    return t.all_specs()
 
 
-def check_io(specs: Iterable[TopicSpec]) -> None:
-    """Fail if STAGE_IO and topics.py disagree (a renamed topic must break generation)."""
+def check_io(specs: Iterable[TopicSpec], t: Topics = DEFAULT_TOPICS) -> None:
+    """Fail if stage_io and topics.py disagree (a renamed topic must break generation)."""
     declared = {s.name for s in specs}
-    if set(STAGE_IO) != set(STAGES):
+    io_of = stage_io(t)
+    if set(io_of) != set(STAGES):
         raise GenerateError(
-            f"STAGE_IO stages {sorted(STAGE_IO)} != topics.STAGES {sorted(STAGES)}")
+            f"stage_io stages {sorted(io_of)} != topics.STAGES {sorted(STAGES)}")
     named: list[tuple[str, str]] = []
-    for stage, io in STAGE_IO.items():
-        named += [(f"STAGE_IO[{stage!r}]", t) for t in (*io.inputs, *io.outputs, *io.tables)]
-    for label, (read, write, _) in (("AGENTS_IO", AGENTS_IO), ("SOC_IO", SOC_IO),
-                                    ("OPERATOR_IO", OPERATOR_IO)):
-        named += [(label, t) for t in (*read, *write)]
+    for stage, io in io_of.items():
+        named += [(f"stage_io[{stage!r}]", n) for n in (*io.inputs, *io.outputs, *io.tables)]
+    for label, (read, write, _) in (("agents_io", agents_io(t)), ("soc_io", soc_io(t)),
+                                    ("operator_io", operator_io(t))):
+        named += [(label, n) for n in (*read, *write)]
     missing = sorted({f"{where}: {topic}" for where, topic in named if topic not in declared})
     if missing:
         raise GenerateError("topics not declared in services/runtime/topics.py: "
@@ -232,7 +241,7 @@ def _merge_topic_acls(wanted: Iterable[tuple[str, str]]) -> list[dict[str, Any]]
     return [_acl("topic", t, [o for o in order if o in ops[t]]) for t in sorted(ops)]
 
 
-def stage_acls(stage: str) -> list[dict[str, Any]]:
+def stage_acls(stage: str, t: Topics = DEFAULT_TOPICS) -> list[dict[str, Any]]:
     """Least privilege for one stage's principal.
 
     Read (+Describe) on its inputs and tables; Write (+Describe) on its outputs and DLQ; Read and
@@ -242,14 +251,15 @@ def stage_acls(stage: str) -> list[dict[str, Any]]:
     topic suffices for idempotence, and a transactional producer is authorised by its
     transactional id.
     """
-    io = STAGE_IO[stage]
-    changelogs = [changelog_topic(stage, t) for t in STATE_TABLES.get(stage, ())]
-    wanted = [(t, "Read") for t in (*io.inputs, *io.tables, *changelogs)]
-    wanted += [(t, "Write") for t in (*io.outputs, dlq_topic(stage), *changelogs)]
+    io = stage_io(t)[stage]
+    changelogs = [t.changelog(stage, table) for table in STATE_TABLES.get(stage, ())]
+    wanted = [(n, "Read") for n in (*io.inputs, *io.tables, *changelogs)]
+    wanted += [(n, "Write") for n in (*io.outputs, t.dlq(stage), *changelogs)]
     return [
         *_merge_topic_acls(wanted),
-        _acl("group", group_id(stage), ["Read"]),
-        _acl("transactionalId", transactional_prefix(stage), ["Write", "Describe"], "prefix"),
+        _acl("group", group_id(stage, t), ["Read"]),
+        _acl("transactionalId", transactional_prefix(stage, t), ["Write", "Describe"],
+             "prefix"),
     ]
 
 
@@ -260,12 +270,12 @@ def client_acls(read: Iterable[str], write: Iterable[str], group_prefix: str
     return [*_merge_topic_acls(wanted), _acl("group", group_prefix, ["Read"], "prefix")]
 
 
-def keda_acls() -> list[dict[str, Any]]:
+def keda_acls(t: Topics = DEFAULT_TOPICS) -> list[dict[str, Any]]:
     """KEDA only computes lag: Describe on the stages' input topics and groups."""
-    inputs = sorted({t for io in STAGE_IO.values() for t in io.inputs})
+    inputs = sorted({n for io in stage_io(t).values() for n in io.inputs})
     return [
-        *[_acl("topic", t, ["Describe"]) for t in inputs],
-        *[_acl("group", group_id(s), ["Describe"]) for s in STAGES],
+        *[_acl("topic", n, ["Describe"]) for n in inputs],
+        *[_acl("group", group_id(s, t), ["Describe"]) for s in STAGES],
     ]
 
 
@@ -288,12 +298,15 @@ def kafka_user(name: str, component: str, acls: list[dict[str, Any]]) -> dict[st
     }
 
 
-def users() -> list[dict[str, Any]]:
-    out = [kafka_user(f"hostgate-{s}", s, stage_acls(s)) for s in STAGES]
-    out.append(kafka_user("hostgate-agents", "agent", client_acls(*AGENTS_IO)))
-    out.append(kafka_user("hostgate-soc", "soc", client_acls(*SOC_IO)))
-    out.append(kafka_user("hostgate-operator", "operator", client_acls(*OPERATOR_IO)))
-    out.append(kafka_user("hostgate-keda", "autoscaler", keda_acls()))
+def users(t: Topics = DEFAULT_TOPICS) -> list[dict[str, Any]]:
+    def user(name: str, component: str, acls: list[dict[str, Any]]) -> dict[str, Any]:
+        return kafka_user(object_name(name, t), component, acls)
+
+    out = [user(f"hostgate-{s}", s, stage_acls(s, t)) for s in STAGES]
+    out.append(user("hostgate-agents", "agent", client_acls(*agents_io(t))))
+    out.append(user("hostgate-soc", "soc", client_acls(*soc_io(t))))
+    out.append(user("hostgate-operator", "operator", client_acls(*operator_io(t))))
+    out.append(user("hostgate-keda", "autoscaler", keda_acls(t)))
     return out
 
 
@@ -311,8 +324,11 @@ RESOURCES: Final[Mapping[str, tuple[str, str, str, str]]] = {
 }
 
 
-def _labels(stage: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "hostgate", "app.kubernetes.io/component": stage}
+def _labels(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, str]:
+    labels = {"app.kubernetes.io/name": "hostgate", "app.kubernetes.io/component": stage}
+    if t.namespace:  # two namespaced deployments in one Kubernetes namespace select apart
+        labels["app.kubernetes.io/instance"] = resource_name(t.namespace)
+    return labels
 
 
 def _secret_volume(name: str, secret: str) -> dict[str, Any]:
@@ -354,11 +370,18 @@ def _stage_mounts(stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return [], [], []
 
 
-def deployment(stage: str) -> dict[str, Any]:
+def _namespace_env(t: Topics) -> list[dict[str, str]]:
+    """``HOSTGATE_TOPIC_NAMESPACE`` of a namespaced deployment (nothing without one)."""
+    return [{"name": NAMESPACE_ENV, "value": t.namespace}] if t.namespace else []
+
+
+def deployment(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     cpu_req, cpu_lim, mem_req, mem_lim = RESOURCES[stage]
     extra_env, extra_vols, extra_mounts = _stage_mounts(stage)
     env = [
         {"name": "HOSTGATE_BOOTSTRAP", "value": BOOTSTRAP},
+        *_namespace_env(t),
+        # inside the namespace: the worker's group is group_id(stage, t)
         {"name": "HOSTGATE_GROUP", "value": group_id(stage)},
         {"name": "HOSTGATE_HTTP_PORT", "value": str(HTTP_PORT)},
         {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
@@ -402,16 +425,16 @@ def deployment(stage: str) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": f"hostgate-{stage}", "labels": _labels(stage)},
+        "metadata": {"name": object_name(f"hostgate-{stage}", t), "labels": _labels(stage, t)},
         "spec": {
             # No ``replicas``: KEDA's HPA owns it (see the ScaledObject).
             "revisionHistoryLimit": 5,
-            "selector": {"matchLabels": _labels(stage)},
+            "selector": {"matchLabels": _labels(stage, t)},
             "strategy": {"type": "RollingUpdate",
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
                 "metadata": {
-                    "labels": _labels(stage),
+                    "labels": _labels(stage, t),
                     "annotations": {"prometheus.io/scrape": "true",
                                     "prometheus.io/port": str(HTTP_PORT),
                                     "prometheus.io/path": "/metrics"},
@@ -427,13 +450,13 @@ def deployment(stage: str) -> dict[str, Any]:
                         "maxSkew": 1,
                         "topologyKey": "kubernetes.io/hostname",
                         "whenUnsatisfiable": "ScheduleAnyway",
-                        "labelSelector": {"matchLabels": _labels(stage)},
+                        "labelSelector": {"matchLabels": _labels(stage, t)},
                     }],
                     "containers": [container],
                     "volumes": [
                         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
                         _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
-                        _secret_volume("kafka-user", f"hostgate-{stage}"),
+                        _secret_volume("kafka-user", object_name(f"hostgate-{stage}", t)),
                         *extra_vols,
                     ],
                 },
@@ -442,10 +465,10 @@ def deployment(stage: str) -> dict[str, Any]:
     }
 
 
-def liveness_ticker() -> dict[str, Any]:
+def liveness_ticker(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     """One ``hostgate incidents tick`` process (SOC identity): stale-host checks on partitions
     that carry no traffic. A second one is harmless, so a plain single-replica Deployment."""
-    labels = _labels("liveness-ticker")
+    labels = _labels("liveness-ticker", t)
     container = {
         "name": "liveness-ticker",
         "image": IMAGE,
@@ -453,6 +476,7 @@ def liveness_ticker() -> dict[str, Any]:
         "args": ["incidents", "tick", "--every", "60"],
         "env": [
             {"name": "HOSTGATE_BOOTSTRAP", "value": BOOTSTRAP},
+            *_namespace_env(t),
             {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
             {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
             {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
@@ -473,7 +497,7 @@ def liveness_ticker() -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "hostgate-liveness-ticker", "labels": labels},
+        "metadata": {"name": object_name("hostgate-liveness-ticker", t), "labels": labels},
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
@@ -485,7 +509,7 @@ def liveness_ticker() -> dict[str, Any]:
                     "containers": [container],
                     "volumes": [
                         _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
-                        _secret_volume("kafka-user", "hostgate-soc"),
+                        _secret_volume("kafka-user", object_name("hostgate-soc", t)),
                     ],
                 },
             },
@@ -493,31 +517,31 @@ def liveness_ticker() -> dict[str, Any]:
     }
 
 
-def pod_disruption_budget(stage: str) -> dict[str, Any]:
+def pod_disruption_budget(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": f"hostgate-{stage}", "labels": _labels(stage)},
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(stage)}},
+        "metadata": {"name": object_name(f"hostgate-{stage}", t), "labels": _labels(stage, t)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _labels(stage, t)}},
     }
 
 
-def trigger_authentication() -> dict[str, Any]:
+def trigger_authentication(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     """KEDA's TLS client identity: its own KafkaUser (Describe only), never a stage's."""
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "TriggerAuthentication",
-        "metadata": {"name": "hostgate-keda-kafka",
+        "metadata": {"name": object_name("hostgate-keda-kafka", t),
                      "labels": {"app.kubernetes.io/part-of": "hostgate"}},
         "spec": {"secretTargetRef": [
             {"parameter": "ca", "name": CLUSTER_CA_SECRET, "key": "ca.crt"},
-            {"parameter": "cert", "name": "hostgate-keda", "key": "user.crt"},
-            {"parameter": "key", "name": "hostgate-keda", "key": "user.key"},
+            {"parameter": "cert", "name": object_name("hostgate-keda", t), "key": "user.crt"},
+            {"parameter": "key", "name": object_name("hostgate-keda", t), "key": "user.key"},
         ]},
     }
 
 
-def scaled_object(stage: str, partitions: int) -> dict[str, Any]:
+def scaled_object(stage: str, partitions: int, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     """Scale one stage on its consumer group's lag, one trigger per input topic (the HPA takes
     the largest). Replicas never exceed the partition count (``allowIdleConsumers: "false"``
     and ``maxReplicaCount``); at least one stays up so challenges are answered promptly."""
@@ -525,7 +549,7 @@ def scaled_object(stage: str, partitions: int) -> dict[str, Any]:
         "type": "kafka",
         "metadata": {
             "bootstrapServers": BOOTSTRAP,
-            "consumerGroup": group_id(stage),
+            "consumerGroup": group_id(stage, t),
             "topic": topic,
             "lagThreshold": "200",
             "activationLagThreshold": "1",
@@ -534,14 +558,14 @@ def scaled_object(stage: str, partitions: int) -> dict[str, Any]:
             "version": KEDA_KAFKA_VERSION,
             "tls": "enable",
         },
-        "authenticationRef": {"name": "hostgate-keda-kafka"},
-    } for topic in STAGE_IO[stage].inputs]
+        "authenticationRef": {"name": object_name("hostgate-keda-kafka", t)},
+    } for topic in stage_io(t)[stage].inputs]
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": {"name": f"hostgate-{stage}", "labels": _labels(stage)},
+        "metadata": {"name": object_name(f"hostgate-{stage}", t), "labels": _labels(stage, t)},
         "spec": {
-            "scaleTargetRef": {"name": f"hostgate-{stage}"},
+            "scaleTargetRef": {"name": object_name(f"hostgate-{stage}", t)},
             "minReplicaCount": 1,
             "maxReplicaCount": partitions,
             "pollingInterval": 15,
@@ -574,18 +598,22 @@ def dump_all(docs: Iterable[Mapping[str, Any]]) -> str:
     return HEADER + body
 
 
-def render(partitions: int = DEFAULT_PARTITIONS, replicas: int = REPLICAS) -> dict[str, str]:
-    """File name (relative to ``deploy/k8s/generated``) -> YAML text."""
-    specs = production_topics()
-    check_io(specs)
-    stage_docs: list[dict[str, Any]] = [trigger_authentication()]
+def render(partitions: int = DEFAULT_PARTITIONS, replicas: int = REPLICAS,
+           namespace: str = "") -> dict[str, str]:
+    """File name (relative to ``deploy/k8s/generated``) -> YAML text. ``namespace``: a
+    deployment under ``HOSTGATE_TOPIC_NAMESPACE`` (every topic, ACL, group and
+    transactional-id prefix ``<ns>.<name>``, object names ``<ns>-<name>``)."""
+    t = Topics(namespace)
+    specs = production_topics(t)
+    check_io(specs, t)
+    stage_docs: list[dict[str, Any]] = [trigger_authentication(t)]
     for stage in STAGES:
-        stage_docs += [deployment(stage), pod_disruption_budget(stage),
-                       scaled_object(stage, partitions)]
-    stage_docs.append(liveness_ticker())
+        stage_docs += [deployment(stage, t), pod_disruption_budget(stage, t),
+                       scaled_object(stage, partitions, t)]
+    stage_docs.append(liveness_ticker(t))
     return {
         "topics.yaml": dump_all(kafka_topic(s, partitions, replicas) for s in specs),
-        "users.yaml": dump_all(users()),
+        "users.yaml": dump_all(users(t)),
         "stages.yaml": dump_all(stage_docs),
     }
 
@@ -595,23 +623,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Generate deploy/k8s/generated/*.yaml from services/runtime/topics.py.")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if a committed file differs")
+    parser.add_argument("--namespace", default="", metavar="NS",
+                        help="render a deployment under HOSTGATE_TOPIC_NAMESPACE=NS (needs --out)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="where to write (default deploy/k8s/generated, the committed files)")
     args = parser.parse_args(argv)
+    if args.namespace and args.out is None:
+        parser.error("--namespace needs --out: deploy/k8s/generated holds the un-namespaced files")
+    out_dir: Path = args.out or OUT_DIR
     try:
-        files = render()
-    except GenerateError as exc:
+        files = render(namespace=args.namespace)
+    except (GenerateError, ConfigError) as exc:
         print(f"generate.py: {exc}", file=sys.stderr)
         return 2
     stale = [name for name, text in files.items()
-             if not (OUT_DIR / name).is_file() or (OUT_DIR / name).read_text() != text]
+             if not (out_dir / name).is_file() or (out_dir / name).read_text() != text]
     if args.check:
         for name in stale:
-            print(f"stale: deploy/k8s/generated/{name} (run python deploy/k8s/generate.py)",
+            print(f"stale: {out_dir / name} (run python deploy/k8s/generate.py)",
                   file=sys.stderr)
         return 1 if stale else 0
-    OUT_DIR.mkdir(exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name in stale:
-        (OUT_DIR / name).write_text(files[name])
-        print(f"wrote deploy/k8s/generated/{name}")
+        (out_dir / name).write_text(files[name])
+        print(f"wrote {out_dir / name}")
     return 0
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 
 from services.agent.tamper import EvidenceTamper, get_profile
 from services.errors import HostgateError
+from services.wire.subjects import CHALLENGE_REQUESTED
 
 if TYPE_CHECKING:
     from services.agent.client import AgentClient, SentRecord
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 #: Records in one flood: more than twice the collector's default challenge rate (10 per 60 s)
 #: and far more than its open-challenge bound (4), so that counting them would starve the victim.
 FLOOD_COUNT: Final = 24
-REQUEST_SUBJECT: Final = "hostgate.ChallengeRequested"
 
 
 class AttackError(HostgateError):
@@ -75,7 +75,7 @@ async def foreign_partition(client: AgentClient) -> AttackResult:
     topics = client.config.topics
     own, count = await client.partitions(topics.requests)
     request = await client.challenge_request(f"ask-{uuid.uuid4().hex}")
-    refused = [await client.send_record(topics.requests, REQUEST_SUBJECT, request,
+    refused = [await client.send_record(topics.requests, CHALLENGE_REQUESTED, request,
                                         partition=_foreign(own, count))]
     # the honest request on the key's partition gets a nonce; only its evidence goes astray
     own_ev, count_ev = await client.partitions(topics.evidence)
@@ -102,7 +102,7 @@ async def borrowed_host_id(client: AgentClient) -> AttackResult:
     except AgentTimeout as exc:
         heard.append(f"no enrolment answer: {exc}")
     request = await client.challenge_request(f"ask-{uuid.uuid4().hex}")
-    await client.send_record(client.config.topics.requests, REQUEST_SUBJECT, request)
+    await client.send_record(client.config.topics.requests, CHALLENGE_REQUESTED, request)
     return AttackResult("borrowed_host_id", client.host.host_id, tuple(client.sent[first:]),
                         heard=tuple(heard), got_through=tuple(got_through))
 
@@ -112,7 +112,7 @@ async def challenge_flood(client: AgentClient, count: int = FLOOD_COUNT) -> Atta
     first = len(client.sent)
     for _ in range(count):
         request = await client.challenge_request(f"flood-{uuid.uuid4().hex}", signed=False)
-        await client.send_record(client.config.topics.requests, REQUEST_SUBJECT, request)
+        await client.send_record(client.config.topics.requests, CHALLENGE_REQUESTED, request)
     return AttackResult("challenge_flood", client.host.host_id, tuple(client.sent[first:]))
 
 

@@ -11,6 +11,28 @@ from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError
+from services.runtime.cli_conventions import (
+    add_bootstrap_argument,
+    add_json_flag,
+    print_json,
+    print_table,
+)
+from services.runtime.topics import add_namespace_argument, topics_from_args
+
+_TCTI_ENV, _DEFAULT_TCTI = "HOSTGATE_TCTI", "device:/dev/tpmrm0"
+
+
+def _add_tcti_argument(p: argparse.ArgumentParser, examples: str = "") -> None:
+    p.add_argument("--tcti", default=os.environ.get(_TCTI_ENV, _DEFAULT_TCTI),
+                   help=f"TCTI string{examples} (default: ${_TCTI_ENV} or {_DEFAULT_TCTI})")
+
+
+def _add_host_id_argument(p: argparse.ArgumentParser) -> None:
+    import socket
+
+    p.add_argument("--host-id", default=os.environ.get("HOSTGATE_HOST_ID", socket.gethostname()),
+                   help="this host's id, the Kafka key (default: $HOSTGATE_HOST_ID or the "
+                        "hostname)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,13 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "status", help="show the TPM's EKs, AK and active PCR banks",
         description="Connect to a TPM and show its active PCR banks, its EKs (with whether an "
                     "EK certificate is in NV) and the agent's AK if a state file holds one.")
-    status.add_argument("--tcti", default=os.environ.get("HOSTGATE_TCTI", "device:/dev/tpmrm0"),
-                        help="TCTI string, e.g. device:/dev/tpmrm0 or "
-                             "swtpm:host=127.0.0.1,port=2321 (default: $HOSTGATE_TCTI or "
-                             "device:/dev/tpmrm0)")
+    _add_tcti_argument(status, ", e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321")
     status.add_argument("--state-file", type=Path, default=None,
                         help="the agent's state file holding its AK (optional)")
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_flag(status, "print JSON instead of a table")
     status.set_defaults(func=_agent_status)
     _register_kafka_commands(agent_sub)
     _register_credential_command(agent_sub)
@@ -54,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                           "removed afterwards)")
     sim.add_argument("--list-profiles", action="store_true",
                      help="list tamper profiles and golden images, then exit")
-    sim.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_json_flag(sim, "print JSON instead of a table")
     sim.set_defaults(func=_fleet_simulate)
 
 
@@ -82,22 +101,16 @@ def _agent_status(args: argparse.Namespace) -> int:
         except AgentTpmError as exc:
             doc["ak"] = {"error": str(exc)}
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_json(doc, indent=2, sort_keys=False)
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"TPM at {args.tcti}")
-    table.add_column("item")
-    table.add_column("value")
-    table.add_row("active PCR banks", ", ".join(doc["banks"]))
+    rows = [("active PCR banks", ", ".join(doc["banks"]))]
     for kind, info in doc["eks"].items():
         value = (info["error"] if "error" in info else
                  f"present, EK certificate in NV: {'yes' if info['certificate'] else 'no'}")
-        table.add_row(f"EK {kind}", value)
+        rows.append((f"EK {kind}", value))
     ak_doc = doc["ak"]
-    table.add_row("AK", ak_doc.get("error") or f"{ak_doc['kind']} name {ak_doc['name'][:24]}…")
-    Console().print(table)
+    rows.append(("AK", ak_doc.get("error") or f"{ak_doc['kind']} name {ak_doc['name'][:24]}…"))
+    print_table(f"TPM at {args.tcti}", ("item", "value"), rows)
     return 0
 
 
@@ -147,19 +160,16 @@ def _fleet_simulate(args: argparse.Namespace) -> int:
         "provision": round(timings.provision_s, 3), "start_swtpm": round(timings.start_swtpm_s, 3),
         "enrol_prepare": round(timings.enrol_prepare_s, 3)}}
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary, indent=2, sort_keys=False)
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"{len(rows)} simulated hosts")
-    for col in ("host", "image", "tamper", "enrolled", "verdict", "reason"):
-        table.add_column(col)
-    for r in rows:
-        label = "[green]pass[/]" if r["ok"] else f"[red]fail ({r['stage']})[/]"
-        table.add_row(r["host_id"], r["image"], r["tamper"] or "-",
-                      "yes" if r["enrolled"] else "[red]no[/]", label, r["reason"][:70])
-    Console().print(table)
+    print_table(f"{len(rows)} simulated hosts",
+                ("host", "image", "tamper", "enrolled", "verdict", "reason"),
+                [(r["host_id"], r["image"], r["tamper"] or "-",
+                  "yes" if r["enrolled"] else "[red]no[/]",
+                  "[green]pass[/]" if r["ok"] else f"[red]fail ({r['stage']})[/]",
+                  r["reason"][:70]) for r in rows])
     if summary["timings_s"]:
         Console().print(f"timings (s): {summary['timings_s']}")
     return 0
@@ -169,27 +179,17 @@ def _fleet_simulate(args: argparse.Namespace) -> int:
 
 def _register_kafka_commands(agent_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``agent enroll`` and ``agent attest`` (talk to the collector over Kafka)."""
-    import socket
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--tcti", default=os.environ.get("HOSTGATE_TCTI", "device:/dev/tpmrm0"),
-                       help="TCTI string (default: $HOSTGATE_TCTI or device:/dev/tpmrm0)")
+        _add_tcti_argument(p)
         p.add_argument("--state-file", type=Path, required=True,
                        help="the agent's state file holding its AK (TPM-wrapped blobs)")
-        p.add_argument("--host-id", default=os.environ.get("HOSTGATE_HOST_ID",
-                                                           socket.gethostname()),
-                       help="this host's id, the Kafka key (default: $HOSTGATE_HOST_ID or "
-                            "the hostname)")
-        p.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP",
-                                                             "127.0.0.1:19092"),
-                       help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or "
-                            "127.0.0.1:19092)")
-        p.add_argument("--topic-namespace",
-                       default=os.environ.get("HOSTGATE_TOPIC_NAMESPACE", ""),
-                       help="topic prefix of an isolated deployment [HOSTGATE_TOPIC_NAMESPACE]")
+        _add_host_id_argument(p)
+        add_bootstrap_argument(p)
+        add_namespace_argument(p)
         p.add_argument("--timeout", type=float, default=60.0,
                        help="seconds to wait for the collector's answer (default 60)")
-        p.add_argument("--json", action="store_true", help="print JSON")
+        add_json_flag(p)
 
     enroll = agent_sub.add_parser(
         "enroll", help="create an AK and enrol it with the collector over Kafka",
@@ -228,11 +228,10 @@ def _run_client(args: argparse.Namespace, action: str) -> dict[str, Any]:
     import asyncio
     import dataclasses
 
-    from services.agent.client import AgentClient, ClientConfig, TpmHost
+    from services.agent.client import AgentClient, ClientConfig
+    from services.agent.hosts import TpmHost
     from services.agent.tpm import AgentTpm
-    from services.collector.config import TopicNames
-
-    config = ClientConfig(args.bootstrap, TopicNames(args.topic_namespace),
+    config = ClientConfig(args.bootstrap, topics_from_args(args),
                           timeout_s=args.timeout)
     with AgentTpm(args.tcti, state_file=args.state_file) as tpm:
         previous = None
@@ -281,8 +280,6 @@ def _default_credential_dir() -> Path:
 
 def _register_credential_command(agent_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``agent credential`` (services.agent.credential_receiver)."""
-    import socket
-
     p = agent_sub.add_parser(
         "credential", help="fetch this host's newest credential and open it in the TPM",
         description="Wait for this host's newest hostgate.CredentialIssued on "
@@ -293,11 +290,8 @@ def _register_credential_command(agent_sub: argparse._SubParsersAction) -> None:
                     "mode 0600) into --out. Fails with a clear error when the credential is "
                     "sealed to another TPM, or the PCRs no longer hold the attested values.",
         epilog="The private key is written only to --out and never printed or logged.")
-    p.add_argument("--host-id", default=os.environ.get("HOSTGATE_HOST_ID", socket.gethostname()),
-                   help="this host's id, the Kafka key (default: $HOSTGATE_HOST_ID or the "
-                        "hostname)")
-    p.add_argument("--tcti", default=os.environ.get("HOSTGATE_TCTI", "device:/dev/tpmrm0"),
-                   help="TCTI string (default: $HOSTGATE_TCTI or device:/dev/tpmrm0)")
+    _add_host_id_argument(p)
+    _add_tcti_argument(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="directory for <host-id>.crt and <host-id>.key (created mode 0700; "
                         "default: $HOSTGATE_HOME/credentials)")
@@ -305,14 +299,11 @@ def _register_credential_command(agent_sub: argparse._SubParsersAction) -> None:
                    help="the issuing CA's certificate: refuse a certificate it did not sign")
     p.add_argument("--verdict-id", default=None,
                    help="wait for the credential issued for this verdict instead of the newest")
-    p.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP", "127.0.0.1:19092"),
-                   help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or "
-                        "127.0.0.1:19092)")
-    p.add_argument("--topic-namespace", default=os.environ.get("HOSTGATE_TOPIC_NAMESPACE", ""),
-                   help="topic prefix of an isolated deployment [HOSTGATE_TOPIC_NAMESPACE]")
+    add_bootstrap_argument(p)
+    add_namespace_argument(p)
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="longest wait for the credential to arrive (default 60)")
-    p.add_argument("--json", action="store_true", help="print JSON (never the key)")
+    add_json_flag(p, "print JSON (never the key)")
     p.set_defaults(func=_agent_credential)
 
 
@@ -321,7 +312,7 @@ def _agent_credential(args: argparse.Namespace) -> int:
 
     from cryptography import x509
 
-    from services.agent.credential_receiver import CREDENTIALS_TOPIC, receive_credential
+    from services.agent.credential_receiver import receive_credential
     from services.agent.tpm import AgentTpm
 
     if not 0 < args.timeout <= 3600:
@@ -333,8 +324,7 @@ def _agent_credential(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"--ca-cert {args.ca_cert}: not a readable PEM certificate "
                               f"({type(exc).__name__})") from None
-    ns = args.topic_namespace.strip()
-    topic = f"{ns}.{CREDENTIALS_TOPIC}" if ns else CREDENTIALS_TOPIC
+    topic = topics_from_args(args).credentials
     out = args.out if args.out is not None else _default_credential_dir()
     with AgentTpm(args.tcti) as tpm:
         got = asyncio.run(receive_credential(args.bootstrap, args.host_id, tpm, topic=topic,

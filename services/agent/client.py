@@ -22,12 +22,11 @@ Retries: starting retries with exponential back-off while the broker is unreacha
 ``connect_timeout_s``); sends rely on the idempotent producer's retries; every wait has a
 timeout and raises ``AgentTimeout`` naming what did not arrive.
 
-The host is a ``HostSide``: ``TpmHost`` (a real TPM through ``AgentTpm``) or ``SimulatedHostSide``
-(the fleet simulator). Tamper profiles that work on the *protocol* — which challenge a host
-answers and when — are ``EvidenceHook``s here (``hook_for``): ``replayed_nonce`` answers with
-the previous round's challenge and nonce and a fresh quote over that used nonce;
-``stale_quote`` quotes at once but holds the evidence until the nonce has expired. Profiles
-that work on the *TPM output* (``wrong_ak``, ``pcr_bank_downgrade``, ``quote_fewer_pcrs``,
+The host is a ``HostSide`` (``services.agent.hosts``): ``TpmHost`` (a real TPM through
+``AgentTpm``) or ``SimulatedHostSide`` (the fleet simulator). Tamper profiles that work on the
+*protocol* — which challenge a host answers and when — are the ``EvidenceHook`` a client is
+built with (``services.agent.hooks``: ``replayed_nonce``, ``stale_quote``). Profiles that work
+on the *TPM output* (``wrong_ak``, ``pcr_bank_downgrade``, ``quote_fewer_pcrs``,
 ``forged_log`` and the edited logs) live in the simulated host's ``quote`` and log
 (``services.agent.fleet``); ``SimulatedHostSide.hook`` gives a fleet host's hook, and its
 ``quote`` is then honest for the protocol profiles. The protocol attacks
@@ -46,31 +45,35 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.agent.tpm import AkInfo, Quote, Selection
-from services.collector.config import TopicNames
+from services.agent.hooks import EvidenceDraft, EvidenceHook
+from services.agent.tpm import Quote, Selection
 from services.collector.request_auth import request_binding, rotation_binding
 from services.errors import HostgateError
 from services.runtime.connection import client_kwargs
+from services.runtime.topics import Topics
 from services.tpm.credential import CredentialChallenge
 from services.tpm.keys import decode_public
+from services.wire.banks import BANK_OF_SYMBOL, SYMBOL_OF_BANK
+from services.wire.subjects import (
+    ACTIVATION_CHALLENGE,
+    ACTIVATION_PROOF,
+    CHALLENGE_REQUESTED,
+    ENROLLMENT_REQUESTED,
+    ENROLLMENT_RESULT,
+    EVIDENCE_SUBMITTED,
+    NONCE_ISSUED,
+)
+from services.wire.time import epoch_ms, now_ms
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from services.agent.fleet import SimulatedHost
-    from services.agent.tpm import AgentTpm
     from services.runtime.codec import Codec
 
 AGENT_VERSION = "hostgate-agent/0.1"
-RESULT_SUBJECT = "hostgate.EnrollmentResult"
-DEFAULT_BOOT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
-DEFAULT_IMA_LOG = Path("/sys/kernel/security/ima/binary_runtime_measurements")
 MAX_HOLD_S = 600.0
-_BANK_SYMBOLS = {"sha1": "SHA1", "sha256": "SHA256", "sha384": "SHA384", "sha512": "SHA512"}
-_BANK_NAMES = {v: k for k, v in _BANK_SYMBOLS.items()}
 
 
 class AgentClientError(HostgateError):
@@ -131,53 +134,11 @@ class HostSide(Protocol):
 
 
 @dataclass(frozen=True)
-class EvidenceDraft:
-    """The evidence about to be sent; a hook may return a changed copy."""
-
-    challenge_id: str
-    nonce: bytes
-    quote: Quote
-    boot_log: bytes
-    ima_log: bytes | None
-    selection: Selection
-    """What the challenge asked to be quoted, bank by bank."""
-    expires_at_ms: int
-    hold_until_ms: int | None = None
-    """Wall-clock time (ms) before which the evidence must not be sent."""
-
-
-EvidenceHook = Callable[[EvidenceDraft, Sequence[EvidenceDraft], HostSide], EvidenceDraft]
-"""(draft, earlier drafts sent by this client, host) -> the draft to send."""
-
-
-def replay_previous_nonce(draft: EvidenceDraft, history: Sequence[EvidenceDraft],
-                          host: HostSide) -> EvidenceDraft:
-    """``replayed_nonce``: answer with the previous round's challenge and nonce, quoted anew."""
-    if not history:
-        return draft
-    prev = history[-1]
-    return dataclasses.replace(draft, challenge_id=prev.challenge_id, nonce=prev.nonce,
-                               quote=host.quote(prev.nonce, prev.selection))
-
-
-def hold_past_expiry(draft: EvidenceDraft, history: Sequence[EvidenceDraft],
-                     host: HostSide) -> EvidenceDraft:
-    """``stale_quote``: quote now, send one second after the nonce expired."""
-    return dataclasses.replace(draft, hold_until_ms=draft.expires_at_ms + 1000)
-
-
-def hook_for(tamper: str | None) -> EvidenceHook | None:
-    """The client-side hook of an evidence tamper profile (None for the others)."""
-    return {"replayed_nonce": replay_previous_nonce,
-            "stale_quote": hold_past_expiry}.get(tamper or "")
-
-
-@dataclass(frozen=True)
 class ClientConfig:
     """How the client reaches the pipeline."""
 
     bootstrap: str
-    topics: TopicNames = field(default_factory=TopicNames)
+    topics: Topics = field(default_factory=Topics)
     timeout_s: float = 60.0
     """Longest wait for one answer from the collector."""
     connect_timeout_s: float = 60.0
@@ -230,10 +191,6 @@ class AttestResult:
     nonce: bytes
     partition: int
     offset: int
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class AgentClient:
@@ -315,13 +272,13 @@ class AgentClient:
                                    decode_public(ident.ak_public).name)
         signed = await asyncio.to_thread(self.host.sign_rotation, binding)
         challenge = await self._request(
-            self.config.topics.requests, "hostgate.EnrollmentRequested",
+            self.config.topics.requests, ENROLLMENT_REQUESTED,
             {"request_id": request_id, "host_id": self.host.host_id,
              "agent_version": self.config.agent_version, "ek_cert": ident.ek_cert,
-             "ek_public": ident.ek_public, "ak_public": ident.ak_public, "sent_at": _now_ms(),
+             "ek_public": ident.ek_public, "ak_public": ident.ak_public, "sent_at": now_ms(),
              "request_attest": signed[0] if signed else None,
              "request_signature": signed[1] if signed else None},
-            {"hostgate.ActivationChallenge", RESULT_SUBJECT}, request_id, "ActivationChallenge")
+            {ACTIVATION_CHALLENGE, ENROLLMENT_RESULT}, request_id, "ActivationChallenge")
         if challenge.get("result") is not None:  # refused before any challenge
             _raise_unless_enrolled(challenge)
         cred = CredentialChallenge(bytes(challenge["credential_blob"]),
@@ -341,14 +298,14 @@ class AgentClient:
         arrives. (``request_id`` of the returned result is the proof's.)"""
         proof_id = f"proof-{uuid.uuid4().hex}"
         answer = await self._request(
-            self.config.topics.requests, "hostgate.ActivationProof",
+            self.config.topics.requests, ACTIVATION_PROOF,
             {"request_id": proof_id, "host_id": self.host.host_id,
-             "challenge_id": challenge_id, "secret_proof": secret, "sent_at": _now_ms()},
-            {RESULT_SUBJECT}, proof_id, "EnrollmentResult",
+             "challenge_id": challenge_id, "secret_proof": secret, "sent_at": now_ms()},
+            {ENROLLMENT_RESULT}, proof_id, "EnrollmentResult",
             match=lambda body: body.get("challenge_id") == challenge_id)
         _raise_unless_enrolled(answer)
         return EnrollResult(proof_id, challenge_id, proof_id, str(answer["result"]),
-                            bytes(answer["ak_name"]), _epoch_ms(answer["decided_at"]),
+                            bytes(answer["ak_name"]), epoch_ms(answer["decided_at"]),
                             str(answer["detail"]))
 
     async def challenge_request(self, request_id: str, *, signed: bool = True
@@ -357,15 +314,15 @@ class AgentClient:
         signed by the host's AK over its binding (``signed=False``: no proof at all, as
         anyone who may write to the requests topic can send)."""
         banks = await asyncio.to_thread(self.host.banks)
-        offered = [{"bank": _BANK_SYMBOLS[b], "pcrs": list(self.config.offered_pcrs)}
-                   for b in banks if b in _BANK_SYMBOLS]
+        offered = [{"bank": SYMBOL_OF_BANK[b], "pcrs": list(self.config.offered_pcrs)}
+                   for b in banks if b in SYMBOL_OF_BANK]
         attest: bytes | None = None
         signature: bytes | None = None
         if signed:
             attest, signature = await asyncio.to_thread(
                 self.host.sign_request, request_binding(self.host.host_id, request_id))
         return {"request_id": request_id, "host_id": self.host.host_id,
-                "requested_pcrs": offered, "sent_at": _now_ms(), "request_attest": attest,
+                "requested_pcrs": offered, "sent_at": now_ms(), "request_attest": attest,
                 "request_signature": signature}
 
     async def attest(self, *, evidence_partition: int | None = None) -> AttestResult:
@@ -375,38 +332,38 @@ class AgentClient:
         banks = await asyncio.to_thread(self.host.banks)
         request_id = f"ask-{uuid.uuid4().hex}"
         issued = await self._request(
-            self.config.topics.requests, "hostgate.ChallengeRequested",
+            self.config.topics.requests, CHALLENGE_REQUESTED,
             await self.challenge_request(request_id),
-            {"hostgate.NonceIssued"}, request_id, "NonceIssued")
+            {NONCE_ISSUED}, request_id, "NonceIssued")
         nonce = bytes(issued["nonce"])
         selection = challenge_selection(issued, banks)
         quote = await asyncio.to_thread(self.host.quote, nonce, selection)
         boot_log = await asyncio.to_thread(self.host.boot_log)
         ima_log = await asyncio.to_thread(self.host.ima_log)
-        expires = _epoch_ms(issued["expires_at"])
+        expires = epoch_ms(issued["expires_at"])
         draft = EvidenceDraft(issued["challenge_id"], nonce, quote, boot_log, ima_log,
                               selection, expires)
         if self.hook is not None:
             draft = await asyncio.to_thread(self.hook, draft, tuple(self.history), self.host)
         if draft.hold_until_ms is not None:
-            wait_s = (draft.hold_until_ms - _now_ms()) / 1000
+            wait_s = (draft.hold_until_ms - now_ms()) / 1000
             if wait_s > MAX_HOLD_S:
                 raise AgentClientError(f"refusing to hold evidence for {wait_s:.0f}s")
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
         evidence_id = f"ev-{uuid.uuid4().hex}"
         q = draft.quote
-        meta = await self.send_record(self.config.topics.evidence, "hostgate.EvidenceSubmitted", {
+        meta = await self.send_record(self.config.topics.evidence, EVIDENCE_SUBMITTED, {
             "evidence_id": evidence_id, "host_id": self.host.host_id,
             "challenge_id": draft.challenge_id, "nonce": draft.nonce,
             "quote_attest": q.attest, "quote_signature": q.signature,
-            "pcr_values": [{"bank": _BANK_SYMBOLS[bank], "pcr": pcr, "value": value}
+            "pcr_values": [{"bank": SYMBOL_OF_BANK[bank], "pcr": pcr, "value": value}
                            for bank, values in sorted(q.pcr_values.items())
                            for pcr, value in sorted(values.items())],
-            "active_banks": [_BANK_SYMBOLS[b] for b in banks if b in _BANK_SYMBOLS],
+            "active_banks": [SYMBOL_OF_BANK[b] for b in banks if b in SYMBOL_OF_BANK],
             "boot_log": draft.boot_log, "ima_log": draft.ima_log,
-            "agent_version": self.config.agent_version, "quoted_at": _now_ms(),
-            "sent_at": _now_ms()}, partition=evidence_partition)
+            "agent_version": self.config.agent_version, "quoted_at": now_ms(),
+            "sent_at": now_ms()}, partition=evidence_partition)
         self.history.append(draft)
         return AttestResult(request_id, evidence_id, draft.challenge_id, draft.nonce,
                             meta.partition, meta.offset)
@@ -490,7 +447,7 @@ def challenge_selection(issued: Mapping[str, Any], active: Sequence[str]) -> Sel
     out: list[tuple[str, tuple[int, ...]]] = []
     for sel in issued["pcr_selection"]:
         symbol = str(sel["bank"])
-        bank = _BANK_NAMES.get(symbol)
+        bank = BANK_OF_SYMBOL.get(symbol)
         if bank is None or bank not in active:
             raise AgentClientError(
                 f"challenge {issued['challenge_id']} asks for PCR bank {symbol}, which this TPM "
@@ -520,12 +477,6 @@ def _raise_unless_enrolled(result: Mapping[str, Any]) -> None:
                            f"result {outcome!r}, which this agent does not understand")
 
 
-def _epoch_ms(value: Any) -> int:
-    from services.collector.common import epoch_ms
-
-    return epoch_ms(value)
-
-
 async def _stop_quietly(*clients: Any) -> None:
     for client in clients:
         if client is None:
@@ -534,115 +485,3 @@ async def _stop_quietly(*clients: Any) -> None:
             await asyncio.wait_for(client.stop(), 10)
         except Exception:  # closing after a failure: nothing more to do
             continue
-
-
-# -- host sides ------------------------------------------------------------------------------
-
-class TpmHost:
-    """A real host: its TPM through ``AgentTpm`` (AK from the agent's state file) and its logs
-    from files (the kernel's securityfs by default)."""
-
-    def __init__(self, host_id: str, tpm: AgentTpm, *, boot_log: Path = DEFAULT_BOOT_LOG,
-                 ima_log: Path | None = None, max_log_bytes: int = 8 * 1024 * 1024,
-                 previous_ak: AkInfo | None = None) -> None:
-        self._host_id = host_id
-        self.tpm = tpm
-        self.previous_ak = previous_ak
-        """The AK enrolled before this enrolment (it signs an AK rotation), if any."""
-        self.boot_log_path = boot_log
-        self.ima_log_path = ima_log
-        self.max_log_bytes = max_log_bytes
-
-    @property
-    def host_id(self) -> str:
-        return self._host_id
-
-    def identity(self) -> HostIdentity:
-        ek = self.tpm.ek()
-        return HostIdentity(ek.public, ek.certificate, self.tpm.load_ak().public)
-
-    def banks(self) -> tuple[str, ...]:
-        return self.tpm.active_banks()
-
-    def activate(self, challenge: CredentialChallenge) -> bytes:
-        return self.tpm.activate_credential(challenge)
-
-    def quote(self, nonce: bytes, selection: Selection) -> Quote:
-        return self.tpm.quote(nonce, selection=selection)
-
-    def sign_request(self, binding: bytes) -> tuple[bytes, bytes]:
-        return self.tpm.sign_request(binding)
-
-    def sign_rotation(self, binding: bytes) -> tuple[bytes, bytes] | None:
-        if self.previous_ak is None:
-            return None
-        return self.tpm.sign_request(binding, ak=self.previous_ak)
-
-    def _read(self, path: Path) -> bytes:
-        try:
-            with path.open("rb") as f:
-                data = f.read(self.max_log_bytes + 1)
-        except OSError as exc:
-            raise AgentClientError(f"cannot read {path}: {exc.strerror}") from exc
-        if len(data) > self.max_log_bytes:
-            raise AgentClientError(f"{path} is larger than {self.max_log_bytes} bytes")
-        return data
-
-    def boot_log(self) -> bytes:
-        return self._read(self.boot_log_path)
-
-    def ima_log(self) -> bytes | None:
-        return None if self.ima_log_path is None else self._read(self.ima_log_path)
-
-
-class SimulatedHostSide:
-    """A fleet-simulator host. Profiles on the TPM output or the log apply inside the host's
-    ``quote`` and log; protocol profiles (``replayed_nonce``, ``stale_quote``) do not: the host
-    quotes the issued nonce honestly and the client applies them through its hook — build the
-    client with ``hook=side.hook`` (``hook_for(tamper)``).
-
-    ``speaks_as`` puts another host id on everything this host sends (its own TPM, EK and AK
-    behind it): how a host with a certified TPM of its own borrows an enrolled host's id or
-    floods it (``services.agent.attacks``)."""
-
-    def __init__(self, sim: SimulatedHost, *, ak_public: bytes | None = None,
-                 speaks_as: str | None = None) -> None:
-        self.sim = sim
-        self._ak_public = ak_public
-        self._host_id = speaks_as or sim.host_id
-
-    @property
-    def host_id(self) -> str:
-        return self._host_id
-
-    def identity(self) -> HostIdentity:
-        return HostIdentity(self.sim.ek_public, self.sim.ek_cert,
-                            self._ak_public or self.sim.ak_public)
-
-    def banks(self) -> tuple[str, ...]:
-        return ("sha1", "sha256")  # what swtpm_setup allocates for the fleet
-
-    def activate(self, challenge: CredentialChallenge) -> bytes:
-        return self.sim.activate(challenge)
-
-    @property
-    def hook(self) -> EvidenceHook | None:
-        """The client-side hook of this host's tamper profile (None for most)."""
-        return hook_for(self.sim.tamper)
-
-    def quote(self, nonce: bytes, selection: Selection) -> Quote:
-        return self.sim.quote(nonce, selection=selection, protocol_hooks=True).quote
-
-    def sign_request(self, binding: bytes) -> tuple[bytes, bytes]:
-        return self.sim.sign_request(binding)
-
-    def sign_rotation(self, binding: bytes) -> tuple[bytes, bytes] | None:
-        # A simulated host keeps one AK: enrolling again re-enrols that AK, vouched for by
-        # itself. (On a first enrolment the collector does not look at the signature.)
-        return self.sim.sign_request(binding)
-
-    def boot_log(self) -> bytes:
-        return self.sim.event_log
-
-    def ima_log(self) -> bytes | None:
-        return None

@@ -38,15 +38,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from services.errors import HostgateError
-from services.issuer.ca import HOST_URN_PREFIX
+from services.issuer.certificates import HOST_URN_PREFIX
 from services.issuer.errors import SealedPayloadError
 from services.issuer.sealing import MAX_PAYLOAD_BYTES, open_credential
 from services.runtime.readers import groupless_consumer, rewind, topic_partitions
+from services.runtime.topics import Topics
 from services.tpm.credential import SealedCredential, pcr_selection
 from services.tpm.errors import TpmError
+from services.wire.subjects import CREDENTIAL_ISSUED
 
-CREDENTIALS_TOPIC: Final = "attest.credentials.v1"
-CREDENTIAL_SUBJECT: Final = "hostgate.CredentialIssued"
+CREDENTIALS_TOPIC: Final = Topics().credentials
+"""The default without a namespace; callers of a namespaced deployment pass its topic."""
 #: Largest DER certificate accepted from the topic.
 MAX_CERT_BYTES: Final = 16 * 1024
 #: Largest marshalled TPM2B_PUBLIC / TPM2B_PRIVATE / TPM2B_ENCRYPTED_SECRET accepted.
@@ -271,7 +273,7 @@ async def receive_credential(bootstrap: str, host_id: str, tpm: Unsealer, *,
                 if rec.key != key or rec.value is None:
                     continue
                 try:
-                    decoded = codec.decode(rec.value, expected={CREDENTIAL_SUBJECT})
+                    decoded = codec.decode(rec.value, expected={CREDENTIAL_ISSUED})
                 except HostgateError:
                     continue
                 where = f"{rec.topic}[{rec.partition}]@{rec.offset}"

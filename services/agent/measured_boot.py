@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import struct
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -29,9 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
 from services.agent import uefi
+from services.agent.swtpm import PCR_BANKS
 from services.errors import HostgateError
 from services.tpm.eventlog_builder import (
-    TPM_ALG_SHA1,
+    BANK_ALG_IDS,
     TPM_ALG_SHA256,
     LogEvent,
     build_log,
@@ -55,8 +55,8 @@ EV_EFI_ACTION = 0x80000007
 EV_EFI_PLATFORM_FIRMWARE_BLOB = 0x80000008
 EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
 
-#: The banks every simulated host allocates and logs (swtpm_setup --pcr-banks sha1,sha256).
-ALGS: tuple[int, ...] = (TPM_ALG_SHA1, TPM_ALG_SHA256)
+#: The banks every simulated host allocates and logs (``swtpm.PCR_BANKS``), as algorithm ids.
+ALGS: tuple[int, ...] = tuple(BANK_ALG_IDS[bank] for bank in PCR_BANKS)
 SEPARATOR_DATA = b"\x00\x00\x00\x00"
 WBCL_SEPARATOR = b"WBCL"
 CALLING_BOOT_OPTION = b"Calling EFI Application from Boot Option"
@@ -394,8 +394,3 @@ def synthesise(image: str, host_seed: int, config: BootConfig | None = None) -> 
     if img.family == "windows":
         events += [measure(pcr, EV_SEPARATOR, WBCL_SEPARATOR, ALGS) for pcr in (12, 13, 14)]
     return MeasuredBoot(image, host_seed, cfg, tuple(events))
-
-
-def measured_pcrs(boot: MeasuredBoot) -> Sequence[int]:
-    """The PCR indices this boot extends, ascending."""
-    return sorted({e.pcr for e in boot.events if e.measured})

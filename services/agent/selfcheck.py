@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from services.agent.fleet import Evidence
 from services.agent.measured_boot import synthesise
+from services.agent.swtpm import PCR_BANKS
 from services.errors import HostgateError
 from services.tpm.eventlog import parse_event_log
 from services.tpm.eventlog_builder import HASH_ALGS
@@ -20,7 +21,7 @@ from services.tpm.quote import verify_quote
 from services.tpm.replay import verify_replay
 
 #: Banks a healthy simulated host must quote.
-REQUIRED_BANKS = ("sha1", "sha256")
+REQUIRED_BANKS = PCR_BANKS
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ _CMD_GET_CAPABILITY = 0x00000001
 _PR_SET_PDEATHSIG = 1
 STATE_FILE = "tpm2-00.permall"
 EK_CERT_FILES = {"rsa": "ek-rsa2048.crt", "ecc": "ek-secp384r1.crt"}
+PCR_BANKS: tuple[str, ...] = ("sha1", "sha256")
+"""The PCR banks ``swtpm_setup`` allocates in every simulated host's TPM (and its log covers)."""
 
 
 class SwtpmError(HostgateError):
@@ -88,7 +90,7 @@ class LocalCA:
             f"create_certs_tool = {_tool('swtpm_localca')}\n"
             f"create_certs_tool_config = {d / 'swtpm-localca.conf'}\n"
             f"create_certs_tool_options = {d / 'swtpm-localca.options'}\n"
-            "active_pcr_banks = sha1,sha256\n")
+            f"active_pcr_banks = {','.join(PCR_BANKS)}\n")
         (d / "swtpm-localca.conf").write_text(
             f"statedir = {d}\nsigningkey = {d / 'signkey.pem'}\n"
             f"issuercert = {d / 'issuercert.pem'}\ncertserial = {d / 'certserial'}\n")
@@ -115,7 +117,7 @@ def provision(state_dir: Path, ca: LocalCA) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         _tool("swtpm_setup"), "--tpm2", "--tpmstate", str(state_dir),
-        "--pcr-banks", "sha1,sha256", "--overwrite",
+        "--pcr-banks", ",".join(PCR_BANKS), "--overwrite",
         "--create-ek-cert", "--create-platform-cert", "--config", str(ca.setup_config),
         "--write-ek-cert-files", str(state_dir), "--logfile", str(state_dir / "setup.log"),
     ]

@@ -16,7 +16,7 @@ the host's swtpm) and write any log (``LogEdit``), and the quote is always the T
 * ``quote_fewer_pcrs`` quotes PCRs 0-7 of each bank the challenge names, whatever it asks;
   ``pcr_bank_downgrade`` quotes only SHA-1.
 * ``replayed_nonce`` and ``stale_quote`` answer the wrong challenge or answer too late: over
-  Kafka they are the agent client's evidence hooks (``services.agent.client.hook_for``).
+  Kafka they are the agent client's evidence hooks (``services.agent.hooks``).
 * ``foreign_partition``, ``borrowed_host_id`` and ``challenge_flood`` are protocol attacks
   (``services.agent.attacks``): records on another partition than their key's, an enrolment
   and signed requests under another enrolled host's id, and unsigned challenge requests naming
@@ -65,7 +65,7 @@ class EvidenceTamper(StrEnum):
     def on_protocol(self) -> bool:
         """Whether it departs in *which challenge is answered and when* rather than in what the
         TPM signs: over Kafka the agent client's evidence hook applies it
-        (``services.agent.client.hook_for``), and the host itself quotes honestly."""
+        (``services.agent.hooks.hook_for``), and the host itself quotes honestly."""
         return self in (EvidenceTamper.REPLAYED_NONCE, EvidenceTamper.STALE_QUOTE)
 
     @property

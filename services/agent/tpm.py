@@ -53,6 +53,7 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from services.errors import HostgateError
+from services.tpm.algorithms import SHA_ALGORITHMS
 from services.tpm.credential import CredentialChallenge, SealedCredential
 
 EkKind = Literal["rsa", "ecc", "ecc384"]
@@ -69,8 +70,8 @@ AK_TEMPLATES: Mapping[str, str] = {"ecc": "ecc256:ecdsa-sha256:null",
 AK_ATTRS = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM
             | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
             | TPMA_OBJECT.USERWITHAUTH)
-BANK_NAMES: Mapping[int, str] = {TPM2_ALG.SHA1: "sha1", TPM2_ALG.SHA256: "sha256",
-                                 TPM2_ALG.SHA384: "sha384", TPM2_ALG.SHA512: "sha512"}
+BANK_NAMES: Mapping[int, str] = {TPM2_ALG(a.alg_id): a.name for a in SHA_ALGORITHMS}
+"""``TPM_ALG_ID`` -> bank name of the banks this agent quotes and extends (the SHA banks)."""
 BANK_ALGS: Mapping[str, int] = {v: k for k, v in BANK_NAMES.items()}
 PCR_READ_MAX = 8  # pitfall 5: TPM2_PCR_Read returns at most 8 digests per call
 

@@ -31,22 +31,21 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from services.collector.common import check_identity, derived_id, epoch_ms, reject
 from services.collector.config import NONCE_BYTES, CollectorConfig
 from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.enrollment import is_enrolled
-from services.collector.host_track import HOSTS, last_request_clock, new_track
-from services.collector.request_auth import RequestUnauthenticated, verify_request
+from services.collector.host_track import HOSTS, after_request, authenticate
+from services.collector.rejections import identified, reject, short_id
+from services.collector.request_auth import RequestUnauthenticated
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
+from services.wire.banks import SYMBOL_OF_BANK
+from services.wire.subjects import NONCE_ISSUED
+from services.wire.time import epoch_ms
 
-SUBJECT_REQUEST: Final = "hostgate.ChallengeRequested"
-SUBJECT_NONCE: Final = "hostgate.NonceIssued"
 CHALLENGES: Final = "challenges"
 NONCES: Final = "nonces"
-BANKS: Final = ("SHA1", "SHA256", "SHA384", "SHA512", "SM3_256")
-"""PCR banks a challenge may name (the ``hostgate.HashAlg`` symbols besides UNKNOWN)."""
 MAX_SELECTIONS: Final = 8
-FALLBACK_BANK: Final = "SHA256"
+FALLBACK_BANK: Final = SYMBOL_OF_BANK["sha256"]
 FIRMWARE_PCRS: Final = tuple(range(8))
 
 
@@ -88,19 +87,19 @@ def policy_selection(state: StateView, cfg: CollectorConfig
     it came from: the policy in force's coverage plus ``required_pcrs`` in every bank, or the
     SHA-256 fallback when no usable policy is in force (module docstring)."""
     from services.verifier.policy.coverage import coverage
-    from services.verifier.policy_in_force import PolicyInForce
-    from services.verifier.stage import policy_of
+    from services.verifier.policy_in_force import PolicyInForce, policy_of
 
     required = set(cfg.required_pcrs)
     policy = policy_of(state, cfg.policy_id, cfg.policy_cache) if cfg.policy_id else None
     facts: dict[str, str | int | bool]
     if isinstance(policy, PolicyInForce):
-        wanted = [(bank.upper(), sorted(set(pcrs) | required))
+        wanted = [(bank, sorted(set(pcrs) | required))
                   for bank, pcrs in coverage(policy.prepared.policy).selection()]
-        unnamed = [bank for bank, _ in wanted if bank not in BANKS]
+        # a challenge names banks by their hostgate.HashAlg symbols
+        unnamed = [bank.upper() for bank, _ in wanted if bank not in SYMBOL_OF_BANK]
         if wanted and not unnamed:
             facts = {"policy": policy.policy_id, "policy_version": policy.version}
-            return [{"bank": b, "pcrs": p} for b, p in wanted], facts
+            return [{"bank": SYMBOL_OF_BANK[b], "pcrs": p} for b, p in wanted], facts
         facts = {"policy": "unusable",
                  "policy_problem": f"coverage names banks a challenge cannot: {unnamed}"[:200]}
     elif policy is None:
@@ -112,14 +111,12 @@ def policy_selection(state: StateView, cfg: CollectorConfig
     return [{"bank": FALLBACK_BANK, "pcrs": sorted(set(FIRMWARE_PCRS) | required)}], facts
 
 
+@identified
 def decide_challenge_request(inp: InputRecord, state: StateView,
                              cfg: CollectorConfig) -> Decision:
     """A ``ChallengeRequested``: issue a nonce to an enrolled host that signed the request,
     within its rate limit (module docstring)."""
     topic = cfg.topics.rejections
-    bad = check_identity(inp, ("request_id",), cfg.limits.max_id_chars)
-    if bad is not None:
-        return reject(inp, topic, *bad)
     rec = inp.record
     host: str = rec["host_id"]
     now = inp.timestamp_ms
@@ -129,24 +126,16 @@ def decide_challenge_request(inp: InputRecord, state: StateView,
                       f"host {host!r} has no enrolled AK: enrol (credential activation) first")
     assert enrolment is not None
     current = state.get(HOSTS, host)
-    attest, signature = rec.get("request_attest"), rec.get("request_signature")
     try:
-        signed = verify_request(
-            bytes(enrolment["ak_public"]), host, str(rec["request_id"]),
-            None if attest is None else bytes(attest),
-            None if signature is None else bytes(signature), last=last_request_clock(current),
-            max_attest_bytes=cfg.limits.max_quote_bytes,
-            max_signature_bytes=cfg.limits.max_signature_bytes)
+        signed = authenticate(rec, bytes(enrolment["ak_public"]), current, cfg.limits)
     except RequestUnauthenticated as exc:
         # No state update at all: whoever wrote this cannot touch the host's limits.
         return reject(inp, topic, "UNAUTHENTICATED", f"{exc}; nothing was changed",
                       extra_log={"anomaly": True})
-    track = dict(current) if current is not None else new_track(host, now)
-    track["last_request_counters"] = signed.clock.to_record(signed.safe)
+    track = after_request(current, host, now, signed)
     updates = sweep(track, state, now)
     if now - epoch_ms(track["window_start"]) >= cfg.challenge_rate_window_ms:
         track["window_start"], track["submissions_in_window"] = now, 0
-    track["updated_at"] = now
     window_s = cfg.challenge_rate_window_ms / 1000
     if track["submissions_in_window"] >= cfg.challenge_rate_count:
         return reject(inp, topic, "RATE_LIMITED",
@@ -165,13 +154,13 @@ def decide_challenge_request(inp: InputRecord, state: StateView,
                       state_updates=(*updates, StateUpdate(HOSTS, host, track)))
     selection, facts = policy_selection(state, cfg)
     nonce = cfg.random_bytes(NONCE_BYTES)
-    challenge_id = derived_id(inp, "nonce")
+    challenge_id = short_id(inp, "nonce")
     expires = now + cfg.nonce_ttl_ms
     pending = {"challenge_id": challenge_id, "host_id": host, "nonce": nonce,
                "pcr_selection": selection, "issued_at": now, "expires_at": expires}
     track["submissions_in_window"] += 1
     track["open_challenges"] = [*track["open_challenges"], challenge_id]
-    out = Output(topic=cfg.topics.challenges, key=host, subject=SUBJECT_NONCE, id=challenge_id,
+    out = Output(topic=cfg.topics.challenges, key=host, subject=NONCE_ISSUED, id=challenge_id,
                  record={**pending, "request_id": rec["request_id"]})
     return Decision(
         outputs=(out,),

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import time
 import uuid
 from typing import Any
 
-from services.collector.config import TopicNames
 from services.errors import HostgateError
-from services.runtime.connection import client_kwargs
+from services.runtime.cli_conventions import add_kafka_arguments, print_json, publish_record
 from services.runtime.partitioner import key_partition
 from services.runtime.readers import (
     TopicUnavailable,
@@ -34,13 +31,11 @@ from services.runtime.readers import (
     rewind,
     topic_partitions,
 )
+from services.runtime.topics import topics_from_args
+from services.wire.subjects import IDENTITY_COMMAND, IDENTITY_EVENT
 
 MAX_TEXT = 500
 READ_TIMEOUT_S = 30.0
-
-
-def _topics(args: argparse.Namespace) -> TopicNames:
-    return TopicNames(str(args.topic_namespace or "").strip())
 
 
 def _text(value: str, flag: str) -> str:
@@ -67,35 +62,18 @@ def _cmd_release(args: argparse.Namespace) -> int:
     record = {"command_id": f"idc-{uuid.uuid4().hex}", "host_id": host, "action": "RELEASE",
               "actor": _text(args.actor, "--actor"), "reason": _text(args.reason, "--reason"),
               "issued_at": int(time.time() * 1000)}
-    topic = _topics(args).identity
-    value = Codec.load().encode("hostgate.IdentityCommand", record)
-
-    async def publish() -> Any:
-        from aiokafka import AIOKafkaProducer
-        from aiokafka.errors import KafkaError
-
-        producer = AIOKafkaProducer(**client_kwargs(args.bootstrap), enable_idempotence=True,
-                                    acks="all")
-        try:
-            await producer.start()
-            # No partition=: the default partitioner puts it on the host's partition, the only
-            # one whose collector task may act on it.
-            return await producer.send_and_wait(topic, value, key=host.encode("utf-8"))
-        except KafkaError as exc:
-            raise TopicUnavailable(f"could not publish to {topic} at {args.bootstrap}: {exc}"
-                                   ) from exc
-        finally:
-            await producer.stop()
-
-    meta = asyncio.run(publish())
+    topic = topics_from_args(args).identity
+    value = Codec.load().encode(IDENTITY_COMMAND, record)
+    # On the host's partition (its key's), the only one whose collector task may act on it.
+    meta = asyncio.run(publish_record(args.bootstrap, topic, host, value))
     out = {"command_id": record["command_id"], "host_id": host, "action": "RELEASE",
            "topic": meta.topic, "partition": meta.partition, "offset": meta.offset}
     if args.json:
-        print(json.dumps(out, sort_keys=True))
+        print_json(out, indent=None)
     else:
         print(f"release of {host} requested ({out['command_id']}, {topic}[{meta.partition}]@"
               f"{meta.offset}); the collector records the outcome on "
-              f"{_topics(args).identity_events}")
+              f"{topics_from_args(args).identity_events}")
     return 0
 
 
@@ -130,10 +108,10 @@ async def _latest(bootstrap: str, topic: str, key: str, subject: str | None = No
 
 def _cmd_show(args: argparse.Namespace) -> int:
     host = _host(args.host_id)
-    topics = _topics(args)
+    topics = topics_from_args(args)
 
     async def gather() -> dict[str, Any]:
-        rows = await _latest(args.bootstrap, topics.changelog("enrollments"), host)
+        rows = await _latest(args.bootstrap, topics.changelog("collector", "enrollments"), host)
         row = rows[-1] if rows else None
         digest = row.get("ek_key_sha256") if row is not None else None
         if row is not None and digest is None and row.get("state") == "ENROLLED":
@@ -142,11 +120,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
             digest = ek_key_sha256(bytes(row["ek"]["ek_public"]))
         binding = None
         if digest is not None:
-            found = await _latest(args.bootstrap, topics.changelog("ek_bindings"),
+            found = await _latest(args.bootstrap, topics.changelog("collector", "ek_bindings"),
                                   bytes(digest).hex())
             binding = found[-1] if found else None
         audit = await _latest(args.bootstrap, topics.identity_events, host,
-                              "hostgate.IdentityEvent")
+                              IDENTITY_EVENT)
         enrollment = None
         if row is not None:
             enrollment = {"state": row["state"], "ak_name": row["ak_name"],
@@ -169,7 +147,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     view = asyncio.run(gather())
     if args.json:
-        print(json.dumps(view, sort_keys=True))
+        print_json(view, indent=None)
         return 0
     enr = view["enrollment"]
     print(f"host {host}: " + ("no enrolment" if enr is None else
@@ -191,16 +169,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "(a re-imaged machine with a new TPM, a TPM moved to another id) is an "
                     "explicit operator command, recorded with who and why.")
     sub = p.add_subparsers(dest="identity_cmd", required=True)
-
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP",
-                                                              "127.0.0.1:19092"),
-                        help="Kafka bootstrap servers [HOSTGATE_BOOTSTRAP]")
-        sp.add_argument("--topic-namespace",
-                        default=os.environ.get("HOSTGATE_TOPIC_NAMESPACE", ""),
-                        help="prefix of the collector's topics [HOSTGATE_TOPIC_NAMESPACE]")
-        sp.add_argument("--json", action="store_true", help="print JSON")
-
     sp = sub.add_parser(
         "release", help="remove a host's enrolment and EK binding so it can enrol again",
         description="Publishes an IdentityCommand on attest.identity.v1 (operator principal "
@@ -210,9 +178,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("host_id", metavar="HOST")
     sp.add_argument("--actor", required=True, help="who you are (recorded)")
     sp.add_argument("--reason", required=True, help="why, e.g. a change ticket (recorded)")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_release)
     sp = sub.add_parser("show", help="a host's enrolment, EK binding and identity audit")
     sp.add_argument("host_id", metavar="HOST")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_show)

@@ -24,8 +24,8 @@ environment                         meaning                                     
 ``HOSTGATE_MAX_LOG_EVENTS``         events in the boot log                          ``20000``
 ``HOSTGATE_MAX_IMA_BYTES``          IMA measurement list size                       ``8388608``
 ``HOSTGATE_MAX_IMA_ENTRIES``        entries in the IMA list                         ``100000``
-``HOSTGATE_TOPIC_NAMESPACE``        prefix ``<ns>.`` for every topic the collector  empty
-                                    reads and writes (isolated test deployments)
+``HOSTGATE_TOPIC_NAMESPACE``        the deployment's namespace: every topic is      empty
+                                    ``<ns>.<name>`` (``runtime.topics.Topics``)
 ==================================  ==============================================  ==========
 
 A challenge asks for ``coverage(policy).selection()`` of the policy in force (read, like the
@@ -49,12 +49,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from services.errors import ConfigError
-from services.runtime.topics import (
-    EK_BINDINGS_TOPIC,
-    EK_GRANTS_TOPIC,
-    IDENTITY_EVENTS_TOPIC,
-    IDENTITY_TOPIC,
-)
+from services.runtime.topics import Topics
 
 if TYPE_CHECKING:
     from services.verifier.policy_in_force import PolicyCache
@@ -80,68 +75,6 @@ class IntakeLimits:
     """One value per (bank, PCR): five banks of 24."""
     max_id_chars: int = 128
     """host_id, request ids, challenge ids."""
-
-
-@dataclass(frozen=True)
-class TopicNames:
-    """The topics the collector and the agents use (prefixed in isolated deployments)."""
-
-    namespace: str = ""
-
-    def _t(self, name: str) -> str:
-        return f"{self.namespace}.{name}" if self.namespace else name
-
-    @property
-    def requests(self) -> str:
-        return self._t("attest.requests.v1")
-
-    @property
-    def evidence(self) -> str:
-        return self._t("attest.evidence.v1")
-
-    @property
-    def challenges(self) -> str:
-        return self._t("attest.challenges.v1")
-
-    @property
-    def collected(self) -> str:
-        return self._t("attest.collected.v1")
-
-    @property
-    def rejections(self) -> str:
-        return self._t("attest.rejections.v1")
-
-    @property
-    def dlq(self) -> str:
-        return self._t("collector.dlq.v1")
-
-    @property
-    def policies(self) -> str:
-        """The compacted policy topic (read whole, as a global table, like the verifier)."""
-        return self._t("attest.policies.v1")
-
-    @property
-    def identity(self) -> str:
-        """Operator identity commands (``hostgate identity release``)."""
-        return self._t(IDENTITY_TOPIC)
-
-    @property
-    def identity_events(self) -> str:
-        """The collector's identity audit records (the issuer reads them too)."""
-        return self._t(IDENTITY_EVENTS_TOPIC)
-
-    @property
-    def ek_bindings(self) -> str:
-        """Internal: EK binding requests, keyed by EK digest."""
-        return self._t(EK_BINDINGS_TOPIC)
-
-    @property
-    def ek_grants(self) -> str:
-        """Internal: EK binding answers, keyed by host id."""
-        return self._t(EK_GRANTS_TOPIC)
-
-    def changelog(self, table: str) -> str:
-        return self._t(f"hostgate.collector.{table}.changelog.v1")
 
 
 def _policy_cache() -> PolicyCache:
@@ -176,7 +109,7 @@ class CollectorConfig:
     policy_cache: PolicyCache = field(default_factory=_policy_cache, repr=False, compare=False)
     """Memo of loaded policy versions (changes nothing about a decision, only its cost)."""
     limits: IntakeLimits = field(default_factory=IntakeLimits)
-    topics: TopicNames = field(default_factory=TopicNames)
+    topics: Topics = field(default_factory=Topics)
     random_bytes: Callable[[int], bytes] = field(default=secrets.token_bytes, repr=False,
                                                  compare=False)
 
@@ -299,5 +232,5 @@ def load_config(env: Mapping[str, str]) -> CollectorConfig:
         required_pcrs=parse_pcr_list(env.get("HOSTGATE_REQUIRED_PCRS", "0-7")),
         policy_id=_policy_id(env),
         limits=limits,
-        topics=TopicNames(env.get("HOSTGATE_TOPIC_NAMESPACE", "").strip()),
+        topics=Topics.from_env(env),
     )

@@ -33,18 +33,13 @@ from typing import Final
 from services.collector.challenges import (
     CHALLENGES,
     NONCES,
-    SUBJECT_REQUEST,
     decide_challenge_request,
 )
-from services.collector.common import reject
 from services.collector.config import CollectorConfig
 from services.collector.ek_registry import TABLE as EK_BINDINGS
 from services.collector.ek_registry import decide_binding_request
+from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.enrollment import (
-    SUBJECT_BINDING_DECIDED,
-    SUBJECT_BINDING_REQUEST,
-    SUBJECT_ENROLL,
-    SUBJECT_PROOF,
     InternalRecordError,
     attributable,
     decide_binding_answer,
@@ -52,12 +47,19 @@ from services.collector.enrollment import (
     decide_proof,
     refuse,
 )
-from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.host_track import HOSTS
-from services.collector.identity import SUBJECT_COMMAND, decide_identity_command
-from services.collector.intake import SUBJECT_EVIDENCE, decide_evidence
+from services.collector.identity import decide_identity_command
+from services.collector.intake import decide_evidence
+from services.collector.rejections import reject
 from services.errors import HostgateError
 from services.runtime.stage import Decision, InputRecord, StateView
+from services.wire.subjects import ACTIVATION_PROOF as SUBJECT_PROOF
+from services.wire.subjects import CHALLENGE_REQUESTED as SUBJECT_REQUEST
+from services.wire.subjects import EK_BINDING_DECIDED as SUBJECT_BINDING_DECIDED
+from services.wire.subjects import EK_BINDING_REQUESTED as SUBJECT_BINDING_REQUEST
+from services.wire.subjects import ENROLLMENT_REQUESTED as SUBJECT_ENROLL
+from services.wire.subjects import EVIDENCE_SUBMITTED as SUBJECT_EVIDENCE
+from services.wire.subjects import IDENTITY_COMMAND as SUBJECT_COMMAND
 
 INTERNAL_SUBJECTS: Final = frozenset({SUBJECT_BINDING_REQUEST, SUBJECT_BINDING_DECIDED})
 """Records only the collector writes (its EK registry traffic)."""
@@ -116,12 +118,13 @@ def _wrong_partition(inp: InputRecord, cfg: CollectorConfig) -> Decision:
                   "looked at", extra_log={"anomaly": True})
 
 
-def on_error(inp: InputRecord, exc: Exception, cfg: CollectorConfig) -> Decision:
-    """A decodable record whose decision raised: refuse it as ``MALFORMED`` with the error
-    class and message (our errors name field and offset; nothing secret is in them)."""
-    if isinstance(exc, UnexpectedSubject | InternalRecordError) or \
-            inp.subject in INTERNAL_SUBJECTS:
-        raise exc  # to the DLQ: not a host's fault
+def on_host_fault(inp: InputRecord, exc: HostgateError, cfg: CollectorConfig) -> Decision:
+    """A host record whose decision raised a host's fault (``services.runtime.faults``): refuse
+    it as ``MALFORMED`` with the error class and message (the TPM library's errors name the
+    field and byte offset; nothing secret is in them). A bug never gets here: the runtime
+    dead-letters it, and so the collector's own records (the EK registry's) whatever failed."""
+    if inp.subject in INTERNAL_SUBJECTS:
+        raise exc  # to the DLQ: only the collector writes these, no host is at fault
     detail = f"{type(exc).__name__}: {exc}"
     if attributable(inp, cfg):  # an enrolment step: the host hears REFUSED too
         return refuse(inp, cfg, "MALFORMED", f"record could not be judged: {detail}",

@@ -29,10 +29,13 @@ from __future__ import annotations
 import hmac
 from typing import Final
 
-from services.collector.common import coordinates_record, epoch_ms, output_id
 from services.collector.config import CollectorConfig
-from services.collector.enrollment import SUBJECT_BINDING_DECIDED, InternalRecordError
+from services.collector.enrollment import InternalRecordError
+from services.collector.rejections import output_id
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
+from services.wire.coords import coordinates_record
+from services.wire.subjects import EK_BINDING_DECIDED
+from services.wire.time import epoch_ms
 
 TABLE: Final = "ek_bindings"
 """EK digest (hex) -> ``hostgate.EkBinding``, on the EK's partition."""
@@ -60,13 +63,13 @@ def decide_binding_request(inp: InputRecord, state: StateView, cfg: CollectorCon
                                   f"{rec['action']!r} is not understood")
     granted = holder is None or holder == host
     decision_id = output_id(inp, "ek-decided")
-    answer = Output(topic=cfg.topics.ek_grants, key=host, subject=SUBJECT_BINDING_DECIDED,
+    answer = Output(topic=cfg.topics.ek_grants, key=host, subject=EK_BINDING_DECIDED,
                     id=decision_id,
                     record={"decision_id": decision_id, "host_id": host, "ek_key_sha256": digest,
                             "challenge_id": rec.get("challenge_id"),
                             "outcome": "GRANTED" if granted else "REFUSED",
                             "holder_host_id": None if granted else holder,
-                            "decided_at": now, "request": coordinates_record(inp)})
+                            "decided_at": now, "request": coordinates_record(inp.coordinates)})
     if not granted:
         return Decision(outputs=(answer,), log={"outcome": "ek-refused", "anomaly": True})
     row = {"ek_key_sha256": digest, "host_id": host,

@@ -72,22 +72,16 @@ from typing import Any, Final
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from services.collector.common import (
-    check_identity,
-    coordinates_record,
-    derived_id,
-    epoch_ms,
+from services.collector.config import ACTIVATION_SECRET_BYTES, CollectorConfig
+from services.collector.host_track import HOSTS, after_request, authenticate
+from services.collector.rejections import (
+    identified,
+    identity_problem,
     output_id,
     reject,
-    to_datetime,
+    short_id,
 )
-from services.collector.config import ACTIVATION_SECRET_BYTES, CollectorConfig
-from services.collector.host_track import HOSTS, last_request_clock, new_track
-from services.collector.request_auth import (
-    RequestUnauthenticated,
-    rotation_binding,
-    verify_request,
-)
+from services.collector.request_auth import RequestUnauthenticated, rotation_binding
 from services.ekid import ek_key_sha256
 from services.errors import HostgateError
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
@@ -100,13 +94,16 @@ from services.tpm.errors import (
     Unsupported,
 )
 from services.tpm.keys import check_ak_attributes, decode_public
+from services.wire.coords import coordinates_record
+from services.wire.subjects import (
+    ACTIVATION_CHALLENGE,
+    ACTIVATION_PROOF,
+    EK_BINDING_REQUESTED,
+    ENROLLMENT_REQUESTED,
+    ENROLLMENT_RESULT,
+)
+from services.wire.time import epoch_ms, to_datetime
 
-SUBJECT_ENROLL: Final = "hostgate.EnrollmentRequested"
-SUBJECT_PROOF: Final = "hostgate.ActivationProof"
-SUBJECT_ACTIVATION: Final = "hostgate.ActivationChallenge"
-SUBJECT_RESULT: Final = "hostgate.EnrollmentResult"
-SUBJECT_BINDING_REQUEST: Final = "hostgate.EkBindingRequested"
-SUBJECT_BINDING_DECIDED: Final = "hostgate.EkBindingDecided"
 TABLE: Final = "enrollments"
 MAX_PUBLIC_BYTES: Final = 1024
 MAX_PROOF_BYTES: Final = 64
@@ -134,8 +131,8 @@ def enrollment_result(inp: InputRecord, cfg: CollectorConfig, result: str, *, re
     that passed ``check_identity``). ``detail`` must hold no secret or key material."""
     rec = inp.record
     result_id = output_id(inp, "enrollment-result")
-    challenge_id = rec.get("challenge_id") if inp.subject == SUBJECT_PROOF else None
-    return Output(topic=cfg.topics.challenges, key=str(rec["host_id"]), subject=SUBJECT_RESULT,
+    challenge_id = rec.get("challenge_id") if inp.subject == ACTIVATION_PROOF else None
+    return Output(topic=cfg.topics.challenges, key=str(rec["host_id"]), subject=ENROLLMENT_RESULT,
                   id=result_id,
                   record={"result_id": result_id, "host_id": rec["host_id"],
                           "request_id": rec["request_id"], "challenge_id": challenge_id,
@@ -157,9 +154,8 @@ def refuse(inp: InputRecord, cfg: CollectorConfig, reason: str, detail: str, *,
 
 def attributable(inp: InputRecord, cfg: CollectorConfig) -> bool:
     """Whether ``inp`` is an enrolment step the host can be told about (``on_error``)."""
-    ids = {SUBJECT_ENROLL: ("request_id",), SUBJECT_PROOF: ("request_id", "challenge_id")}
-    fields = ids.get(inp.subject)
-    return fields is not None and check_identity(inp, fields, cfg.limits.max_id_chars) is None
+    return (inp.subject in (ENROLLMENT_REQUESTED, ACTIVATION_PROOF)
+            and identity_problem(inp, cfg) is None)
 
 
 def _ek_identity(cfg: CollectorConfig, ek_public: bytes, ek_cert: bytes | None,
@@ -212,12 +208,9 @@ def holds_ek(row: Mapping[str, Any] | None, digest: bytes) -> bool:
                for p in row.get("pending") or [])
 
 
+@identified
 def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> Decision:
     """An ``EnrollmentRequested``: challenge the EK for the AK's name, or reject."""
-    topic = cfg.topics.rejections
-    bad = check_identity(inp, ("request_id",), cfg.limits.max_id_chars)
-    if bad is not None:
-        return reject(inp, topic, *bad)
     rec = inp.record
     host: str = rec["host_id"]
     now = inp.timestamp_ms
@@ -248,24 +241,15 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
         # An enrolled host's own AK must vouch for a rotation: EK certificates and publics are
         # public material, and an unsigned request would spend the host's activation slots.
         track = state.get(HOSTS, host)
-        attest, signature = rec.get("request_attest"), rec.get("request_signature")
         try:
-            signed = verify_request(
-                bytes(existing["ak_public"]), host, str(rec["request_id"]),
-                None if attest is None else bytes(attest),
-                None if signature is None else bytes(signature),
-                last=last_request_clock(track), max_attest_bytes=cfg.limits.max_quote_bytes,
-                max_signature_bytes=cfg.limits.max_signature_bytes,
-                binding=rotation_binding(host, str(rec["request_id"]), ak.name))
+            signed = authenticate(rec, bytes(existing["ak_public"]), track, cfg.limits,
+                                  binding=rotation_binding(host, str(rec["request_id"]), ak.name))
         except RequestUnauthenticated as exc:
             # The requester hears why (REFUSED, by its request id); no state changes.
             return refuse(inp, cfg, "UNAUTHENTICATED", f"an AK rotation of enrolled host "
                           f"{host!r} must be signed by its enrolled AK: {exc}; nothing was "
                           "changed", extra_log={"anomaly": True}, ak_name=ak.name)
-        moved = dict(track) if track is not None else new_track(host, now)
-        moved["last_request_counters"] = signed.clock.to_record(signed.safe)
-        moved["updated_at"] = now
-        track_update = (StateUpdate(HOSTS, host, moved),)
+        track_update = (StateUpdate(HOSTS, host, after_request(track, host, now, signed)),)
         enrolled_ek = bytes(existing["ek"]["ek_public"])
         if not hmac.compare_digest(enrolled_ek, ek_public):
             return refuse(inp, cfg, "EK_CHANGED",
@@ -294,10 +278,10 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
     except (KeyAttributeError, CredentialError, MalformedInput, Unsupported) as exc:
         return refuse(inp, cfg, "MALFORMED", f"field ek_public: EK cannot be challenged: {exc}",
                       ak_name=ak.name)
-    challenge_id = derived_id(inp, "act")
+    challenge_id = short_id(inp, "act")
     expires = now + cfg.activation_ttl_ms
     out = Output(
-        topic=cfg.topics.challenges, key=host, subject=SUBJECT_ACTIVATION, id=challenge_id,
+        topic=cfg.topics.challenges, key=host, subject=ACTIVATION_CHALLENGE, id=challenge_id,
         record={"challenge_id": challenge_id, "host_id": host, "request_id": rec["request_id"],
                 "credential_blob": challenge.credential_blob,
                 "encrypted_secret": challenge.encrypted_secret,
@@ -323,14 +307,11 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
                          "open_activations": len(pending)})
 
 
+@identified
 def decide_proof(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> Decision:
     """An ``ActivationProof``: if it carries the secret of one of the host's open activations
     in time, ask the EK registry to bind that activation's EK to the host. A refusal changes no
     state (anyone may send a proof)."""
-    topic = cfg.topics.rejections
-    bad = check_identity(inp, ("request_id", "challenge_id"), cfg.limits.max_id_chars)
-    if bad is not None:
-        return reject(inp, topic, *bad)
     rec = inp.record
     host: str = rec["host_id"]
     now = inp.timestamp_ms
@@ -386,11 +367,11 @@ def binding_request(inp: InputRecord, cfg: CollectorConfig, *, action: str, host
     ``n`` tells apart several requests caused by one input)."""
     request_id = output_id(inp, f"ek-{action.lower()}-{n}")
     return Output(topic=cfg.topics.ek_bindings, key=digest.hex(),
-                  subject=SUBJECT_BINDING_REQUEST, id=request_id,
+                  subject=EK_BINDING_REQUESTED, id=request_id,
                   record={"request_id": request_id, "action": action, "ek_key_sha256": digest,
                           "host_id": host, "challenge_id": challenge_id,
                           "command_id": command_id, "requested_at": inp.timestamp_ms,
-                          "cause": coordinates_record(inp)})
+                          "cause": coordinates_record(inp.coordinates)})
 
 
 def decide_binding_answer(inp: InputRecord, state: StateView, cfg: CollectorConfig
@@ -464,7 +445,7 @@ def result_output(inp: InputRecord, cfg: CollectorConfig, *, host: str, request_
     """An ``EnrollmentResult`` built from explicit fields (answers that follow an internal
     record, not the host's own)."""
     result_id = output_id(inp, "enrollment-result")
-    return Output(topic=cfg.topics.challenges, key=host, subject=SUBJECT_RESULT, id=result_id,
+    return Output(topic=cfg.topics.challenges, key=host, subject=ENROLLMENT_RESULT, id=result_id,
                   record={"result_id": result_id, "host_id": host, "request_id": request_id,
                           "challenge_id": challenge_id, "result": result, "reason": reason,
                           "detail": detail[:1000], "ak_name": bytes(ak_name),

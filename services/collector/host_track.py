@@ -8,9 +8,11 @@ from each of them. Pure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
-from services.collector.request_auth import RequestClock
+from services.collector.config import IntakeLimits
+from services.collector.request_auth import AuthenticatedRequest, RequestClock, verify_request
 
 HOSTS: Final = "hosts"
 """State table name of the rows."""
@@ -29,4 +31,29 @@ def last_request_clock(track: Any) -> RequestClock | None:
     return None if rec is None else RequestClock.from_record(rec)
 
 
-__all__ = ["HOSTS", "last_request_clock", "new_track"]
+def authenticate(rec: Mapping[str, Any], ak_public: bytes, track: Any, limits: IntakeLimits, *,
+                 binding: bytes | None = None) -> AuthenticatedRequest:
+    """:func:`~services.collector.request_auth.verify_request` of a host's signed record (its
+    ``host_id``, ``request_id``, ``request_attest`` and ``request_signature``) against the
+    enrolled AK ``ak_public`` and the clock of the host's ``track``; raises
+    ``RequestUnauthenticated``."""
+    attest, signature = rec.get("request_attest"), rec.get("request_signature")
+    return verify_request(
+        ak_public, str(rec["host_id"]), str(rec["request_id"]),
+        None if attest is None else bytes(attest),
+        None if signature is None else bytes(signature), last=last_request_clock(track),
+        max_attest_bytes=limits.max_quote_bytes, max_signature_bytes=limits.max_signature_bytes,
+        binding=binding)
+
+
+def after_request(track: Any, host: str, now: int, signed: AuthenticatedRequest
+                  ) -> dict[str, Any]:
+    """A copy of the host's ``track`` (a new one if None) whose request clock is the one of the
+    request ``signed``, accepted at ``now``."""
+    moved = dict(track) if track is not None else new_track(host, now)
+    moved["last_request_counters"] = signed.clock.to_record(signed.safe)
+    moved["updated_at"] = now
+    return moved
+
+
+__all__ = ["HOSTS", "after_request", "authenticate", "last_request_clock", "new_track"]

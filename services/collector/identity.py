@@ -23,15 +23,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from services.collector.common import coordinates_record, output_id
 from services.collector.config import CollectorConfig
 from services.collector.enrollment import BINDING, TABLE, enrolled_ek_digest, is_enrolled
 from services.collector.enrollment import binding_request as _binding_request
 from services.collector.host_track import HOSTS
+from services.collector.rejections import output_id
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
+from services.wire.coords import coordinates_record
+from services.wire.subjects import IDENTITY_EVENT
 
-SUBJECT_COMMAND: Final = "hostgate.IdentityCommand"
-SUBJECT_EVENT: Final = "hostgate.IdentityEvent"
 MAX_TEXT: Final = 500
 
 
@@ -41,7 +41,7 @@ def _event(inp: InputRecord, cfg: CollectorConfig, kind: str, detail: str, *,
     rec = inp.record
     event_id = output_id(inp, "identity-event")
     host = str(rec.get("host_id", inp.key or ""))
-    return Output(topic=cfg.topics.identity_events, key=inp.key or host, subject=SUBJECT_EVENT,
+    return Output(topic=cfg.topics.identity_events, key=inp.key or host, subject=IDENTITY_EVENT,
                   id=event_id,
                   record={"event_id": event_id, "host_id": host, "event": kind,
                           "command_id": str(rec.get("command_id", ""))[:MAX_TEXT],
@@ -49,7 +49,7 @@ def _event(inp: InputRecord, cfg: CollectorConfig, kind: str, detail: str, *,
                           "reason": str(rec.get("reason", ""))[:MAX_TEXT],
                           "previous_state": previous, "released_ek_sha256": released or [],
                           "released_ak_name": ak_name, "detail": detail[:1000],
-                          "occurred_at": inp.timestamp_ms, "source": coordinates_record(inp)})
+                          "occurred_at": inp.timestamp_ms, "source": coordinates_record(inp.coordinates)})
 
 
 def _refused(inp: InputRecord, cfg: CollectorConfig, detail: str) -> Decision:

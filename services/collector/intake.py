@@ -32,18 +32,11 @@ import hmac
 from typing import Any, Final
 
 from services.collector.challenges import CHALLENGES, NONCES, sweep
-from services.collector.common import (
-    check_identity,
-    coordinates_record,
-    epoch_ms,
-    output_id,
-    record_digest,
-    reject,
-)
 from services.collector.config import CollectorConfig, IntakeLimits
 from services.collector.enrollment import TABLE as ENROLLMENTS
 from services.collector.enrollment import is_enrolled
 from services.collector.host_track import HOSTS, new_track
+from services.collector.rejections import identified, output_id, reject
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
 from services.tpm import eventlog, ima
 from services.tpm.errors import (
@@ -56,9 +49,11 @@ from services.tpm.errors import (
 from services.tpm.keys import decode_public
 from services.tpm.limits import Limits as LogLimits
 from services.tpm.quote import TPM_ST_ATTEST_QUOTE, decode_attest, verify_attest_signature
+from services.wire.coords import coordinates_record
+from services.wire.ids import record_digest
+from services.wire.subjects import EVIDENCE_COLLECTED
+from services.wire.time import epoch_ms
 
-SUBJECT_EVIDENCE: Final = "hostgate.EvidenceSubmitted"
-SUBJECT_COLLECTED: Final = "hostgate.EvidenceCollected"
 MAX_NONCE_BYTES: Final = 64
 
 
@@ -142,12 +137,10 @@ def selection_mismatch(asked: Any, quoted: tuple[tuple[str, tuple[int, ...]], ..
             "(the policy in force decides coverage)")
 
 
+@identified
 def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> Decision:
     """An ``EvidenceSubmitted``: forward to ``attest.collected.v1`` or reject with a reason."""
     topic = cfg.topics.rejections
-    bad = check_identity(inp, ("evidence_id", "challenge_id"), cfg.limits.max_id_chars)
-    if bad is not None:
-        return reject(inp, topic, *bad)
     rec = inp.record
     host: str = rec["host_id"]
     now = inp.timestamp_ms
@@ -216,7 +209,7 @@ def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) ->
                       "field quote_attest: extraData is not the issued nonce (the quote was "
                       "made for another challenge)", extra_log={"anomaly": True})
 
-    source = coordinates_record(inp)
+    source = coordinates_record(inp.coordinates)
     used_row = {"nonce": issued_nonce, "host_id": host, "challenge_id": challenge_id,
                 "evidence": source, "used_at": now, "expires_at": expires}
     consume = (*updates, StateUpdate(CHALLENGES, challenge_id, None),
@@ -249,7 +242,7 @@ def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) ->
         last_counters=counters, last_evidence=source, updated_at=now,
         open_challenges=remaining, used_nonces=[*track["used_nonces"], issued_nonce.hex()],
     )
-    out = Output(topic=cfg.topics.collected, key=host, subject=SUBJECT_COLLECTED,
+    out = Output(topic=cfg.topics.collected, key=host, subject=EVIDENCE_COLLECTED,
                  record=collected, id=output_id(inp, "collected"))
     return Decision(
         outputs=(out,),

@@ -49,6 +49,8 @@ class RequestUnauthenticated(HostgateError):
     """A challenge request the host's enrolled AK does not vouch for; the message says why
     (it holds no key material)."""
 
+    host_fault = True
+
 
 def _binding(tag: bytes, *parts: bytes) -> bytes:
     h = hashlib.sha256(tag)

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from functools import partial
 
 from services.collector.config import CollectorConfig, load_config
-from services.collector.core import INPUT_SUBJECTS, TABLES, decide, on_error
+from services.collector.core import INPUT_SUBJECTS, TABLES, decide, on_host_fault
 from services.runtime.stage import MISROUTED_DECIDE, GlobalTableSpec, Stage
-from services.verifier.policy_in_force import POLICY_SUBJECT, POLICY_TABLE, newer
+from services.verifier.policy_in_force import POLICY_TABLE, newer
+from services.wire.subjects import POLICY_PUBLISHED
 
 
 def stage_from_config(cfg: CollectorConfig) -> Stage:
@@ -31,10 +32,10 @@ def stage_from_config(cfg: CollectorConfig) -> Stage:
         input_subjects=INPUT_SUBJECTS,
         decide=partial(decide, cfg=cfg),
         tables=TABLES,
-        on_error=partial(on_error, cfg=cfg),
-        dlq=topics.dlq,
-        changelogs={t: topics.changelog(t) for t in TABLES},
-        global_tables={POLICY_TABLE: GlobalTableSpec(topics.policies, POLICY_SUBJECT, newer)},
+        on_host_fault=partial(on_host_fault, cfg=cfg),
+        dlq=topics.dlq("collector"),
+        changelogs={t: topics.changelog("collector", t) for t in TABLES},
+        global_tables={POLICY_TABLE: GlobalTableSpec(topics.policies, POLICY_PUBLISHED, newer)},
         # The collector refuses a mis-partitioned record itself (WRONG_PARTITION), so the host
         # and the SOC see why; see services.collector.core.
         misrouted=MISROUTED_DECIDE,

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from services.errors import ConfigError
+from services.runtime.cli_conventions import add_json_flag, print_json
+from services.runtime.topics import add_namespace_argument, topics_from_args
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -25,7 +27,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = DemoConfig(hosts=args.hosts,
                         tampers=parse_tampers(args.tamper) if args.tamper else None,
                         seed=args.seed, out=args.out, follow=args.follow,
-                        timeout_s=args.timeout, nonce_ttl_s=args.nonce_ttl)
+                        timeout_s=args.timeout, nonce_ttl_s=args.nonce_ttl,
+                        topics=topics_from_args(args))
     console = Console(stderr=True)
     # library log lines (structlog prints to stdout) must not mix with --json output
     with contextlib.redirect_stdout(sys.stderr), LiveView(console) as view:
@@ -34,8 +37,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     (st.run_dir / "report.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     (st.run_dir / "report.html").write_text(render_html(run))
     if args.json:
-        json.dump(doc, sys.stdout, indent=1, sort_keys=True)
-        print()
+        print_json(doc)
     else:
         out = Console(width=None if sys.stdout.isatty() else 200)
         out.print(final_table(run))
@@ -82,8 +84,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "exit or Ctrl-C. The exit status is 1 if the outcome does not match the tamper mix "
         "(including a trusted host whose credential did not open).",
         epilog="Needs a running broker (`hostgate kafka up`; `make demo` does it). "
-        "Environment: HOSTGATE_BOOTSTRAP, HOSTGATE_HOME (run directories under "
-        "$HOSTGATE_HOME/demo/<run-id>/).")
+        "Environment: HOSTGATE_BOOTSTRAP, HOSTGATE_TOPIC_NAMESPACE, HOSTGATE_HOME (run "
+        "directories under $HOSTGATE_HOME/demo/<run-id>/).")
     p.add_argument("--hosts", type=int, default=DEFAULT_HOSTS, metavar="N",
                    help=f"number of simulated hosts (default {DEFAULT_HOSTS})")
     p.add_argument("--tamper", action="append", default=[], metavar="PROFILE=COUNT",
@@ -103,5 +105,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="the collector's nonce lifetime in this run (default 15: short, so "
                         "the stale_quote profile, which holds its evidence past the expiry, "
                         "costs seconds)")
-    p.add_argument("--json", action="store_true", help="print the run as JSON")
+    add_namespace_argument(p)
+    add_json_flag(p, "print the run as JSON")
     p.set_defaults(func=_cmd_demo)

@@ -63,6 +63,8 @@ from services.demo.report import (
     rule_event_line,
 )
 from services.errors import ConfigError, HostgateError
+from services.runtime.topics import NAMESPACE_ENV, Topics
+from services.wire import subjects
 
 REPO: Final = Path(__file__).resolve().parents[2]
 PIPELINE_STAGES: Final = ("collector", "verifier", "incidents", "issuer")
@@ -115,6 +117,8 @@ class DemoConfig:
     """The collector's nonce lifetime (``HOSTGATE_NONCE_TTL_S``)."""
     credential_timeout_s: float = 60.0
     """Longest wait of a trusted host for its credential on the topic."""
+    topics: Topics = field(default_factory=Topics.from_env)
+    """The run's topics (``HOSTGATE_TOPIC_NAMESPACE``): stages, fleet and watcher use them."""
 
     def tamper_mix(self) -> dict[str, int]:
         """The tamper counts in force."""
@@ -260,33 +264,44 @@ class StageProcess:
 
 
 # --- watching the topics ------------------------------------------------------------------
+KINDS: Final = Topics()
+"""The watched topics by their names without a namespace: what ``apply_record`` dispatches on
+(the :class:`Watcher` maps its deployment's names to these)."""
 WATCHED: Final[Mapping[str, str]] = {
-    "attest.rejections.v1": "hostgate.IntakeRejected",
-    "attest.verdicts.v1": "hostgate.Verdict",
-    "attest.incidents.v1": "hostgate.IncidentEvent",
-    "attest.hosts.v1": "hostgate.HostState",
-    "attest.credentials.v1": "hostgate.CredentialIssued",
+    KINDS.rejections: subjects.INTAKE_REJECTED,
+    KINDS.verdicts: subjects.VERDICT,
+    KINDS.incidents: subjects.INCIDENT_EVENT,
+    KINDS.hosts: subjects.HOST_STATE,
+    KINDS.credentials: subjects.CREDENTIAL_ISSUED,
 }
 
 
+def watched_topics(topics: Topics) -> dict[str, str]:
+    """The deployment's watched topics -> their kind (a key of ``WATCHED``)."""
+    return {topics.rejections: KINDS.rejections, topics.verdicts: KINDS.verdicts,
+            topics.incidents: KINDS.incidents, topics.hosts: KINDS.hosts,
+            topics.credentials: KINDS.credentials}
+
+
 def apply_record(h: HostOutcome, topic: str, rec: Mapping[str, Any]) -> HostOutcome:
-    """Fold one observed record of this host into its outcome (pure)."""
-    if topic == "attest.rejections.v1":
+    """Fold one observed record of this host into its outcome (pure); ``topic`` is the kind
+    (the topic's name without a namespace)."""
+    if topic == KINDS.rejections:
         return replace(h, rejection=str(rec["reason"]), rejection_detail=str(rec["detail"]),
                        rejections=(*h.rejections, str(rec["reason"])), answers=h.answers + 1)
-    if topic == "attest.verdicts.v1":
+    if topic == KINDS.verdicts:
         rules = tuple(RuleFailure(str(f["rule_id"]), str(f["sentence"]),
                                   rule_event_line(f.get("event")))
                       for f in rec["failed_rules"])
         return replace(h, verdict=str(rec["result"]), verdict_id=str(rec["verdict_id"]),
                        failed_rules=rules, answers=h.answers + 1)
-    if topic == "attest.incidents.v1":
+    if topic == KINDS.incidents:
         return replace(h, incident_id=h.incident_id or str(rec["incident_id"]))
-    if topic == "attest.hosts.v1":
+    if topic == KINDS.hosts:
         return replace(h, trust=str(rec["state"]),
                        cert_serial=rec.get("cert_serial") or h.cert_serial,
                        incident_id=rec.get("incident_id") or h.incident_id)
-    if topic == "attest.credentials.v1":
+    if topic == KINDS.credentials:
         return replace(h, credential_id=str(rec["credential_id"]),
                        cert_serial=h.cert_serial or str(rec["serial"]))
     return h
@@ -371,8 +386,9 @@ class Watcher:
     rejections go to the host whose records they refuse (:class:`Attribution`)."""
 
     def __init__(self, bootstrap: str, rows: dict[str, HostOutcome],
-                 attribution: Attribution | None = None) -> None:
+                 attribution: Attribution | None = None, topics: Topics | None = None) -> None:
         self.bootstrap = bootstrap
+        self._kinds = watched_topics(topics or Topics())
         self.rows = rows
         self.attribution = attribution or Attribution()
         self._deferred: list[tuple[str, Mapping[str, Any]]] = []
@@ -386,10 +402,10 @@ class Watcher:
 
         from services.runtime.codec import Codec
         from services.runtime.readers import groupless_consumer
-        from services.verifier.cli_replay import partition_counts
+        from services.verifier.cli_audit_replay import partition_counts
 
         self._codec = Codec.load()
-        counts = await partition_counts(self.bootstrap, list(WATCHED))
+        counts = await partition_counts(self.bootstrap, list(self._kinds))
         async with contextlib.AsyncExitStack() as stack:
             c = await stack.enter_async_context(
                 groupless_consumer(self.bootstrap, client_id="hostgate.demo.watch"))
@@ -406,7 +422,8 @@ class Watcher:
         batch = await self._consumer.getmany(timeout_ms=300)
         self.release_deferred()
         for tp, recs in batch.items():
-            subject = WATCHED[tp.topic]
+            kind = self._kinds[tp.topic]
+            subject = WATCHED[kind]
             for r in recs:
                 if r.value is None or r.key is None:
                     continue
@@ -418,10 +435,10 @@ class Watcher:
                     rec = self._codec.decode(r.value, expected={subject}).record
                 except HostgateError:
                     continue
-                if tp.topic == "attest.rejections.v1":
+                if kind == KINDS.rejections:
                     self.fold_rejection(host, rec)
                 else:
-                    self.rows[host] = apply_record(row, tp.topic, rec)
+                    self.rows[host] = apply_record(row, kind, rec)
 
     def release_deferred(self) -> None:
         """Fold the rejections kept back so far, in order (those still unattributable, and
@@ -437,7 +454,7 @@ class Watcher:
         if owner is None or any(kept == host for kept, _ in self._deferred):
             self._deferred.append((host, rec))  # behind what is kept back for this key
         elif owner in self.rows:
-            self.rows[owner] = apply_record(self.rows[owner], "attest.rejections.v1", rec)
+            self.rows[owner] = apply_record(self.rows[owner], KINDS.rejections, rec)
 
     async def stop(self) -> None:
         """Close the consumer."""
@@ -507,22 +524,23 @@ def _stage_env(config: DemoConfig, extra: Mapping[str, str]) -> dict[str, str]:
     env.update({"HOSTGATE_BOOTSTRAP": config.bootstrap, "HOSTGATE_BATCH_MAX_MS": "150",
                 "HOSTGATE_POLL_TIMEOUT_MS": "100", "HOSTGATE_SESSION_TIMEOUT_MS": "10000",
                 "PYTHONUNBUFFERED": "1"})
+    if config.topics.namespace:
+        env[NAMESPACE_ENV] = config.topics.namespace
     env.update(extra)
     return env
 
 
 async def _prepare_topics_and_policy(config: DemoConfig, st: RunState) -> None:
-    from services.runtime.topics import all_topics, ensure_topics
+    from services.runtime.topics import ensure_topics
     from services.verifier.publish import publish
-    from services.verifier.stage import VerifierTopics
 
     t = time.monotonic()
-    await ensure_topics(config.bootstrap, specs=all_topics(extra_stages=()))
+    await ensure_topics(config.bootstrap, specs=config.topics.all_specs())
     t = st.mark("topics", t)
     text = derive_demo_policy(st.policy_id)
     (st.run_dir / "policy.yaml").write_text(text)
     done = await publish(text, bootstrap=config.bootstrap, version=1, author="hostgate demo",
-                         topics=VerifierTopics(), first_only=True)
+                         topics=config.topics, first_only=True)
     st.policy_digest = done.digest
     st.mark("policy", t)
 
@@ -570,7 +588,7 @@ def _client_config(config: DemoConfig) -> Any:
     from services.agent.client import ClientConfig
     from services.agent.fleet import DEFAULT_PCRS
 
-    return ClientConfig(config.bootstrap, timeout_s=60.0, connect_timeout_s=30.0,
+    return ClientConfig(config.bootstrap, config.topics, timeout_s=60.0, connect_timeout_s=30.0,
                         offered_pcrs=DEFAULT_PCRS)
 
 
@@ -591,7 +609,8 @@ async def _drive_host(host: Any, config: DemoConfig, codec: Any, st: RunState,
     """Enrol and attest one host over Kafka, as many rounds as its profile needs; its
     protocol tamper profile (if any) acts through the client's evidence hook, a protocol attack
     through :func:`_drive_attacker`."""
-    from services.agent.client import AgentClient, SimulatedHostSide
+    from services.agent.client import AgentClient
+    from services.agent.hosts import SimulatedHostSide
 
     if st.rows[host.host_id].tamper in REFUSED_AS:
         await _drive_attacker(host, config, codec, st, sem)
@@ -626,7 +645,8 @@ async def _drive_attacker(host: Any, config: DemoConfig, codec: Any, st: RunStat
     host waits for that host's enrolment and speaks as it over the attacker's own TPM; the
     coordinates of everything it wrote go to the run's :class:`Attribution`."""
     from services.agent.attacks import run_attack
-    from services.agent.client import AgentClient, SimulatedHostSide
+    from services.agent.client import AgentClient
+    from services.agent.hosts import SimulatedHostSide
 
     row = st.rows[host.host_id]
     victim = row.target
@@ -659,7 +679,7 @@ async def _drive_attacker(host: Any, config: DemoConfig, codec: Any, st: RunStat
         st.attacked[host.host_id].set()
 
 
-def _open_credential_blocking(bootstrap: str, host: Any, verdict_id: str,
+def _open_credential_blocking(bootstrap: str, topic: str, host: Any, verdict_id: str,
                               ca_cert_path: Path | None, timeout_s: float) -> Any:
     """The host agent's side of delivery, in a worker thread with its own event loop (the
     TPM work blocks): read the credential issued for ``verdict_id`` and open it in the TPM."""
@@ -669,8 +689,9 @@ def _open_credential_blocking(bootstrap: str, host: Any, verdict_id: str,
 
     ca = (x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
           if ca_cert_path is not None else None)
-    return asyncio.run(receive_credential(bootstrap, host.host_id, host, verdict_id=verdict_id,
-                                          ca_certificate=ca, timeout_s=timeout_s))
+    return asyncio.run(receive_credential(bootstrap, host.host_id, host, topic=topic,
+                                          verdict_id=verdict_id, ca_certificate=ca,
+                                          timeout_s=timeout_s))
 
 
 async def _open_credential(host: Any, config: DemoConfig, st: RunState,
@@ -679,7 +700,8 @@ async def _open_credential(host: Any, config: DemoConfig, st: RunState,
     h = st.rows[host.host_id]
     try:
         async with sem:
-            got = await asyncio.to_thread(_open_credential_blocking, config.bootstrap, host,
+            got = await asyncio.to_thread(_open_credential_blocking, config.bootstrap,
+                                          config.topics.credentials, host,
                                           h.verdict_id, st.ca_cert_path,
                                           config.credential_timeout_s)
         want = st.rows[host.host_id].cert_serial
@@ -708,7 +730,7 @@ async def _run_fleet(config: DemoConfig, st: RunState,
     on_tick(st)
     await _wait_ready(st)
     t = st.mark("stages_ready", t)
-    watcher = Watcher(config.bootstrap, st.rows, st.attribution)
+    watcher = Watcher(config.bootstrap, st.rows, st.attribution, config.topics)
     await watcher.start()
     loop = asyncio.get_running_loop()
     st.enrolled = {h: loop.create_future() for h in st.rows}

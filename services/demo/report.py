@@ -47,7 +47,7 @@ EXPECTED_REASONS: Final[Mapping[str, frozenset[str]]] = {
     "foreign_partition": frozenset({"intake.WRONG_PARTITION"}),
     "borrowed_host_id": frozenset({"intake.UNAUTHENTICATED"}),
     "challenge_flood": frozenset({"intake.UNAUTHENTICATED"}),
-    # The agent client's hooks (services.agent.client.hook_for): after an honest round the host
+    # The agent client's hooks (services.agent.hooks.hook_for): after an honest round the host
     # answers a new challenge with the previous round's challenge and nonce, one the collector
     # really issued and saw used; and it holds evidence until its nonce has expired.
     "replayed_nonce": frozenset({"intake.REPLAYED_NONCE"}),

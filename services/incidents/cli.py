@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import sys
 import time
@@ -26,7 +25,7 @@ import uuid
 from typing import Any
 
 from services.errors import HostgateError
-from services.incidents.stage import IncidentsTopics
+from services.runtime.cli_conventions import add_kafka_arguments, print_report, publish_record
 from services.runtime.connection import client_kwargs
 from services.runtime.readers import (
     groupless_consumer,
@@ -35,6 +34,7 @@ from services.runtime.readers import (
     rewind,
     topic_partitions,
 )
+from services.runtime.topics import topics_from_args
 
 ACTIONS = {"ack": "ACKNOWLEDGE", "root-cause": "ROOT_CAUSE", "remediate": "REMEDIATE",
            "close": "CLOSE"}
@@ -48,10 +48,6 @@ class BrokerUnavailable(HostgateError):
     """The Kafka broker could not be reached."""
 
     retriable = True
-
-
-def _topics(args: argparse.Namespace) -> IncidentsTopics:
-    return IncidentsTopics(args.topic_prefix)
 
 
 async def _read_all(bootstrap: str, topic: str) -> list[dict[str, Any]]:
@@ -92,27 +88,20 @@ def _summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
-    if args.json:
-        print(json.dumps(jsonable(data), indent=2, sort_keys=True))
-    else:
-        print("\n".join(lines) if lines else "(none)")
-
-
 def _cmd_list(args: argparse.Namespace) -> int:
-    rows = asyncio.run(_read_all(args.bootstrap, _topics(args).incidents))
+    rows = asyncio.run(_read_all(args.bootstrap, topics_from_args(args).incidents))
     incs = [r for r in _summaries(rows).values() if args.all or r["status"] != "CLOSED"]
     lines = [f"{r['incident_id']}  {r['host_id']:<24} {r['status']:<13} "
              f"occurrences={r['occurrences']}  opened={jsonable(r['opened_at'])}" for r in incs]
-    _print(args, [{k: v for k, v in r.items() if not k.startswith("_")} for r in incs], lines)
+    print_report(args, [{k: v for k, v in r.items() if not k.startswith("_")} for r in incs], lines)
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    rows = [r for r in asyncio.run(_read_all(args.bootstrap, _topics(args).incidents))
+    rows = [r for r in asyncio.run(_read_all(args.bootstrap, topics_from_args(args).incidents))
             if r["incident_id"] == args.incident_id]
     if not rows:
-        raise IncidentNotFound(f"no incident {args.incident_id} on {_topics(args).incidents}")
+        raise IncidentNotFound(f"no incident {args.incident_id} on {topics_from_args(args).incidents}")
     lines = []
     for r in rows:
         if r["_subject"] == "hostgate.IncidentEvent":
@@ -121,7 +110,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         else:
             lines.append(f"{jsonable(r['rejected_at'])}  REJECTED {r['action']} by {r['actor']}: "
                          f"{r['reason']} ({r['detail']})")
-    _print(args, rows, lines)
+    print_report(args, rows, lines)
     return 0
 
 
@@ -130,7 +119,7 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         from services.runtime.codec import Codec
 
         codec = Codec.load()
-        async with groupless_consumer(args.bootstrap, _topics(args).incidents,
+        async with groupless_consumer(args.bootstrap, topics_from_args(args).incidents,
                                       error=BrokerUnavailable,
                                       auto_offset_reset="earliest" if args.from_beginning
                                       else "latest") as consumer:
@@ -154,21 +143,6 @@ def _cmd_tail(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(follow())
-
-
-async def _publish(bootstrap: str, topic: str, key: str, value: bytes) -> None:
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.errors import KafkaError
-
-    producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
-                                acks="all")
-    try:
-        await producer.start()
-        await producer.send_and_wait(topic, value, key=key.encode("utf-8"))
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"could not publish to {topic} at {bootstrap}: {exc}") from exc
-    finally:
-        await producer.stop()
 
 
 async def _tick_round(producer: Any, bootstrap: str, topic: str, ticker: str) -> list[int]:
@@ -199,7 +173,7 @@ async def _tick_round(producer: Any, bootstrap: str, topic: str, ticker: str) ->
 def _cmd_tick(args: argparse.Namespace) -> int:
     if not args.every > 0:
         raise HostgateError(f"--every {args.every}: expected a positive number of seconds")
-    topic = _topics(args).remediation
+    topic = topics_from_args(args).remediation
     ticker = f"hostgate-incidents-tick@{socket.gethostname()}"[:256]
 
     async def run() -> int:
@@ -222,7 +196,7 @@ def _cmd_tick(args: argparse.Namespace) -> int:
                     print(f"hostgate: tick failed, retrying in {args.every:g}s: {exc}",
                           file=sys.stderr, flush=True)
                 else:
-                    _print(args, {"topic": topic, "partitions": parts, "ticker": ticker},
+                    print_report(args, {"topic": topic, "partitions": parts, "ticker": ticker},
                            [f"ticked {topic} partitions {parts}"])
                     sys.stdout.flush()
                 if args.once:
@@ -240,7 +214,7 @@ def _cmd_tick(args: argparse.Namespace) -> int:
 def _cmd_write(args: argparse.Namespace) -> int:
     from services.runtime.codec import Codec
 
-    topics = _topics(args)
+    topics = topics_from_args(args)
     host = args.host
     if host is None:
         rows = asyncio.run(_read_all(args.bootstrap, topics.incidents))
@@ -253,9 +227,10 @@ def _cmd_write(args: argparse.Namespace) -> int:
               "host_id": host, "action": ACTIONS[args.incidents_cmd], "actor": args.actor,
               "reason": args.reason, "issued_at": int(time.time() * 1000)}
     value = Codec.load().encode("hostgate.RemediationCommand", record)
-    asyncio.run(_publish(args.bootstrap, topics.remediation, host, value))
+    asyncio.run(publish_record(args.bootstrap, topics.remediation, host, value,
+                               error=BrokerUnavailable))
     summary = {k: record[k] for k in ("command_id", "incident_id", "host_id", "action")}
-    _print(args, summary, [f"published {record['action']} {record['command_id']} for "
+    print_report(args, summary, [f"published {record['action']} {record['command_id']} for "
                            f"{args.incident_id} (host {host}); the stage's answer appears in "
                            f"`hostgate incidents show {args.incident_id}`"])
     return 0
@@ -269,29 +244,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                     "(one per host; repeated failures add occurrences). Work them through "
                     "OPEN -> ACKNOWLEDGED -> ROOT_CAUSED -> REMEDIATED -> CLOSED.")
     sub = p.add_subparsers(dest="incidents_cmd", required=True)
-
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP",
-                                                              "127.0.0.1:19092"),
-                        help="Kafka bootstrap servers [HOSTGATE_BOOTSTRAP]")
-        sp.add_argument("--topic-prefix",
-                        default=os.environ.get("HOSTGATE_INCIDENTS_TOPIC_PREFIX", ""),
-                        help="prefix of the incidents topics [HOSTGATE_INCIDENTS_TOPIC_PREFIX]")
-        sp.add_argument("--json", action="store_true", help="print JSON")
-
     sp = sub.add_parser("list", help="incidents not yet closed (latest event of each)")
     sp.add_argument("--all", action="store_true", help="include closed incidents")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_list)
     sp = sub.add_parser("show", help="every event and refused command of one incident")
     sp.add_argument("incident_id")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_show)
     sp = sub.add_parser("tail", help="follow attest.incidents.v1 and print each record")
     sp.add_argument("--from-beginning", action="store_true", help="start at the oldest record")
     sp.add_argument("--max", type=int, default=0, help="stop after N records (0: never)")
     sp.add_argument("--timeout", type=float, default=0, help="stop after S seconds (0: never)")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_tail)
     sp = sub.add_parser(
         "tick", help="liveness ticker: tick every partition so silent hosts are reported",
@@ -307,7 +272,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--every", type=float, default=60.0,
                     help="seconds between rounds of ticks (default 60)")
     sp.add_argument("--once", action="store_true", help="tick every partition once and exit")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_tick)
     helps = {"ack": "acknowledge (take) an OPEN incident",
              "root-cause": "record the root cause (--reason) of an ACKNOWLEDGED incident",
@@ -322,5 +287,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sp.add_argument("--reason", required=True,
                         help="why; for root-cause, the root cause itself")
         sp.add_argument("--host", help="the incident's host (default: looked up)")
-        common(sp)
+        add_kafka_arguments(sp)
         sp.set_defaults(func=_cmd_write)

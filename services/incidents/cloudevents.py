@@ -8,13 +8,13 @@ section 3.2). The record key stays the host id (the binding's default key mappin
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from services.errors import HostgateError
+from services.wire.time import to_datetime
 
 SPEC_VERSION: Final = "1.0"
 CONTENT_TYPE_JSON: Final = "application/json"
@@ -42,7 +42,7 @@ class CloudEvent:
 
 def rfc3339_ms(time_ms: int) -> str:
     """``time_ms`` (Unix epoch milliseconds, UTC) as RFC 3339 with milliseconds and ``Z``."""
-    stamp = dt.datetime.fromtimestamp(time_ms / 1000, tz=dt.UTC)
+    stamp = to_datetime(time_ms)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{time_ms % 1000:03d}Z"
 
 

@@ -1,4 +1,4 @@
-"""The incidents stage's pure core: ``decide(inp, state, config) -> IncidentsDecision``.
+"""The incidents stage's pure core: ``decide(inp, state, cfg) -> Decision``.
 
 Inputs (all keyed by ``host_id``, co-partitioned with the state changelogs):
 
@@ -23,8 +23,13 @@ Inputs (all keyed by ``host_id``, co-partitioned with the state changelogs):
 
 Outputs: ``IncidentEvent`` / ``RemediationRejected`` (Avro, ``attest.incidents.v1``), state
 updates of the ``incidents`` table (``IncidentState`` per host) and the ``hosts`` table (one
-``IncidentsRoster`` per partition), and OCSF findings (``SocFinding``, JSON, for
-``soc.findings.ocsf.v1``) kept apart because the runtime's ``Output`` carries Avro only.
+``IncidentsRoster`` per partition), and OCSF findings for ``soc.findings.ocsf.v1``. The handlers
+return the findings as values (``SocFinding``, in an ``IncidentsDecision``: ``assess``);
+``decide`` turns each into a raw-JSON ``Output`` (``Output.raw_value``, produced as-is in the same
+transaction) with its CloudEvents binary-mode headers (``ce_*`` and ``content-type:
+application/json``). Each finding is validated against the OCSF schema first; one that does not
+validate makes ``decide`` raise, so the input goes to the DLQ rather than an invalid finding
+reaching a SIEM.
 
 Time is never read from a clock: a verdict's ``appraised_at``, a rejection's ``rejected_at``, a
 command's ``issued_at``, and for liveness the input record's Kafka timestamp (a tick's
@@ -33,18 +38,23 @@ command's ``issued_at``, and for liveness the input record's Kafka timestamp (a 
 Liveness: every input to partition *p* also checks *p*'s roster; a host whose latest verdict is
 older than ``stale_after_ms`` gets one stale-host Detection Finding (again only after it was seen
 since). A partition with no other traffic is checked when a ``LivenessTick`` arrives, so a
-dead pipeline or a dead fleet is still noticed (see ``services.incidents.stage``).
+dead pipeline or a dead fleet is still noticed (``hostgate incidents tick``, a small process
+beside the stage, produces one tick to every partition of ``attest.remediation.v1``, explicitly
+by partition number; replaying the topics reproduces every stale finding).
+
+``cfg`` is the frozen ``services.incidents.config.IncidentsConfig``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from services.errors import HostgateError
 from services.incidents import roster as liveness
+from services.incidents.cloudevents import binary_headers
+from services.incidents.config import IncidentsConfig
 from services.incidents.lifecycle import (
     IncidentStatus,
     InvalidTransition,
@@ -65,7 +75,6 @@ from services.incidents.model import (
     coords_from_avro,
     keep_indicators,
     keep_last,
-    to_ms,
 )
 from services.incidents.ocsf import (
     IncidentView,
@@ -73,17 +82,27 @@ from services.incidents.ocsf import (
     detection_finding,
     incident_finding,
     rejection_finding,
+    validate,
 )
+from services.incidents.roster import TABLE_HOSTS
 from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
+from services.wire import subjects
+from services.wire.coords import coordinates_record
+from services.wire.ids import coordinate_parts, derived_id
+from services.wire.subjects import INCIDENT_EVENT, INCIDENT_STATE, INCIDENTS_ROSTER
+from services.wire.subjects import REMEDIATION_REJECTED as REJECTED
+from services.wire.time import epoch_ms
 
-VERDICT: Final = "hostgate.Verdict"
-INTAKE_REJECTED: Final = "hostgate.IntakeRejected"
-COMMAND: Final = "hostgate.RemediationCommand"
-TICK: Final = "hostgate.LivenessTick"
-INCIDENT_EVENT: Final = "hostgate.IncidentEvent"
-REJECTED: Final = "hostgate.RemediationRejected"
-INCIDENT_STATE: Final = "hostgate.IncidentState"
+VERDICT: Final = subjects.VERDICT
+INTAKE_REJECTED: Final = subjects.INTAKE_REJECTED
+COMMAND: Final = subjects.REMEDIATION_COMMAND
+TICK: Final = subjects.LIVENESS_TICK
 TABLE_INCIDENTS: Final = "incidents"
+INPUT_SUBJECTS: Final = frozenset({VERDICT, INTAKE_REJECTED, COMMAND, TICK})
+TABLES: Final[Mapping[str, str]] = {TABLE_INCIDENTS: INCIDENT_STATE,
+                                    TABLE_HOSTS: INCIDENTS_ROSTER}
+FINDING_SUBJECT: Final = "application/json"
+"""What a raw finding output names as its subject (no Avro subject: it is OCSF JSON)."""
 SYSTEM_ACTOR: Final = "hostgate"
 
 
@@ -93,25 +112,9 @@ class MisroutedRecord(HostgateError):
 
 
 @dataclass(frozen=True)
-class IncidentsConfig:
-    """The incidents stage's settings (named defaults; the shell loads them once)."""
-
-    incidents_topic: str = "attest.incidents.v1"
-    findings_topic: str = "soc.findings.ocsf.v1"
-    ce_source: str = "urn:hostgate:incidents"
-    assignee_group: str = "hostgate-soc"
-    stale_after_ms: int = 24 * 3600 * 1000
-    """A host without a verdict for this long is reported stale; 0 turns liveness off."""
-    max_roster: int = 4096
-    """Hosts tracked for liveness per partition (more are not tracked, and the log says so)."""
-    ignored_rejections: frozenset[str] = frozenset({"RATE_LIMITED", "STALE_NONCE"})
-    """Intake rejection reasons that are not even findings (benign: a busy or slow host). No
-    rejection is ever an incident (module docstring)."""
-
-
-@dataclass(frozen=True)
 class IncidentsDecision:
-    """The runtime ``Decision`` (Avro outputs, state, log) plus the OCSF findings to publish."""
+    """The runtime ``Decision`` (Avro outputs, state, log) plus the OCSF findings to publish
+    (``decide`` adds them to the decision as raw-JSON outputs)."""
 
     decision: Decision
     findings: tuple[SocFinding, ...] = ()
@@ -140,7 +143,7 @@ class Incident:
             incident_id=str(rec["incident_id"]), host_id=str(rec["host_id"]),
             status=parse_status(str(rec["status"])), occurrences=int(rec["occurrences"]),
             indicators=tuple(Indicators.from_avro(i) for i in rec["indicators"]),
-            opened_at_ms=to_ms(rec["opened_at"]), updated_at_ms=to_ms(rec["updated_at"]),
+            opened_at_ms=epoch_ms(rec["opened_at"]), updated_at_ms=epoch_ms(rec["updated_at"]),
             root_cause=rec.get("root_cause"), assignee=rec.get("assignee"),
             applied_commands=tuple(rec["applied_commands"]),
             closed_incidents=tuple(rec["closed_incidents"]),
@@ -164,22 +167,15 @@ class Incident:
                             self.indicators, self.root_cause, self.assignee, self.opened_at_ms)
 
 
-def _digest(*parts: str) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(p.encode("utf-8") + b"\x00")
-    return h.hexdigest()
-
-
 def incident_id_for(host_id: str, first_record_id: str) -> str:
     """Deterministic incident id from the host and the id of its first failing record."""
-    return "inc-" + _digest("incident", host_id, first_record_id)[:24]
+    return derived_id("inc", "incident", host_id, first_record_id, hex_chars=24, terminated=True)
 
 
 def event_id_for(inp: InputRecord) -> str:
     """Deterministic id of the record produced for ``inp`` (from its coordinates)."""
-    c = inp.coordinates
-    return "ie-" + _digest("incident-event", c.topic, str(c.partition), str(c.offset))[:24]
+    return derived_id("ie", "incident-event", *coordinate_parts(inp.coordinates), hex_chars=24,
+                      terminated=True)
 
 
 # -- inputs → indicators --------------------------------------------------------------------
@@ -193,7 +189,7 @@ def verdict_indicators(inp: InputRecord) -> Indicators:
         record=inp.coordinates,
         failed_rules=tuple(FailedRule.from_avro(x) for x in r["failed_rules"][:32]),
         evidence=coords_from_avro(r["evidence"]), evidence_digest=bytes(r["evidence_digest"]),
-        observed_at_ms=to_ms(r["appraised_at"]),
+        observed_at_ms=epoch_ms(r["appraised_at"]),
         # An empty policy_id means none was in force (the verdict fails for that reason).
         policy_id=clip(r["policy_id"], MAX_ID) or None,
         policy_version=int(r["policy_version"]) if r["policy_id"] else None,
@@ -208,7 +204,7 @@ def rejection_indicators(inp: InputRecord) -> Indicators:
     return Indicators(
         source=IndicatorSource.INTAKE_REJECTION, record_id=clip(r["rejection_id"], MAX_ID),
         record=inp.coordinates, failed_rules=(rule,), evidence=coords_from_avro(r["source"]),
-        evidence_digest=bytes(r["record_digest"]), observed_at_ms=to_ms(r["rejected_at"]),
+        evidence_digest=bytes(r["record_digest"]), observed_at_ms=epoch_ms(r["rejected_at"]),
     )
 
 
@@ -217,7 +213,7 @@ def rejection_indicators(inp: InputRecord) -> Indicators:
 
 def _event_output(inc: Incident, event: LifecycleEvent, inp: InputRecord, time_ms: int,
                   actor: str, note: str, command_id: str | None,
-                  config: IncidentsConfig) -> Output:
+                  cfg: IncidentsConfig) -> Output:
     event_id = event_id_for(inp)
     record = {
         "event_id": event_id, "incident_id": inc.incident_id, "host_id": inc.host_id,
@@ -226,7 +222,7 @@ def _event_output(inc: Incident, event: LifecycleEvent, inp: InputRecord, time_m
         "root_cause": inc.root_cause, "actor": actor, "note": note,
         "command_id": command_id, "opened_at": inc.opened_at_ms, "occurred_at": time_ms,
     }
-    return Output(config.incidents_topic, inc.host_id, INCIDENT_EVENT, record, event_id)
+    return Output(cfg.topics.incidents, inc.host_id, INCIDENT_EVENT, record, event_id)
 
 
 @dataclass(frozen=True)
@@ -242,12 +238,12 @@ class _Step:
     findings: tuple[SocFinding, ...] = field(default=())
 
 
-def _step_decision(step: _Step, inp: InputRecord, config: IncidentsConfig) -> IncidentsDecision:
+def _step_decision(step: _Step, inp: InputRecord, cfg: IncidentsConfig) -> IncidentsDecision:
     inc = step.incident
     out = _event_output(inc, step.event, inp, step.time_ms, step.actor, step.note,
-                        step.command_id, config)
+                        step.command_id, cfg)
     finding = incident_finding(inc.view(), step.event, out.id, step.time_ms, step.actor,
-                               step.note, config.assignee_group)
+                               step.note, cfg.assignee_group)
     log: dict[str, str | int | bool] = {"host_id": inc.host_id, "incident_id": inc.incident_id,
                                         "incident_event": step.event.value,
                                         "status": inc.status.value,
@@ -269,7 +265,7 @@ def _current(state: StateView, host_id: str) -> Incident | None:
 
 
 def on_failure(host_id: str, ind: Indicators, inp: InputRecord, state: StateView,
-               config: IncidentsConfig) -> IncidentsDecision:
+               cfg: IncidentsConfig) -> IncidentsDecision:
     """Open the host's incident, or add an occurrence to the open one."""
     current = _current(state, host_id)
     if current is not None and current.status is not IncidentStatus.CLOSED:
@@ -290,7 +286,7 @@ def on_failure(host_id: str, ind: Indicators, inp: InputRecord, state: StateView
     detection = detection_finding(host_id, inc.incident_id, ind, inc.occurrences)
     note = f"{ind.source.value.lower()} {ind.record_id}: {', '.join(ind.rule_ids[:8])}"
     step = _Step(inc, event, ind.observed_at_ms, SYSTEM_ACTOR, clip(note), None, (detection,))
-    return _step_decision(step, inp, config)
+    return _step_decision(step, inp, cfg)
 
 
 def on_rejection(host_id: str, ind: Indicators) -> IncidentsDecision:
@@ -359,8 +355,7 @@ def _check_command(cmd: Mapping[str, Any], key: str | None,
 
 
 def _rejected(cmd: Mapping[str, Any], inp: InputRecord, refused: CommandRefused,
-              config: IncidentsConfig) -> IncidentsDecision:
-    c = inp.coordinates
+              cfg: IncidentsConfig) -> IncidentsDecision:
     record = {
         "command_id": clip(cmd["command_id"], MAX_ID), "incident_id": clip(cmd["incident_id"],
                                                                            MAX_ID),
@@ -368,17 +363,17 @@ def _rejected(cmd: Mapping[str, Any], inp: InputRecord, refused: CommandRefused,
         "reason": refused.reason, "detail": clip(refused.detail),
         "status": "UNKNOWN" if refused.status is None else refused.status.value,
         "actor": clip(cmd["actor"], MAX_ID),
-        "command": {"topic": c.topic, "partition": c.partition, "offset": c.offset},
-        "rejected_at": to_ms(cmd["issued_at"]),
+        "command": coordinates_record(inp.coordinates),
+        "rejected_at": epoch_ms(cmd["issued_at"]),
     }
-    out = Output(config.incidents_topic, str(record["host_id"]), REJECTED, record,
+    out = Output(cfg.topics.incidents, str(record["host_id"]), REJECTED, record,
                  event_id_for(inp))
     return IncidentsDecision(Decision(outputs=(out,), log={
         "host_id": record["host_id"], "incident_id": record["incident_id"],
         "command_rejected": refused.reason}))
 
 
-def on_command(inp: InputRecord, state: StateView, config: IncidentsConfig) -> IncidentsDecision:
+def on_command(inp: InputRecord, state: StateView, cfg: IncidentsConfig) -> IncidentsDecision:
     """Apply a remediation command, or refuse it visibly with the state unchanged."""
     cmd = inp.record
     current = _current(state, str(cmd["host_id"])) if inp.key == cmd["host_id"] else None
@@ -387,10 +382,10 @@ def on_command(inp: InputRecord, state: StateView, config: IncidentsConfig) -> I
         status, event = check_transition(inc.status, trigger)
     except InvalidTransition as exc:
         return _rejected(cmd, inp, CommandRefused("INVALID_TRANSITION", str(exc), exc.status),
-                         config)
+                         cfg)
     except CommandRefused as refused:
-        return _rejected(cmd, inp, refused, config)
-    actor, reason, when = clip(cmd["actor"], MAX_ID), clip(cmd["reason"]), to_ms(cmd["issued_at"])
+        return _rejected(cmd, inp, refused, cfg)
+    actor, reason, when = clip(cmd["actor"], MAX_ID), clip(cmd["reason"]), epoch_ms(cmd["issued_at"])
     inc = replace(
         inc, status=status, updated_at_ms=when,
         applied_commands=keep_last(inc.applied_commands, str(cmd["command_id"]),
@@ -401,7 +396,7 @@ def on_command(inp: InputRecord, state: StateView, config: IncidentsConfig) -> I
         else inc.passed_since_remediation,
     )
     return _step_decision(_Step(inc, event, when, actor, reason, str(cmd["command_id"])),
-                          inp, config)
+                          inp, cfg)
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -425,25 +420,26 @@ def _merge(a: IncidentsDecision, b: Decision, findings: tuple[SocFinding, ...]) 
     )
 
 
-def on_tick(inp: InputRecord, state: StateView, config: IncidentsConfig) -> IncidentsDecision:
+def on_tick(inp: InputRecord, state: StateView, cfg: IncidentsConfig) -> IncidentsDecision:
     """A liveness tick: check its partition's roster with the tick's ``issued_at`` as "now"."""
     partition = inp.coordinates.partition
     if int(inp.record["partition"]) != partition:
         raise MisroutedRecord(f"{inp.subject} at {inp.coordinates}: field partition "
                               f"{inp.record['partition']} is not the partition it arrived on")
-    now_ms = to_ms(inp.record["issued_at"])
+    now_ms = epoch_ms(inp.record["issued_at"])
     log: dict[str, str | int | bool] = {"liveness_tick": partition}
-    if config.stale_after_ms <= 0:
+    if cfg.stale_after_ms <= 0:
         return IncidentsDecision(Decision(log=log))
     check = liveness.check(state, partition, now_ms, None,
-                           stale_after_ms=config.stale_after_ms, max_hosts=config.max_roster)
+                           stale_after_ms=cfg.stale_after_ms, max_hosts=cfg.max_roster)
     return _merge(IncidentsDecision(Decision(log=log)), check.decision, check.findings)
 
 
-def decide(inp: InputRecord, state: StateView, config: IncidentsConfig) -> IncidentsDecision:
-    """Decide one input (see the module docstring). Pure: same input and state, same result."""
+def assess(inp: InputRecord, state: StateView, cfg: IncidentsConfig) -> IncidentsDecision:
+    """Decide one input, its findings still as values (see the module docstring). Pure: same
+    input and state, same result."""
     if inp.subject == TICK:
-        return on_tick(inp, state, config)
+        return on_tick(inp, state, cfg)
     seen: tuple[str, int] | None = None
     if inp.subject == VERDICT:
         host_id = _host_of(inp)
@@ -451,21 +447,40 @@ def decide(inp: InputRecord, state: StateView, config: IncidentsConfig) -> Incid
         if inp.record["result"] == "PASS":
             result = IncidentsDecision(on_pass(host_id, state))
         else:  # FAIL, or UNKNOWN (a newer writer's result): fail closed
-            result = on_failure(host_id, verdict_indicators(inp), inp, state, config)
+            result = on_failure(host_id, verdict_indicators(inp), inp, state, cfg)
     elif inp.subject == INTAKE_REJECTED:
         host_id = _host_of(inp)
         reason = str(inp.record["reason"])
-        if reason in config.ignored_rejections:
+        if reason in cfg.ignored_rejections:
             result = IncidentsDecision(Decision(log={"host_id": host_id,
                                                      "ignored_rejection": reason}))
         else:
             result = on_rejection(host_id, rejection_indicators(inp))
     elif inp.subject == COMMAND:
-        result = on_command(inp, state, config)
+        result = on_command(inp, state, cfg)
     else:
         raise HostgateError(f"incidents: unexpected subject {inp.subject} at {inp.coordinates}")
-    if config.stale_after_ms <= 0:
+    if cfg.stale_after_ms <= 0:
         return result
     check = liveness.check(state, inp.coordinates.partition, inp.timestamp_ms, seen,
-                           stale_after_ms=config.stale_after_ms, max_hosts=config.max_roster)
+                           stale_after_ms=cfg.stale_after_ms, max_hosts=cfg.max_roster)
     return _merge(result, check.decision, check.findings)
+
+
+def finding_output(finding: SocFinding, cfg: IncidentsConfig) -> Output:
+    """A validated finding as a raw-JSON ``Output`` with its CloudEvents headers."""
+    validate(finding.body)
+    return Output(cfg.topics.findings, finding.host_id, FINDING_SUBJECT, {}, finding.uid,
+                  headers=binary_headers(finding.cloudevent(cfg.ce_source)),
+                  raw_value=finding.to_json())
+
+
+def decide(inp: InputRecord, state: StateView, cfg: IncidentsConfig) -> Decision:
+    """The incidents stage's ``decide``: ``assess`` with its findings turned into raw-JSON
+    outputs (after the Avro ones). Pure: same input and state, same result."""
+    result = assess(inp, state, cfg)
+    if not result.findings:
+        return result.decision
+    d = result.decision
+    outs = tuple(finding_output(f, cfg) for f in result.findings)
+    return replace(d, outputs=(*d.outputs, *outs), log={**d.log, "ocsf_findings": len(outs)})

@@ -8,15 +8,15 @@ grow an incident without limit. Timestamps are Unix milliseconds; the codec hand
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
 from services.runtime.stage import Coordinates
+from services.wire.coords import coordinates_record
+from services.wire.time import epoch_ms
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MAX_RULES_PER_OCCURRENCE: Final = 32
 """Failed rules kept per occurrence (a verdict failing more keeps the first 32)."""
 MAX_INDICATORS: Final = 16
@@ -37,24 +37,9 @@ def clip(text: object, limit: int = MAX_TEXT) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def to_ms(value: object) -> int:
-    """Milliseconds since the epoch from a decoded ``timestamp-millis`` (datetime or int)."""
-    if isinstance(value, dt.datetime):
-        stamp = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return (stamp - _EPOCH) // dt.timedelta(milliseconds=1)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise TypeError(f"not a timestamp: {type(value).__name__}")
-
-
 def coords_from_avro(rec: Mapping[str, Any]) -> Coordinates:
     """A ``hostgate.Coordinates`` record as ``Coordinates``."""
     return Coordinates(clip(rec["topic"], MAX_ID), int(rec["partition"]), int(rec["offset"]))
-
-
-def coords_to_avro(c: Coordinates) -> dict[str, Any]:
-    """``Coordinates`` as a ``hostgate.Coordinates`` record."""
-    return {"topic": c.topic, "partition": c.partition, "offset": c.offset}
 
 
 class IndicatorSource(Enum):
@@ -135,7 +120,7 @@ class Indicators:
                                for r in rec["failed_rules"][:MAX_RULES_PER_OCCURRENCE]),
             evidence=coords_from_avro(rec["evidence"]),
             evidence_digest=bytes(rec["evidence_digest"])[:64],
-            observed_at_ms=to_ms(rec["observed_at"]),
+            observed_at_ms=epoch_ms(rec["observed_at"]),
             policy_id=rec.get("policy_id"),
             policy_version=rec.get("policy_version"),
             policy_digest=None if rec.get("policy_digest") is None else bytes(rec["policy_digest"]),
@@ -144,9 +129,9 @@ class Indicators:
     def to_avro(self) -> dict[str, Any]:
         return {
             "source": self.source.value, "record_id": self.record_id,
-            "record": coords_to_avro(self.record),
+            "record": coordinates_record(self.record),
             "failed_rules": [r.to_avro() for r in self.failed_rules],
-            "evidence": coords_to_avro(self.evidence), "evidence_digest": self.evidence_digest,
+            "evidence": coordinates_record(self.evidence), "evidence_digest": self.evidence_digest,
             "policy_id": self.policy_id, "policy_version": self.policy_version,
             "policy_digest": self.policy_digest, "observed_at": self.observed_at_ms,
         }

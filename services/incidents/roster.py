@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from services.incidents.model import clip, to_ms
+from services.incidents.model import clip
 from services.incidents.ocsf import SocFinding, stale_host_finding
 from services.runtime.stage import Decision, StateUpdate, StateView
+from services.wire.time import epoch_ms
 
 TABLE_HOSTS: Final = "hosts"
-ROSTER_SUBJECT: Final = "hostgate.IncidentsRoster"
+"""The table of the rosters (values ``hostgate.IncidentsRoster``)."""
 
 
 def roster_key(partition: int) -> str:
@@ -52,7 +53,7 @@ def load(rec: Any) -> list[HostSeen]:
     """The roster's hosts from its ``IncidentsRoster`` record (or none)."""
     if rec is None:
         return []
-    return [HostSeen(clip(h["host_id"], 256), to_ms(h["last_seen_at"]), bool(h["stale_reported"]))
+    return [HostSeen(clip(h["host_id"], 256), epoch_ms(h["last_seen_at"]), bool(h["stale_reported"]))
             for h in rec["hosts"]]
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError, HostgateError
-from services.issuer.stage import ENV_TOPIC_PREFIX, IssuerTopics, load_ca_from_env
+from services.issuer.config import load_ca_from_env
+from services.runtime.cli_conventions import add_kafka_arguments, print_report
 from services.runtime.readers import (
     groupless_consumer,
     jsonable,
@@ -31,8 +32,8 @@ from services.runtime.readers import (
     rewind,
     topic_partitions,
 )
+from services.runtime.topics import topics_from_args
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 STATES = ("PENDING", "TRUSTED", "QUARANTINED", "REVOKED", "UNKNOWN")
 
 
@@ -40,8 +41,8 @@ class HostNotFound(HostgateError):
     """``attest.hosts.v1`` has no (live) record for that host."""
 
 
-def _topics(args: argparse.Namespace) -> IssuerTopics:
-    return IssuerTopics(args.topic_prefix)
+def _hosts_changelog(args: argparse.Namespace) -> str:
+    return topics_from_args(args).changelog("issuer", "hosts")
 
 
 # -- hosts ---------------------------------------------------------------------------------
@@ -79,33 +80,26 @@ async def read_hosts(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
         return hosts
 
 
-def _print(args: argparse.Namespace, data: Any, lines: list[str]) -> None:
-    if args.json:
-        print(json.dumps(jsonable(data), indent=2, sort_keys=True))
-    else:
-        print("\n".join(lines) if lines else "(none)")
-
-
 def _cmd_hosts_list(args: argparse.Namespace) -> int:
-    hosts = asyncio.run(read_hosts(args.bootstrap, _topics(args).hosts))
+    hosts = asyncio.run(read_hosts(args.bootstrap, topics_from_args(args).hosts))
     rows = [h for _, h in sorted(hosts.items()) if args.state is None or h["state"] == args.state]
     lines = [f"{h['host_id']:<32} {h['state']:<12} since={jsonable(h['since'])}  "
              + (f"serial={h['cert_serial']}" if h.get("cert_serial") else
                 f"incident={h['incident_id']}" if h.get("incident_id") else "")
              for h in rows]
-    _print(args, [{k: v for k, v in h.items() if not k.startswith("_")} for h in rows], lines)
+    print_report(args, [{k: v for k, v in h.items() if not k.startswith("_")} for h in rows], lines)
     return 0
 
 
 def _cmd_hosts_show(args: argparse.Namespace) -> int:
-    hosts = asyncio.run(read_hosts(args.bootstrap, _topics(args).hosts))
+    hosts = asyncio.run(read_hosts(args.bootstrap, topics_from_args(args).hosts))
     host = hosts.get(args.host_id)
     if host is None:
-        raise HostNotFound(f"no host {args.host_id!r} on {_topics(args).hosts}")
+        raise HostNotFound(f"no host {args.host_id!r} on {topics_from_args(args).hosts}")
     keys = ("host_id", "state", "since", "reason", "cert_serial", "cert_not_after",
             "incident_id", "verdict_id", "_coordinates")
     lines = [f"{k.lstrip('_'):<15} {jsonable(host.get(k))}" for k in keys if host.get(k) is not None]
-    _print(args, host, lines)
+    print_report(args, host, lines)
     return 0
 
 
@@ -130,7 +124,7 @@ def _cmd_crl(args: argparse.Namespace) -> int:
     )
 
     interval = _interval(args)
-    records = asyncio.run(read_changelog(args.bootstrap, _topics(args).hosts_changelog))
+    records = asyncio.run(read_changelog(args.bootstrap, _hosts_changelog(args)))
     folded = fold_states(records)
     if folded.problems:
         raise CrlSourceError(f"{len(folded.problems)} unreadable host states, e.g. "
@@ -168,7 +162,7 @@ def _cmd_serve_crl(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        service = CrlService(ca, args.bootstrap, _topics(args).hosts_changelog,
+        service = CrlService(ca, args.bootstrap, _hosts_changelog(args),
                              interval=interval,
                              on_event=lambda event, facts: log.info(event, **facts))
         await service.run(args.host, args.port, stop,
@@ -184,15 +178,6 @@ def _cmd_serve_crl(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``hostgate issuer`` and ``hostgate hosts``."""
-
-    def common(sp: argparse.ArgumentParser, json_flag: bool = True) -> None:
-        sp.add_argument("--bootstrap", default=os.environ.get("HOSTGATE_BOOTSTRAP",
-                                                              DEFAULT_BOOTSTRAP),
-                        help="Kafka bootstrap servers [HOSTGATE_BOOTSTRAP]")
-        sp.add_argument("--topic-prefix", default=os.environ.get(ENV_TOPIC_PREFIX, ""),
-                        help=f"prefix of the issuer's topics [{ENV_TOPIC_PREFIX}]")
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="print JSON")
 
     def interval(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--next-update-s", type=int, default=3600,
@@ -214,7 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--out", help="write the CRL here (DER unless --pem)")
     sp.add_argument("--pem", action="store_true", help="write PEM instead of DER")
     interval(sp)
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_crl)
     sp = sub.add_parser("serve-crl", help="serve the CRL over HTTP, kept current",
                         description="Serve GET /crl (DER, application/pkix-crl), /crl.pem and "
@@ -224,7 +209,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sp.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on")
     interval(sp)
-    common(sp, json_flag=False)
+    add_kafka_arguments(sp, json_flag=False)
     sp.set_defaults(func=_cmd_serve_crl)
 
     p = subparsers.add_parser(
@@ -234,9 +219,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sub = p.add_subparsers(dest="hosts_cmd", required=True)
     sp = sub.add_parser("list", help="every host's current state")
     sp.add_argument("--state", choices=STATES, help="only hosts in this state")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_hosts_list)
     sp = sub.add_parser("show", help="one host's current state")
     sp.add_argument("host_id")
-    common(sp)
+    add_kafka_arguments(sp)
     sp.set_defaults(func=_cmd_hosts_show)

@@ -10,7 +10,8 @@
 * ``apply_identity_event``: an operator release of the host's identity (the collector's
   ``IdentityEvent`` RELEASED on ``attest.identity.events.v1``) resets the EK the host is bound
   to and revokes what the old TPM holds (``services.issuer.hoststate``).
-* ``decide``: the stage contract (``services.runtime.stage``) around all three.
+* ``decide(inp, state, cfg)``: the stage contract (``services.runtime.stage``) around all
+  three; ``cfg`` is the frozen ``services.issuer.config.IssuerConfig``.
 
 A verdict issues only for the host's own EK: the first verdict binds the host to the SHA-256 of
 its EK's SubjectPublicKeyInfo (``services.ekid``, what the collector's EK registry is keyed
@@ -19,31 +20,30 @@ operator releases it. The collector already refuses such evidence; this is the i
 trusting that, or the verifier, with a credential.
 
 Nothing here reads the clock: every time comes from the input record. The only non-determinism
-is the fresh key material (host key, content key, wrap seed), on purpose.
+is the fresh key material (host key, content key, wrap seed) and the CA's signature, on purpose,
+and it comes only through the capabilities the config carries (``cfg.new_key``, ``cfg.seal``,
+``cfg.ca``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from services.ekid import ek_key_sha256
-from services.issuer.ca import (
-    CertificateProfile,
+from services.issuer.certificates import (
     HostCertificateRequest,
-    IssuingCA,
     RevokedCertificate,
     check_host_id,
     issue_host_certificate,
 )
+from services.issuer.config import IssuerConfig
 from services.issuer.errors import IssuanceError
 from services.issuer.hoststate import (
-    MAX_HELD,
     RESOLVED_STATUSES,
     HeldCredential,
     HostTrust,
@@ -52,35 +52,32 @@ from services.issuer.hoststate import (
     Trigger,
     check_transition,
 )
-from services.issuer.sealing import new_host_key, seal_credential, seal_policy
-from services.runtime.stage import Decide, Decision, InputRecord, Output, StateUpdate, StateView
-from services.tpm.credential import PcrSelection, pcr_selection
+from services.issuer.sealing import seal_policy
+from services.runtime.stage import Decision, InputRecord, Output, StateUpdate, StateView
+from services.tpm.algorithms import SHA_BANKS
 from services.tpm.errors import MalformedInput, Unsupported
+from services.wire.banks import SYMBOL_OF_BANK, WIRE_BANKS
+from services.wire.ids import coordinate_parts, derived_id
+from services.wire.subjects import CREDENTIAL_ISSUED, HOST_STATE, ISSUER_HOST_STATE
+from services.wire.subjects import IDENTITY_EVENT as IDENTITY_SUBJECT
+from services.wire.subjects import INCIDENT_EVENT as INCIDENT_SUBJECT
+from services.wire.subjects import REMEDIATION_REJECTED as REJECTED_SUBJECT
+from services.wire.subjects import VERDICT as VERDICT_SUBJECT
 
-VERDICT_SUBJECT: Final = "hostgate.Verdict"
-INCIDENT_SUBJECT: Final = "hostgate.IncidentEvent"
-CREDENTIALS_TOPIC: Final = "attest.credentials.v1"
-HOSTS_TOPIC: Final = "attest.hosts.v1"
 HOSTS_TABLE: Final = "hosts"
-#: Avro ``hostgate.HashAlg`` symbol → PCR bank name.
-AVRO_BANKS: Final[Mapping[str, str]] = {"SHA1": "sha1", "SHA256": "sha256", "SHA384": "sha384",
-                                        "SHA512": "sha512"}
-#: Most attested PCR entries read from a verdict (24 PCRs x 5 banks).
-MAX_ATTESTED_PCRS: Final = 24 * 5
+# attest.incidents.v1 also carries the incidents stage's RemediationRejected records:
+# decodable, read and ignored by the core (not DLQ material).
+INPUT_SUBJECTS: Final = frozenset({VERDICT_SUBJECT, INCIDENT_SUBJECT, REJECTED_SUBJECT,
+                                   IDENTITY_SUBJECT})
+TABLES: Final[Mapping[str, str]] = {HOSTS_TABLE: ISSUER_HOST_STATE}
+#: Avro ``hostgate.HashAlg`` symbol → PCR bank name, for the banks a credential can be sealed
+#: to (the SHA banks).
+AVRO_BANKS: Final[Mapping[str, str]] = {SYMBOL_OF_BANK[b]: b for b in SHA_BANKS}
+#: Most attested PCR entries read from a verdict (24 PCRs x every bank of the schema).
+MAX_ATTESTED_PCRS: Final = 24 * len(WIRE_BANKS)
 #: Incident lifecycle events that move an open incident along without a new failure.
 OPERATOR_PROGRESS: Final = frozenset({"ACKNOWLEDGED", "ROOT_CAUSED"})
 MAX_REASON: Final = 300
-
-
-@dataclass(frozen=True)
-class IssuerConfig:
-    """The issuer's settings (one frozen value, built once by the shell)."""
-
-    profile: CertificateProfile = field(default_factory=CertificateProfile)
-    seal_selection: PcrSelection = field(
-        default_factory=lambda: pcr_selection({"sha256": range(8)}))
-    """PCRs the credential is sealed to (their attested values must be in the verdict)."""
-    max_held: int = MAX_HELD
 
 
 @dataclass(frozen=True)
@@ -97,8 +94,7 @@ class IssuerOutcome:
 
 def credential_id_for(verdict_id: str) -> str:
     """Deterministic credential id of a verdict."""
-    digest = hashlib.sha256(b"hostgate-credential\0" + verdict_id.encode("utf-8")).hexdigest()
-    return f"cred-{digest[:32]}"
+    return derived_id("cred", "hostgate-credential", verdict_id)
 
 
 def attested_pcr_map(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, bytes]]:
@@ -136,8 +132,8 @@ def _entered(current: HostTrustState, target: HostTrust, at: dt.datetime) -> dt.
     return current.since if current.state is target else at
 
 
-def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None, ca: IssuingCA,
-                  config: IssuerConfig = IssuerConfig()) -> IssuerOutcome:
+def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None,
+                  cfg: IssuerConfig) -> IssuerOutcome:
     """Apply one ``hostgate.Verdict`` to the host's state (see the module docstring)."""
     host_id = check_host_id(verdict["host_id"])
     verdict_id: str = verdict["verdict_id"]
@@ -187,8 +183,8 @@ def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None, ca
         return IssuerOutcome(new, new.public_record(), None, Trigger.PASS_BLOCKED)
 
     target = check_transition(host_id, state.state, Trigger.PASS)
-    credential, held = _issue(verdict, host_id, verdict_id, at, ca, config)
-    new = replace(state.with_credential(held, at, config.max_held), state=target,
+    credential, held = _issue(verdict, host_id, verdict_id, at, cfg)
+    new = replace(state.with_credential(held, at, cfg.max_held), state=target,
                   since=_entered(state, target, at), verdict_id=verdict_id,
                   reason=_clip(f"verdict {verdict_id} passed; credential {held.serial} "
                                "issued"))
@@ -196,20 +192,20 @@ def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None, ca
 
 
 def _issue(verdict: Mapping[str, Any], host_id: str, verdict_id: str, at: dt.datetime,
-           ca: IssuingCA, config: IssuerConfig) -> tuple[dict[str, Any], HeldCredential]:
+           cfg: IssuerConfig) -> tuple[dict[str, Any], HeldCredential]:
     pcrs = attested_pcr_map(verdict.get("attested_pcrs") or [])
-    selection = config.seal_selection
+    selection = cfg.seal_selection
     policy = seal_policy(selection, pcrs)
     policy_digest = bytes(verdict["policy_digest"])
-    host_key = new_host_key()
-    cert = issue_host_certificate(ca, HostCertificateRequest(
+    host_key = cfg.new_key()
+    cert = issue_host_certificate(cfg.ca, HostCertificateRequest(
         host_id=host_id, public_key=host_key.public_key(), verdict_id=verdict_id,
         policy_digest=policy_digest, seal_policy_digest=policy, appraised_at=at),
-        config.profile)
+        cfg.profile)
     cert_der = cert.public_bytes(Encoding.DER)
     credential_id = credential_id_for(verdict_id)
-    delivery = seal_credential(bytes(verdict["ek_public"]), selection, pcrs, host_key,
-                               credential_id=credential_id, certificate_der=cert_der)
+    delivery = cfg.seal(bytes(verdict["ek_public"]), selection, pcrs, host_key,
+                        credential_id=credential_id, certificate_der=cert_der)
     if delivery.sealed.policy_digest != policy:  # both computed here: a bug if they differ
         raise IssuanceError("sealed policy digest differs from the certificate's",
                             field="attested_pcrs")
@@ -246,9 +242,6 @@ def _ek_digest(verdict: Mapping[str, Any]) -> bytes | None:
         return ek_key_sha256(raw)
     except (MalformedInput, Unsupported, ValueError):
         return None
-
-
-IDENTITY_SUBJECT: Final = "hostgate.IdentityEvent"
 
 
 def apply_identity_event(event: Mapping[str, Any], current: HostTrustState | None
@@ -319,44 +312,40 @@ def apply_incident_event(event: Mapping[str, Any], current: HostTrustState | Non
 
 
 def crl_entries(states: Iterable[HostTrustState]) -> list[RevokedCertificate]:
-    """Every revoked certificate in the hosts' states, for ``ca.build_crl``."""
+    """Every revoked certificate in the hosts' states, for ``certificates.build_crl``."""
     return [RevokedCertificate(int(r.serial, 16), r.revoked_at, r.not_after,
                                r.reason.crl_reason)
             for s in states for r in s.revoked]
 
 
 def _output_id(kind: str, inp: InputRecord) -> str:
-    c = inp.coordinates
-    return f"{kind}-" + hashlib.sha256(f"{c.topic}\0{c.partition}\0{c.offset}".encode()
-                                       ).hexdigest()[:32]
+    return derived_id(kind, *coordinate_parts(inp.coordinates))
 
 
-def decide(inp: InputRecord, view: StateView, *, ca: IssuingCA,
-           config: IssuerConfig = IssuerConfig(), credentials_topic: str = CREDENTIALS_TOPIC,
-           hosts_topic: str = HOSTS_TOPIC) -> Decision:
-    """The issuer stage's ``decide``: verdicts and incident events in, credentials, host states
-    and the ``hosts`` table out. Other subjects on the inputs are ignored (logged)."""
+def decide(inp: InputRecord, state: StateView, cfg: IssuerConfig) -> Decision:
+    """The issuer stage's ``decide``: verdicts, incident and identity events in, credentials,
+    host states and the ``hosts`` table out. Other subjects on the inputs are ignored (logged)."""
     if inp.subject not in (VERDICT_SUBJECT, INCIDENT_SUBJECT, IDENTITY_SUBJECT):
         return Decision(log={"ignored": inp.subject})
     host_id = check_host_id(inp.record["host_id"])
     if inp.key != host_id:
         raise IssuanceError(f"record key {inp.key!r} is not its host_id {host_id!r} "
                             f"({inp.coordinates})", field="key")
-    raw = view.get(HOSTS_TABLE, host_id)
+    raw = state.get(HOSTS_TABLE, host_id)
     current = HostTrustState.from_record(raw) if raw is not None else None
     if inp.subject == VERDICT_SUBJECT:
-        outcome = apply_verdict(inp.record, current, ca, config)
+        outcome = apply_verdict(inp.record, current, cfg)
     elif inp.subject == IDENTITY_SUBJECT:
         outcome = apply_identity_event(inp.record, current)
     else:
         outcome = apply_incident_event(inp.record, current)
     outputs: list[Output] = []
     if outcome.credential is not None:
-        outputs.append(Output(credentials_topic, host_id, "hostgate.CredentialIssued",
+        outputs.append(Output(cfg.topics.credentials, host_id, CREDENTIAL_ISSUED,
                               outcome.credential, outcome.credential["credential_id"]))
     updates: tuple[StateUpdate, ...] = ()
     if outcome.host_state is not None:
-        outputs.append(Output(hosts_topic, host_id, "hostgate.HostState", outcome.host_state,
+        outputs.append(Output(cfg.topics.hosts, host_id, HOST_STATE, outcome.host_state,
                               _output_id("hs", inp)))
         updates = (StateUpdate(HOSTS_TABLE, host_id, outcome.state.to_record()),)
     log: dict[str, str | int | bool] = {"host_id": host_id, "trust": outcome.state.state.value,
@@ -368,23 +357,10 @@ def decide(inp: InputRecord, view: StateView, *, ca: IssuingCA,
     return Decision(tuple(outputs), updates, log)
 
 
-def make_decide(ca: IssuingCA, config: IssuerConfig = IssuerConfig(),
-                credentials_topic: str = CREDENTIALS_TOPIC,
-                hosts_topic: str = HOSTS_TOPIC) -> Decide:
-    """``decide`` bound to a CA, config and output topics, as ``services.runtime.stage.Stage``
-    wants it."""
-    def bound(inp: InputRecord, view: StateView) -> Decision:
-        return decide(inp, view, ca=ca, config=config, credentials_topic=credentials_topic,
-                      hosts_topic=hosts_topic)
-    return bound
-
-
 __all__ = [
-    "CREDENTIALS_TOPIC",
     "HOSTS_TABLE",
-    "HOSTS_TOPIC",
-    "IDENTITY_SUBJECT",
-    "IssuerConfig",
+    "INPUT_SUBJECTS",
+    "TABLES",
     "IssuerOutcome",
     "apply_identity_event",
     "apply_incident_event",
@@ -394,5 +370,4 @@ __all__ = [
     "crl_entries",
     "decide",
     "incident_resolved",
-    "make_decide",
 ]

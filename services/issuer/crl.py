@@ -30,12 +30,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from services.errors import HostgateError
-from services.issuer.ca import IssuingCA, build_crl
+from services.issuer.ca import IssuingCA
+from services.issuer.certificates import build_crl
 from services.issuer.core import crl_entries
 from services.issuer.errors import IssuerError
 from services.issuer.hoststate import HostTrustState
 from services.runtime.http import TinyHttpServer
 from services.runtime.readers import groupless_consumer, read_to_end, rewind, topic_partitions
+from services.wire.subjects import ISSUER_HOST_STATE
 
 DEFAULT_INTERVAL: Final = dt.timedelta(hours=1)
 #: Most hosts a CRL builder keeps in memory (a hostile or runaway topic cannot exhaust it).
@@ -136,7 +138,7 @@ class _Follower:
         if rec.value is None:
             return ChangelogRecord(key, None, where)
         try:
-            decoded = self.codec.decode(rec.value, expected={"hostgate.IssuerHostState"})
+            decoded = self.codec.decode(rec.value, expected={ISSUER_HOST_STATE})
         except HostgateError as exc:
             return ChangelogRecord(key, {"_undecodable": str(exc)[:200]}, where)
         return ChangelogRecord(key, decoded.record, where)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import subprocess
 import sys
 from typing import Any
 
 from services.runtime import localbroker
+from services.runtime.cli_conventions import add_json_flag, print_json, print_table
 from services.runtime.localbroker import BrokerConfig
-from services.runtime.topics import TopicLayout, all_topics, ensure_topics
+from services.runtime.topics import (
+    TopicLayout,
+    add_namespace_argument,
+    ensure_topics,
+    topics_from_args,
+)
 
 ENV_HELP = (
     "Environment: HOSTGATE_HOME (default ~/.local/share/hostgate; the Makefile uses ./.hostgate), "
@@ -83,9 +88,10 @@ def _bootstrap(args: argparse.Namespace) -> str:
 
 def _cmd_topics_ensure(args: argparse.Namespace) -> int:
     layout = TopicLayout.from_env()
-    report = asyncio.run(ensure_topics(_bootstrap(args), layout=layout, fix=args.fix))
+    specs = topics_from_args(args).all_specs()
+    report = asyncio.run(ensure_topics(_bootstrap(args), specs, layout=layout, fix=args.fix))
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print_json(report.to_dict(), indent=2, sort_keys=False)
     else:
         print(f"created {len(report.created)}, unchanged {len(report.ok)}, "
               f"drift {len(report.drift)}, fixed {len(report.fixed)}")
@@ -101,22 +107,14 @@ def _cmd_topics_list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = [
         {"name": s.name, "compacted": s.compacted, "purpose": s.purpose,
          "partitions": s.partitions or layout.partitions, "configs": s.configs(layout.replication)}
-        for s in all_topics()
+        for s in topics_from_args(args).all_specs()
     ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows, indent=2, sort_keys=False)
         return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="hostgate topics")
-    for col in ("topic", "partitions", "policy", "retention", "purpose"):
-        table.add_column(col)
-    for row in rows:
-        cfg = row["configs"]
-        table.add_row(row["name"], str(row["partitions"]), cfg["cleanup.policy"],
-                      cfg.get("retention.ms", "-"), row["purpose"])
-    Console().print(table)
+    print_table("hostgate topics", ("topic", "partitions", "policy", "retention", "purpose"),
+                [(row["name"], str(row["partitions"]), row["configs"]["cleanup.policy"],
+                  row["configs"].get("retention.ms", "-"), row["purpose"]) for row in rows])
     return 0
 
 
@@ -133,12 +131,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = ksub.add_parser("up", help="start the broker and wait until it answers metadata requests")
     p.add_argument("--timeout", type=float, default=localbroker.READY_TIMEOUT_S,
                    help="seconds to wait for readiness (default %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_json_flag(p, "print the status as JSON")
     p.set_defaults(func=_cmd_up)
     p = ksub.add_parser("down", help="stop the broker hostgate started (by its PID)")
     p.set_defaults(func=_cmd_down)
     p = ksub.add_parser("status", help="fetched / stopped / starting / running; exit 0 only if ready")
-    p.add_argument("--json", action="store_true", help="print the status as JSON")
+    add_json_flag(p, "print the status as JSON")
     p.add_argument("--quiet", action="store_true", help="print nothing; exit status only")
     p.add_argument("--bootstrap", action="store_true", help="print only the bootstrap address")
     p.set_defaults(func=_cmd_status)
@@ -151,16 +149,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     topics = sub.add_parser(
         "topics", help="create and check hostgate's topics",
-        description="Topics are declared once in services/runtime/topics.py. Environment: "
-                    "HOSTGATE_PARTITIONS (default 6), HOSTGATE_REPLICATION (default 1).",
+        description="Topics are declared once in services/runtime/topics.py: the pipeline's, "
+                    "each stage's DLQ and state changelogs. Environment: HOSTGATE_PARTITIONS "
+                    "(default 6), HOSTGATE_REPLICATION (default 1), HOSTGATE_TOPIC_NAMESPACE "
+                    "(every name becomes <namespace>.<name>; default none).",
     )
     tsub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
     p = tsub.add_parser("ensure", help="create missing topics, report drift (exit 1 on drift)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local broker)")
+    add_namespace_argument(p)
     p.add_argument("--fix", action="store_true", help="raise partitions and reset configs")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_json_flag(p, "print the report as JSON")
     p.set_defaults(func=_cmd_topics_ensure)
     p = tsub.add_parser("list", help="list the declared topics")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    add_namespace_argument(p)
+    add_json_flag(p, "print as JSON")
     p.set_defaults(func=_cmd_topics_list)
 

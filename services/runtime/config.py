@@ -7,8 +7,11 @@ in the runtime reads the environment.
 environment                     meaning                                    default
 ==============================  =========================================  =================
 ``HOSTGATE_BOOTSTRAP``          Kafka bootstrap servers                    ``127.0.0.1:19092``
-``HOSTGATE_GROUP``              consumer group (also the prefix of the     ``hostgate.<stage>``
-                                transactional ids)
+``HOSTGATE_TOPIC_NAMESPACE``    the deployment's namespace: topics, the    empty
+                                group and so the transactional ids become
+                                ``<ns>.<name>`` (``runtime.topics.Topics``)
+``HOSTGATE_GROUP``              consumer group inside the namespace (also  ``hostgate.<stage>``
+                                the prefix of the transactional ids)
 ``HOSTGATE_INSTANCE_ID``        static group membership id (KIP-345);      unset (dynamic)
                                 unique per live worker
 ``HOSTGATE_BATCH_MAX_RECORDS``  most records fetched and committed per     ``500``
@@ -18,27 +21,32 @@ environment                     meaning                                    defau
 ``HOSTGATE_POLL_TIMEOUT_MS``    how long one poll waits for records        ``200``
 ``HOSTGATE_TXN_TIMEOUT_MS``     broker aborts a transaction open longer    ``60000``
 ``HOSTGATE_SESSION_TIMEOUT_MS`` group session timeout                      ``10000``
-``HOSTGATE_EXACTLY_ONCE``       ``1``: transactions; ``0``: at-least-once  ``1``
-                                (idempotent producer + offset commit;
-                                for benchmarks only)
 ``HOSTGATE_HTTP_HOST``          address of /healthz /readyz /metrics       ``127.0.0.1``
 ``HOSTGATE_HTTP_PORT``          its port; ``0`` = no HTTP server           ``0``
 ``HOSTGATE_LOG_LEVEL``          debug, info, warning, error                ``info``
 ``HOSTGATE_SCHEMA_DIR``         directory of ``.avsc`` schemas             the repo's ``schemas/``
 ==============================  =========================================  =================
+
+The stage's consumer group is ``group_id``: ``HOSTGATE_GROUP`` inside the namespace, so two
+deployments with different namespaces never share a group, and the per-task transactional ids
+``<group_id>.task-<p>`` never fence each other's producers. ``exactly_once=False`` (idempotent
+producer and offset commits, no transactions) is a keyword for the runtime benchmark's baseline
+only (``bench/runtime.py``); no flag or environment variable sets it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from services.errors import ConfigError
+from services.runtime.connection import BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP
+from services.runtime.topics import Topics
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -48,7 +56,9 @@ class WorkerConfig:
 
     stage: str
     bootstrap: str = DEFAULT_BOOTSTRAP
+    namespace: str = ""
     group: str = ""
+    """The group as configured (default ``hostgate.<stage>``); ``group_id`` is the one used."""
     instance_id: str | None = None
     batch_max_records: int = 500
     batch_max_ms: int = 2000
@@ -56,12 +66,14 @@ class WorkerConfig:
     txn_timeout_ms: int = 60000
     session_timeout_ms: int = 10000
     exactly_once: bool = True
+    """``False``: at-least-once, the benchmark's baseline only (not settable by env or flag)."""
     http_host: str = "127.0.0.1"
     http_port: int = 0
     log_level: str = "info"
     schema_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        Topics(self.namespace)  # ConfigError on a malformed namespace
         if not self.group:
             object.__setattr__(self, "group", f"hostgate.{self.stage}")
         checks = [
@@ -81,13 +93,18 @@ class WorkerConfig:
             if not ok:
                 raise ConfigError(f"worker config: {message}")
 
+    @property
+    def group_id(self) -> str:
+        """The consumer group: ``group`` inside the namespace."""
+        return Topics(self.namespace).name(self.group)
+
     def transactional_id(self, partition: int) -> str:
         """The transactional id of task ``partition`` (stable across restarts, one per task)."""
-        return f"{self.group}.task-{partition}"
+        return f"{self.group_id}.task-{partition}"
 
 
 _ENV: Mapping[str, str] = {
-    "bootstrap": "HOSTGATE_BOOTSTRAP",
+    "bootstrap": BOOTSTRAP_ENV,
     "group": "HOSTGATE_GROUP",
     "instance_id": "HOSTGATE_INSTANCE_ID",
     "batch_max_records": "HOSTGATE_BATCH_MAX_RECORDS",
@@ -95,29 +112,22 @@ _ENV: Mapping[str, str] = {
     "poll_timeout_ms": "HOSTGATE_POLL_TIMEOUT_MS",
     "txn_timeout_ms": "HOSTGATE_TXN_TIMEOUT_MS",
     "session_timeout_ms": "HOSTGATE_SESSION_TIMEOUT_MS",
-    "exactly_once": "HOSTGATE_EXACTLY_ONCE",
     "http_host": "HOSTGATE_HTTP_HOST",
     "http_port": "HOSTGATE_HTTP_PORT",
     "log_level": "HOSTGATE_LOG_LEVEL",
     "schema_dir": "HOSTGATE_SCHEMA_DIR",
 }
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+
+_PARSERS: Mapping[str, Callable[[str], object]] = {"int": int, "Path | None": Path}
+"""A setting's annotated type -> how the text of its flag or variable becomes one (else: text)."""
 
 
 def _convert(name: str, raw: str, source: str) -> object:
-    kind = {f.name: f.type for f in fields(WorkerConfig)}[name]
+    parse = _PARSERS.get(str({f.name: f.type for f in fields(WorkerConfig)}[name]))
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "bool":
-            low = raw.strip().lower()
-            if low in _TRUE | _FALSE:
-                return low in _TRUE
-            raise ValueError("expected 1/0, true/false, yes/no or on/off")
-        if kind == "Path | None":
-            return Path(raw)
+        if parse is not None:
+            return parse(raw)
         if name == "log_level":
             return raw.strip().lower()
         return raw
@@ -133,7 +143,7 @@ def load_config(
     """Build the config for ``stage``: ``overrides`` (flags; None = not given) beat ``env``,
     which beats the defaults."""
     env = os.environ if env is None else env
-    values: dict[str, object] = {}
+    values: dict[str, object] = {"namespace": Topics.from_env(env).namespace}
     for name, var in _ENV.items():
         if var in env and env[var] != "":
             values[name] = _convert(name, env[var], var)
@@ -145,33 +155,39 @@ def load_config(
     return WorkerConfig(stage=stage, **values)  # type: ignore[arg-type]
 
 
+_FLAG_HELP: Mapping[str, str] = {
+    "bootstrap": "Kafka bootstrap servers",
+    "group": "consumer group and transactional-id prefix, inside the namespace",
+    "instance_id": "static membership id, unique per live worker",
+    "batch_max_records": "most records per poll and per transaction",
+    "batch_max_ms": "commit a transaction once open this long",
+    "txn_timeout_ms": "broker-side transaction timeout",
+    "session_timeout_ms": "consumer-group session timeout",
+    "http_host": "address for /healthz /readyz /metrics",
+    "http_port": "port for /healthz /readyz /metrics, 0 = off",
+    "log_level": "",
+    "schema_dir": "Avro schema directory",
+}
+"""The settings with a flag (``--<name>``, in this order), and what their help says before the
+variable and the default."""
+_SHOWN_DEFAULT: Mapping[str, str | None] = {
+    "group": "hostgate.<stage>", "instance_id": None, "schema_dir": "the repository's schemas/"}
+"""Defaults the help names in words (None: none named); the others are ``WorkerConfig``'s."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The worker's flags (each also settable by its environment variable)."""
-    a = parser.add_argument
-    a("--bootstrap", help="Kafka bootstrap servers [HOSTGATE_BOOTSTRAP, default "
-      f"{DEFAULT_BOOTSTRAP}]")
-    a("--group", help="consumer group and transactional-id prefix [HOSTGATE_GROUP, default "
-      "hostgate.<stage>]")
-    a("--instance-id", dest="instance_id",
-      help="static membership id, unique per live worker [HOSTGATE_INSTANCE_ID]")
-    a("--batch-max-records", dest="batch_max_records", type=int,
-      help="most records per poll and per transaction [HOSTGATE_BATCH_MAX_RECORDS, default 500]")
-    a("--batch-max-ms", dest="batch_max_ms", type=int,
-      help="commit a transaction once open this long [HOSTGATE_BATCH_MAX_MS, default 2000]")
-    a("--txn-timeout-ms", dest="txn_timeout_ms", type=int,
-      help="broker-side transaction timeout [HOSTGATE_TXN_TIMEOUT_MS, default 60000]")
-    a("--session-timeout-ms", dest="session_timeout_ms", type=int,
-      help="consumer-group session timeout [HOSTGATE_SESSION_TIMEOUT_MS, default 10000]")
-    a("--at-least-once", dest="exactly_once", action="store_const", const=False,
-      help="no transactions (benchmark baseline) [HOSTGATE_EXACTLY_ONCE=0]")
-    a("--http-host", dest="http_host",
-      help="address for /healthz /readyz /metrics [HOSTGATE_HTTP_HOST, default 127.0.0.1]")
-    a("--http-port", dest="http_port", type=int,
-      help="port for /healthz /readyz /metrics, 0 = off [HOSTGATE_HTTP_PORT, default 0]")
-    a("--log-level", dest="log_level", choices=LOG_LEVELS,
-      help="[HOSTGATE_LOG_LEVEL, default info]")
-    a("--schema-dir", dest="schema_dir", type=Path,
-      help="Avro schema directory [HOSTGATE_SCHEMA_DIR, default the repository's schemas/]")
+    declared = {f.name: f for f in fields(WorkerConfig)}
+    for name, what in _FLAG_HELP.items():
+        default = _SHOWN_DEFAULT.get(name, str(declared[name].default))
+        where = f"{_ENV[name]}, default {default}" if default is not None else _ENV[name]
+        options: dict[str, Any] = {"dest": name, "help": f"{what} [{where}]".lstrip()}
+        parse = _PARSERS.get(str(declared[name].type))
+        if parse is not None:
+            options["type"] = parse
+        if name == "log_level":
+            options["choices"] = LOG_LEVELS
+        parser.add_argument(f"--{name.replace('_', '-')}", **options)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, object | None]:

@@ -12,6 +12,8 @@ same environment (the contract in ``deploy/README.md``)::
     HOSTGATE_KAFKA_SASL_PASSWORD       SASL password (never logged)
 
 ``client_kwargs(bootstrap)`` returns the keyword arguments every aiokafka client takes for this.
+The bootstrap servers themselves come from ``HOSTGATE_BOOTSTRAP`` (:data:`BOOTSTRAP_ENV`), by
+default :data:`DEFAULT_BOOTSTRAP` (the local broker of ``hostgate kafka up``): :func:`env_bootstrap`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ from typing import Any
 
 from services.errors import ConfigError
 
+BOOTSTRAP_ENV = "HOSTGATE_BOOTSTRAP"
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def env_bootstrap(env: Mapping[str, str] | None = None) -> str:
+    """``HOSTGATE_BOOTSTRAP`` if set, else :data:`DEFAULT_BOOTSTRAP`."""
+    return (os.environ if env is None else env).get(BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP)
 
 
 def client_kwargs(bootstrap: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:

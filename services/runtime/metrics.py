@@ -36,6 +36,9 @@ class WorkerMetrics:
             ["stage", "outcome", "reason"], registry=r)
         self.errors = Counter("hostgate_errors", "Transactions that failed and were retried",
                               ["stage", "kind"], registry=r)
+        self.internal_errors = Counter(
+            "hostgate_internal_errors", "Records whose decision raised a bug (dead-lettered, "
+            "never blamed on the host: services.runtime.faults)", ["stage", "error"], registry=r)
         self.batch_latency = Histogram(
             "hostgate_batch_seconds", "Time to plan and commit one transaction", ["stage"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

@@ -7,10 +7,15 @@ input record ends in exactly one of three places, never nowhere:
 1. ``decide`` succeeded: its outputs (with an ``hg-id`` header; Avro-encoded, or an output's
    ``raw_value`` bytes as they are) and its state changes (as changelog records, on the task's
    own changelog partition);
-2. ``decide`` raised and the stage's ``on_error`` policy returned a decision: that decision;
-3. the record could not be decoded, or ``decide``/``on_error``/encoding the result failed, or
+2. ``decide`` raised a host's fault (``services.runtime.faults``) and the stage's
+   ``on_host_fault`` returned the refusal to commit instead: that decision;
+3. the record could not be decoded, or ``decide`` raised a bug (or a host's fault the stage has
+   no answer for), or ``on_host_fault``/encoding the result failed, or
    it sits on a partition its key does not map to and the stage's ``misrouted`` policy is
    ``dlq``: one DLQ record with the original key, value and headers plus the failure context.
+
+A transient fault (``services.runtime.faults``) is none of these: it raises out of the plan,
+the worker aborts the transaction and plans the batch again once the task is re-initialised.
 
 Every input gets ``key_partition`` (``services.runtime.partitioner``) from the partition counts
 the worker read at start; a mis-partitioned record is flagged ``misrouted`` in its outcome
@@ -26,6 +31,7 @@ from typing import Any, Final, Protocol
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from services.errors import HostgateError
 from services.runtime.dlq import (
     H_HEADER_COUNT,
     H_SHA256,
@@ -36,6 +42,7 @@ from services.runtime.dlq import (
     Failure,
     dlq_headers,
 )
+from services.runtime.faults import Fault, classify
 from services.runtime.partitioner import key_partition
 from services.runtime.stage import (
     MISROUTED_DLQ,
@@ -57,15 +64,6 @@ REASON_MISROUTED: Final = "misrouted"
 
 class MisroutedRecord(Exception):
     """A record on a partition other than the one Kafka's default partitioner maps its key to."""
-
-
-class DecodedLike(Protocol):
-    """What ``plan_batch`` needs from ``services.runtime.codec.Decoded``."""
-
-    @property
-    def subject(self) -> str: ...
-    @property
-    def record(self) -> dict[str, Any]: ...
 
 
 class CodecLike(Protocol):
@@ -133,8 +131,13 @@ class StageOutputError(Exception):
     """A decision that cannot be written (unknown table, undeclared subject...): a stage bug."""
 
 
-class OutputTooLarge(StageOutputError):
-    """A decision would write a record over :data:`MAX_RECORD_BYTES`."""
+class OutputTooLarge(StageOutputError, HostgateError):
+    """A decision would write a record over :data:`MAX_RECORD_BYTES`. Counted a host's fault
+    (``services.runtime.faults``): within intake limits only what a host sent can make an
+    output that large (a verdict carrying the claims of a huge log), so the stage refuses it
+    (``on_host_fault``) rather than dead-letter it."""
+
+    host_fault = True
 
 
 MAX_RECORD_BYTES: Final = 1024 * 1024 - 16 * 1024
@@ -228,16 +231,23 @@ def plan_batch(
             decision = stage.decide(inp, state)
             records = _decision_records(stage, codec, decision, task_partition)
         except Exception as exc:
-            if stage.on_error is None:
-                _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc), key)
+            fault = classify(exc)
+            if fault is Fault.TRANSIENT:
+                raise  # the worker aborts the transaction and retries the batch
+            if fault is Fault.BUG or stage.on_host_fault is None:
+                _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc), key, fault)
                 continue
+            assert isinstance(exc, HostgateError)  # what classify calls a host's fault
             try:
-                decision = stage.on_error(inp, exc)
+                decision = stage.on_host_fault(inp, exc)
                 records = _decision_records(stage, codec, decision, task_partition)
             except Exception as exc2:
-                _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc2), key)
+                if classify(exc2) is Fault.TRANSIENT:
+                    raise
+                _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc2), key,
+                        Fault.BUG)
                 continue
-            result = "on-error"
+            result = "host-fault"
         state.apply(decision.state_updates)
         plan.records.extend(records)
         facts = {**decision.log, "misrouted": True} if misrouted else decision.log
@@ -289,7 +299,7 @@ def _truncated_dlq_copy(stage: Stage, raw: RawRecord, group: str, failure: Failu
 
 
 def _to_dlq(plan: BatchPlan, stage: Stage, raw: RawRecord, group: str, failure: Failure,
-            key: str | None = None) -> None:
+            key: str | None = None, fault: Fault | None = None) -> None:
     headers = dlq_headers(raw.headers, stage=stage.name, group=group,
                           coordinates=raw.coordinates, timestamp_ms=raw.timestamp_ms,
                           failure=failure)
@@ -298,6 +308,8 @@ def _to_dlq(plan: BatchPlan, stage: Stage, raw: RawRecord, group: str, failure: 
         record = _truncated_dlq_copy(stage, raw, group, failure)
     plan.records.append(record)
     exc = failure.exception
-    plan.outcomes.append(RecordOutcome(raw.coordinates, key, "dlq", 0,
-                                       {"dlq_reason": failure.reason},
+    facts: dict[str, str | int | bool] = {"dlq_reason": failure.reason}
+    if fault is not None:  # decide raised: whose fault (a bug is counted as an internal error)
+        facts["fault"] = fault.value
+    plan.outcomes.append(RecordOutcome(raw.coordinates, key, "dlq", 0, facts,
                                        error=f"{type(exc).__name__}"))

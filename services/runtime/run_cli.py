@@ -8,12 +8,14 @@ import os
 import signal
 
 from services.runtime.config import WorkerConfig, add_arguments, load_config, overrides_from_args
+from services.runtime.stage import Stage
 from services.runtime.stages import STAGE_FACTORIES, build_stage
 
 
-async def serve(config: WorkerConfig) -> int:
+async def serve(config: WorkerConfig, stage: Stage | None = None) -> int:
     """Run the worker with its HTTP endpoint; SIGTERM/SIGINT finish the current batch, leave
-    the group, close cleanly and return 0."""
+    the group, close cleanly and return 0. ``stage``: a stage built by the caller (a test
+    stage, which the registry does not know); default the registered ``config.stage``."""
     from services.runtime.codec import Codec
     from services.runtime.logging import configure_logging, get_logger
     from services.runtime.metrics import HealthServer, WorkerMetrics
@@ -21,7 +23,8 @@ async def serve(config: WorkerConfig) -> int:
 
     configure_logging(config.log_level)
     log = get_logger(stage=config.stage)
-    stage = build_stage(config.stage, os.environ)
+    if stage is None:
+        stage = build_stage(config.stage, os.environ)
     codec = Codec.load(config.schema_dir)
     metrics = WorkerMetrics(stage.name)
     worker = Worker(stage, config, codec, metrics)
@@ -56,7 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "outputs, state changelogs, DLQ records and input offsets in one Kafka "
                     "transaction per task and batch. Start more workers with the same group to "
                     "scale out (up to the partition count). SIGTERM commits the current batch "
-                    "and exits 0. Every flag can also be set by the environment variable shown.",
+                    "and exits 0. Every flag can also be set by the environment variable shown. "
+                    "HOSTGATE_TOPIC_NAMESPACE (environment only, read by the stage and the "
+                    "worker alike) puts the stage's topics, group and transactional ids in "
+                    "<namespace>.<name>.",
     )
     p.add_argument("stage", choices=sorted(STAGE_FACTORIES), help="the stage to run")
     add_arguments(p)

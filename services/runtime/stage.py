@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from services.runtime.topics import changelog_topic, dlq_topic
+from services.errors import HostgateError
+from services.runtime.topics import Topics
 
 Headers = tuple[tuple[str, bytes], ...]
 """Kafka record headers, in order; names may repeat (Kafka allows it; the last one wins)."""
@@ -112,7 +113,7 @@ MISROUTED_DECIDE: Final = "decide"
 MISROUTED_POLICIES: Final = frozenset({MISROUTED_WARN, MISROUTED_DLQ, MISROUTED_DECIDE})
 
 Decide = Callable[[InputRecord, StateView], Decision]
-OnError = Callable[[InputRecord, Exception], Decision]
+OnHostFault = Callable[[InputRecord, HostgateError], Decision]
 Reduce = Callable[[Mapping[str, Any] | None, Mapping[str, Any] | None], Mapping[str, Any] | None]
 """``(current, incoming) -> kept`` for one key of a global table (None = absent/tombstone)."""
 
@@ -143,11 +144,13 @@ class GlobalTableSpec:
 class Stage:
     """A stage as the runtime runs it.
 
-    ``tables`` maps each state table to the Avro subject of its values. ``on_error`` is the
-    stage's policy for an exception raised by ``decide`` on a *decodable* record: it returns the
-    decision to commit instead (e.g. a failed verdict). Without it, or if it raises too, the
-    record goes to the stage's DLQ with the exception in the headers. Either way the stage keeps
-    going and nothing is silently dropped.
+    ``tables`` maps each state table to the Avro subject of its values. What ``decide`` raises
+    on a *decodable* record is mapped by ``services.runtime.faults`` for every stage alike: a
+    host's fault goes to ``on_host_fault``, which returns the refusal to commit instead (a
+    rejection, a failed verdict naming the field and offset); a transient fault retries the
+    batch; a bug (or a host fault the stage has no answer for, or an ``on_host_fault`` that
+    raises) sends the record to the stage's DLQ with the exception in the headers. Either way
+    the stage keeps going and nothing is silently dropped.
 
     The input topics, the state changelogs and hence the tasks are co-partitioned: task *p* owns
     partition *p* of every input topic and of every changelog (see ``services.runtime.worker``).
@@ -158,7 +161,7 @@ class Stage:
     input_subjects: frozenset[str]
     decide: Decide
     tables: Mapping[str, str] = field(default_factory=dict)
-    on_error: OnError | None = None
+    on_host_fault: OnHostFault | None = None
     dlq: str = ""
     changelogs: Mapping[str, str] = field(default_factory=dict)
     global_tables: Mapping[str, GlobalTableSpec] = field(default_factory=dict)
@@ -182,9 +185,11 @@ class Stage:
         if clash:
             raise ValueError(f"stage {self.name!r}: {sorted(clash)} are both state and global "
                              "tables")
+        # Defaults without a namespace; a stage's factory names its topics from its Topics.
         if not self.dlq:
-            object.__setattr__(self, "dlq", dlq_topic(self.name))
-        logs = {t: self.changelogs.get(t) or changelog_topic(self.name, t) for t in self.tables}
+            object.__setattr__(self, "dlq", Topics().dlq(self.name))
+        logs = {t: self.changelogs.get(t) or Topics().changelog(self.name, t)
+                for t in self.tables}
         object.__setattr__(self, "changelogs", logs)
 
     def changelog_of(self, table: str) -> str:

@@ -2,7 +2,9 @@
 
 Each entry names a factory ``build_stage(env) -> Stage`` by module path, imported only when that
 stage is run (so a stage's dependencies load only in its own workers). Stages register here as
-they land: collector, verifier, issuer, incidents.
+they land: collector, verifier, issuer, incidents. Only the product's stages are registered
+(``topics.STAGES``); a test stage runs through ``run_cli.serve(config, stage)`` from its own
+module (``tests/support/eostest.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from services.errors import ConfigError
 from services.runtime.stage import Stage
 
 STAGE_FACTORIES: Mapping[str, str] = {
-    "eostest": "services.runtime.eostest:build_stage",
     "incidents": "services.incidents.stage:build_stage",
     "collector": "services.collector.stage:build_stage",
     "verifier": "services.verifier.stage:build_stage",

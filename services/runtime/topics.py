@@ -6,6 +6,12 @@ are kept forever because auditors replay them. State changelogs, ``attest.hosts.
 superseded on the compacted topic disappears once its segment is cleaned, yet verdicts name it
 for as long as they are kept, so every version also goes to ``attest.policies.history.v1``.
 
+``Topics(namespace)`` is the one place names come from: every stage, the agent, the CLIs, audit
+replay, the demo and the deploy generator ask it, so one namespace (``HOSTGATE_TOPIC_NAMESPACE``)
+moves a whole deployment, DLQs, changelogs and consumer groups included, and an empty one keeps
+the names below. ``Topics.all_specs()`` is what ``hostgate topics ensure`` creates: the product's
+topics only (tests create their own stages' topics from ``Topics.stage_specs``).
+
 ``ensure_topics`` creates what is missing and reports drift (partition counts or configs that
 differ from this declaration) without silently rewriting an operator's cluster; ``fix=True``
 applies what Kafka allows.
@@ -13,9 +19,12 @@ applies what Kafka allows.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Final
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.connection import client_kwargs
@@ -64,42 +73,52 @@ def min_insync(replication: int) -> int:
     return max(1, replication - 1)
 
 
-IDENTITY_TOPIC = "attest.identity.v1"
-"""Operator identity commands (``hostgate identity release``); only the operator writes it."""
-IDENTITY_EVENTS_TOPIC = "attest.identity.events.v1"
-"""The collector's audit of identity commands (who released what, why); the issuer reads it."""
-EK_BINDINGS_TOPIC = "collector.ek-bindings.v1"
-"""Collector-internal: binding requests keyed by EK digest, so the one task owning the EK's
-partition decides EK -> host id (a repartition topic, as in a foreign-key join)."""
-EK_GRANTS_TOPIC = "collector.ek-grants.v1"
-"""Collector-internal: the EK task's answers, keyed by host id (back to the host's task)."""
+# Base names (the names of a deployment without a namespace). Read them through ``Topics``
+# only: a name used without its namespace is a namespaced deployment talking to another one.
+_REQUESTS = "attest.requests.v1"
+_CHALLENGES = "attest.challenges.v1"
+_EVIDENCE = "attest.evidence.v1"
+_COLLECTED = "attest.collected.v1"
+_REJECTIONS = "attest.rejections.v1"
+_POLICIES = "attest.policies.v1"
+_POLICY_HISTORY = "attest.policies.history.v1"
+_VERDICTS = "attest.verdicts.v1"
+_CREDENTIALS = "attest.credentials.v1"
+_HOSTS = "attest.hosts.v1"
+_INCIDENTS = "attest.incidents.v1"
+_REMEDIATION = "attest.remediation.v1"
+_FINDINGS = "soc.findings.ocsf.v1"
+_IDENTITY = "attest.identity.v1"
+_IDENTITY_EVENTS = "attest.identity.events.v1"
+_EK_BINDINGS = "collector.ek-bindings.v1"
+_EK_GRANTS = "collector.ek-grants.v1"
 
-PIPELINE_TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec("attest.requests.v1", "agents: enrolment, activation proofs, challenge requests",
+_PIPELINE_SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec(_REQUESTS, "agents: enrolment, activation proofs, challenge requests",
               retention_ms=str(30 * DAY_MS), broker_timestamps=True),
-    TopicSpec("attest.challenges.v1", "collector: credential-activation challenges and nonces",
+    TopicSpec(_CHALLENGES, "collector: credential-activation challenges and nonces",
               retention_ms=str(7 * DAY_MS)),
-    TopicSpec("attest.evidence.v1", "agents: quotes, PCR values, boot and IMA logs (audit)",
+    TopicSpec(_EVIDENCE, "agents: quotes, PCR values, boot and IMA logs (audit)",
               broker_timestamps=True),
-    TopicSpec("attest.collected.v1", "collector: evidence that passed intake (audit)"),
-    TopicSpec("attest.rejections.v1", "collector: requests and evidence refused at intake"),
-    TopicSpec("attest.policies.v1", "operators: attestation policy documents", compacted=True),
-    TopicSpec("attest.policies.history.v1",
-              "operators: every policy version ever published (audit replay)"),
-    TopicSpec("attest.verdicts.v1", "verifier: appraisal results (audit)"),
-    TopicSpec("attest.credentials.v1", "issuer: TPM-sealed host credentials",
+    TopicSpec(_COLLECTED, "collector: evidence that passed intake (audit)"),
+    TopicSpec(_REJECTIONS, "collector: requests and evidence refused at intake"),
+    TopicSpec(_POLICIES, "operators: attestation policy documents", compacted=True),
+    TopicSpec(_POLICY_HISTORY, "operators: every policy version ever published (audit replay)"),
+    TopicSpec(_VERDICTS, "verifier: appraisal results (audit)"),
+    TopicSpec(_CREDENTIALS, "issuer: TPM-sealed host credentials",
               retention_ms=str(30 * DAY_MS)),
-    TopicSpec("attest.hosts.v1", "issuer: current trust state per host", compacted=True),
-    TopicSpec("attest.incidents.v1", "incidents: incident lifecycle events (audit)"),
-    TopicSpec("attest.remediation.v1", "SOC: acknowledge, root cause, remediate, close"),
-    TopicSpec("soc.findings.ocsf.v1", "incidents: OCSF Detection/Incident Findings for SIEMs"),
-    TopicSpec(IDENTITY_TOPIC, "operators: identity commands (release a host id and its EK)"),
-    TopicSpec(IDENTITY_EVENTS_TOPIC, "collector: identity audit (releases: who, why, what)"),
-    TopicSpec(EK_BINDINGS_TOPIC, "collector (internal): EK binding requests, key = EK digest"),
-    TopicSpec(EK_GRANTS_TOPIC, "collector (internal): EK binding answers, key = host id"),
+    TopicSpec(_HOSTS, "issuer: current trust state per host", compacted=True),
+    TopicSpec(_INCIDENTS, "incidents: incident lifecycle events (audit)"),
+    TopicSpec(_REMEDIATION, "SOC: acknowledge, root cause, remediate, close"),
+    TopicSpec(_FINDINGS, "incidents: OCSF Detection/Incident Findings for SIEMs"),
+    TopicSpec(_IDENTITY, "operators: identity commands (release a host id and its EK)"),
+    TopicSpec(_IDENTITY_EVENTS, "collector: identity audit (releases: who, why, what)"),
+    TopicSpec(_EK_BINDINGS, "collector (internal): EK binding requests, key = EK digest"),
+    TopicSpec(_EK_GRANTS, "collector (internal): EK binding answers, key = host id"),
 )
 
 STAGES: tuple[str, ...] = ("collector", "verifier", "issuer", "incidents")
+"""The product's stages (``services.runtime.stages`` registers exactly these)."""
 
 # State tables per stage; each is a compacted changelog written in the stage's transactions.
 STATE_TABLES: Mapping[str, tuple[str, ...]] = {
@@ -107,33 +126,191 @@ STATE_TABLES: Mapping[str, tuple[str, ...]] = {
     "verifier": (),
     "issuer": ("hosts",),
     "incidents": ("incidents", "hosts"),
-    # The runtime's own exactly-once test stage (tests/ and bench/ only).
-    "eostest": ("counters",),
 }
 
-
-def dlq_topic(stage: str) -> str:
-    """The stage's dead-letter topic: records it could not even read, untouched."""
-    return f"{stage}.dlq.v1"
-
-
-def changelog_topic(stage: str, table: str) -> str:
-    """The compacted changelog that holds one state table of a stage."""
-    return f"hostgate.{stage}.{table}.changelog.v1"
+NAMESPACE_ENV: Final = "HOSTGATE_TOPIC_NAMESPACE"
+REMOVED_PREFIX_ENV: Final = ("HOSTGATE_ISSUER_TOPIC_PREFIX", "HOSTGATE_INCIDENTS_TOPIC_PREFIX")
+"""Per-stage prefixes of earlier versions: they namespaced half the pipeline, so setting one
+is refused rather than ignored."""
+MAX_NAMESPACE = 100
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")
 
 
-def all_topics(extra_stages: Iterable[str] = ("eostest",)) -> tuple[TopicSpec, ...]:
-    """Every topic hostgate needs: pipeline, DLQs and state changelogs."""
-    specs = list(PIPELINE_TOPICS)
-    for stage in (*STAGES, *extra_stages):
-        specs.append(TopicSpec(dlq_topic(stage), f"{stage}: undecodable records with reasons"))
-        for table in STATE_TABLES.get(stage, ()):
-            specs.append(TopicSpec(changelog_topic(stage, table),
-                                   f"{stage}: state table {table}", compacted=True))
-    if "eostest" in extra_stages:
-        specs.append(TopicSpec("eostest.input.v1", "runtime tests: input records"))
-        specs.append(TopicSpec("eostest.output.v1", "runtime tests: output records"))
-    return tuple(specs)
+@dataclass(frozen=True)
+class Topics:
+    """Every Kafka name one hostgate deployment uses, from its one namespace.
+
+    Empty namespace: the names above, unchanged (existing deployments and their audit topics
+    keep their names). Namespace ``ns``: ``ns.<name>`` for every name, pipeline, identity,
+    collector-internal, DLQ and changelog topics and the stages' consumer groups (and so the
+    transactional ids, ``<group>.task-<p>``) alike, so two deployments on one broker never read
+    each other's records, share a group or fence each other's producers.
+    """
+
+    namespace: str = ""
+
+    def __post_init__(self) -> None:
+        ns = self.namespace
+        if ns and (len(ns) > MAX_NAMESPACE or not _NAMESPACE_RE.fullmatch(ns)):
+            raise ConfigError(
+                f"{NAMESPACE_ENV}={ns[:40]!r}: a namespace is 1..{MAX_NAMESPACE} characters of "
+                "letters, digits, '-', '_', in dot-separated parts (e.g. 'staging' or 'eu.1')")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *,
+                 namespace: str | None = None) -> Topics:
+        """The deployment's topics: ``namespace`` if given (a command-line flag), else
+        ``HOSTGATE_TOPIC_NAMESPACE``. ``ConfigError`` if a removed prefix variable is set."""
+        env = os.environ if env is None else env
+        for name in REMOVED_PREFIX_ENV:
+            if name in env:
+                raise ConfigError(
+                    f"{name} is no longer supported: unset it and set {NAMESPACE_ENV} instead "
+                    "(one namespace for every stage; names become <namespace>.<name>, DLQs, "
+                    "changelogs and consumer groups included)")
+        raw = env.get(NAMESPACE_ENV, "") if namespace is None else namespace
+        return cls(raw.strip())
+
+    def name(self, base: str) -> str:
+        """``base`` inside this namespace."""
+        return f"{self.namespace}.{base}" if self.namespace else base
+
+    # -- pipeline ------------------------------------------------------------------------
+    @property
+    def requests(self) -> str:
+        """Agents: enrolment, activation proofs, challenge requests."""
+        return self.name(_REQUESTS)
+
+    @property
+    def challenges(self) -> str:
+        """Collector: credential-activation challenges and nonces."""
+        return self.name(_CHALLENGES)
+
+    @property
+    def evidence(self) -> str:
+        """Agents: quotes, PCR values, boot and IMA logs."""
+        return self.name(_EVIDENCE)
+
+    @property
+    def collected(self) -> str:
+        """Collector: evidence that passed intake (the verifier's input)."""
+        return self.name(_COLLECTED)
+
+    @property
+    def rejections(self) -> str:
+        """Collector: requests and evidence refused at intake."""
+        return self.name(_REJECTIONS)
+
+    @property
+    def policies(self) -> str:
+        """The compacted policy topic (read whole, as a global table)."""
+        return self.name(_POLICIES)
+
+    @property
+    def policy_history(self) -> str:
+        """Every policy version published, never compacted: what audit replay reads."""
+        return self.name(_POLICY_HISTORY)
+
+    @property
+    def verdicts(self) -> str:
+        """Verifier: appraisal results."""
+        return self.name(_VERDICTS)
+
+    @property
+    def credentials(self) -> str:
+        """Issuer: TPM-sealed host credentials."""
+        return self.name(_CREDENTIALS)
+
+    @property
+    def hosts(self) -> str:
+        """Issuer: current trust state per host (compacted)."""
+        return self.name(_HOSTS)
+
+    @property
+    def incidents(self) -> str:
+        """Incidents: incident lifecycle events (and refused remediation commands)."""
+        return self.name(_INCIDENTS)
+
+    @property
+    def remediation(self) -> str:
+        """SOC: remediation commands, and the liveness ticks."""
+        return self.name(_REMEDIATION)
+
+    @property
+    def findings(self) -> str:
+        """Incidents: OCSF findings (JSON) for SIEMs."""
+        return self.name(_FINDINGS)
+
+    # -- identity ------------------------------------------------------------------------
+    @property
+    def identity(self) -> str:
+        """Operator identity commands (``hostgate identity release``); only operators write."""
+        return self.name(_IDENTITY)
+
+    @property
+    def identity_events(self) -> str:
+        """The collector's audit of identity commands (who released what, why); the issuer
+        reads it."""
+        return self.name(_IDENTITY_EVENTS)
+
+    # -- collector-internal --------------------------------------------------------------
+    @property
+    def ek_bindings(self) -> str:
+        """Collector-internal: binding requests keyed by EK digest, so the one task owning the
+        EK's partition decides EK -> host id (a repartition topic, as in a foreign-key join)."""
+        return self.name(_EK_BINDINGS)
+
+    @property
+    def ek_grants(self) -> str:
+        """Collector-internal: the EK task's answers, keyed by host id."""
+        return self.name(_EK_GRANTS)
+
+    # -- per stage -----------------------------------------------------------------------
+    def dlq(self, stage: str) -> str:
+        """The stage's dead-letter topic: records it could not even read, untouched."""
+        return self.name(f"{stage}.dlq.v1")
+
+    def changelog(self, stage: str, table: str) -> str:
+        """The compacted changelog that holds one state table of a stage."""
+        return self.name(f"hostgate.{stage}.{table}.changelog.v1")
+
+    def group(self, stage: str) -> str:
+        """The stage's default consumer group; its transactional ids are
+        ``<group>.task-<partition>`` (``services.runtime.config``)."""
+        return self.name(f"hostgate.{stage}")
+
+    # -- declarations --------------------------------------------------------------------
+    def pipeline_specs(self) -> tuple[TopicSpec, ...]:
+        """Pipeline, identity and collector-internal topics."""
+        return tuple(replace(s, name=self.name(s.name)) for s in _PIPELINE_SPECS)
+
+    def stage_specs(self, stage: str, tables: Iterable[str] = ()) -> tuple[TopicSpec, ...]:
+        """A stage's DLQ and one compacted changelog per state table (any stage, tests' own
+        included: they create their topics from these)."""
+        return (TopicSpec(self.dlq(stage), f"{stage}: undecodable records with reasons"),
+                *(TopicSpec(self.changelog(stage, t), f"{stage}: state table {t}",
+                            compacted=True) for t in tables))
+
+    def all_specs(self) -> tuple[TopicSpec, ...]:
+        """Every topic the product needs (what ``hostgate topics ensure`` creates)."""
+        out = list(self.pipeline_specs())
+        for stage in STAGES:
+            out += self.stage_specs(stage, STATE_TABLES[stage])
+        return tuple(out)
+
+
+def add_namespace_argument(parser: argparse.ArgumentParser) -> None:
+    """``--topic-namespace`` (default ``HOSTGATE_TOPIC_NAMESPACE``), for ``Topics.from_env``'s
+    ``namespace`` keyword."""
+    parser.add_argument("--topic-namespace", dest="topic_namespace", default=None, metavar="NS",
+                        help=f"the deployment's namespace: names become NS.<name> "
+                             f"[{NAMESPACE_ENV}, default none]")
+
+
+def topics_from_args(args: argparse.Namespace) -> Topics:
+    """The deployment's topics for a command with :func:`add_namespace_argument`'s flag: its
+    namespace if given, else ``HOSTGATE_TOPIC_NAMESPACE``."""
+    return Topics.from_env(namespace=args.topic_namespace)
 
 
 @dataclass(frozen=True)
@@ -176,11 +353,12 @@ async def ensure_topics(
     *,
     fix: bool = False,
 ) -> EnsureReport:
-    """Create missing topics and report drift from the declaration (idempotent)."""
+    """Create missing topics and report drift from the declaration (idempotent). ``specs``
+    defaults to ``Topics.from_env().all_specs()``."""
     from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    specs = tuple(all_topics() if specs is None else specs)
+    specs = tuple(Topics.from_env().all_specs() if specs is None else specs)
     layout = layout or TopicLayout.from_env()
     report = EnsureReport()
     admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))

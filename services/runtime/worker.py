@@ -81,6 +81,7 @@ from services.runtime.codec import Codec
 from services.runtime.config import WorkerConfig
 from services.runtime.connection import client_kwargs
 from services.runtime.dlq import REASON_UNREADABLE
+from services.runtime.faults import Fault
 from services.runtime.globaltable import GlobalTable, start_global_tables
 from services.runtime.logging import get_logger
 from services.runtime.metrics import WorkerMetrics, decision_labels
@@ -150,7 +151,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         self.config = config
         self.codec = codec
         self.metrics = metrics or WorkerMetrics(stage.name)
-        self.log = get_logger(stage=stage.name, group=config.group)
+        self.log = get_logger(stage=stage.name, group=config.group_id)
         self.tasks: dict[int, Task] = {}
         self.heartbeat = time.monotonic()
         self.started = False
@@ -210,9 +211,9 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         cfg = self.config
         self._consumer = AIOKafkaConsumer(
             **client_kwargs(cfg.bootstrap),
-            group_id=cfg.group,
+            group_id=cfg.group_id,
             group_instance_id=cfg.instance_id,
-            client_id=f"{cfg.group}.consumer",
+            client_id=f"{cfg.group_id}.consumer",
             isolation_level="read_committed",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -224,21 +225,21 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self._restorer = AIOKafkaConsumer(
             **client_kwargs(cfg.bootstrap), group_id=None, enable_auto_commit=False,
-            isolation_level="read_committed", client_id=f"{cfg.group}.restore",
+            isolation_level="read_committed", client_id=f"{cfg.group_id}.restore",
         )
         await self._consumer.start()
         await self._restorer.start()
         if not cfg.exactly_once:
             self._plain_producer = AIOKafkaProducer(
                 **client_kwargs(cfg.bootstrap), enable_idempotence=True, acks="all",
-                client_id=f"{cfg.group}.producer", linger_ms=5,
+                client_id=f"{cfg.group_id}.producer", linger_ms=5,
                 max_batch_size=PRODUCER_BATCH_BYTES)
             await self._plain_producer.start()
         await self._check_copartitioned()
         if self.stage.global_tables:  # whole tables read before the first record is decided
             self.global_tables = await start_global_tables(
                 self.stage.global_tables, bootstrap=cfg.bootstrap, codec=self.codec,
-                client_prefix=cfg.group)
+                client_prefix=cfg.group_id)
 
     async def _disconnect(self) -> None:
         tables, self.global_tables = self.global_tables, {}
@@ -257,7 +258,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._planner = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"hostgate-{self.stage.name}-plan")
         job = functools.partial(plan_batch, self.stage, self.codec, chunk, overlay,
-                                group=self.config.group, task_partition=task.partition,
+                                group=self.config.group_id, task_partition=task.partition,
                                 partition_counts=dict(self.partition_counts))
         return await asyncio.get_running_loop().run_in_executor(self._planner, job)
 
@@ -281,7 +282,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
 
         topics = [*self.stage.input_topics, *self.stage.changelogs.values()]
         admin = AIOKafkaAdminClient(**client_kwargs(self.config.bootstrap),
-                                    client_id=f"{self.config.group}.admin")
+                                    client_id=f"{self.config.group_id}.admin")
         await admin.start()
         try:
             described = await admin.describe_topics(topics)
@@ -549,7 +550,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         await _all_acked(futures)  # 3
         t_acked = time.monotonic()
         offsets = {TopicPartition(t, p): o for (t, p), o in total.next_offsets.items()}
-        await producer.send_offsets_to_transaction(offsets, self.config.group)  # 4
+        await producer.send_offsets_to_transaction(offsets, self.config.group_id)  # 4
         t_offsets = time.monotonic()
         await producer.commit_transaction()  # 5
         t_end = time.monotonic()
@@ -678,7 +679,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
         at-least-once baseline)."""
         assert self._consumer is not None
         where = Coordinates(tp.topic, tp.partition, offset)
-        rec = unreadable_dlq_record(self.stage, where, self.config.group, exc)
+        rec = unreadable_dlq_record(self.stage, where, self.config.group_id, exc)
         offsets = {tp: offset + 1}
         try:
             if self.config.exactly_once:
@@ -687,7 +688,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 await producer.begin_transaction()
                 await _all_acked([await producer.send(rec.topic, value=rec.value, key=rec.key,
                                                       headers=list(rec.headers))])
-                await producer.send_offsets_to_transaction(offsets, self.config.group)
+                await producer.send_offsets_to_transaction(offsets, self.config.group_id)
                 await producer.commit_transaction()
             else:
                 assert self._plain_producer is not None
@@ -721,6 +722,8 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                                  policy=self.stage.misrouted)
             if o.result == "dlq":
                 m.dlq.labels(name, str(o.facts.get("dlq_reason", "?"))).inc()
+                if o.facts.get("fault") == Fault.BUG:
+                    m.internal_errors.labels(name, o.error or "?").inc()
                 self.log.warning("decision", key=o.key, topic=c.topic, partition=c.partition,
                                  offset=c.offset, result=o.result, error=o.error, **o.facts)
             else:

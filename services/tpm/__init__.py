@@ -5,7 +5,8 @@ Event logs: :func:`parse_event_log` (bytes -> untrusted :class:`EventLog`), :fun
 ``verified_events`` are the only events later stages should interpret). Firmware workarounds are
 named in :mod:`services.tpm.quirks`; bounds on hostile input in :mod:`services.tpm.limits`.
 Other modules (UEFI/SIPA decoders, claims, IMA, quotes, keys) are imported from their own
-``services.tpm.<module>``.
+``services.tpm.<module>``. Nothing here remembers anything between calls; the few functions whose
+inputs recur across a fleet take an optional caller-owned ``memo=`` (:mod:`services.tpm.memo`).
 """
 
 from services.tpm.algorithms import ALGORITHMS, Algorithm, alg_by_id, alg_by_name, hash_constructor

@@ -8,23 +8,30 @@ manifest use.
 An algorithm id a log declares but hostgate does not know is still parseable (the Spec ID
 event gives its digest size); it is named ``"alg_0x00NN"`` and only an operation that must
 recompute a digest in that bank raises :class:`~services.tpm.errors.Unsupported`.
+
+:data:`ALGORITHMS` is the one table of ids, names and sizes: other modules derive their bank
+tables from it (:data:`SHA_BANKS` for the banks every TPM and every hashlib has).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from services.tpm.errors import Unsupported
 
 __all__ = [
     "ALGORITHMS",
+    "SHA_ALGORITHMS",
+    "SHA_BANKS",
     "Algorithm",
     "alg_by_id",
     "alg_by_name",
     "bank_name",
+    "digest_sizes",
     "hash_constructor",
 ]
 
@@ -53,9 +60,38 @@ ALGORITHMS: tuple[Algorithm, ...] = (
     Algorithm(0x0029, "sha3_512", 64, "sha3_512"),
 )
 
-_BY_ID: dict[int, Algorithm] = {a.alg_id: a for a in ALGORITHMS}
-_BY_NAME: dict[str, Algorithm] = {a.name: a for a in ALGORITHMS}
-_CONSTRUCTORS: dict[str, HashConstructor] = {}
+SHA_BANKS: Final[tuple[str, ...]] = ("sha1", "sha256", "sha384", "sha512")
+"""The SHA-1 and SHA-2 banks, in :data:`ALGORITHMS` order: what every hashlib provides and what
+IMA replay, PCR policies of credentials, the simulator's log builder and the IMA CLI take."""
+
+_BY_ID: Final[Mapping[int, Algorithm]] = MappingProxyType({a.alg_id: a for a in ALGORITHMS})
+_BY_NAME: Final[Mapping[str, Algorithm]] = MappingProxyType({a.name: a for a in ALGORITHMS})
+SHA_ALGORITHMS: Final[tuple[Algorithm, ...]] = tuple(_BY_NAME[name] for name in SHA_BANKS)
+"""The :class:`Algorithm` of each of :data:`SHA_BANKS`, in that order."""
+
+
+def _constructor(alg: Algorithm) -> HashConstructor | None:
+    """hashlib's constructor for ``alg`` (``ctor(data)``), None if this OpenSSL lacks it."""
+    hashlib_name = alg.hashlib_name
+    try:
+        hashlib.new(hashlib_name)
+    except ValueError:
+        return None
+    direct = getattr(hashlib, hashlib_name, None)
+    if callable(direct):
+        ctor: HashConstructor = direct
+        return ctor
+    return lambda data=b"": hashlib.new(hashlib_name, data)
+
+
+_CONSTRUCTORS: Final[Mapping[str, HashConstructor | None]] = MappingProxyType(
+    {a.name: _constructor(a) for a in ALGORITHMS})
+"""Bank name -> hash constructor (None: not available in this build), looked up once at import."""
+
+
+def digest_sizes(names: Iterable[str]) -> dict[str, int]:
+    """Bank name -> digest size for each of ``names`` (all known: a KeyError otherwise)."""
+    return {name: _BY_NAME[name].digest_size for name in names}
 
 
 def alg_by_id(alg_id: int) -> Algorithm | None:
@@ -82,17 +118,6 @@ def hash_constructor(name: str) -> HashConstructor:
     ctor = _CONSTRUCTORS.get(name)
     if ctor is not None:
         return ctor
-    alg = _BY_NAME.get(name)
-    if alg is None:
+    if name not in _CONSTRUCTORS:
         raise Unsupported(f"hash algorithm {name!r} is not supported")
-    hashlib_name = alg.hashlib_name
-    try:
-        hashlib.new(hashlib_name)
-    except ValueError as exc:
-        raise Unsupported(
-            f"hash algorithm {name!r} is not available in this Python/OpenSSL build"
-        ) from exc
-    direct = getattr(hashlib, hashlib_name, None)
-    ctor = direct if callable(direct) else (lambda data=b"": hashlib.new(hashlib_name, data))
-    _CONSTRUCTORS[name] = ctor
-    return ctor
+    raise Unsupported(f"hash algorithm {name!r} is not available in this Python/OpenSSL build")

@@ -17,14 +17,9 @@ rev 23, section 10.4.1 and 3.3.4):
 Everything else (image loads, firmware blobs, POST codes, GRUB file paths, Linux EFI-stub tags)
 is measured from content outside the log: ``not_bound``.
 
-Firmware quirks are named and only tried after the spec's payload failed in *every* bank:
-
-* ``boot-variable-data-only``: EV_EFI_VARIABLE_BOOT digest is over ``VariableData`` only, not
-  the whole ``UEFI_VARIABLE_DATA`` (EDK2-derived firmware: OVMF, GCE, Lenovo, Dell... — 27
-  corpus logs, e.g. A23, A31, A39, W03);
-* ``shim-authority-extra-byte``: shim before commit 8a27a4809a6a ("Fix the size of the
-  variable authority event") logs one byte more than it hashes in EV_EFI_VARIABLE_AUTHORITY
-  (go-attestation issue 157; corpus A30, A34, A36, S10, A50).
+Firmware quirks of the ``binding`` layer (:data:`services.tpm.quirks.QUIRKS`: which, why,
+which corpus logs) are only tried after the spec's payload failed in *every* bank, and the
+result names the quirk, so the claims (and the verdict) report it.
 """
 
 from __future__ import annotations
@@ -32,11 +27,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from services.tpm.algorithms import HashConstructor, hash_constructor
-from services.tpm.errors import DigestMismatch, MalformedInput, Unsupported
+from services.tpm.algorithms import hash_constructor
+from services.tpm.errors import DigestMismatch, Unsupported
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import decode_ipl
-from services.tpm.uefi import decode_uefi_variable_data
+from services.tpm.quirks import (
+    QUIRK_BOOT_VARIABLE_DATA_ONLY,
+    QUIRK_SHIM_AUTHORITY_EXTRA_BYTE,
+    Layer,
+    accepted,
+    of_layer,
+    quirk_by_id,
+)
 
 __all__ = [
     "QUIRK_BOOT_VARIABLE_DATA_ONLY",
@@ -48,8 +50,7 @@ __all__ = [
     "require_binding",
 ]
 
-QUIRK_BOOT_VARIABLE_DATA_ONLY: Final = "boot-variable-data-only"
-QUIRK_SHIM_AUTHORITY_EXTRA_BYTE: Final = "shim-authority-extra-byte"
+_BINDING_QUIRKS: Final = of_layer(Layer.BINDING)
 
 _WHOLE_DATA: Final = frozenset(
     {
@@ -102,15 +103,12 @@ def bound_payload(event: Event) -> bytes | None:
 
 
 def _quirk_payload(event: Event) -> tuple[str, bytes] | None:
-    etype = event.event_type
-    try:
-        if etype in (EventType.EV_EFI_VARIABLE_BOOT, EventType.EV_EFI_VARIABLE_BOOT2):
-            var = decode_uefi_variable_data(event.data, base=event.data_offset, seq=event.seq)
-            return QUIRK_BOOT_VARIABLE_DATA_ONLY, var.variable_data
-    except MalformedInput:
-        return None
-    if etype == EventType.EV_EFI_VARIABLE_AUTHORITY and event.data:
-        return QUIRK_SHIM_AUTHORITY_EXTRA_BYTE, event.data[:-1]
+    """The first binding quirk that applies to ``event``, with the bytes it says were hashed."""
+    for quirk in _BINDING_QUIRKS:
+        assert quirk.payload is not None
+        payload = quirk.payload(event)
+        if payload is not None:
+            return quirk.id, payload
     return None
 
 
@@ -119,20 +117,14 @@ def _matches(event: Event, payload: bytes) -> tuple[list[str], list[str]]:
     checked: list[str] = []
     bad: list[str] = []
     for bank, digest in event.digests.items():
-        ctor = _CTORS.get(bank)
-        if ctor is None:
-            try:
-                ctor = _CTORS[bank] = hash_constructor(bank)
-            except Unsupported:
-                continue
+        try:
+            ctor = hash_constructor(bank)
+        except Unsupported:
+            continue
         checked.append(bank)
         if ctor(payload).digest() != digest:
             bad.append(bank)
     return checked, bad
-
-
-#: Bank -> hash constructor, filled by :func:`_matches` (unsupported banks are never stored).
-_CTORS: dict[str, HashConstructor] = {}
 
 
 def check_binding(event: Event) -> BindingResult:
@@ -163,10 +155,12 @@ def check_binding_of_payload(event: Event, payload: bytes | None) -> BindingResu
 
 
 def require_binding(event: Event, *, allowed_quirks: frozenset[str] = frozenset()) -> None:
-    """Raise ``DigestMismatch`` unless ``event`` is bound (or bound via an allowed quirk)."""
+    """Raise ``DigestMismatch`` unless ``event`` is bound, or bound via a quirk that
+    :func:`services.tpm.quirks.accepted` accepts with ``allowed_quirks`` named."""
     result = check_binding(event)
+    quirk = quirk_by_id(result.quirk) if result.quirk is not None else None
     if result.status == "mismatch" or (
-        result.status == "quirk" and result.quirk not in allowed_quirks
+        result.status == "quirk" and (quirk is None or not accepted(quirk, allowed_quirks))
     ):
         bank = result.banks[0] if result.banks else "?"
         what = f"via quirk {result.quirk}, not allowed" if result.status == "quirk" else ""

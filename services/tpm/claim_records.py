@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from types import MappingProxyType
 from typing import Any, Final
 
 from services.tpm import sipa
@@ -254,15 +255,15 @@ def key_entries_json(entries: tuple[KeyEntry, ...]) -> list[dict[str, Any]]:
 
 _NOT_JSON: Final = frozenset({"decoded"})
 _SCALARS: Final = frozenset({str, int, bool, float, type(None)})
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _names_of(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name not in _NOT_JSON)
 
 
 def _field_names(cls: type) -> tuple[str, ...]:
     names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = tuple(f.name for f in fields(cls) if f.name not in _NOT_JSON)
-        _FIELD_NAMES[cls] = names
-    return names
+    return names if names is not None else _names_of(cls)
 
 
 def _json(value: Any) -> Any:
@@ -309,3 +310,16 @@ def _json(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_json(v) for v in value]
     return value
+
+
+def _record_classes() -> list[type]:
+    """The dataclasses defined here and in :mod:`services.tpm.sipa`: what a Claims holds."""
+    found = [*globals().values(), *vars(sipa).values()]
+    return [v for v in found if isinstance(v, type) and is_dataclass(v)
+            and v.__module__ in (__name__, sipa.__name__)]
+
+
+_FIELD_NAMES: Final[Mapping[type, tuple[str, ...]]] = MappingProxyType(
+    {cls: _names_of(cls) for cls in _record_classes()})
+"""JSON field names per record class, computed at import; :func:`_json` reflects on any other
+dataclass afresh."""

@@ -4,8 +4,8 @@
 (:class:`~services.tpm.replay.ReplayResult`) and returns one frozen, JSON-serialisable
 :class:`Claims` (records in :mod:`services.tpm.claim_records`). Each event is first *read* on
 its own (:mod:`services.tpm.readings`: type checks, the binding of its data to its digests,
-decoding; remembered across logs by exact content); data that does not hash to its digest is
-never interpreted. This module is the *fold*: readings applied in log order to what depends on
+decoding; with a caller's memo, remembered across logs by exact content); data that does not
+hash to its digest is never interpreted. This module is the *fold*: readings applied in log order to what depends on
 the rest of the log (separators seen, Secure Boot variables, authorities pending for the next
 image, event sequence numbers).
 
@@ -49,6 +49,7 @@ from services.tpm.claim_records import (
     QuirkUse,
 )
 from services.tpm.eventlog import PCR_NOT_EXTENDED, Event, EventType
+from services.tpm.memo import Memo
 from services.tpm.pcr_types import CODE_PCRS
 from services.tpm.readings import (
     IMAGE_KINDS,
@@ -371,6 +372,7 @@ def extract_claims(
     banks: Sequence[str] | None = None,
     measurement_registers: Literal["tpm", "ccel"] = "tpm",
     ima: Iterable[ImaClaim] | None = None,
+    memo: Memo | None = None,
 ) -> Claims:
     """Extract :class:`Claims` from replay-verified events.
 
@@ -381,7 +383,8 @@ def extract_claims(
     ``measurement_registers="ccel"`` reads an Intel TDX CCEL log (MR 1 holds what PCR 7 would).
 
     Each event is read on its own first (:func:`services.tpm.readings.read_events`: type and
-    binding checks, decoding; remembered across logs), then folded in log order. Never raises
+    binding checks, decoding; with ``memo``, looked up and remembered there), then folded in
+    log order. Never raises
     for bad event data: each undecodable event becomes an :class:`Anomaly` (fatal in the
     fail-closed PCRs, see the module docstring).
     """
@@ -402,7 +405,8 @@ def extract_claims(
     folds = _FOLDS
     code_pcrs = _CODE_PCRS[measurement_registers]
     not_code = _NOT_CODE[measurement_registers]
-    for ev, reading in zip(events, read_events(events, measurement_registers), strict=True):
+    for ev, reading in zip(events, read_events(events, measurement_registers, memo),
+                            strict=True):
         usable = reading.plain or _note(ev, reading, st)
         if ev.pcr in code_pcrs and not (usable and not reading.opaque
                                         and ev.event_type in not_code):

@@ -12,15 +12,19 @@ Each sub-parser calls ``set_defaults(func=...)`` with ``func(args) -> int``, and
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from services.tpm import cli_claims, cli_ima
-from services.tpm.cli_inputs import load_quoted_pcrs, read_log_file
+from services.tpm.cli_conventions import add_json_flag, command_group, print_json
+from services.tpm.cli_inputs import (
+    add_allow_quirk_argument,
+    add_pcrs_argument,
+    load_quoted_pcrs,
+    read_log_file,
+)
 from services.tpm.eventlog import Event, EventLog, parse_event_log
-from services.tpm.quirks import QUIRKS
+from services.tpm.quirks import Layer, of_layer
 from services.tpm.replay import replay, startup_locality, verify_replay
 
 __all__ = ["load_quoted_pcrs", "read_log_file", "register"]
@@ -30,14 +34,12 @@ __all__ = ["load_quoted_pcrs", "read_log_file", "register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``hostgate log show|verify|claims`` and ``hostgate ima``."""
-    log_parser = subparsers.add_parser(
-        "log",
+    log_sub = command_group(
+        subparsers, "log",
         help="inspect and verify TCG boot event logs",
         description="Parse, replay and verify TCG PC Client boot event logs "
         "(SHA1 and crypto-agile formats, TDX CCEL).",
     )
-    log_sub = log_parser.add_subparsers(dest="log_command", metavar="SUBCOMMAND")
-    log_parser.set_defaults(func=lambda _args: _help(log_parser))
 
     show = log_sub.add_parser(
         "show",
@@ -48,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show.add_argument("file", type=Path, metavar="FILE", help="binary event log "
                       "(e.g. /sys/kernel/security/tpm0/binary_bios_measurements)")
     show.add_argument("--bank", metavar="BANK", help="only this bank (sha1, sha256, sha384, ...)")
-    show.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_json_flag(show, "print JSON instead of tables")
     show.set_defaults(func=_cmd_show)
 
     verify = log_sub.add_parser(
@@ -56,29 +58,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="check that the log replays to given PCR values",
         description="Replay the log and compare with PCR values (e.g. from a verified quote). "
         "Exit status 0 if they match, non-zero with the first differing PCR otherwise.",
-        epilog="Known quirks: " + "; ".join(f"{q.id} (PCRs {sorted(q.affected_pcrs)})"
-                                             for q in QUIRKS),
+        epilog="Known replay quirks: " + "; ".join(
+            f"{q.id} (PCRs {sorted(q.affected_pcrs)})" for q in of_layer(Layer.REPLAY)),
     )
     verify.add_argument("file", type=Path, metavar="FILE", help="binary event log")
-    verify.add_argument(
-        "--pcrs", required=True, metavar="FILE_OR_JSON",
-        help='PCR values: a JSON/YAML file or inline JSON, {"sha256": {"0": "hex", ...}}; '
-        "tpm2_pcrread YAML output works too",
-    )
-    verify.add_argument(
-        "--allow-quirk", action="append", default=[], metavar="ID",
-        help="allow this named firmware workaround if a plain replay fails (repeatable)",
-    )
-    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_pcrs_argument(
+        verify, 'PCR values: a JSON/YAML file or inline JSON, {"sha256": {"0": "hex", ...}}; '
+        "tpm2_pcrread YAML output works too", required=True)
+    add_allow_quirk_argument(
+        verify, "allow this named firmware workaround if a plain replay fails (repeatable)")
+    add_json_flag(verify, "print the result as JSON")
     verify.set_defaults(func=_cmd_verify)
 
     cli_claims.register_log_commands(log_sub)
     cli_ima.register(subparsers)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _describe(ev: Event) -> str:
@@ -120,8 +113,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             "events": [_event_json(ev) for ev in log.events],
             "pcrs": {b: {str(p): v.hex() for p, v in vs.items()} for b, vs in pcrs.items()},
         }
-        json.dump(doc, sys.stdout, indent=1)
-        print()
+        print_json(doc)
         return 0
     _print_tables(log, pcrs, args.bank)
     return 0
@@ -168,8 +160,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             "startup_locality": result.startup_locality,
             "verified_events": [ev.seq for ev in result.verified_events],
         }
-        json.dump(doc, sys.stdout, indent=1)
-        print()
+        print_json(doc)
         return 0
     quirks = ", ".join(result.applied_quirks) or "none"
     print(f"OK: the log replays to the given PCRs {checked} in {', '.join(result.banks)} "

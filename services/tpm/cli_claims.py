@@ -6,13 +6,17 @@ Registered by :mod:`services.tpm.cli` through :func:`register_log_commands`.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Literal
 
 from services.tpm.claims import Claims, extract_claims
-from services.tpm.cli_inputs import load_quoted_pcrs, read_log_file
+from services.tpm.cli_conventions import add_json_flag, print_json
+from services.tpm.cli_inputs import (
+    add_allow_quirk_argument,
+    add_pcrs_argument,
+    load_quoted_pcrs,
+    read_log_file,
+)
 from services.tpm.eventlog import parse_event_log
 from services.tpm.replay import verify_replay
 
@@ -32,18 +36,13 @@ def register_log_commands(log_subparsers: argparse._SubParsersAction) -> None:  
         "(a policy would reject them).",
     )
     p.add_argument("file", type=Path, metavar="FILE", help="binary event log")
-    p.add_argument(
-        "--pcrs", metavar="FILE_OR_JSON",
-        help='verified PCR values ({"sha256": {"0": "hex"}}); the log must replay to them '
-        "and only the replay-verified events are read",
-    )
-    p.add_argument(
-        "--allow-quirk", action="append", default=[], metavar="ID",
-        help="allow this named replay workaround (repeatable; with --pcrs)",
-    )
+    add_pcrs_argument(
+        p, 'verified PCR values ({"sha256": {"0": "hex"}}); the log must replay to them '
+        "and only the replay-verified events are read")
+    add_allow_quirk_argument(p)
     p.add_argument("--ccel", action="store_true",
                    help="the log is an Intel TDX CCEL (MR indices instead of PCRs)")
-    p.add_argument("--json", action="store_true", help="print the claims as JSON")
+    add_json_flag(p, "print the claims as JSON")
     p.set_defaults(func=_cmd_claims)
 
 
@@ -60,8 +59,7 @@ def _cmd_claims(args: argparse.Namespace) -> int:
     else:
         claims = extract_claims(log.events, banks=log.banks, measurement_registers=registers)
     if args.json:
-        json.dump(claims.to_json_dict(), sys.stdout, indent=1)
-        print()
+        print_json(claims.to_json_dict())
     else:
         _print_summary(claims)
     return 3 if claims.failed_closed else 0

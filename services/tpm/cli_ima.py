@@ -6,29 +6,28 @@ Registered by ``services/tpm/cli.py`` (it calls :func:`register`).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-from services.errors import ConfigError
 from services.tpm import ima, ima_replay
+from services.tpm.algorithms import SHA_BANKS
+from services.tpm.cli_conventions import add_json_flag, command_group, print_json
+from services.tpm.cli_inputs import add_pcrs_argument, load_quoted_pcrs, read_log_file
 
 __all__ = ["register", "register_ima"]
 
-_BANKS = ("sha1", "sha256", "sha384", "sha512")
+_BANKS = SHA_BANKS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``hostgate ima show`` and ``hostgate ima verify``."""
-    parser = subparsers.add_parser(
-        "ima",
+    sub = command_group(
+        subparsers, "ima",
         help="inspect and verify Linux IMA measurement lists",
         description="Parse Linux IMA runtime measurement lists (ascii_runtime_measurements or "
         "binary_runtime_measurements; templates ima, ima-ng, ima-sig, ima-buf, ima-modsig) "
         "and replay them into PCR 10.",
     )
-    sub = parser.add_subparsers(dest="ima_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda _a: _help(parser))
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("file", type=Path, metavar="FILE", help="IMA list, ASCII or binary")
@@ -51,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=_BANKS,
         help="replay bank (repeatable; default sha1, sha256)",
     )
-    show.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json_flag(show, "print JSON instead of text")
     show.set_defaults(func=_cmd_show)
 
     verify = sub.add_parser(
@@ -62,12 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "(e.g. from a verified quote). With --boot-aggregate the first entry must equal the "
         "hash of PCRs 0-7 (SHA-1) or 0-9 (other banks). Exit 0 when everything matches.",
     )
-    verify.add_argument(
-        "--pcrs",
-        required=True,
-        metavar="FILE_OR_JSON",
-        help='PCR values, e.g. \'{"sha256": {"10": "ab12..."}}\' or a JSON/YAML file',
-    )
+    add_pcrs_argument(
+        verify, 'PCR values, e.g. \'{"sha256": {"10": "ab12..."}}\' or a JSON/YAML file',
+        required=True)
     verify.add_argument(
         "--allow-unquoted-tail",
         action="store_true",
@@ -76,25 +72,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     verify.add_argument(
         "--boot-aggregate", action="store_true", help="also check the boot_aggregate entry"
     )
-    verify.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_json_flag(verify, "print JSON instead of text")
     verify.set_defaults(func=_cmd_verify)
 
 
 register_ima = register
 
 
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
-
-
 def _load(args: argparse.Namespace) -> ima.ImaList:
-    limit = ima.DEFAULT_LIMITS.max_input_bytes
-    try:
-        with args.file.open("rb") as fh:
-            data = fh.read(limit + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {args.file}: {exc.strerror or exc}") from exc
+    data = read_log_file(args.file, ima.DEFAULT_LIMITS.max_input_bytes)
     quirks = [ima.QUIRK_TRUNCATED_TAIL] if args.truncated_tail else []
     return ima.parse(data, quirks=quirks)
 
@@ -141,7 +127,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 b: {str(p): v.hex() for p, v in sorted(m.items())} for b, m in pcrs.items()
             },
         }
-        print(json.dumps(doc, indent=2))
+        print_json(doc, indent=2)
         return 0
     for e in lst.entries:
         j = _entry_json(e)
@@ -159,8 +145,6 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from services.tpm.cli_inputs import load_quoted_pcrs
-
     lst = _load(args)
     quoted = load_quoted_pcrs(args.pcrs)
     verified = ima_replay.verify_replay(lst, quoted, allow_unquoted_tail=args.allow_unquoted_tail)
@@ -172,7 +156,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         "boot_aggregate_bank": bank,
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print_json(result, indent=2)
     else:
         tail = (
             f", {verified.unquoted_tail} unquoted entries after the quote"

@@ -1,8 +1,10 @@
 """Reading the files the ``hostgate log``/``ima``/``policy`` commands are given: boot logs (read
-bounded, so the parser reports an oversized one) and quoted PCR values (JSON or YAML)."""
+bounded, so the parser reports an oversized one) and quoted PCR values (JSON or YAML), and the
+flags that name the PCR values and the replay quirks allowed with them."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ from services.tpm.limits import DEFAULT_LIMITS
 
 
 def read_log_file(path: Path, max_bytes: int = DEFAULT_LIMITS.max_log_bytes) -> bytes:
-    """Read at most ``max_bytes + 1`` bytes of ``path`` (the parser reports the excess)."""
+    """Read at most ``max_bytes + 1`` bytes of ``path`` (the parser reports the excess): a boot
+    log, or an IMA list with the IMA parser's limit."""
     try:
         with path.open("rb") as fh:
             return fh.read(max_bytes + 1)
@@ -69,3 +72,17 @@ def load_quoted_pcrs(spec: str) -> dict[str, dict[int, bytes]]:
             bank_values[index] = _to_bytes(value, str(bank), index)
         out[str(bank)] = bank_values
     return out
+
+
+def add_pcrs_argument(parser: argparse.ArgumentParser, help: str, *,
+                      required: bool = False) -> None:
+    """``--pcrs FILE_OR_JSON``: quoted PCR values, read by :func:`load_quoted_pcrs`."""
+    parser.add_argument("--pcrs", required=required, metavar="FILE_OR_JSON", help=help)
+
+
+def add_allow_quirk_argument(
+        parser: argparse.ArgumentParser,
+        help: str = "allow this named replay workaround (repeatable; with --pcrs)") -> None:
+    """``--allow-quirk ID`` (repeatable): a named replay quirk of ``services.tpm.quirks`` the
+    replay may use; ``args.allow_quirk`` is the list, empty by default."""
+    parser.add_argument("--allow-quirk", action="append", default=[], metavar="ID", help=help)

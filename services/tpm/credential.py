@@ -35,6 +35,7 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import make_credential as _tss_make_credential
 from tpm2_pytss.utils import wrap as _tss_wrap
 
+from services.tpm.algorithms import SHA_ALGORITHMS
 from services.tpm.errors import (
     KeyAttributeError,
     MalformedTpmStructure,
@@ -51,12 +52,7 @@ MAX_CREDENTIAL_SIZE = 32
 #: A sealed data object's data is a TPM2B_SENSITIVE_DATA (MAX_SYM_DATA = 128 bytes).
 MAX_SEALED_SIZE = 128
 #: PCR bank name -> (TPM_ALG_ID, digest size).
-BANKS: Mapping[str, tuple[int, int]] = {
-    "sha1": (0x0004, 20),
-    "sha256": (0x000B, 32),
-    "sha384": (0x000C, 48),
-    "sha512": (0x000D, 64),
-}
+BANKS: Mapping[str, tuple[int, int]] = {a.name: (a.alg_id, a.digest_size) for a in SHA_ALGORITHMS}
 _EK_REQUIRED = TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.DECRYPT | TPMA_OBJECT.FIXEDTPM
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.tpm._cache import BoundedCache
 from services.tpm._datareader import DataReader, decode_utf16, format_guid
+from services.tpm.memo import Memo
 
 __all__ = [
     "MAX_DEVICE_PATH_BYTES",
@@ -175,7 +175,12 @@ def _hard_drive(r: DataReader) -> str:
 
 
 def decode_device_path(
-    data: bytes, *, base: int = 0, seq: int | None = None, multiple: bool = False
+    data: bytes,
+    *,
+    base: int = 0,
+    seq: int | None = None,
+    multiple: bool = False,
+    memo: Memo | None = None,
 ) -> DevicePath:
     """Decode ``data`` as an EFI device path (UEFI 2.10, 10.3).
 
@@ -186,17 +191,18 @@ def decode_device_path(
     ``multiple`` accepts further paths after End-Entire (an ``EFI_LOAD_OPTION``'s
     ``FilePathList`` may hold several, UEFI 3.1.3); they render like extra instances (``,``).
 
-    A successful result (it holds no offsets) is remembered by the exact bytes (bounded LRU):
-    the same boot paths recur at every attestation. Failures are never remembered.
+    With ``memo``, a result (it holds no offsets) is looked up and remembered in
+    ``memo.device_paths`` by the exact bytes and ``multiple``: the same boot paths recur at
+    every attestation.
     """
-    if len(data) > MAX_DEVICE_PATH_BYTES:
-        return _decode_device_path(data, base, seq, multiple)  # raises LimitExceeded
-    return _PATHS.get_or_compute(
-        (bytes(data), multiple), lambda: _decode_device_path(data, base, seq, multiple)
-    )
-
-
-_PATHS: BoundedCache[tuple[bytes, bool], DevicePath] = BoundedCache("device_paths", 1024)
+    if memo is None or len(data) > MAX_DEVICE_PATH_BYTES:
+        return _decode_device_path(data, base, seq, multiple)  # over the limit: raises
+    key = (bytes(data), multiple)
+    found = memo.device_paths.get(key)
+    if found is None:
+        found = _decode_device_path(data, base, seq, multiple)
+        memo.device_paths.put(key, found, len(data))
+    return found
 
 
 def _decode_device_path(data: bytes, base: int, seq: int | None, multiple: bool) -> DevicePath:

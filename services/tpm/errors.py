@@ -32,7 +32,10 @@ from services.errors import HostgateError
 
 
 class TpmError(HostgateError):
-    """Base of the TPM library's errors."""
+    """Base of the TPM library's errors. Every one is about the bytes it was handed (which a
+    stage got from a host), so each is the sender's fault (``host_fault``)."""
+
+    host_fault = True
 
 
 class MalformedInput(TpmError):

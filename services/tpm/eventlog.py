@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final, Literal, NamedTuple
 
-from services.tpm._cache import BoundedCache
 from services.tpm.algorithms import alg_by_id, bank_name
 from services.tpm.errors import LimitExceeded, MalformedLog
 from services.tpm.limits import DEFAULT_LIMITS, Limits
+from services.tpm.memo import Memo
 
 __all__ = [
     "PCR_NOT_EXTENDED",
@@ -247,12 +247,6 @@ def _need(data: bytes, offset: int, count: int, seq: int, field: str, what: str)
         raise _malformed(f"truncated {what}: need {count} bytes, {left} left", offset, seq, field)
 
 
-_SPEC_IDS: Final[BoundedCache[tuple[bytes, int], SpecIdEvent]] = BoundedCache("spec_id_events",
-                                                                              256)
-"""Decoded Spec ID events by (event data, digest-count limit): one per firmware build in a
-fleet. Only successes are remembered (an error names its offset afresh)."""
-
-
 def _parse_spec_id(body: bytes, body_offset: int, limits: Limits) -> SpecIdEvent:
     """Decode ``TCG_EfiSpecIDEventStruct``; offsets in errors are absolute."""
     _need(body, 0, _SPEC_ID_FIXED.size, 0, "TCG_EfiSpecIDEventStruct", "Spec ID event")
@@ -307,6 +301,18 @@ def _parse_spec_id(body: bytes, body_offset: int, limits: Limits) -> SpecIdEvent
         algorithms=tuple(algorithms),
         vendor_info=body[pos + 1 :],
     )
+
+
+def _spec_id(body: bytes, limits: Limits, memo: Memo | None) -> SpecIdEvent:
+    """:func:`_parse_spec_id` of the first event's data (at offset 32), through ``memo``."""
+    if memo is None:
+        return _parse_spec_id(body, 32, limits)
+    key = (body, limits.max_digests_per_event)
+    found = memo.spec_ids.get(key)
+    if found is None:
+        found = _parse_spec_id(body, 32, limits)
+        memo.spec_ids.put(key, found, len(body))
+    return found
 
 
 def _check_pcr(pcr: int, offset: int, seq: int, limits: Limits) -> None:
@@ -366,12 +372,16 @@ def _padding_start(data: bytes) -> int:
     return 0
 
 
-def parse_event_log(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> EventLog:
+def parse_event_log(
+    data: bytes, *, limits: Limits = DEFAULT_LIMITS, memo: Memo | None = None
+) -> EventLog:
     """Parse a TCG boot event log (SHA1 or crypto-agile format). The result is UNTRUSTED.
 
     Trailing 0x00/0xFF padding (ACPI TPM2/CCEL regions are read whole) is skipped and counted.
     Raises :class:`MalformedLog` for any structural error and :class:`LimitExceeded` when a
-    :class:`Limits` bound is hit; both name the byte offset, event index and field.
+    :class:`Limits` bound is hit; both name the byte offset, event index and field. With
+    ``memo``, the decoded Spec ID event (one per firmware build in a fleet) is looked up and
+    remembered in ``memo.spec_ids`` by (its exact data, the digest-count limit).
     """
     data = bytes(data)
     size = len(data)
@@ -392,8 +402,7 @@ def parse_event_log(data: bytes, *, limits: Limits = DEFAULT_LIMITS) -> EventLog
     first = Event(0, 0, pcr, etype, {"sha1": digest}, body, 32)
     # TPM logs put the Spec ID event in PCR 0; TDX CCEL logs in MR index 1 (RTMR0).
     if etype == EventType.EV_NO_ACTION and body.startswith(SPEC_ID_SIGNATURE):
-        spec_id = _SPEC_IDS.get_or_compute((body, limits.max_digests_per_event),
-                                           lambda: _parse_spec_id(body, 32, limits))
+        spec_id = _spec_id(body, limits, memo)
         events = _parse_agile(data, 32 + esize, end, spec_id, first, limits)
         banks = tuple(a.bank for a in spec_id.algorithms)
         fmt: Literal["sha1", "crypto-agile"] = "crypto-agile"

@@ -25,21 +25,15 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from services.tpm.algorithms import SHA_ALGORITHMS
 from services.tpm.errors import TpmError, Unsupported
 
 #: TPM_ALG_ID values of the hash algorithms a simulated log may declare (TPM 2.0 Part 2, 6.3).
-TPM_ALG_SHA1 = 0x0004
-TPM_ALG_SHA256 = 0x000B
-TPM_ALG_SHA384 = 0x000C
-TPM_ALG_SHA512 = 0x000D
+TPM_ALG_SHA1, TPM_ALG_SHA256, TPM_ALG_SHA384, TPM_ALG_SHA512 = (a.alg_id for a in SHA_ALGORITHMS)
 
-#: TPM_ALG_ID -> hashlib name and digest size.
-HASH_ALGS: Mapping[int, tuple[str, int]] = {
-    TPM_ALG_SHA1: ("sha1", 20),
-    TPM_ALG_SHA256: ("sha256", 32),
-    TPM_ALG_SHA384: ("sha384", 48),
-    TPM_ALG_SHA512: ("sha512", 64),
-}
+#: TPM_ALG_ID -> hashlib name and digest size (the SHA banks of ``services.tpm.algorithms``).
+HASH_ALGS: Mapping[int, tuple[str, int]] = {a.alg_id: (a.name, a.digest_size)
+                                             for a in SHA_ALGORITHMS}
 
 #: hashlib/tpm2 bank name -> TPM_ALG_ID.
 BANK_ALG_IDS: Mapping[str, int] = {name: alg for alg, (name, _) in HASH_ALGS.items()}

@@ -21,14 +21,16 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
+from services.tpm.algorithms import SHA_BANKS, digest_sizes
 from services.tpm.errors import (
     LimitExceeded,
     MalformedImaList,
     MalformedInput,
     Unsupported,
 )
+from services.tpm.quirks import QUIRK_TRUNCATED_TAIL, Layer, of_layer
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -45,21 +47,20 @@ __all__ = [
 SHA1_LEN = 20
 LEGACY_NAME_LEN = 256  # IMA_EVENT_NAME_LEN_MAX + 1: legacy "ima" names are hashed NUL-padded
 
-QUIRK_TRUNCATED_TAIL = "ima-truncated-tail"
-"""Named quirk: the binary list ends inside an entry (a copy cut at a size limit, as in
-tpm2-tss' ``sml-ima-*.b64`` fixtures, whose lists end with 1 or 6 bytes of a next entry).
-With it, the incomplete last entry is dropped and counted in ``ImaList.truncated_tail``;
-without it (the default) the list is malformed. Entries dropped this way are simply absent,
-so a quoted PCR 10 that covers them will not match: it never widens what verifies."""
-
-KNOWN_QUIRKS = frozenset({QUIRK_TRUNCATED_TAIL})
+KNOWN_QUIRKS = frozenset(q.id for q in of_layer(Layer.IMA))
+"""The ``ima`` quirks of :data:`services.tpm.quirks.QUIRKS`. With
+:data:`~services.tpm.quirks.QUIRK_TRUNCATED_TAIL` the incomplete last entry of a list that ends
+inside one is dropped and counted in ``ImaList.truncated_tail``; without it (the default) the
+list is malformed."""
 
 # The kernel's ``enum hash_algo`` (include/uapi/linux/hash_info.h), index = value, with the
 # digest size of each; used for signature headers and for d-ng algorithm prefixes.
+# The SHA-1/SHA-2 sizes are those of ``services.tpm.algorithms`` (the same fact).
+_SHA: Final = digest_sizes(SHA_BANKS)
 _KERNEL_HASH_ALGOS: tuple[tuple[str, int], ...] = (
-    ("md4", 16), ("md5", 16), ("sha1", 20), ("rmd160", 20), ("sha256", 32), ("sha384", 48),
-    ("sha512", 64), ("sha224", 28), ("rmd128", 16), ("rmd256", 32), ("rmd320", 40),
-    ("wp256", 32), ("wp384", 48), ("wp512", 64), ("tgr128", 16), ("tgr160", 20),
+    ("md4", 16), ("md5", 16), ("sha1", _SHA["sha1"]), ("rmd160", 20), ("sha256", _SHA["sha256"]),
+    ("sha384", _SHA["sha384"]), ("sha512", _SHA["sha512"]), ("sha224", 28), ("rmd128", 16),
+    ("rmd256", 32), ("rmd320", 40), ("wp256", 32), ("wp384", 48), ("wp512", 64), ("tgr128", 16), ("tgr160", 20),
     ("tgr192", 24), ("sm3", 32), ("streebog256", 32), ("streebog512", 64),
     ("sha3-256", 32), ("sha3-384", 48), ("sha3-512", 64),
 )  # fmt: skip

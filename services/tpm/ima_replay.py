@@ -22,6 +22,7 @@ import hmac
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
+from services.tpm.algorithms import SHA_BANKS, digest_sizes
 from services.tpm.errors import DigestMismatch, ReplayMismatch, Unsupported, VerificationFailed
 from services.tpm.ima import ImaEntry, ImaList
 
@@ -42,7 +43,7 @@ IMA_PCR = 10
 
 BOOT_AGGREGATE_NAME = "boot_aggregate"
 
-_BANK_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+_BANK_SIZES = digest_sizes(SHA_BANKS)
 
 
 class BootAggregateMismatch(VerificationFailed):

@@ -12,17 +12,17 @@ names (Part 1, 26.5): ``QN(hierarchy) = handle``; ``QN(obj) = nameAlg || H_nameA
 
 from __future__ import annotations
 
-import functools
 import hmac
 from dataclasses import dataclass
 from enum import IntFlag
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tpm2_pytss import TPM2B_PUBLIC, TSS2_Exception
 
-from services.tpm._cache import BoundedCache
 from services.tpm.algorithms import alg_by_id, alg_by_name, bank_name, hash_constructor
 from services.tpm.errors import KeyAttributeError, MalformedTpmStructure, Unsupported
+from services.tpm.memo import Memo
 
 __all__ = [
     "AK_REQUIRED",
@@ -58,14 +58,6 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {
     0x0005: ec.SECP521R1,  # TPM_ECC_NIST_P521
 }
 _CURVE_NAMES = {0x0003: "nist_p256", 0x0004: "nist_p384", 0x0005: "nist_p521"}
-
-PUBLIC_CACHE_SIZE = 4096
-"""Decoded TPM2B_PUBLIC areas (and their ``cryptography`` keys) remembered, keyed by the exact
-marshalled bytes: one enrolled AK per host is verified again at every attestation."""
-_PUBLIC_CACHE: BoundedCache[bytes, TpmPublic] = BoundedCache("tpm2b_public", PUBLIC_CACHE_SIZE)
-_KEY_CACHE: BoundedCache[tuple[object, ...], PublicKey] = BoundedCache(
-    "crypto_key", PUBLIC_CACHE_SIZE
-)
 
 
 class ObjectAttr(IntFlag):
@@ -127,12 +119,19 @@ class TpmPublic:
     ecc_x: bytes | None = None
     ecc_y: bytes | None = None
 
-    def crypto_key(self) -> PublicKey:
-        """The key as a ``cryptography`` public key (RSA or NIST-curve ECC); remembered per
-        exact key material (bounded LRU)."""
-        key = (self.type, self.rsa_modulus, self.rsa_exponent, self.ecc_curve, self.ecc_x,
-               self.ecc_y)
-        return _KEY_CACHE.get_or_compute(key, self._build_crypto_key)
+    def crypto_key(self, memo: Memo | None = None) -> PublicKey:
+        """The key as a ``cryptography`` public key (RSA or NIST-curve ECC). With ``memo``,
+        looked up and remembered in ``memo.crypto_keys`` by the exact key material (the
+        enrolled AK of a host signs every quote it sends)."""
+        if memo is None:
+            return self._build_crypto_key()
+        material = (self.type, self.rsa_modulus, self.rsa_exponent, self.ecc_curve, self.ecc_x,
+                    self.ecc_y)
+        found = memo.crypto_keys.get(material)
+        if found is None:
+            found = self._build_crypto_key()
+            memo.crypto_keys.put(material, found, len(self.public_area))
+        return found
 
     def _build_crypto_key(self) -> PublicKey:
         if self.rsa_modulus is not None and self.rsa_exponent is not None:
@@ -173,13 +172,19 @@ def unmarshal_exact(cls: type, data: bytes, what: str) -> object:
     return obj
 
 
-def decode_public(data: bytes) -> TpmPublic:
+def decode_public(data: bytes, memo: Memo | None = None) -> TpmPublic:
     """Decode an untrusted marshalled ``TPM2B_PUBLIC`` (size-prefixed TPMT_PUBLIC).
 
-    Results are remembered per exact input bytes (bounded LRU; failures are not remembered):
-    the decoded value is a pure function of ``data``."""
+    With ``memo``, looked up and remembered in ``memo.tpm_publics`` by the exact bytes (one
+    enrolled AK per host is decoded again at every attestation)."""
     raw = bytes(data)
-    return _PUBLIC_CACHE.get_or_compute(raw, lambda: _decode_public(raw))
+    if memo is None:
+        return _decode_public(raw)
+    found = memo.tpm_publics.get(raw)
+    if found is None:
+        found = _decode_public(raw)
+        memo.tpm_publics.put(raw, found, len(raw))
+    return found
 
 
 def _decode_public(data: bytes) -> TpmPublic:
@@ -253,15 +258,21 @@ def check_ak_attributes(pub: TpmPublic) -> None:
 
     Raises ``KeyAttributeError`` naming every missing or forbidden attribute.
     """
-    problem = _ak_attribute_problem(int(pub.attributes), pub.type)
+    attributes, key_type = int(pub.attributes), pub.type
+    if (attributes & _AK_REQUIRED_BITS == _AK_REQUIRED_BITS and not attributes & _DECRYPT_BIT
+            and key_type in (TPM_ALG_RSA, TPM_ALG_ECC)):
+        return  # every AK of a fleet: two integer tests
+    problem = _ak_attribute_problem(attributes, key_type)
     if problem is not None:
         raise KeyAttributeError(problem)
 
 
-@functools.lru_cache(maxsize=64)
+_AK_REQUIRED_BITS: Final = int(AK_REQUIRED)
+_DECRYPT_BIT: Final = int(ObjectAttr.DECRYPT)
+
+
 def _ak_attribute_problem(attributes: int, key_type: int) -> str | None:
-    """What disqualifies (attributes, type) as an AK, or None (pure; memoised: a fleet's AKs
-    share one template)."""
+    """What disqualifies (attributes, type) as an AK, or None."""
     attrs = ObjectAttr(attributes)
     missing = [a.name for a in ObjectAttr if a in AK_REQUIRED and a not in attrs]
     forbidden = ["DECRYPT"] if ObjectAttr.DECRYPT in attrs else []

@@ -13,11 +13,10 @@ References: TPM 2.0 Part 2, 10.12 (TPMS_ATTEST, TPMS_QUOTE_INFO, TPMS_CERTIFY_IN
 
 from __future__ import annotations
 
-import functools
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from tpm2_pytss import TPMS_ATTEST, TPMT_SIGNATURE
 from tpm2_pytss.types import ffi
 
-from services.tpm.algorithms import alg_by_name, bank_name, hash_constructor
+from services.tpm.algorithms import SHA_ALGORITHMS, alg_by_name, bank_name, hash_constructor
 from services.tpm.errors import (
     InvalidQuoteSignature,
     MalformedTpmStructure,
@@ -47,6 +46,7 @@ from services.tpm.keys import (
     decode_public,
     unmarshal_exact,
 )
+from services.tpm.memo import Memo
 
 __all__ = [
     "TPM_GENERATED_VALUE",
@@ -68,11 +68,10 @@ TPM_GENERATED_VALUE = 0xFF544347
 TPM_ST_ATTEST_CERTIFY = 0x8017
 TPM_ST_ATTEST_QUOTE = 0x8018
 
-_CRYPTO_HASHES: dict[str, hashes.HashAlgorithm] = {
-    "sha256": hashes.SHA256(),
-    "sha384": hashes.SHA384(),
-    "sha512": hashes.SHA512(),
+_CRYPTO_HASHES: Final[Mapping[str, hashes.HashAlgorithm]] = {
+    a.name: getattr(hashes, a.name.upper())() for a in SHA_ALGORITHMS if a.name != "sha1"
 }
+"""Bank name -> ``cryptography`` hash of the signature schemes accepted (SHA-2; never SHA-1)."""
 _MINT = object()  # only this module's verify functions hold it
 
 
@@ -155,11 +154,14 @@ def _tpm2b(value: Any, field_name: str) -> bytes:
     return raw
 
 
-@functools.lru_cache(maxsize=256)
+_BITS_OF: Final = tuple(tuple(b for b in range(8) if byte >> b & 1) for byte in range(256))
+"""Byte value -> the bits set in it, ascending."""
+
+
 def _pcrs_of(bitmap: bytes) -> tuple[int, ...]:
-    """PCR indices (ascending) selected by a TPMS_PCR_SELECTION bitmap (pure; memoised, as
-    fleets quote the same selections)."""
-    return tuple(8 * j + b for j, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1)
+    """PCR indices (ascending) selected by a TPMS_PCR_SELECTION bitmap."""
+    bits = _BITS_OF
+    return tuple(8 * j + b for j, byte in enumerate(bitmap) for b in bits[byte])
 
 
 def decode_attest(data: bytes) -> UnverifiedAttest:
@@ -201,11 +203,14 @@ def decode_attest(data: bytes) -> UnverifiedAttest:
     return UnverifiedAttest(magic, atype, signer, extra, clock_info, firmware)
 
 
-def verify_attest_signature(signer: TpmPublic, attest: bytes, signature: bytes) -> str:
+def verify_attest_signature(
+    signer: TpmPublic, attest: bytes, signature: bytes, memo: Memo | None = None
+) -> str:
     """Verify a TPMT_SIGNATURE over the exact ``attest`` bytes; return the hash alg name.
 
     RSASSA-PKCS1-v1_5, RSAPSS (any salt length, as TPMs differ) and ECDSA. The signature's
-    scheme must suit the key type and equal the key's fixed scheme when it has one.
+    scheme must suit the key type and equal the key's fixed scheme when it has one. ``memo``:
+    for the signer's ``cryptography`` key (:meth:`TpmPublic.crypto_key`).
     """
     sig = unmarshal_exact(TPMT_SIGNATURE, signature, "TPMT_SIGNATURE")
     assert isinstance(sig, TPMT_SIGNATURE)
@@ -234,7 +239,7 @@ def verify_attest_signature(signer: TpmPublic, attest: bytes, signature: bytes) 
     h = _CRYPTO_HASHES.get(hash_name)
     if h is None:
         raise Unsupported(f"signature hash {hash_name} is not accepted")
-    key = signer.crypto_key()
+    key = signer.crypto_key(memo)
     try:
         if isinstance(key, rsa.RSAPublicKey):
             pad: padding.AsymmetricPadding = (
@@ -305,17 +310,19 @@ def verify_quote(
     *,
     nonce: bytes,
     pcr_values: Mapping[str, Mapping[int, bytes]],
+    memo: Memo | None = None,
 ) -> VerifiedQuote:
     """Verify a TPM2_Quote made by the AK ``ak_public`` (marshalled TPM2B_PUBLIC).
 
     ``nonce`` is what the verifier issued (compared in constant time with ``extraData``);
     ``pcr_values`` the host's reported PCR values, of which the quoted selection must hash to
     ``pcrDigest``. Returns the trusted :class:`VerifiedQuote` or raises the
-    ``VerificationFailed`` / ``MalformedInput`` family.
+    ``VerificationFailed`` / ``MalformedInput`` family. ``memo``: for the AK's decoded public
+    area and ``cryptography`` key (:func:`~services.tpm.keys.decode_public`).
     """
-    ak = decode_public(ak_public)
+    ak = decode_public(ak_public, memo)
     check_ak_attributes(ak)
-    hash_alg = verify_attest_signature(ak, attest, signature)
+    hash_alg = verify_attest_signature(ak, attest, signature, memo)
     a = decode_attest(attest)
     if a.type != TPM_ST_ATTEST_QUOTE:
         raise MalformedTpmStructure(

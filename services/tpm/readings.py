@@ -1,4 +1,4 @@
-"""What one boot event says on its own: the pure, memoised half of claim extraction.
+"""What one boot event says on its own: the pure half of claim extraction.
 
 :func:`~services.tpm.claims.extract_claims` works in two steps. This module is the first: for
 one event, :func:`read_event` runs every check and decoder whose outcome depends on the event
@@ -9,12 +9,10 @@ duplicate Secure Boot variables, the authorities pending for the next image, seq
 
 A reading is a function of (measurement registers, PCR, type, data, digests) only and holds no
 byte offset or sequence number. A fleet measures the same firmware, key databases, boot loaders
-and Windows builds on every host, so most events of a log were seen before, byte for byte:
-:func:`read_event` remembers readings in one bounded LRU (:data:`READINGS`, bounded in entries
-and in bytes of event data held) keyed by exactly those values. A reading whose decoding failed
-is never remembered: its message names the byte offset and event in *this* log, and the next
-occurrence is decoded afresh. Keys are the exact bytes (Python's randomised hashing), so a
-hostile host can evict entries but never make one event read as another.
+and Windows builds on every host, so most events of a log were seen before, byte for byte: a
+caller's :class:`~services.tpm.memo.Memo` (``memo=``) remembers readings keyed by exactly those
+values (:func:`reading_key`). A reading that names offsets of one log (a failed decoding) is
+never remembered.
 """
 
 from __future__ import annotations
@@ -26,15 +24,14 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from services.tpm import sipa
-from services.tpm._cache import BoundedCache
 from services.tpm.bindings import BindingResult, bound_payload, check_binding_of_payload
 from services.tpm.claim_records import BootOption, DecodedEvent, KeyEntry
 from services.tpm.errors import MalformedInput
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import LINUX_EFI_INITRD_TAG, LINUX_EFI_LOAD_OPTIONS_TAG, IplString, decode_ipl
+from services.tpm.memo import Memo
 from services.tpm.pcr_types import TOLERANT_PCRS, allowed_types, content_problem
 from services.tpm.uefi import (
-    CACHED_VALUE_MAX,
     KEY_DATABASES,
     UefiVariableData,
     decode_boot_order,
@@ -54,7 +51,6 @@ from services.tpm.uefi import (
 __all__ = [
     "CERT_AUTHORITIES",
     "IMAGE_KINDS",
-    "READINGS",
     "AuthorityFact",
     "BlobFact",
     "Fact",
@@ -70,12 +66,10 @@ __all__ = [
 
 Registers = Literal["tpm", "ccel"]
 
-READINGS: Final[BoundedCache[tuple[object, ...], Reading]] = BoundedCache(
-    "event_readings", 16384, max_weight=32 * 1024 * 1024
-)
-"""Readings by (registers, PCR, type, data or its SHA-256, digests); weight = data length."""
 _KEY_BY_DIGEST_ABOVE: Final = 1024
 """Longer data is keyed by its SHA-256 (cheaper to compare, and the key holds 32 bytes)."""
+_MEMO_VALUE_MAX: Final = 256 * 1024
+"""Largest key database value whose entries a memo remembers (real dbx: ~25 KiB)."""
 
 _KNOWN_TYPES: Final = frozenset(int(t) for t in EventType)
 _WINDOWS_PCRS: Final = frozenset({12, 13, 14})
@@ -186,7 +180,7 @@ class Reading:
         object.__setattr__(self, "plain", plain)
 
     @property
-    def cacheable(self) -> bool:
+    def rememberable(self) -> bool:
         """False when the reading names byte offsets or events of one log."""
         if self.error is not None:
             return False
@@ -199,68 +193,69 @@ class Reading:
 
 
 # --- readers: event -> fact; raise MalformedInput naming offsets in this log ----------------
-def _variable_fact(ev: Event) -> VariableFact:
+def _variable_fact(ev: Event, memo: Memo | None) -> VariableFact:
     var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
     relative = UefiVariableData(var.variable_guid, var.name, var.variable_data,
                                 var.data_offset - ev.data_offset, var.trailing)
     if var.name not in KEY_DATABASES:
         return VariableFact(relative)
     try:
-        entries = _key_entries(var, ev.seq)
+        entries = _key_entries(var, ev.seq, memo)
     except MalformedInput as exc:
         return VariableFact(relative, entries_error=str(exc))
     return VariableFact(relative, entries)
 
 
-_KEY_ENTRIES: BoundedCache[bytes, tuple[KeyEntry, ...]] = BoundedCache("key_entries", 64)
-
-
-def _key_entries(var: UefiVariableData, seq: int) -> tuple[KeyEntry, ...]:
-    """The entries of a PK/KEK/db/dbx value, remembered by the value's SHA-256 (the same
-    database appears in many variables' readings: PCR 7 and, on some firmware, PCR 1)."""
+def _key_entries(var: UefiVariableData, seq: int, memo: Memo | None) -> tuple[KeyEntry, ...]:
+    """The entries of a PK/KEK/db/dbx value; ``memo.key_entries`` by the value's SHA-256 (the
+    same database appears in many variables' readings: PCR 7 and, on some firmware, PCR 1; one
+    tuple per value also lets a verdict write its JSON once)."""
     value = var.variable_data
+    key = None
+    if memo is not None and len(value) <= _MEMO_VALUE_MAX:
+        key = hashlib.sha256(value).digest()
+        found = memo.key_entries.get(key)
+        if found is not None:
+            return found
+    lists = decode_signature_lists(value, base=var.data_offset, seq=seq, memo=memo)
+    entries = tuple(
+        KeyEntry(e.kind, e.owner, e.digest, e.subject) for lst in lists for e in lst.entries
+    )
+    if key is not None and memo is not None:
+        memo.key_entries.put(key, entries, len(value))
+    return entries
 
-    def decode() -> tuple[KeyEntry, ...]:
-        lists = decode_signature_lists(value, base=var.data_offset, seq=seq)
-        return tuple(
-            KeyEntry(e.kind, e.owner, e.digest, e.subject) for lst in lists for e in lst.entries
-        )
 
-    if len(value) > CACHED_VALUE_MAX:
-        return decode()
-    return _KEY_ENTRIES.get_or_compute(hashlib.sha256(value).digest(), decode)
-
-
-def _authority_fact(ev: Event) -> AuthorityFact:
+def _authority_fact(ev: Event, memo: Memo | None) -> AuthorityFact:
     var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq, allow_trailing=True)
     value = var.variable_data
     if var.name in CERT_AUTHORITIES:
-        e = decode_signature_data(value, base=var.data_offset, seq=ev.seq)
+        e = decode_signature_data(value, base=var.data_offset, seq=ev.seq, memo=memo)
         return AuthorityFact(var.name, e.kind, e.owner, e.digest, e.subject)
     return AuthorityFact(var.name, "variable", var.variable_guid,
                          hashlib.sha256(value).digest(), None)
 
 
-def _image_fact(ev: Event) -> ImageFact:
-    img = decode_image_load_event(ev.data, base=ev.data_offset, seq=ev.seq)
+def _image_fact(ev: Event, memo: Memo | None) -> ImageFact:
+    img = decode_image_load_event(ev.data, base=ev.data_offset, seq=ev.seq, memo=memo)
     return ImageFact(IMAGE_KINDS[ev.event_type], img.device_path.text, img.device_path.file_path)
 
 
-def _boot_variable_fact(ev: Event) -> BootOption | tuple[int, ...] | None:
+def _boot_variable_fact(ev: Event, memo: Memo | None) -> BootOption | tuple[int, ...] | None:
     var = decode_uefi_variable_data(ev.data, base=ev.data_offset, seq=ev.seq)
     if var.name == "BootOrder":
         return decode_boot_order(var.variable_data, base=var.data_offset, seq=ev.seq)
     if _BOOT_OPTION.match(var.name):
-        opt = decode_load_option(var.variable_data, base=var.data_offset, seq=ev.seq)
+        opt = decode_load_option(var.variable_data, base=var.data_offset, seq=ev.seq, memo=memo)
         return BootOption(var.name, opt.description, opt.device_path.text, opt.active)
     return None
 
 
-def _action_fact(ev: Event) -> str:
+def _action_fact(ev: Event, _memo: Memo | None) -> str:
     return ev.data.decode("ascii", "replace")
 
 
-def _crtm_version_fact(ev: Event) -> str:
+def _crtm_version_fact(ev: Event, _memo: Memo | None) -> str:
     """EV_S_CRTM_VERSION (PFP 10.4.1): UTF-16 text (UEFI), ASCII (some TCG 1.2 BIOSes), or
     binary such as a GUID (kept as hex). An empty UTF-16 string (``00 00``) is ``""``."""
     data = ev.data
@@ -272,7 +267,7 @@ def _crtm_version_fact(ev: Event) -> str:
     return data.hex()
 
 
-def _blob_fact(ev: Event) -> BlobFact:
+def _blob_fact(ev: Event, _memo: Memo | None) -> BlobFact:
     if ev.event_type == EventType.EV_EFI_PLATFORM_FIRMWARE_BLOB2:
         b = decode_firmware_blob2(ev.data, base=ev.data_offset, seq=ev.seq)
     elif len(ev.data) == 16:
@@ -284,7 +279,7 @@ def _blob_fact(ev: Event) -> BlobFact:
     return BlobFact(b.description, b.blob_base, b.blob_length)
 
 
-def _handoff_fact(ev: Event) -> tuple[str, ...]:
+def _handoff_fact(ev: Event, _memo: Memo | None) -> tuple[str, ...]:
     if ev.event_type == EventType.EV_EFI_HANDOFF_TABLES2:
         t = decode_handoff_tables2(ev.data, base=ev.data_offset, seq=ev.seq)
     else:
@@ -292,7 +287,7 @@ def _handoff_fact(ev: Event) -> tuple[str, ...]:
     return tuple(guid_name(g) for g, _ in t.tables)
 
 
-def _config_flags_fact(ev: Event) -> str:
+def _config_flags_fact(ev: Event, _memo: Memo | None) -> str:
     """EV_PLATFORM_CONFIG_FLAGS is vendor-defined (PFP 10.4.1): printable ASCII is kept as
     text ("FeatureTME=0", "ACPI DATA"), anything else as hex, both cut at 256 bytes."""
     data = ev.data[:256]
@@ -318,7 +313,7 @@ def _event_tag_fact(ev: Event, registers: Registers) -> SipaFact | str | None:
         return SipaFact(None, str(exc), exc.seq)
 
 
-_READERS: Final[dict[int, Callable[[Event], Fact]]] = {
+_READERS: Final[dict[int, Callable[[Event, Memo | None], Fact]]] = {
     EventType.EV_EFI_VARIABLE_DRIVER_CONFIG: _variable_fact,
     EventType.EV_EFI_VARIABLE_AUTHORITY: _authority_fact,
     **dict.fromkeys(IMAGE_KINDS, _image_fact),
@@ -362,7 +357,7 @@ def _binding_flags(result: BindingResult) -> Reading | None:
     return None
 
 
-def _read(ev: Event, registers: Registers) -> Reading:
+def _read(ev: Event, registers: Registers, memo: Memo | None) -> Reading:
     refused = _type_flags(ev, registers)
     if refused is not None:
         return refused
@@ -392,49 +387,52 @@ def _read(ev: Event, registers: Registers) -> Reading:
             fact = _event_tag_fact(ev, registers)
         else:
             reader = _READERS.get(t)
-            fact = reader(ev) if reader is not None else None
+            fact = reader(ev, memo) if reader is not None else None
     except MalformedInput as exc:
         return Reading(quirk=quirk, error=str(exc), opaque=opaque)
     return Reading(quirk=quirk, fact=fact, opaque=opaque)
 
 
-def read_event(ev: Event, registers: Registers) -> Reading:
+def read_event(ev: Event, registers: Registers, memo: Memo | None = None) -> Reading:
     """The :class:`Reading` of ``ev`` (an extending event) read as a ``registers`` log event
-    ("ccel": an Intel TDX CCEL log), remembered in :data:`READINGS` unless it names offsets."""
-    return read_events((ev,), registers)[0]
+    ("ccel": an Intel TDX CCEL log); see :func:`read_events` for ``memo``."""
+    return read_events((ev,), registers, memo)[0]
 
 
 def reading_key(ev: Event, registers: Registers) -> tuple[object, ...]:
-    """The :data:`READINGS` key of ``ev`` (the expression :func:`read_events` inlines)."""
+    """The ``memo.readings`` key of ``ev`` (the expression :func:`read_events` inlines):
+    registers, PCR, type, the data (its SHA-256 above 1 KiB) and every (bank, digest)."""
     data = ev.data
     content = data if len(data) <= _KEY_BY_DIGEST_ABOVE else hashlib.sha256(data).digest()
     return (registers, ev.pcr, ev.event_type, content, *ev.digests.items())
 
 
-def read_events(events: Iterable[Event], registers: Registers) -> list[Reading]:
+def read_events(
+    events: Iterable[Event], registers: Registers, memo: Memo | None = None
+) -> list[Reading]:
     """:func:`read_event` of each of ``events`` (extending events), in order.
 
-    One loop with the cache lookup inlined, since it runs for every event of every log; hits
-    do not refresh an entry's age, so :data:`READINGS` evicts first-in-first-out and a hot
-    reading pushed out is read again once and kept anew.
+    With ``memo``, a reading is looked up in ``memo.readings`` under :func:`reading_key`
+    (inlined: this loop runs for every event of every log) and a :attr:`Reading.rememberable`
+    one is remembered there (weight: the data's length); the decoders under it use the
+    memo's other tables.
     """
-    remembered = READINGS.entries().get
+    if memo is None:
+        return [_read(ev, registers, None) for ev in events]
+    table = memo.readings
+    remembered, remember = table.get, table.put
     sha256 = hashlib.sha256
     small = _KEY_BY_DIGEST_ABOVE
     out: list[Reading] = []
     append = out.append
-    hits = 0
     for ev in events:
         data = ev.data
         content = data if len(data) <= small else sha256(data).digest()
         key = (registers, ev.pcr, ev.event_type, content, *ev.digests.items())  # reading_key
         reading = remembered(key)
         if reading is None:
-            reading = _read(ev, registers)
-            if reading.cacheable:
-                READINGS.put(key, reading, len(data))
-        else:
-            hits += 1
+            reading = _read(ev, registers, memo)
+            if reading.rememberable:
+                remember(key, reading, len(data))
         append(reading)
-    READINGS.hits += hits
     return out

@@ -25,7 +25,6 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from services.tpm._cache import FlatMemo
 from services.tpm.algorithms import alg_by_name, hash_constructor
 from services.tpm.errors import MalformedLog, ReplayMismatch, Unsupported
 from services.tpm.eventlog import (
@@ -35,7 +34,8 @@ from services.tpm.eventlog import (
     EventType,
     startup_locality_of,
 )
-from services.tpm.quirks import QUIRK_IDS, QUIRKS, quirk_by_id
+from services.tpm.memo import Memo
+from services.tpm.quirks import QUIRK_IDS, Layer, accepted, of_layer, quirk_by_id
 
 __all__ = [
     "ALWAYS_CHECKED_PCRS",
@@ -47,6 +47,9 @@ __all__ = [
     "startup_locality",
     "verify_replay",
 ]
+
+_REPLAY_QUIRKS: Final = of_layer(Layer.REPLAY)
+"""Tried in table order after a plain replay failed (:mod:`services.tpm.quirks`)."""
 
 PcrBanks = Mapping[str, Mapping[int, bytes]]
 """Bank name -> {PCR index -> value}."""
@@ -130,27 +133,12 @@ def _check_late_startup_locality(log: EventLog) -> None:
                                offset=ev.offset, seq=ev.seq, field="event")
 
 
-#: Remembered PCR extends per bank: (previous value, digest) -> hash(previous || digest). A
-#: fleet replays the same firmware, boot loader and kernel measurements in the same order on
-#: every host, so most extends recur byte for byte; a hit costs a dict lookup instead of a
-#: hash object (4-5x less). Keyed by the exact inputs and filled only here, so a remembered
-#: value is the one this extend computes (docs/design/eventlog-trust.md §9).
-_EXTENDS: dict[str, FlatMemo[tuple[bytes, bytes], bytes]] = {}
-_EXTENDS_PER_BANK: Final = 32_768
-
-
-def _extend_memo(bank: str) -> dict[tuple[bytes, bytes], bytes]:
-    memo = _EXTENDS.get(bank)
-    if memo is None:
-        memo = _EXTENDS.setdefault(bank, FlatMemo(f"extend-{bank}", _EXTENDS_PER_BANK))
-    return memo.table()
-
-
 def _replay_bank(
-    events: Sequence[Event], bank: str, locality: int
+    events: Sequence[Event], bank: str, locality: int, memo: Memo | None
 ) -> tuple[dict[int, bytes], dict[int, int]]:
     """Replay one bank. Returns (values, unreplayable) where ``unreplayable`` maps each PCR
-    with an event lacking a ``bank`` digest to the first such event's seq."""
+    with an event lacking a ``bank`` digest to the first such event's seq (``memo``: see
+    :func:`verify_replay`)."""
     alg = alg_by_name(bank)
     if alg is None:
         raise Unsupported(f"cannot replay bank {bank!r}: unknown hash algorithm")
@@ -159,8 +147,21 @@ def _replay_bank(
     state: dict[int, bytes] = {}
     missing: dict[int, int] = {}
     get = state.get
-    extended = _extend_memo(bank)
-    remembered = extended.get
+    if memo is None:
+        for ev in events:
+            pcr = ev.pcr
+            digest = ev.digests.get(bank)
+            if digest is None:
+                missing.setdefault(pcr, ev.seq)
+                continue
+            prev = get(pcr)
+            if prev is None:
+                prev = initial_pcr_value(pcr, size, locality)
+            state[pcr] = new(prev + digest).digest()
+        return state, missing
+    table = memo.extends(bank)
+    remembered, remember = table.get, table.put
+    weight = 2 * size
     for ev in events:
         pcr = ev.pcr
         digest = ev.digests.get(bank)
@@ -173,7 +174,8 @@ def _replay_bank(
         step = (prev, digest)
         value = remembered(step)
         if value is None:
-            value = extended[step] = new(prev + digest).digest()
+            value = new(prev + digest).digest()
+            remember(step, value, weight)
         state[pcr] = value
     return state, missing
 
@@ -184,19 +186,24 @@ def _extending(events: Iterable[Event]) -> list[Event]:
 
 
 def replay(
-    log: EventLog, *, quirks: Collection[str] = (), banks: Collection[str] | None = None
+    log: EventLog,
+    *,
+    quirks: Collection[str] = (),
+    banks: Collection[str] | None = None,
+    memo: Memo | None = None,
 ) -> dict[str, dict[int, bytes]]:
     """Replay ``log`` into PCR values: bank -> {PCR: value}, for the PCRs the log extends.
 
     UNTRUSTED numbers. ``quirks`` are applied unconditionally (for inspection; verification
     uses :func:`verify_replay`). By default every bank the log declares and hostgate can hash
     is replayed; a PCR with an event lacking that bank's digest is left out of that bank.
-    Naming an unknown bank in ``banks`` raises ``Unsupported``.
+    Naming an unknown bank in ``banks`` raises ``Unsupported``. ``memo``: remembered extends
+    (see :func:`verify_replay`).
     """
     for quirk_id in quirks:
         quirk = quirk_by_id(quirk_id)
-        if quirk is None:
-            raise Unsupported(f"unknown quirk id {quirk_id!r}")
+        if quirk is None or quirk.apply is None:
+            raise Unsupported(f"unknown replay quirk id {quirk_id!r}")
         log = quirk.apply(log)
     _check_late_startup_locality(log)
     locality = startup_locality(log)
@@ -208,7 +215,7 @@ def replay(
             continue
         if bank not in log.banks:
             raise Unsupported(f"the log does not carry bank {bank!r} (it has {log.banks})")
-        state, missing = _replay_bank(events, bank, locality)
+        state, missing = _replay_bank(events, bank, locality, memo)
         values = {pcr: v for pcr, v in sorted(state.items()) if pcr not in missing}
         if values:
             out[bank] = values
@@ -235,13 +242,14 @@ def _compare(
     banks: Sequence[str],
     pcrs: frozenset[int],
     locality: int,
+    memo: Memo | None,
 ) -> tuple[list[_Diff], dict[str, dict[int, bytes]]]:
     """Replay the extending ``events`` in ``banks`` and compare ``pcrs`` with ``quoted``."""
     diffs: list[_Diff] = []
     values: dict[str, dict[int, bytes]] = {}
     for bank in banks:
         size = alg_by_name(bank).digest_size  # type: ignore[union-attr]  # checked by caller
-        state, missing = _replay_bank(events, bank, locality)
+        state, missing = _replay_bank(events, bank, locality, memo)
         values[bank] = {}
         for pcr in sorted(pcrs):
             want = quoted[bank].get(pcr)
@@ -293,6 +301,7 @@ def verify_replay(
     allowed_quirks: Collection[str] = (),
     pcrs: Collection[int] | None = None,
     external: Collection[int] = (),
+    memo: Memo | None = None,
 ) -> ReplayResult:
     """Replay ``log`` and require it to reproduce the ``quoted`` PCR values.
 
@@ -308,6 +317,11 @@ def verify_replay(
     ``applied_quirks``. Otherwise raises ``ReplayMismatch`` naming the first differing PCR (lowest
     index; banks in quoted order) and the events that built it. Unknown quirk ids or quoted
     banks hostgate cannot hash raise ``Unsupported``.
+
+    With ``memo``, PCR extends are looked up in and remembered by ``memo.extends(bank)``
+    ((previous value, digest) -> H(previous || digest), weight: the two inputs' length). A
+    fleet replays the same measurements in the same order on every host, so most extends
+    recur byte for byte and a hit costs a dict lookup instead of a hash (4-5x less).
     """
     for quirk_id in allowed_quirks:
         if quirk_id not in QUIRK_IDS:
@@ -342,15 +356,16 @@ def verify_replay(
         checked = frozenset.intersection(*(frozenset(v) for v in wanted.values())) - outside
     else:
         compared = checked = frozenset(pcrs) - outside
-    diffs, values = _compare(extending, wanted, banks, compared, locality)
+    diffs, values = _compare(extending, wanted, banks, compared, locality, memo)
     applied: tuple[str, ...] = ()
     if diffs:
         bad = {d.pcr for d in diffs}
-        for quirk in QUIRKS:
-            if quirk.id not in allowed_quirks or not bad <= quirk.affected_pcrs:
+        for quirk in _REPLAY_QUIRKS:
+            if not accepted(quirk, allowed_quirks) or not bad <= quirk.affected_pcrs:
                 continue
+            assert quirk.apply is not None
             q_diffs, q_values = _compare(_extending(quirk.apply(log).events), wanted, banks,
-                                         compared, locality)
+                                         compared, locality, memo)
             if not q_diffs:
                 applied, values = (quirk.id,), q_values
                 break

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.tpm._datareader import DataReader, decode_utf16
+from services.tpm.algorithms import SHA_BANKS
 from services.tpm.errors import LimitExceeded, MalformedEventData
 
 __all__ = [
@@ -99,8 +100,9 @@ IMAGE_VALIDATED: Final = 0x0007000A
 ELAM_KEYNAME: Final = 0x00090001
 VBS_HVCI_POLICY: Final = 0x000A0007
 
-#: Windows CALG_* ids (wincrypt.h) of the hashes SIPA uses, low byte -> bank name.
-_CALG: Final = {0x04: "sha1", 0x0C: "sha256", 0x0D: "sha384", 0x0E: "sha512", 0x03: "md5"}
+#: Windows CALG_* ids (wincrypt.h) of the hashes SIPA uses, low byte -> bank name: CALG_SHA1,
+#: CALG_SHA_256, CALG_SHA_384, CALG_SHA_512 (the SHA banks, in order) and CALG_MD5.
+_CALG: Final = {**dict(zip((0x04, 0x0C, 0x0D, 0x0E), SHA_BANKS, strict=True)), 0x03: "md5"}
 
 
 @dataclass(frozen=True, slots=True)

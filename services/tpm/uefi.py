@@ -24,9 +24,9 @@ from typing import Final
 
 from cryptography import x509
 
-from services.tpm._cache import BoundedCache
 from services.tpm._datareader import DataReader, decode_utf16, format_guid
 from services.tpm.devicepath import DevicePath, decode_device_path
+from services.tpm.memo import Memo
 
 __all__ = [
     "EFI_CERT_SHA256_GUID",
@@ -229,11 +229,6 @@ class SignatureList:
     entries: tuple[SignatureEntry, ...]
 
 
-CACHED_VALUE_MAX: Final = 256 * 1024
-"""Largest variable value whose decoded signature lists are remembered (real dbx: ~25 KiB)."""
-_SUBJECTS: BoundedCache[bytes, tuple[str | None, str | None]] = BoundedCache("x509_subject", 2048)
-_LISTS: BoundedCache[bytes, tuple[SignatureList, ...]] = BoundedCache("efi_signature_lists", 64)
-_SIG_DATA: BoundedCache[bytes, SignatureEntry] = BoundedCache("efi_signature_data", 1024)
 
 
 def _x509_subject(der: bytes) -> tuple[str | None, str | None]:
@@ -249,23 +244,29 @@ def _x509_subject(der: bytes) -> tuple[str | None, str | None]:
         return None, f"unparseable DER: {exc}"
 
 
-def _certificate_entry(owner: str, der: bytes) -> SignatureEntry:
+def _certificate_entry(owner: str, der: bytes, memo: Memo | None) -> SignatureEntry:
     digest = hashlib.sha256(der).digest()
-    # the subject is a pure function of the DER: remembered by its SHA-256 (db/KEK
-    # certificates are the same on every host of a fleet)
-    subject, error = _SUBJECTS.get_or_compute(digest, lambda: _x509_subject(der))
+    # the subject is a function of the DER alone: ``memo.x509_subjects`` by its SHA-256 (db/KEK
+    # certificates are the same on every host of a fleet); an unparseable DER is an outcome
+    # that names no offset, so it is remembered too
+    found = memo.x509_subjects.get(digest) if memo is not None else None
+    if found is None:
+        found = _x509_subject(der)
+        if memo is not None:
+            memo.x509_subjects.put(digest, found, len(der))
+    subject, error = found
     return SignatureEntry(owner, "x509", der, digest, subject, error)
 
 
-def _entry(sig_type: str, owner: str, value: bytes) -> SignatureEntry:
+def _entry(sig_type: str, owner: str, value: bytes, memo: Memo | None) -> SignatureEntry:
     if sig_type == EFI_CERT_X509_GUID:
-        return _certificate_entry(owner, value)
+        return _certificate_entry(owner, value, memo)
     hashed = _HASH_CERT_SIZES.get(sig_type)
     return SignatureEntry(owner, hashed[0] if hashed else "other", value)
 
 
 def decode_signature_lists(
-    data: bytes, *, base: int = 0, seq: int | None = None
+    data: bytes, *, base: int = 0, seq: int | None = None, memo: Memo | None = None
 ) -> tuple[SignatureList, ...]:
     """Decode a variable value made of ``EFI_SIGNATURE_LIST``s (PK, KEK, db, dbx, MokList...).
 
@@ -274,19 +275,10 @@ def decode_signature_lists(
     ``SignatureSize`` bytes (``SignatureOwner`` GUID + data). Hash-typed lists must have the
     hash's size. At most ``MAX_SIGNATURE_ENTRIES`` entries in all.
 
-    A successful result (which holds no offsets) is remembered by the SHA-256 of ``data``
-    (bounded LRU, values up to :data:`CACHED_VALUE_MAX` bytes): db/dbx are identical across a
-    fleet. Failures are never remembered, so their offsets are always this call's.
+    ``memo``: certificate subjects are looked up and remembered in ``memo.x509_subjects`` by
+    the SHA-256 of the DER (the whole value's decoding is remembered by its caller,
+    ``services.tpm.readings``, as key entries).
     """
-    if len(data) > CACHED_VALUE_MAX:
-        return _decode_signature_lists(data, base, seq)
-    key = hashlib.sha256(data).digest()
-    return _LISTS.get_or_compute(key, lambda: _decode_signature_lists(data, base, seq))
-
-
-def _decode_signature_lists(
-    data: bytes, base: int, seq: int | None
-) -> tuple[SignatureList, ...]:
     r = DataReader(data, base=base, seq=seq)
     lists: list[SignatureList] = []
     total = 0
@@ -325,39 +317,32 @@ def _decode_signature_lists(
         for i in range(0, count * sig_size, sig_size):
             owner_raw = raw[i : i + 16]
             owner = owners.get(owner_raw) or owners.setdefault(owner_raw, format_guid(owner_raw))
-            entries.append(_entry(sig_type, owner, raw[i + 16 : i + sig_size]))
+            entries.append(_entry(sig_type, owner, raw[i + 16 : i + sig_size], memo))
         lists.append(SignatureList(sig_type, tuple(entries)))
     return tuple(lists)
 
 
 def decode_signature_data(
-    data: bytes, *, base: int = 0, seq: int | None = None
+    data: bytes, *, base: int = 0, seq: int | None = None, memo: Memo | None = None
 ) -> SignatureEntry:
     """Decode the value of an EV_EFI_VARIABLE_AUTHORITY event (PFP 3.3.4.8).
 
     Normally one ``EFI_SIGNATURE_DATA`` (owner GUID + X.509 DER, or + a SHA-256 hash). Some shim
     versions log the bare DER with no owner (``shim-authority-extra-byte`` quirk); that case is
     recognised by the DER SEQUENCE tag ``0x30 0x82`` at offset 0 and gets the owner ``""``.
-    A 48-byte value is owner + SHA-256 (an image authorised by hash). Successful results are
-    remembered by the SHA-256 of ``data`` (bounded LRU; failures never).
+    A 48-byte value is owner + SHA-256 (an image authorised by hash). ``memo``: for the
+    certificate's subject, as in :func:`decode_signature_lists`.
     """
-    if len(data) > CACHED_VALUE_MAX:
-        return _decode_signature_data(data, base, seq)
-    key = hashlib.sha256(data).digest()
-    return _SIG_DATA.get_or_compute(key, lambda: _decode_signature_data(data, base, seq))
-
-
-def _decode_signature_data(data: bytes, base: int, seq: int | None) -> SignatureEntry:
     r = DataReader(data, base=base, seq=seq)
     if data[:2] == b"\x30\x82":
-        return _certificate_entry("", data)
+        return _certificate_entry("", data, memo)
     owner = r.guid("SignatureOwner")
     value = r.rest()
     if not value:
         raise r.error("EFI_SIGNATURE_DATA has no SignatureData", "SignatureData")
     if len(value) == 32:
         return SignatureEntry(owner, "sha256", value)
-    return _certificate_entry(owner, value)
+    return _certificate_entry(owner, value, memo)
 
 
 # --- EFI_LOAD_OPTION / BootOrder -------------------------------------------------------------
@@ -376,9 +361,12 @@ class LoadOption:
         return bool(self.attributes & 0x1)
 
 
-def decode_load_option(data: bytes, *, base: int = 0, seq: int | None = None) -> LoadOption:
+def decode_load_option(
+    data: bytes, *, base: int = 0, seq: int | None = None, memo: Memo | None = None
+) -> LoadOption:
     """Decode ``EFI_LOAD_OPTION``: ``Attributes`` u32, ``FilePathListLength`` u16,
-    ``Description`` NUL-terminated CHAR16, ``FilePathList``, ``OptionalData``."""
+    ``Description`` NUL-terminated CHAR16, ``FilePathList``, ``OptionalData`` (``memo``: for
+    the device path)."""
     r = DataReader(data, base=base, seq=seq)
     attributes = r.u32("Attributes")
     fpl_len = r.u16("FilePathListLength")
@@ -395,7 +383,8 @@ def decode_load_option(data: bytes, *, base: int = 0, seq: int | None = None) ->
                                 at=desc_start)
     r.take(2, "Description.NUL")
     path_reader = r.sub(fpl_len, "FilePathList")
-    path = decode_device_path(path_reader.data, base=path_reader.base, seq=seq, multiple=True)
+    path = decode_device_path(path_reader.data, base=path_reader.base, seq=seq, multiple=True,
+                              memo=memo)
     return LoadOption(attributes, description, path, r.rest())
 
 
@@ -423,10 +412,11 @@ class ImageLoadEvent:
 
 
 def decode_image_load_event(
-    data: bytes, *, base: int = 0, seq: int | None = None
+    data: bytes, *, base: int = 0, seq: int | None = None, memo: Memo | None = None
 ) -> ImageLoadEvent:
     """Decode ``ImageLocationInMemory`` u64, ``ImageLengthInMemory`` u64,
-    ``ImageLinkTimeAddress`` u64, ``LengthOfDevicePath`` u64, ``DevicePath``."""
+    ``ImageLinkTimeAddress`` u64, ``LengthOfDevicePath`` u64, ``DevicePath`` (``memo``: for
+    the device path)."""
     r = DataReader(data, base=base, seq=seq)
     location = r.u64("ImageLocationInMemory")
     length = r.u64("ImageLengthInMemory")
@@ -439,7 +429,7 @@ def decode_image_load_event(
             at=24,
         )
     sub = r.sub(dp_len, "DevicePath")
-    path = decode_device_path(sub.data, base=sub.base, seq=seq)
+    path = decode_device_path(sub.data, base=sub.base, seq=seq, memo=memo)
     return ImageLoadEvent(location, length, link, path, r.remaining)
 
 

@@ -11,14 +11,20 @@ The verifier stage judges quoted evidence with the same engine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Literal
 
 from services.errors import ConfigError
+from services.runtime.cli_conventions import print_json
 from services.tpm.claims import extract_claims
-from services.tpm.cli_inputs import load_quoted_pcrs, read_log_file
+from services.tpm.cli_conventions import add_json_flag, command_group
+from services.tpm.cli_inputs import (
+    add_allow_quirk_argument,
+    add_pcrs_argument,
+    load_quoted_pcrs,
+    read_log_file,
+)
 from services.tpm.eventlog import parse_event_log
 from services.tpm.replay import verify_replay
 from services.verifier.policy.derive import Golden, derive_policy, golden_from_log
@@ -35,15 +41,13 @@ EXIT_FAIL = 1
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``hostgate policy`` and its sub-commands."""
-    parser = subparsers.add_parser(
-        "policy",
+    sub = command_group(
+        subparsers, "policy",
         help="write, check and show attestation policies",
         description="Attestation policies (apiVersion hostgate/v1, kind AttestationPolicy): "
         "derive one from golden boot logs, check a log against one rule by rule, print "
         "one normalised with its digest, or publish one to the verifiers.",
     )
-    sub = parser.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
-    parser.set_defaults(func=lambda _a: _help(parser))
 
     p = sub.add_parser(
         "from-log",
@@ -72,12 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     c.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
     c.add_argument("log", type=Path, metavar="LOG", help="binary event log")
-    c.add_argument("--pcrs", metavar="FILE_OR_JSON", help='quoted PCR values '
-                   '({"sha256": {"0": "hex"}}) the log must replay to')
-    c.add_argument("--allow-quirk", action="append", default=[], metavar="ID",
-                   help="allow this named replay workaround (repeatable; with --pcrs)")
+    add_pcrs_argument(c, 'quoted PCR values ({"sha256": {"0": "hex"}}) the log must replay to')
+    add_allow_quirk_argument(c)
     c.add_argument("--ccel", action="store_true", help="the log is an Intel TDX CCEL log")
-    c.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    add_json_flag(c, "print the verdict as JSON")
     c.set_defaults(func=_cmd_check)
 
     s = sub.add_parser(
@@ -87,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "defaults filled, comments dropped) and its digest: SHA-256 over canonical JSON.",
     )
     s.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
-    s.add_argument("--json", action="store_true", help="print canonical JSON and the digest")
+    add_json_flag(s, "print canonical JSON and the digest")
     s.set_defaults(func=_cmd_show)
 
     lint = sub.add_parser(
@@ -101,17 +103,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         epilog="Exit status: 0 no error, 1 an error finding, 2 the policy does not load.",
     )
     lint.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
-    lint.add_argument("--json", action="store_true", help="print the findings as JSON")
+    add_json_flag(lint, "print the findings as JSON")
     lint.set_defaults(func=_cmd_lint)
 
     from services.verifier.publish import add_publish_parser
 
     add_publish_parser(sub)
-
-
-def _help(parser: argparse.ArgumentParser) -> int:
-    parser.print_help()
-    return 2
 
 
 def _registers(ccel: bool) -> Literal["tpm", "ccel"] | None:
@@ -151,8 +148,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         doc = verdict.to_json()
         doc["evidence"] = {"log": args.log.name, "mode": mode}
-        json.dump(doc, sys.stdout, indent=1, sort_keys=True)
-        print()
+        print_json(doc)
     else:
         _print_verdict(verdict, args.log.name, mode)
     return 0 if verdict.passed else EXIT_FAIL
@@ -186,10 +182,8 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     found = findings(policy)
     errors = [f for f in found if f.severity == "error"]
     if args.json:
-        json.dump({"policy": policy.metadata.id, "version": policy.metadata.version,
-                   "digest": policy.digest, "findings": [f.to_json() for f in found]},
-                  sys.stdout, indent=1, sort_keys=True)
-        print()
+        print_json({"policy": policy.metadata.id, "version": policy.metadata.version,
+                    "digest": policy.digest, "findings": [f.to_json() for f in found]})
     else:
         print(f"policy {policy.metadata.id} v{policy.metadata.version} ({policy.digest})")
         for f in found:
@@ -202,9 +196,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 def _cmd_show(args: argparse.Namespace) -> int:
     policy = load_policy_file(args.policy)
     if args.json:
-        json.dump({"digest": policy.digest, "policy": policy.to_json()}, sys.stdout, indent=1,
-                  sort_keys=True)
-        print()
+        print_json({"digest": policy.digest, "policy": policy.to_json()})
         return 0
     sys.stdout.write(dump(policy.to_json(), [f"digest: {policy.digest}"]))
     return 0

@@ -27,11 +27,15 @@ quoted bank or, where the policy names it, by the IMA list; claims were read onl
 replay-verified events, under the per-PCR event-type table; and every rule of the policy passed
 on them, none for want of evidence. Work per record is bounded (:data:`BUDGET`): evidence over
 it is a failed verdict, never a stalled worker.
+
+The shell may pass a :class:`~services.verifier.memo.VerifierMemo` (``memo=``): it is handed to
+the quote, parse, replay, claims and claims-JSON steps, and never changes a verdict (the
+argument is in :mod:`services.verifier.memo`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping
@@ -41,7 +45,7 @@ from typing import Any, Final
 from services.errors import HostgateError
 from services.tpm import ima as tpm_ima
 from services.tpm import ima_replay as tpm_ima_replay
-from services.tpm.claims import Claims, ImaClaim, extract_claims
+from services.tpm.claims import Claims, ImaClaim, QuirkUse, extract_claims
 from services.tpm.errors import (
     InvalidQuoteSignature,
     KeyAttributeError,
@@ -52,29 +56,30 @@ from services.tpm.errors import (
     TpmError,
 )
 from services.tpm.eventlog import Event, EventLog, parse_event_log
-from services.tpm.quote import ClockInfo, VerifiedQuote, verify_quote
+from services.tpm.quote import VerifiedQuote, verify_quote
 from services.tpm.replay import ReplayResult, verify_replay
 from services.verifier import counters, ear, reasons
 from services.verifier.claims_json import claims_json
+from services.verifier.memo import VerifierMemo
 from services.verifier.policy.evaluate import QuoteFacts, evaluate, subject
 from services.verifier.policy.events import shorten
 from services.verifier.policy.model import ExternalPcr
 from services.verifier.policy.results import EventRef, Outcome
 from services.verifier.policy_in_force import PolicyInForce, PolicyUnusable
+from services.wire.banks import (
+    BANK_OF_SYMBOL,
+    STRONG_BANKS,
+    SYMBOL_OF_BANK,
+    UNKNOWN_SYMBOL,
+    WIRE_BANKS,
+)
+from services.wire.time import epoch_ms
 
 VERDICT_SUBJECT: Final = "hostgate.Verdict"
 VERDICT_ID_DOMAIN: Final = b"hostgate.verdict.v1\x00"
-BANK_SYMBOLS: Final[dict[str, str]] = {
-    "SHA1": "sha1", "SHA256": "sha256", "SHA384": "sha384", "SHA512": "sha512",
-    "SM3_256": "sm3_256",
-}
-"""``hostgate.HashAlg`` symbol -> hostgate bank name (``UNKNOWN`` is refused)."""
-_BANK_TO_SYMBOL: Final = {v: k for k, v in BANK_SYMBOLS.items()}
-_BANK_ORDER: Final = ("sha1", "sha256", "sha384", "sha512", "sm3_256")
-_STRONG_BANKS: Final = frozenset({"sha256", "sha384", "sha512", "sm3_256"})
 _SUMMARY_MAX: Final = 160
 _SENTENCE_MAX: Final = 600
-MAX_PCR_VALUES: Final = 24 * len(BANK_SYMBOLS)
+MAX_PCR_VALUES: Final = 24 * len(WIRE_BANKS)
 @dataclass(frozen=True)
 class AppraisalBudget:
     """The most one appraisal reads (deterministic, so a replayed audit reaches the same verdict).
@@ -89,9 +94,6 @@ class AppraisalBudget:
 
 
 BUDGET: Final = AppraisalBudget()
-ALLOWED_QUIRKS: Final[tuple[str, ...]] = ()
-"""Replay quirks (``services.tpm.quirks``) the verifier accepts. None yet: the policy model has
-no section to accept one, so a log that only replays with a quirk fails closed."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class VerdictRecord:
 class _Work:
     """Mutable accumulator private to one :func:`appraise` call."""
 
+    memo: VerifierMemo | None = None
+    """The shell's memo, passed on to every step that takes one."""
     failures: list[Failure] = field(default_factory=list)
     quote: VerifiedQuote | None = None
     counters_ok: bool = True
@@ -137,6 +141,8 @@ class _Work:
     rule_outcomes: list[tuple[str, bool]] = field(default_factory=list)
     ima_verified: tuple[int, ...] = ()
     """PCRs the IMA list replayed to (IMA rules read their claims from them)."""
+    ima_quirks: tuple[str, ...] = ()
+    """IMA-layer quirks the policy accepted and the list needed (reported in the claims)."""
 
     def fail(self, rule_id: str, sentence: str, event: Mapping[str, Any] | None = None) -> None:
         self.failures.append(Failure(rule_id, shorten(sentence, _SENTENCE_MAX), event))
@@ -152,16 +158,6 @@ def verdict_id(evidence_digest: bytes, policy_digest: bytes) -> str:
     return h.hexdigest()
 
 
-def millis(value: Any) -> int:
-    """A ``timestamp-millis`` field as decoded (int or aware ``datetime``) -> ms since epoch."""
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        delta: dt.timedelta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        return int((delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000)
-    return int(value)
-
-
 def _summary(ev: Event) -> str:
     data = ev.data[:64]
     text = "".join(chr(b) if 32 <= b < 127 else "." for b in data)
@@ -172,13 +168,13 @@ def _summary(ev: Event) -> str:
 
 def offending_event(ev: Event, summary: str | None = None) -> dict[str, Any]:
     """A ``hostgate.OffendingEvent`` record for ``ev`` (digest in its strongest known bank)."""
-    bank = next((b for b in reversed(_BANK_ORDER) if b in ev.digests), None)
+    bank = next((b for b in reversed(WIRE_BANKS) if b in ev.digests), None)
     return {
         "pcr": ev.pcr if ev.pcr < 2**31 else -1,
         "seq": ev.seq,
         "untrusted_event_type": ev.event_type,
         "event_type_name": ev.type_name,
-        "bank": _BANK_TO_SYMBOL.get(bank or "", "UNKNOWN"),
+        "bank": SYMBOL_OF_BANK.get(bank or "", UNKNOWN_SYMBOL),
         "digest": bytes(ev.digests[bank]) if bank is not None else b"",
         "data_summary": shorten(summary, _SUMMARY_MAX) if summary else _summary(ev),
     }
@@ -197,7 +193,7 @@ def _event_from_ref(ref: EventRef | None, by_seq: Mapping[int, Event]) -> dict[s
         digest = b""
     return {"pcr": ref.pcr, "seq": ref.seq, "untrusted_event_type": -1,
             "event_type_name": ref.type or "UNKNOWN",
-            "bank": _BANK_TO_SYMBOL.get(alg, "UNKNOWN"), "digest": digest,
+            "bank": SYMBOL_OF_BANK.get(alg, UNKNOWN_SYMBOL), "digest": digest,
             "data_summary": shorten(ref.summary, _SUMMARY_MAX)}
 
 
@@ -209,7 +205,7 @@ def _pcr_values(ev: Mapping[str, Any], w: _Work) -> dict[str, dict[int, bytes]] 
                f"values; at most {MAX_PCR_VALUES} (24 PCRs in 5 banks) can exist.")
         return None
     for i, item in enumerate(ev["pcr_values"]):
-        bank = BANK_SYMBOLS.get(str(item["bank"]))
+        bank = BANK_OF_SYMBOL.get(str(item["bank"]))
         pcr = int(item["pcr"])
         if bank is None:
             w.fail(reasons.EVIDENCE_MALFORMED,
@@ -232,7 +228,7 @@ def _check_quote(collected: Mapping[str, Any], pcrs: Mapping[str, Mapping[int, b
     try:
         quote = verify_quote(bytes(collected["ak_public"]), bytes(ev["quote_attest"]),
                              bytes(ev["quote_signature"]), nonce=bytes(ev["nonce"]),
-                             pcr_values=pcrs)
+                             pcr_values=pcrs, memo=w.memo)
     except InvalidQuoteSignature as exc:
         w.fail(reasons.QUOTE_BAD_SIGNATURE, f"The quote's signature is not valid for the "
                f"host's enrolled AK: {exc}.")
@@ -270,14 +266,14 @@ def _check_counters(collected: Mapping[str, Any], quote: VerifiedQuote, w: _Work
 
 
 def _active_banks(ev: Mapping[str, Any], log: EventLog | None) -> tuple[str, ...]:
-    reported = {BANK_SYMBOLS[s] for s in ev.get("active_banks") or () if s in BANK_SYMBOLS}
+    reported = {BANK_OF_SYMBOL[s] for s in ev.get("active_banks") or () if s in BANK_OF_SYMBOL}
     declared = set(log.banks) if log is not None else set()
-    return tuple(b for b in _BANK_ORDER if b in reported | declared)
+    return tuple(b for b in WIRE_BANKS if b in reported | declared)
 
 
 def _check_banks(quote: VerifiedQuote, w: _Work) -> None:
     quoted = {bank for bank, pcrs in quote.selection if pcrs}
-    strong = sorted(set(w.active_banks) & _STRONG_BANKS)
+    strong = sorted(set(w.active_banks) & STRONG_BANKS)
     if quoted <= {"sha1"} and strong:
         w.fail(reasons.BANKS_DOWNGRADE, f"The quote covers only the SHA-1 bank although "
                f"{', '.join(strong)} is active on this TPM.")
@@ -285,7 +281,7 @@ def _check_banks(quote: VerifiedQuote, w: _Work) -> None:
 
 def _parse_log(ev: Mapping[str, Any], w: _Work) -> None:
     try:
-        w.log = parse_event_log(bytes(ev["boot_log"]))
+        w.log = parse_event_log(bytes(ev["boot_log"]), memo=w.memo)
     except MalformedInput as exc:
         w.fail(reasons.LOG_MALFORMED, f"The boot event log does not parse: {exc}.")
     except TpmError as exc:
@@ -309,11 +305,11 @@ def _over_budget(ev: Mapping[str, Any], w: _Work) -> bool:
     return bool(problem)
 
 
-def _replay(w: _Work, external: tuple[int, ...]) -> None:
+def _replay(w: _Work, external: tuple[int, ...], quirks: tuple[str, ...]) -> None:
     assert w.log is not None and w.quote is not None
     try:
-        w.replay = verify_replay(w.log, w.quote.pcr_values, allowed_quirks=ALLOWED_QUIRKS,
-                                 external=external)
+        w.replay = verify_replay(w.log, w.quote.pcr_values, allowed_quirks=quirks,
+                                 external=external, memo=w.memo)
     except ReplayMismatch as exc:
         by_seq = {e.seq: e for e in w.log.events}
         last = by_seq.get(exc.event_seqs[-1]) if exc.event_seqs else None
@@ -326,8 +322,8 @@ def _replay(w: _Work, external: tuple[int, ...]) -> None:
         w.fail(reasons.LOG_UNSUPPORTED, f"The boot event log cannot be replayed: {exc}.")
 
 
-def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work
-         ) -> tuple[ImaClaim, ...] | None:
+def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work,
+         quirks: tuple[str, ...]) -> tuple[ImaClaim, ...] | None:
     """The IMA list's claims when the policy names PCRs IMA accounts for (``ima_pcrs``): the
     list is then required and must replay to them. Otherwise IMA is not read at all."""
     if not ima_pcrs:
@@ -341,7 +337,8 @@ def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work
         return None
     assert w.quote is not None
     try:
-        parsed = tpm_ima.parse(bytes(raw))
+        parsed = tpm_ima.parse(bytes(raw), quirks=[q for q in quirks
+                                                    if q in tpm_ima.KNOWN_QUIRKS])
         if len(parsed.entries) > BUDGET.ima_entries:
             w.fail(reasons.OVER_BUDGET, f"The evidence is over the appraisal budget: the IMA "
                    f"list holds {len(parsed.entries)} entries (budget {BUDGET.ima_entries}).")
@@ -361,6 +358,7 @@ def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work
     except HostgateError as exc:
         w.fail(reasons.IMA_BOOT_AGGREGATE, f"The IMA boot_aggregate is wrong: {exc}.")
     w.ima_verified = ima_pcrs
+    w.ima_quirks = tuple(sorted(parsed.quirks_applied))
     return tuple(ImaClaim(e.pcr, e.template_name, e.file_hash_alg, e.file_hash, e.path,
                           e.violation) for e in verified.entries)
 
@@ -409,15 +407,19 @@ def _run_checks(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _
     if w.log is None:
         return
     external = policy.prepared.coverage.external if policy is not None else ()
-    _replay(w, tuple(e.pcr for e in external))
+    quirks = policy.prepared.policy.spec.evidence.allowed_quirks if policy is not None else ()
+    _replay(w, tuple(e.pcr for e in external), quirks)
     if w.replay is None:
         return
     for stray in w.replay.external_events[:1]:
         w.fail(reasons.REPLAY_EXTERNAL_PCR, f"The boot log extends PCR {stray.pcr} (event "
                f"{stray.seq}), which the policy says the {_external_log(external, stray.pcr)} "
                "accounts for: one PCR, one log.", offending_event(stray))
-    ima_claims = _ima(ev, tuple(e.pcr for e in external if e.log == "ima"), w)
-    w.claims = extract_claims(w.replay, ima=ima_claims)
+    ima_claims = _ima(ev, tuple(e.pcr for e in external if e.log == "ima"), w, quirks)
+    w.claims = extract_claims(w.replay, ima=ima_claims, memo=w.memo)
+    if w.ima_quirks:  # reported like every quirk used (replay: -1, no one event)
+        w.claims = dataclasses.replace(w.claims, quirks_applied=(
+            *w.claims.quirks_applied, *(QuirkUse(q, -1) for q in w.ima_quirks)))
     if policy is not None:
         _evaluate(policy, w)
 
@@ -428,6 +430,7 @@ def appraise(
     policy: PolicyInForce | PolicyUnusable | None,
     *,
     collected_at: Mapping[str, Any] | None = None,
+    memo: VerifierMemo | None = None,
 ) -> VerdictRecord:
     """Appraise one ``hostgate.EvidenceCollected`` record (as decoded) under ``policy``.
 
@@ -435,8 +438,9 @@ def appraise(
     cannot be used, or None when none is (both fail closed, after every evidence check ran so
     the verdict still lists what else is wrong). ``collected_at`` is the ``hostgate.Coordinates``
     of the collected record itself (the stage passes the input record's coordinates).
+    ``memo``: the shell's memo (see the module docstring); None computes everything.
     """
-    w = _Work()
+    w = _Work(memo=memo)
     usable = policy if isinstance(policy, PolicyInForce) else None
     _run_checks(collected, usable, w)
     if isinstance(policy, PolicyUnusable):
@@ -464,7 +468,7 @@ def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Wor
     evidence_digest = bytes(collected["evidence_digest"])
     policy_digest = policy.digest if policy is not None else b""
     vid = verdict_id(evidence_digest, policy_digest)
-    appraised_at = millis(collected["received_at"])
+    appraised_at = epoch_ms(collected["received_at"])
     facts = ear.AppraisalFacts(
         quote_verified=w.quote is not None,
         ek_chain_verified=bool(collected["ek"]["chain_verified"]),
@@ -478,12 +482,12 @@ def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Wor
         if policy is not None else ear.policy_uri("", 0, "")))
     attested: list[dict[str, Any]] = []
     if passed and w.quote is not None:
-        for bank in _BANK_ORDER:
+        for bank in WIRE_BANKS:
             for pcr, value in sorted(w.quote.pcr_values.get(bank, {}).items()):
-                attested.append({"bank": _BANK_TO_SYMBOL[bank], "pcr": pcr, "value": value})
+                attested.append({"bank": SYMBOL_OF_BANK[bank], "pcr": pcr, "value": value})
     quote_counters = (counters.to_record(w.quote.clock_info)
                       if w.quote is not None and w.counters_ok else None)
-    claims_text = claims_json(w.claims) if w.claims is not None else "{}"
+    claims_text = claims_json(w.claims, w.memo) if w.claims is not None else "{}"
     record: dict[str, Any] = {
         "verdict_id": vid,
         "host_id": str(ev["host_id"]),
@@ -509,14 +513,7 @@ def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Wor
     return VerdictRecord(verdict_id=vid, passed=passed, failures=failures, record=record)
 
 
-def quote_clock(record: Mapping[str, Any]) -> ClockInfo | None:
-    """The verified quote counters a verdict record carries (None if it carries none)."""
-    value = record.get("quote_counters")
-    return counters.previous_from_record(value) if value is not None else None
-
-
 __all__ = [
-    "BANK_SYMBOLS",
     "BUDGET",
     "VERDICT_SUBJECT",
     "AppraisalBudget",
@@ -524,7 +521,6 @@ __all__ = [
     "VerdictRecord",
     "appraise",
     "error_verdict",
-    "millis",
     "offending_event",
     "verdict_id",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
@@ -286,8 +286,3 @@ def orjson_canonical(value: Any) -> str | None:
     if not fast.isascii() or b"\x7f" in fast:  # JSON strings never hold raw controls
         return None
     return fast.decode("ascii")
-
-
-def worst(tiers: Iterable[Tier]) -> Tier:
-    """The worst of ``tiers`` (NONE if empty)."""
-    return max(tiers, key=_RANK.__getitem__, default=Tier.NONE)

@@ -19,17 +19,18 @@ import hmac
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from services.errors import HostgateError
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.evaluate import PreparedPolicy, prepare
+
+if TYPE_CHECKING:
+    from services.runtime.stage import StateView
 from services.verifier.policy.loader import load_policy
 
 POLICY_TABLE: Final = "policies"
 """Name of the verifier's global table over ``attest.policies.v1``."""
-POLICY_SUBJECT: Final = "hostgate.PolicyPublished"
-POLICY_TOPIC: Final = "attest.policies.v1"
 MEDIA_TYPE: Final = "application/yaml"
 
 
@@ -131,3 +132,15 @@ def published_record(document: str, *, version: int, published_at_ms: int, autho
             "digest": hashlib.sha256(document.encode("utf-8")).digest(),
             "document": document, "media_type": MEDIA_TYPE,
             "published_at": published_at_ms, "author": author}
+
+
+def policy_of(state: StateView, policy_id: str, cache: PolicyCache
+              ) -> PolicyInForce | PolicyUnusable | None:
+    """The policy in force as the state shows it (None: no record; PolicyUnusable: broken)."""
+    record = state.get(POLICY_TABLE, policy_id)
+    if record is None:
+        return None
+    try:
+        return cache.get(record)
+    except PolicyUnusable as exc:
+        return exc

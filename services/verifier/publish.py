@@ -18,22 +18,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError, HostgateError
+from services.runtime.cli_conventions import (
+    add_broker_argument,
+    add_json_flag,
+    chosen_broker,
+    print_json,
+)
 from services.runtime.codec import Codec
 from services.runtime.connection import client_kwargs
 from services.runtime.stage import GlobalTableSpec
+from services.runtime.topics import Topics, add_namespace_argument, topics_from_args
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.loader import load_policy
-from services.verifier.policy_in_force import POLICY_SUBJECT, newer, published_record
-from services.verifier.stage import VerifierTopics
+from services.verifier.policy_in_force import newer, published_record
+from services.wire.subjects import POLICY_PUBLISHED
 
 MAX_POLICY_FILE = 1 << 20
 _VERSION_RE = re.compile(r"^[0-9]{1,9}$")
@@ -93,7 +98,7 @@ def choose_version(text: str, explicit: int | None) -> int:
 
 
 async def publish(text: str, *, bootstrap: str, version: int, author: str,
-                  topics: VerifierTopics, first_only: bool = False,
+                  topics: Topics, first_only: bool = False,
                   now_ms: int | None = None, allow_permissive: bool = False) -> Published:
     """Publish ``text`` as ``version``; see the module docstring for what is refused. A policy
     that declares ``spec.permissive: true`` (it may admit any host) needs ``allow_permissive``:
@@ -111,7 +116,7 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
                              "may admit any host; see `hostgate policy lint`); pass "
                              "--allow-permissive to publish it anyway")
     codec = Codec.load()
-    table = GlobalTable("policies", GlobalTableSpec(topics.policies, POLICY_SUBJECT, newer),
+    table = GlobalTable("policies", GlobalTableSpec(topics.policies, POLICY_PUBLISHED, newer),
                         bootstrap=bootstrap, codec=codec, client_id="hostgate.policy-publish")
     await table.start()
     try:
@@ -126,7 +131,7 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
         raise PublishRefused(f"policy {pid!r} version {version} is not newer than version "
                              f"{current['version']} already in {topics.policies}; the verifier "
                              "would keep the newer one (pass a higher --version)")
-    value, key = codec.encode(POLICY_SUBJECT, record), pid.encode("utf-8")
+    value, key = codec.encode(POLICY_PUBLISHED, record), pid.encode("utf-8")
     producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
                                 acks="all", client_id="hostgate.policy-publish")
     await producer.start()
@@ -154,7 +159,7 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "attest.policies.v1. Verifiers whose HOSTGATE_POLICY_ID names it pick it up within a "
         "second; the highest version is the one in force.",
         epilog="Environment: HOSTGATE_BOOTSTRAP (broker; default the local broker), "
-        "HOSTGATE_TOPIC_NAMESPACE (topic prefix for isolated deployments).",
+        "HOSTGATE_TOPIC_NAMESPACE (the deployment's namespace: topics <ns>.<name>).",
     )
     p.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
     p.add_argument("--bootstrap", action="store_true",
@@ -162,39 +167,32 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("--version", type=int, default=None,
                    help="version to publish (default: metadata.version, if an integer)")
     p.add_argument("--author", default=None, help="who publishes (default: the login name)")
-    p.add_argument("--broker", default=None, metavar="HOST:PORT",
-                   help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or the local "
-                        "broker)")
+    add_broker_argument(p, fallback="the local broker")
     p.add_argument("--allow-permissive", action="store_true",
                    help="publish a policy that declares spec.permissive: true (refused "
                         "otherwise: such a policy may admit any host)")
-    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+    add_namespace_argument(p)
+    add_json_flag(p, "print what was written as JSON")
     p.set_defaults(func=cmd_publish)
 
 
-def _broker(args: argparse.Namespace) -> str:
-    import os
-
+def _local_broker() -> str:
     from services.runtime.localbroker import BrokerConfig
 
-    return str(args.broker or os.environ.get("HOSTGATE_BOOTSTRAP")
-               or BrokerConfig.from_env().bootstrap)
+    return BrokerConfig.from_env().bootstrap
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Run ``hostgate policy publish``."""
-    import os
-
     text = read_policy_text(args.policy)
     version = choose_version(text, args.version)
     author = args.author or getpass.getuser()
-    topics = VerifierTopics(os.environ.get("HOSTGATE_TOPIC_NAMESPACE", "").strip())
-    done = asyncio.run(publish(text, bootstrap=_broker(args), version=version, author=author,
+    topics = topics_from_args(args)
+    done = asyncio.run(publish(text, bootstrap=chosen_broker(args, _local_broker), version=version, author=author,
                                topics=topics, first_only=args.bootstrap,
                                allow_permissive=args.allow_permissive))
     if args.json:
-        json.dump(done.to_json(), sys.stdout, indent=1, sort_keys=True)
-        print()
+        print_json(done.to_json())
     else:
         print(f"published policy {done.policy_id} version {done.version} ({done.digest}) to "
               f"{done.topic}[{done.partition}]@{done.offset} and "

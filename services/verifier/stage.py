@@ -11,20 +11,24 @@ consumer de-duplicate as well.
 environment                    meaning                                               default
 =============================  ====================================================  ========
 ``HOSTGATE_POLICY_ID``         id of the policy in force (required)                  —
-``HOSTGATE_TOPIC_NAMESPACE``   prefix ``<ns>.`` for every topic (isolated tests)     empty
+``HOSTGATE_TOPIC_NAMESPACE``   the deployment's namespace: topics ``<ns>.<name>``    empty
 =============================  ====================================================  ========
 
-A record that decodes but cannot be appraised (a bug) still gets a failed verdict, naming
-``verifier.internal_error``; only undecodable bytes go to ``verifier.dlq.v1``.
+Faults are mapped as in every stage (``services.runtime.faults``): a host's fault that escapes
+appraisal is a failed verdict naming it; a bug goes to ``verifier.dlq.v1`` with the error and
+is counted in ``hostgate_internal_errors`` (never blamed on the host, no verdict: fail closed).
+
+:func:`build_stage` makes the worker's one :class:`~services.verifier.memo.VerifierMemo` and
+hands it to every appraisal (why that never changes a verdict: :mod:`services.verifier.memo`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from services.errors import ConfigError
+from services.errors import HostgateError
 from services.runtime.stage import (
     Decision,
     GlobalTableSpec,
@@ -34,65 +38,20 @@ from services.runtime.stage import (
     StateView,
 )
 from services.verifier import core, reasons
+from services.verifier.config import VerifierConfig
 from services.verifier.policy_in_force import (
-    POLICY_SUBJECT,
     POLICY_TABLE,
-    PolicyCache,
-    PolicyInForce,
-    PolicyUnusable,
     newer,
+    policy_of,
 )
+from services.wire.subjects import POLICY_PUBLISHED as POLICY_SUBJECT
 
 INPUT_SUBJECT = "hostgate.EvidenceCollected"
-MAX_POLICY_ID = 128
-
-
-@dataclass(frozen=True)
-class VerifierTopics:
-    """The topics one verifier deployment uses (prefixed by a namespace in isolated tests)."""
-
-    namespace: str = ""
-
-    def _t(self, name: str) -> str:
-        return f"{self.namespace}.{name}" if self.namespace else name
-
-    @property
-    def collected(self) -> str:
-        return self._t("attest.collected.v1")
-
-    @property
-    def verdicts(self) -> str:
-        return self._t("attest.verdicts.v1")
-
-    @property
-    def policies(self) -> str:
-        return self._t("attest.policies.v1")
-
-    @property
-    def policy_history(self) -> str:
-        """Every version published, never compacted: what audit replay reads policies from."""
-        return self._t("attest.policies.history.v1")
-
-    @property
-    def dlq(self) -> str:
-        return self._t("verifier.dlq.v1")
 
 
 def _coordinates(inp: InputRecord) -> dict[str, Any]:
     c = inp.coordinates
     return {"topic": c.topic, "partition": c.partition, "offset": c.offset}
-
-
-def policy_of(state: StateView, policy_id: str, cache: PolicyCache
-              ) -> PolicyInForce | PolicyUnusable | None:
-    """The policy in force as the state shows it (None: no record; PolicyUnusable: broken)."""
-    record = state.get(POLICY_TABLE, policy_id)
-    if record is None:
-        return None
-    try:
-        return cache.get(record)
-    except PolicyUnusable as exc:
-        return exc
 
 
 def _decision(inp: InputRecord, verdict: core.VerdictRecord, topic: str) -> Decision:
@@ -107,43 +66,34 @@ def _decision(inp: InputRecord, verdict: core.VerdictRecord, topic: str) -> Deci
     return Decision(outputs=(out,), log=facts)
 
 
-def decide(inp: InputRecord, state: StateView, *, policy_id: str, topics: VerifierTopics,
-           cache: PolicyCache) -> Decision:
+def decide(inp: InputRecord, state: StateView, cfg: VerifierConfig) -> Decision:
     """Appraise one collected record under the policy in force; one verdict out."""
-    policy = policy_of(state, policy_id, cache)
-    verdict = core.appraise(inp.record, policy, collected_at=_coordinates(inp))
-    return _decision(inp, verdict, topics.verdicts)
+    policy = policy_of(state, cfg.policy_id, cfg.policies)
+    verdict = core.appraise(inp.record, policy, collected_at=_coordinates(inp), memo=cfg.memo)
+    return _decision(inp, verdict, cfg.topics.verdicts)
 
 
-def on_error(inp: InputRecord, exc: Exception, *, topics: VerifierTopics) -> Decision:
-    """A decodable record whose appraisal raised: a failed verdict, never the DLQ."""
+def on_host_fault(inp: InputRecord, exc: HostgateError, cfg: VerifierConfig) -> Decision:
+    """A host's fault that escaped appraisal (``services.runtime.faults``): a failed verdict
+    naming it (its message names the field and offset). A bug is never blamed on the host:
+    the runtime dead-letters it and counts it in ``hostgate_internal_errors``."""
     verdict = core.error_verdict(
-        inp.record, reasons.INTERNAL_ERROR,
-        f"The verifier could not appraise this evidence ({type(exc).__name__}); it fails "
-        "closed.", collected_at=_coordinates(inp))
-    return _decision(inp, verdict, topics.verdicts)
+        inp.record, reasons.EVIDENCE_MALFORMED,
+        f"The evidence could not be appraised: {type(exc).__name__}: {exc}",
+        collected_at=_coordinates(inp))
+    return _decision(inp, verdict, cfg.topics.verdicts)
 
 
 def build_stage(env: Mapping[str, str]) -> Stage:
-    """The verifier stage, configured from ``env`` (see the module docstring)."""
-    policy_id = env.get("HOSTGATE_POLICY_ID", "").strip()
-    if not policy_id or len(policy_id) > MAX_POLICY_ID:
-        raise ConfigError("HOSTGATE_POLICY_ID must name the policy in force (1..128 characters)")
-    topics = VerifierTopics(env.get("HOSTGATE_TOPIC_NAMESPACE", "").strip())
-    cache = PolicyCache()
-
-    def stage_decide(inp: InputRecord, state: StateView) -> Decision:
-        return decide(inp, state, policy_id=policy_id, topics=topics, cache=cache)
-
-    def stage_on_error(inp: InputRecord, exc: Exception) -> Decision:
-        return on_error(inp, exc, topics=topics)
-
+    """The verifier stage, configured from ``env`` (see ``services.verifier.config``)."""
+    cfg = VerifierConfig.from_env(env)
     return Stage(
         name="verifier",
-        input_topics=(topics.collected,),
+        input_topics=(cfg.topics.collected,),
         input_subjects=frozenset({INPUT_SUBJECT}),
-        decide=stage_decide,
-        on_error=stage_on_error,
-        dlq=topics.dlq,
-        global_tables={POLICY_TABLE: GlobalTableSpec(topics.policies, POLICY_SUBJECT, newer)},
+        decide=partial(decide, cfg=cfg),
+        on_host_fault=partial(on_host_fault, cfg=cfg),
+        dlq=cfg.topics.dlq("verifier"),
+        global_tables={POLICY_TABLE: GlobalTableSpec(cfg.topics.policies, POLICY_SUBJECT,
+                                                     newer)},
     )

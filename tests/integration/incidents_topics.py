@@ -1,4 +1,4 @@
-"""Topics of one isolated incidents-stage test run (unique prefix), created and deleted."""
+"""Topics of one isolated incidents-stage test run (its own namespace), created and deleted."""
 
 from __future__ import annotations
 
@@ -6,23 +6,28 @@ import sys
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.incidents.stage import IncidentsTopics
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from services.incidents.config import IncidentsConfig
+from services.incidents.stage import stage_from_config
+from services.runtime.topics import STATE_TABLES, TopicLayout, Topics, TopicSpec, ensure_topics
 from tests.integration.runtime_support import bootstrap
 
 
-def all_topics(t: IncidentsTopics) -> list[str]:
-    return [*t.inputs, t.incidents, t.findings, t.dlq, t.changelog("incidents"),
-            t.changelog("hosts")]
+def specs(t: Topics) -> list[TopicSpec]:
+    """The declared topics the incidents stage reads and writes, its DLQ and changelogs."""
+    names = {*stage_from_config(IncidentsConfig(topics=t)).input_topics, t.incidents, t.findings,
+             *(s.name for s in t.stage_specs("incidents", STATE_TABLES["incidents"]))}
+    return [s for s in t.all_specs() if s.name in names]
 
 
-async def create_topics(t: IncidentsTopics) -> None:
-    specs = [TopicSpec(name, "incidents test", compacted="changelog" in name)
-             for name in all_topics(t)]
-    await ensure_topics(bootstrap(), specs=specs, layout=TopicLayout(3, 1))
+def all_topics(t: Topics) -> list[str]:
+    return [s.name for s in specs(t)]
 
 
-async def delete_topics(t: IncidentsTopics) -> None:
+async def create_topics(t: Topics) -> None:
+    await ensure_topics(bootstrap(), specs=specs(t), layout=TopicLayout(3, 1))
+
+
+async def delete_topics(t: Topics) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
     await admin.start()
     try:

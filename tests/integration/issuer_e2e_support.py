@@ -1,4 +1,4 @@
-"""Helpers of the issuer/incidents end-to-end tests: fresh prefixed topics for both stages, stage
+"""Helpers of the issuer/incidents end-to-end tests: a fresh topic namespace for both stages, stage
 processes (``hostgate run <stage>``), verdict records, topic reads and the key-material scan.
 Everything talks to the real broker at ``HOSTGATE_BOOTSTRAP``."""
 
@@ -17,10 +17,10 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.incidents.stage import IncidentsTopics
-from services.issuer.stage import IssuerTopics
+from services.incidents.config import IncidentsConfig
+from services.incidents.stage import stage_from_config
 from services.runtime.codec import Codec
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from services.runtime.topics import STATE_TABLES, TopicLayout, Topics, TopicSpec, ensure_topics
 from tests.integration.runtime_support import REPO, Rec, bootstrap, read_committed
 from tests.unit.incidents_support import failed_rule
 from tests.unit.issuer_stage_support import CaFiles
@@ -28,28 +28,33 @@ from tests.unit.issuer_stage_support import CaFiles
 CODEC = Codec.load()
 
 
-def fresh_prefix(label: str) -> str:
-    return f"{label}-{uuid.uuid4().hex[:8]}."
+def fresh_namespace(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:8]}"
 
 
-def all_topics(prefix: str) -> list[str]:
-    it, nt = IssuerTopics(prefix), IncidentsTopics(prefix)
-    names = [*it.all(), *nt.inputs, nt.incidents, nt.findings, nt.dlq,
-             nt.changelog("incidents"), nt.changelog("hosts")]
-    return sorted(set(names))
+def specs(ns: str) -> list[TopicSpec]:
+    """The declared topics (``Topics.all_specs``) the issuer and incidents stages use."""
+    t = Topics(ns)
+    names = {t.verdicts, t.incidents, t.identity_events, t.credentials, t.hosts,
+             *stage_from_config(IncidentsConfig(topics=t)).input_topics, t.findings}
+    for stage in ("issuer", "incidents"):
+        names |= {s.name for s in t.stage_specs(stage, STATE_TABLES[stage])}
+    return [s for s in t.all_specs() if s.name in names]
 
 
-async def create_topics(prefix: str, partitions: int = 3) -> None:
-    specs = [TopicSpec(n, "issuer e2e test", compacted="changelog" in n or n.endswith(
-        "attest.hosts.v1")) for n in all_topics(prefix)]
-    await ensure_topics(bootstrap(), specs=specs, layout=TopicLayout(partitions, 1))
+def all_topics(ns: str) -> list[str]:
+    return sorted(s.name for s in specs(ns))
 
 
-async def delete_topics(prefix: str) -> None:
+async def create_topics(ns: str, partitions: int = 3) -> None:
+    await ensure_topics(bootstrap(), specs=specs(ns), layout=TopicLayout(partitions, 1))
+
+
+async def delete_topics(ns: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
     await admin.start()
     try:
-        await admin.delete_topics(all_topics(prefix))
+        await admin.delete_topics(all_topics(ns))
     except Exception as exc:  # cleanup only
         print(f"could not delete test topics: {exc}", file=sys.stderr)
     finally:
@@ -57,18 +62,23 @@ async def delete_topics(prefix: str) -> None:
 
 
 class StageProcess:
-    """``hostgate run <stage>`` as a real process, stdout and stderr captured to one file."""
+    """``hostgate run <stage>`` as a real process in namespace ``ns``, stdout and stderr
+    captured to one file. ``group`` (``HOSTGATE_GROUP``) defaults to the stage's own;
+    ``self.group`` is the consumer group the worker uses (inside the namespace)."""
 
-    def __init__(self, stage: str, prefix: str, log_dir: Path, env: Mapping[str, str],
+    def __init__(self, stage: str, ns: str, log_dir: Path, env: Mapping[str, str],
                  group: str | None = None) -> None:
         self.stage = stage
-        self.log_path = log_dir / f"{stage}.log"
+        self.log_path = log_dir / f"{stage}-{ns}.log"
+        t = Topics(ns)
+        self.group = t.name(group) if group else t.group(stage)
         self.env = {**os.environ, **env, "HOSTGATE_BOOTSTRAP": bootstrap(),
-                    "HOSTGATE_GROUP": group or f"{stage}-{prefix}",
-                    "HOSTGATE_ISSUER_TOPIC_PREFIX": prefix,
-                    "HOSTGATE_INCIDENTS_TOPIC_PREFIX": prefix,
+                    "HOSTGATE_TOPIC_NAMESPACE": ns,
                     "HOSTGATE_BATCH_MAX_MS": env.get("HOSTGATE_BATCH_MAX_MS", "300"),
                     "HOSTGATE_SESSION_TIMEOUT_MS": "6000"}
+        self.env.pop("HOSTGATE_GROUP", None)
+        if group:
+            self.env["HOSTGATE_GROUP"] = group
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -154,8 +164,8 @@ def decoded(recs: Iterable[Rec]) -> list[dict[str, Any]]:
     return out
 
 
-async def read_all_records(prefix: str) -> dict[str, list[Rec]]:
-    return {t: await read_committed(t) for t in all_topics(prefix)}
+async def read_all_records(ns: str) -> dict[str, list[Rec]]:
+    return {t: await read_committed(t) for t in all_topics(ns)}
 
 
 def find_secrets(blobs: Mapping[str, bytes], ca: CaFiles) -> list[str]:

@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.runtime.codec import Codec
-from services.runtime.eostest import INPUT_SUBJECT, EostestTopics
 from services.runtime.localbroker import BrokerConfig
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from services.runtime.topics import TopicLayout, ensure_topics
+from tests.support.eostest import INPUT_SUBJECT, EostestTopics
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
@@ -37,10 +37,9 @@ def fresh_topics(label: str) -> EostestTopics:
 
 
 async def create_topics(topics: EostestTopics, partitions: int = PARTITIONS) -> None:
-    specs = [TopicSpec(topics.input, "test input"), TopicSpec(topics.output, "test output"),
-             TopicSpec(topics.dlq, "test dlq"),
-             TopicSpec(topics.changelog, "test counters", compacted=True)]
-    await ensure_topics(bootstrap(), specs=specs, layout=TopicLayout(partitions, 1))
+    """The test stage's topics, through the product's ``ensure_topics`` (which alone creates
+    only the product's)."""
+    await ensure_topics(bootstrap(), specs=topics.specs(), layout=TopicLayout(partitions, 1))
 
 
 async def delete_topics(topics: EostestTopics) -> None:
@@ -165,25 +164,28 @@ async def group_lag(group: str, topic: str) -> int:
 
 
 class WorkerProcess:
-    """``hostgate run eostest`` as a real separate process."""
+    """One eostest worker (``python -m tests.support.eostest``) as a real separate process.
+    ``group`` is the configured ``HOSTGATE_GROUP``; ``self.group`` the consumer group the
+    worker uses (inside the topics' namespace)."""
 
     def __init__(self, topics: EostestTopics, group: str, log_dir: Path, name: str,
                  extra_env: Mapping[str, str] | None = None) -> None:
-        self.topics, self.group, self.name = topics, group, name
+        self.topics, self.name = topics, name
+        self.configured_group, self.group = group, topics.topics.name(group)
         self.log_path = log_dir / f"{name}.log"
         self.extra_env = dict(extra_env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
-        env = {**os.environ, "HOSTGATE_EOSTEST_PREFIX": self.topics.prefix,
-               "HOSTGATE_GROUP": self.group, "HOSTGATE_BOOTSTRAP": bootstrap(),
+        env = {**os.environ, "HOSTGATE_TOPIC_NAMESPACE": self.topics.namespace,
+               "HOSTGATE_GROUP": self.configured_group, "HOSTGATE_BOOTSTRAP": bootstrap(),
                "HOSTGATE_SESSION_TIMEOUT_MS": "6000", **self.extra_env}
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"--- start {self.starts}\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "run", "eostest"], cwd=REPO, env=env,
+                [sys.executable, "-m", "tests.support.eostest"], cwd=REPO, env=env,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def alive(self) -> bool:

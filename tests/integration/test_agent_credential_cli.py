@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import serialization
 from services.agent.swtpm import LocalCA, SwtpmInstance, provision
 from services.agent.tpm import AgentTpm
 from services.demo.orchestrator import ISSUER_CA_ENV, create_issuing_ca
+from services.issuer.config import IssuerConfig, load_ca_from_env
 from services.issuer.core import apply_verdict
-from services.issuer.stage import load_ca_from_env
 from services.runtime.codec import Codec
 from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
 from tests.integration.issuer_e2e_support import wire_verdict
@@ -98,6 +98,7 @@ def test_agent_credential_opens_only_in_its_tpm_and_state(
                               layout=TopicLayout(3, 1)))
     ca_paths = create_issuing_ca(tmp_path / "ca", dt.datetime.now(dt.UTC))
     ca = load_ca_from_env({ISSUER_CA_ENV[k]: str(p) for k, p in ca_paths.items()})
+    cfg = IssuerConfig(ca=ca)
     host = f"credcli-{uuid.uuid4().hex[:6]}"
     ek_public, pcrs = _ek_and_pcrs(tpms.a.tcti)
     # two passing verdicts for the host: the command must take the newer credential
@@ -105,7 +106,7 @@ def test_agent_credential_opens_only_in_its_tpm_and_state(
     for n in (1, 2):
         at = dt.datetime.now(dt.UTC)
         out = apply_verdict(wire_verdict(f"v-{host}-{n}", host, result="PASS", at=at,
-                                         ek_public=ek_public, pcrs=pcrs), None, ca)
+                                         ek_public=ek_public, pcrs=pcrs), None, cfg)
         assert out.credential is not None
         creds.append(out.credential)
     assert creds[0]["serial"] != creds[1]["serial"]

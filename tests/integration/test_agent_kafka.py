@@ -30,14 +30,12 @@ from services.agent.client import (
     AgentTimeout,
     ClientConfig,
     EnrollmentRefused,
-    SimulatedHostSide,
-    hold_past_expiry,
-    replay_previous_nonce,
 )
 from services.agent.fleet import Fleet, HostSpec
-from services.collector.config import TopicNames
+from services.agent.hooks import hold_past_expiry, replay_previous_nonce
+from services.agent.hosts import SimulatedHostSide
 from services.runtime.codec import Codec
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from services.runtime.topics import TopicLayout, Topics, TopicSpec, ensure_topics
 from services.tpm.keys import decode_public
 from services.tpm.quote import verify_quote
 from services.verifier.policy_in_force import published_record
@@ -68,15 +66,15 @@ spec:
 COVERAGE = tuple((bank, (*range(10), 12)) for bank in ("sha1", "sha256"))
 
 
-def _specs(topics: TopicNames) -> list[TopicSpec]:
+def _specs(topics: Topics) -> list[TopicSpec]:
     return [TopicSpec(topics.requests, "t", broker_timestamps=True),
             TopicSpec(topics.evidence, "t", broker_timestamps=True),
             TopicSpec(topics.challenges, "t"), TopicSpec(topics.collected, "t"),
-            TopicSpec(topics.rejections, "t"), TopicSpec(topics.dlq, "t"),
+            TopicSpec(topics.rejections, "t"), TopicSpec(topics.dlq("collector"), "t"),
             TopicSpec(topics.identity, "t"), TopicSpec(topics.identity_events, "t"),
             TopicSpec(topics.ek_bindings, "t"), TopicSpec(topics.ek_grants, "t"),
             TopicSpec(topics.policies, "t", compacted=True),
-            *(TopicSpec(topics.changelog(t), "t", compacted=True) for t in TABLES)]
+            *(TopicSpec(topics.changelog("collector", t), "t", compacted=True) for t in TABLES)]
 
 
 class Collector:
@@ -114,7 +112,7 @@ class Collector:
 
 @dataclass
 class Env:
-    topics: TopicNames
+    topics: Topics
     fleet: Fleet
     collector: Collector
     bootstrap: str
@@ -163,7 +161,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 @pytest.fixture()
 async def env(tmp_path: Path, fleet: Fleet, kafka_bootstrap: str) -> AsyncIterator[Env]:
-    topics = TopicNames(f"it{uuid.uuid4().hex[:8]}")
+    topics = Topics(f"it{uuid.uuid4().hex[:8]}")
     await ensure_topics(kafka_bootstrap, specs=_specs(topics), layout=TopicLayout(3, 1))
     codec = Codec.load()
     policy = published_record(POLICY, version=1, published_at_ms=1, author="tests")
@@ -281,7 +279,7 @@ async def test_enrol_attest_and_intake_refusals(env: Env) -> None:
     assert await env.collected(foreign) == []
 
     # Nothing went to the DLQ, and the collector shuts down cleanly.
-    assert await rs.read_committed(env.topics.dlq) == []
+    assert await rs.read_committed(env.topics.dlq("collector")) == []
     assert env.collector.terminate() == 0, env.collector.log()
 
 

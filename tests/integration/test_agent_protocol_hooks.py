@@ -14,14 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.agent.client import (
+from services.agent.fleet import Fleet, HostSpec
+from services.agent.hooks import (
     EvidenceDraft,
-    SimulatedHostSide,
     hold_past_expiry,
     hook_for,
     replay_previous_nonce,
 )
-from services.agent.fleet import Fleet, HostSpec
+from services.agent.hosts import SimulatedHostSide
 from services.agent.tamper import PROFILES
 from services.tpm.errors import InvalidQuoteSignature
 from services.tpm.keys import decode_public

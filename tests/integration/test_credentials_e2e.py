@@ -33,8 +33,7 @@ from services.agent.credential_receiver import (
 from services.agent.fleet import Fleet, HostSpec, SimulatedHost
 from services.incidents.cloudevents import read_binary_headers
 from services.incidents.ocsf import validate
-from services.incidents.stage import IncidentsTopics
-from services.issuer.stage import IssuerTopics
+from services.runtime.topics import Topics
 from services.tpm.quote import verify_quote
 from tests.integration import issuer_e2e_support as es
 from tests.integration.runtime_support import REPO, bootstrap, produce_raw, read_committed
@@ -81,7 +80,7 @@ class Pipeline:
 
     def __init__(self, prefix: str, ca: CaFiles, log_dir: Path) -> None:
         self.prefix, self.ca, self.log_dir = prefix, ca, log_dir
-        self.it, self.nt = IssuerTopics(prefix), IncidentsTopics(prefix)
+        self.it = self.nt = Topics(prefix)
         self.issuer = es.StageProcess("issuer", prefix, log_dir,
                                       {**ca.env, "HOSTGATE_LOG_LEVEL": "debug"})
         self.incidents = es.StageProcess("incidents", prefix, log_dir, {})
@@ -89,7 +88,7 @@ class Pipeline:
         self.crl_log = log_dir / "serve-crl.log"
 
     def args(self, *extra: str) -> list[str]:
-        return [*extra, "--bootstrap", bootstrap(), "--topic-prefix", self.prefix]
+        return [*extra, "--bootstrap", bootstrap(), "--topic-namespace", self.prefix]
 
     async def verdict(self, record: dict[str, Any]) -> None:
         await produce_raw(self.it.verdicts, [es.encode_verdict(record)])
@@ -163,7 +162,7 @@ def revoked_serials(crl: x509.CertificateRevocationList) -> set[str]:
 
 async def test_issue6_credentials_quarantine_incident_lifecycle_and_no_key_leaks(
         kafka_bootstrap: str, tmp_path: Path, fleet: Fleet) -> None:
-    prefix = es.fresh_prefix("e2e")
+    prefix = es.fresh_namespace("e2e")
     await es.create_topics(prefix)
     ca = write_pem_ca(tmp_path / "ca")
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
@@ -324,7 +323,8 @@ async def test_issue6_credentials_quarantine_incident_lifecycle_and_no_key_leaks
         assert blobs["issuer log"].count(b'"event": "decision"') >= 8, (
             "the issuer logged no decisions: the scan would prove nothing")
         assert es.find_secrets(blobs, ca) == []
-        assert await read_committed(p.it.dlq) == [] and await read_committed(p.nt.dlq) == []
+        assert await read_committed(p.it.dlq("issuer")) == []
+        assert await read_committed(p.nt.dlq("incidents")) == []
     finally:
         p.stop()
         if sys.exc_info()[0] is not None:

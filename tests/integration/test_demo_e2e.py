@@ -31,8 +31,8 @@ import pytest
 from services.agent.attacks import FLOOD_COUNT
 from services.demo.report import EXPECTED_REASONS
 from services.runtime.codec import Codec
-from services.verifier.cli_replay import Recorded, read_recorded, run_replay
-from services.verifier.replay import AuditReport, FindingKind, WhatIfReport
+from services.verifier.audit_replay import AuditReport, FindingKind, WhatIfReport
+from services.verifier.cli_audit_replay import Recorded, read_recorded, run_replay
 from tests.integration import runtime_support as rs
 from tests.unit.test_replay_core import without_grub_of
 

@@ -16,8 +16,8 @@ import pytest
 
 from services.incidents.cloudevents import read_binary_headers
 from services.incidents.ocsf import validate
-from services.incidents.stage import IncidentsTopics
 from services.runtime.codec import Codec
+from services.runtime.topics import Topics
 from tests.integration.incidents_topics import create_topics, delete_topics
 from tests.integration.runtime_support import (
     REPO,
@@ -43,20 +43,19 @@ def _decoded(recs: list[Rec]) -> list[dict[str, Any]]:
     return out
 
 
-def _cli(t: IncidentsTopics, *argv: str) -> subprocess.CompletedProcess[str]:
+def _cli(t: Topics, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", "incidents", *argv,
-         "--bootstrap", bootstrap(), "--topic-prefix", t.prefix],
+         "--bootstrap", bootstrap(), "--topic-namespace", t.namespace],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 
 async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    t = IncidentsTopics(f"it-{uuid.uuid4().hex[:8]}.")
+    t = Topics(f"it-{uuid.uuid4().hex[:8]}")
     await create_topics(t)
-    env = {**os.environ, "HOSTGATE_INCIDENTS_TOPIC_PREFIX": t.prefix,
-           "HOSTGATE_GROUP": f"incidents-{t.prefix}", "HOSTGATE_BOOTSTRAP": bootstrap(),
-           "HOSTGATE_BATCH_MAX_MS": "300", "HOSTGATE_SESSION_TIMEOUT_MS": "6000"}
+    env = {**os.environ, "HOSTGATE_TOPIC_NAMESPACE": t.namespace,
+           "HOSTGATE_BOOTSTRAP": bootstrap(), "HOSTGATE_BATCH_MAX_MS": "300", "HOSTGATE_SESSION_TIMEOUT_MS": "6000"}
     log_path = tmp_path / "incidents-worker.log"
     with open(log_path, "wb") as log:
         worker = subprocess.Popen([sys.executable, "-m", "services.cli", "run", "incidents"],
@@ -65,7 +64,7 @@ async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
     try:
         host = "host-it-0001"
         value = CODEC.encode("hostgate.Verdict", verdict(host, 1))
-        await produce_raw(t.inputs[0], [(host.encode(), value, [])])
+        await produce_raw(t.verdicts, [(host.encode(), value, [])])
 
         async def events() -> list[dict[str, Any]]:
             return _decoded(await read_committed(t.incidents))
@@ -106,7 +105,7 @@ async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
         shown = _cli(t, "show", inc_id)
         assert shown.returncode == 0 and "REJECTED CLOSE by carol: INVALID_TRANSITION" in \
             shown.stdout
-        assert await read_committed(t.dlq) == []
+        assert await read_committed(t.dlq("incidents")) == []
 
         findings = await read_committed(t.findings)
         bodies = [json.loads(r.value or b"") for r in findings]

@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaProducer
 
 from services.incidents.cloudevents import read_binary_headers
 from services.incidents.ocsf import validate
-from services.incidents.stage import IncidentsTopics
 from services.runtime.codec import Codec
+from services.runtime.topics import Topics
 from tests.integration.incidents_topics import create_topics, delete_topics
 from tests.integration.runtime_support import REPO, bootstrap, read_committed, wait_until
 from tests.unit.incidents_support import verdict
@@ -31,7 +31,7 @@ HOUR_MS = 3600 * 1000
 
 
 
-async def _findings(t: IncidentsTopics) -> list[dict[str, Any]]:
+async def _findings(t: Topics) -> list[dict[str, Any]]:
     out = []
     for r in await read_committed(t.findings):
         body = json.loads(r.value or b"")
@@ -47,11 +47,10 @@ def _stale(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    t = IncidentsTopics(f"it-tick-{uuid.uuid4().hex[:8]}.")
+    t = Topics(f"it-tick-{uuid.uuid4().hex[:8]}")
     await create_topics(t)
-    env = {**os.environ, "HOSTGATE_INCIDENTS_TOPIC_PREFIX": t.prefix,
-           "HOSTGATE_INCIDENTS_STALE_AFTER_S": "3600",
-           "HOSTGATE_GROUP": f"incidents-{t.prefix}", "HOSTGATE_BOOTSTRAP": bootstrap(),
+    env = {**os.environ, "HOSTGATE_TOPIC_NAMESPACE": t.namespace,
+           "HOSTGATE_INCIDENTS_STALE_AFTER_S": "3600", "HOSTGATE_BOOTSTRAP": bootstrap(),
            "HOSTGATE_BATCH_MAX_MS": "300", "HOSTGATE_SESSION_TIMEOUT_MS": "6000"}
     log_path = tmp_path / "incidents-worker.log"
     with open(log_path, "wb") as log:
@@ -65,7 +64,7 @@ async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
         await producer.start()
         try:
             await producer.send_and_wait(
-                t.inputs[0], CODEC.encode("hostgate.Verdict", verdict(host, 1, at=attested_at)),
+                t.verdicts, CODEC.encode("hostgate.Verdict", verdict(host, 1, at=attested_at)),
                 key=host.encode(), timestamp_ms=attested_at)
         finally:
             await producer.stop()
@@ -78,7 +77,7 @@ async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
 
         ticked = subprocess.run(
             [sys.executable, "-m", "services.cli", "incidents", "tick", "--once",
-             "--json", "--bootstrap", bootstrap(), "--topic-prefix", t.prefix],
+             "--json", "--bootstrap", bootstrap(), "--topic-namespace", t.namespace],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert ticked.returncode == 0, ticked.stderr
         summary = json.loads(ticked.stdout)
@@ -93,7 +92,7 @@ async def test_a_tick_reports_a_host_that_went_silent_on_an_idle_partition(
         assert stale["_ce"]["ce_subject"] == host
         assert stale["start_time"] == attested_at
         assert stale["time"] >= attested_at + 3 * HOUR_MS
-        assert await read_committed(t.dlq) == []
+        assert await read_committed(t.dlq("incidents")) == []
     finally:
         worker.terminate()
         try:

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from services.incidents.stage import IncidentsTopics
 from services.issuer.core import _output_id
 from services.issuer.crl import fold_states, read_changelog
-from services.issuer.stage import IssuerTopics
 from services.runtime.stage import Coordinates, InputRecord
+from services.runtime.topics import Topics
 from tests.integration import issuer_e2e_support as es
 from tests.integration.runtime_support import produce_raw, read_committed, wait_until
 from tests.unit.issuer_stage_support import write_pem_ca
@@ -78,14 +77,14 @@ async def test_issuer_and_incidents_sigkilled_mid_batch_exactly_once(
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
-    prefix = es.fresh_prefix("eosiss")
+    prefix = es.fresh_namespace("eosiss")
     await es.create_topics(prefix, partitions=3)
     ca = write_pem_ca(tmp_path / "ca")
     eks = [software_ek_public() for _ in range(4)]
     issuer = es.StageProcess("issuer", prefix, tmp_path, {**ca.env,
                                                          "HOSTGATE_BATCH_MAX_MS": "1500"})
     incidents = es.StageProcess("incidents", prefix, tmp_path, {"HOSTGATE_BATCH_MAX_MS": "1500"})
-    t_iss, t_inc = IssuerTopics(prefix), IncidentsTopics(prefix)
+    t_iss = t_inc = Topics(prefix)
     plan = _plan(rng)
     base = es.now()
     try:
@@ -115,8 +114,9 @@ async def test_issuer_and_incidents_sigkilled_mid_batch_exactly_once(
         assert kills == {"issuer": KILLS, "incidents": KILLS}
 
         async def drained() -> bool:
-            return (await _consumed_all(incidents.env["HOSTGATE_GROUP"], [t_inc.inputs[0]])
-                    and await _consumed_all(issuer.env["HOSTGATE_GROUP"], list(t_iss.inputs)))
+            return (await _consumed_all(incidents.group, [t_inc.verdicts])
+                    and await _consumed_all(issuer.group, [t_iss.verdicts, t_iss.incidents,
+                                                           t_iss.identity_events]))
 
         await wait_until(drained, 150, "both groups to drain", poll_s=1.0)
         assert issuer.stop() == 0 and incidents.stop() == 0
@@ -144,7 +144,8 @@ async def test_issuer_and_incidents_sigkilled_mid_batch_exactly_once(
         issued = {c["serial"] for c in creds}
 
         # final state per host: revocations only of issued serials, never twice, never held
-        folded = fold_states(await read_changelog(es.bootstrap(), t_iss.hosts_changelog))
+        folded = fold_states(await read_changelog(es.bootstrap(),
+                                                  t_iss.changelog("issuer", "hosts")))
         assert folded.problems == []
         failed_hosts = {h for h, _, r in plan if r == "FAIL"}
         for host, state in folded.states.items():

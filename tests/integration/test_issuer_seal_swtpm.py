@@ -21,6 +21,7 @@ from tpm2_pytss.TSS2_Exception import TSS2_Exception
 from services.agent.measured_boot import synthesise
 from services.agent.swtpm import LocalCA, SwtpmInstance, clone_state, provision
 from services.agent.tpm import AgentTpm
+from services.issuer.config import IssuerConfig
 from services.issuer.core import apply_verdict
 from services.issuer.sealing import open_credential
 from services.tpm.credential import SealedCredential, pcr_selection
@@ -81,7 +82,8 @@ def test_credential_opens_only_in_the_attested_tpm_and_state(tpm_a: AgentTpm,
     pcrs = _attest_clean_boot(tpm_a)
     record = verdict("v-swtpm-1", ek_public=tpm_a.ek().public, pcrs=dict(pcrs["sha256"]))
     ca, _ = pem_ca()
-    out = apply_verdict(record, None, ca)
+    cfg = IssuerConfig(ca=ca)
+    out = apply_verdict(record, None, cfg)
     cred = out.credential
     assert cred is not None
     cert = x509.load_der_x509_certificate(cred["certificate"])

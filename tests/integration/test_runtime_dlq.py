@@ -1,6 +1,6 @@
 """Poison records go to the DLQ with their original bytes and the reason; the stage keeps going.
 
-Real broker, real ``hostgate run eostest`` process. Also checks /healthz, /readyz and /metrics of
+Real broker, real eostest worker process. Also checks /healthz, /readyz and /metrics of
 the running worker and that SIGTERM exits 0.
 """
 
@@ -16,8 +16,8 @@ import pytest
 
 from services.runtime import dlq
 from services.runtime.codec import Codec
-from services.runtime.eostest import INPUT_SUBJECT
 from tests.integration import runtime_support as rs
+from tests.support.eostest import INPUT_SUBJECT
 
 pytestmark = [pytest.mark.kafka]
 
@@ -67,7 +67,7 @@ async def test_poison_records_land_in_dlq_and_stage_keeps_going(tmp_path: Path,
     topics = rs.fresh_topics("dlq")
     await rs.create_topics(topics)
     port = _free_port()
-    worker = rs.WorkerProcess(topics, f"g.{topics.prefix}", tmp_path, "dlq-worker",
+    worker = rs.WorkerProcess(topics, "g", tmp_path, "dlq-worker",
                               {"HOSTGATE_HTTP_PORT": str(port), "HOSTGATE_BATCH_MAX_RECORDS": "7"})
     try:
         poison = _poison(codec)

@@ -1,4 +1,4 @@
-"""Exactly-once under faults, against the real broker and real ``hostgate run eostest`` workers.
+"""Exactly-once under faults, against the real broker and real eostest worker processes.
 
 * one worker SIGKILLed at random moments (at least three times) and restarted, and the broker
   restarted once, while 10,000 inputs stream in;
@@ -27,8 +27,8 @@ import pytest
 
 from services.runtime import localbroker
 from services.runtime.codec import Codec
-from services.runtime.eostest import EostestTopics
 from tests.integration import runtime_support as rs
+from tests.support.eostest import EostestTopics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -87,7 +87,7 @@ async def test_sigkills_and_broker_restart_exactly_once(tmp_path: Path,
     topics = rs.fresh_topics("kill")
     await rs.create_topics(topics)
     # Static membership: a restarted worker replaces its dead self at once (no session wait).
-    worker = rs.WorkerProcess(topics, f"g.{topics.prefix}", tmp_path, "worker",
+    worker = rs.WorkerProcess(topics, "g", tmp_path, "worker",
                               {"HOSTGATE_BATCH_MAX_RECORDS": "100", "HOSTGATE_INSTANCE_ID": "w1"})
     n, waves = 10_000, 20
     inputs = rs.make_inputs(n, 300, seed=seed)
@@ -144,7 +144,7 @@ async def _two_workers(tmp_path: Path, label: str, stall_s: float
                        ) -> tuple[EostestTopics, rs.WorkerProcess, rs.WorkerProcess]:
     topics = rs.fresh_topics(label)
     await rs.create_topics(topics)
-    group = f"g.{topics.prefix}"
+    group = "g"  # inside the run's namespace: its own group
     common = {"HOSTGATE_BATCH_MAX_RECORDS": "50"}
     steady = rs.WorkerProcess(topics, group, tmp_path, "steady", common)
     staller = rs.WorkerProcess(topics, group, tmp_path, "staller", {

@@ -7,25 +7,27 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.runtime.topics import TopicLayout, TopicSpec, all_topics, ensure_topics
+from services.runtime.topics import TopicLayout, Topics, TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.kafka
 
 
 def test_declaration_covers_design_topics() -> None:
-    names = {s.name for s in all_topics()}
+    names = {s.name for s in Topics().all_specs()}
     for name in ("attest.requests.v1", "attest.evidence.v1", "attest.collected.v1",
                  "attest.verdicts.v1", "attest.hosts.v1", "attest.policies.v1",
                  "attest.incidents.v1", "attest.remediation.v1", "soc.findings.ocsf.v1",
                  "verifier.dlq.v1"):
         assert name in names
-    by_name = {s.name: s for s in all_topics()}
+    by_name = {s.name: s for s in Topics().all_specs()}
     for audit in ("attest.evidence.v1", "attest.collected.v1", "attest.verdicts.v1",
                   "attest.incidents.v1"):
         assert by_name[audit].configs(1)["retention.ms"] == "-1"
     for compacted in ("attest.hosts.v1", "attest.policies.v1",
                       "hostgate.collector.enrollments.changelog.v1"):
         assert by_name[compacted].configs(1)["cleanup.policy"] == "compact"
+    # the product's topics only: the runtime's test stage creates its own (tests/support)
+    assert not any("eostest" in name for name in names)
 
 
 async def test_ensure_is_idempotent_and_reports_drift(kafka_bootstrap: str) -> None:

@@ -20,7 +20,8 @@ from services.runtime.codec import Codec
 from services.runtime.globaltable import GlobalTable
 from services.runtime.stage import GlobalTableSpec
 from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
-from services.verifier.policy_in_force import POLICY_SUBJECT, newer, published_record
+from services.verifier.policy_in_force import newer, published_record
+from services.wire.subjects import POLICY_PUBLISHED
 from tests.integration.runtime_support import bootstrap
 
 pytestmark = pytest.mark.kafka
@@ -38,7 +39,7 @@ spec:
 
 
 def _value(codec: Codec, pid: str, version: int) -> bytes:
-    return codec.encode(POLICY_SUBJECT, published_record(POLICY.format(pid=pid), version=version,
+    return codec.encode(POLICY_PUBLISHED, published_record(POLICY.format(pid=pid), version=version,
                                                          published_at_ms=0, author="t"))
 
 
@@ -63,7 +64,7 @@ def test_global_table_loads_reduces_and_follows(kafka_bootstrap: str) -> None:
                                transactional_id=f"{topic}.txn")
         await producer.start()
         await txn.start()
-        table = GlobalTable("policies", GlobalTableSpec(topic, POLICY_SUBJECT, newer),
+        table = GlobalTable("policies", GlobalTableSpec(topic, POLICY_PUBLISHED, newer),
                             bootstrap=bootstrap(), codec=codec, client_id="test.gt")
         try:
             for pid, version in (("a", 1), ("a", 3), ("a", 2), ("b", 1), ("c", 1)):
@@ -103,7 +104,7 @@ def test_global_table_loads_reduces_and_follows(kafka_bootstrap: str) -> None:
 def test_missing_topic_is_a_config_error(kafka_bootstrap: str) -> None:
     async def scenario() -> None:
         table = GlobalTable("policies", GlobalTableSpec(f"missing-{uuid.uuid4().hex}",
-                                                        POLICY_SUBJECT, newer),
+                                                        POLICY_PUBLISHED, newer),
                             bootstrap=bootstrap(), codec=Codec.load(), client_id="test.gt2")
         with pytest.raises(ConfigError, match="does not exist"):
             await table.start()

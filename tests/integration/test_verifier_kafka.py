@@ -25,13 +25,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.runtime.codec import Codec
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from services.runtime.topics import TopicLayout, Topics, TopicSpec, ensure_topics
 from services.verifier import reasons
-from services.verifier.cli_replay import read_recorded
-from services.verifier.policy_in_force import POLICY_SUBJECT, load_in_force, published_record
+from services.verifier.audit_replay import PolicyIndex
+from services.verifier.cli_audit_replay import read_recorded
+from services.verifier.policy_in_force import load_in_force, published_record
 from services.verifier.publish import PublishRefused, publish
-from services.verifier.replay import PolicyIndex
-from services.verifier.stage import VerifierTopics
+from services.wire.subjects import POLICY_PUBLISHED
 from tests.integration.runtime_support import REPO, bootstrap, read_committed
 from tests.unit.verifier_support import SimFleet, collected_for, sim_fleet
 
@@ -50,21 +50,21 @@ def sim(tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str) -> Itera
         yield s
 
 
-async def _create(topics: VerifierTopics) -> None:
+async def _create(topics: Topics) -> None:
     specs = [TopicSpec(topics.collected, "test collected"),
              TopicSpec(topics.verdicts, "test verdicts"),
              TopicSpec(topics.policies, "test policies", compacted=True),
              TopicSpec(topics.policy_history, "test policy history"),
-             TopicSpec(topics.dlq, "test dlq")]
+             TopicSpec(topics.dlq("verifier"), "test dlq")]
     await ensure_topics(bootstrap(), specs=specs, layout=TopicLayout(PARTITIONS, 1))
 
 
-async def _delete(topics: VerifierTopics) -> None:
+async def _delete(topics: Topics) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
     await admin.start()
     try:
         await admin.delete_topics([topics.collected, topics.verdicts, topics.policies,
-                                   topics.policy_history, topics.dlq])
+                                   topics.policy_history, topics.dlq("verifier")])
     except Exception as exc:  # cleanup only
         print(f"could not delete test topics: {exc}", file=sys.stderr)
     finally:
@@ -97,7 +97,7 @@ def _records(sim: SimFleet, rounds: int) -> tuple[list[dict[str, Any]], dict[byt
 class VerifierProcess:
     """``hostgate run verifier`` as a separate process, logging to a file."""
 
-    def __init__(self, topics: VerifierTopics, group: str, log_path: Path,
+    def __init__(self, topics: Topics, group: str, log_path: Path,
                  batch_max_records: int = 500) -> None:
         self.env = {**os.environ, "HOSTGATE_TOPIC_NAMESPACE": topics.namespace,
                     "HOSTGATE_POLICY_ID": POLICY_ID, "HOSTGATE_GROUP": group,
@@ -172,7 +172,7 @@ def _check_exactly_once(verdicts: list[Any], kinds: dict[bytes, str], codec: Cod
 
 def test_verdicts_exactly_once_with_policy_from_the_global_table(sim: SimFleet,
                                                                   tmp_path: Path) -> None:
-    topics = VerifierTopics(f"vt{uuid.uuid4().hex[:8]}")
+    topics = Topics(f"vt{uuid.uuid4().hex[:8]}")
     codec = Codec.load()
     records, kinds = _records(sim, rounds=3)
 
@@ -193,7 +193,7 @@ def test_verdicts_exactly_once_with_policy_from_the_global_table(sim: SimFleet,
             verdicts = await read_committed(topics.verdicts)
             assert len(verdicts) == len(records)
             _check_exactly_once(verdicts, kinds, codec)
-            assert await read_committed(topics.dlq) == []
+            assert await read_committed(topics.dlq("verifier")) == []
             assert proc.stop() == 0
             assert "global_table.loaded" in proc.log()
         finally:
@@ -208,7 +208,7 @@ def test_replay_finds_superseded_policy_versions_on_the_history_topic(sim: SimFl
     """Kafka compaction leaves only the newest version of a policy on ``attest.policies.v1``,
     while verdicts naming older versions are kept forever. ``publish`` writes every version to
     the history topic too, and replay indexes policies from it."""
-    topics = VerifierTopics(f"vh{uuid.uuid4().hex[:8]}")
+    topics = Topics(f"vh{uuid.uuid4().hex[:8]}")
     codec = Codec.load()
     v2_text = sim.policy_text.replace('description: "', 'description: "second version; ', 1)
     assert v2_text != sim.policy_text
@@ -223,7 +223,7 @@ def test_replay_finds_superseded_policy_versions_on_the_history_topic(sim: SimFl
             await producer.start()
             try:
                 await producer.send_and_wait(topics.policy_history,
-                                             codec.encode(POLICY_SUBJECT, v1),
+                                             codec.encode(POLICY_PUBLISHED, v1),
                                              key=POLICY_ID.encode())
             finally:
                 await producer.stop()
@@ -248,7 +248,7 @@ def test_replay_finds_superseded_policy_versions_on_the_history_topic(sim: SimFl
 
 @pytest.mark.slow
 def test_sigkill_mid_stream_never_yields_two_verdicts(sim: SimFleet, tmp_path: Path) -> None:
-    topics = VerifierTopics(f"vk{uuid.uuid4().hex[:8]}")
+    topics = Topics(f"vk{uuid.uuid4().hex[:8]}")
     codec = Codec.load()
     records, kinds = _records(sim, rounds=40)  # 40 x 6 hosts = 240 evidences
 

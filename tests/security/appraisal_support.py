@@ -30,7 +30,7 @@ from services.tpm.eventlog_builder import (
 from services.verifier.core import VerdictRecord, appraise
 from services.verifier.policy.derive import derive_policy, golden_from_log
 from services.verifier.policy_in_force import PolicyInForce, load_in_force, published_record
-from services.verifier.simulate import collected_record, submitted_record
+from tests.support.simulated_evidence import collected_record, submitted_record
 
 RECEIVED_AT_MS = 1_767_225_600_000
 ACTIVE_BANKS = ("sha1", "sha256")

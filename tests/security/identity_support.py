@@ -30,11 +30,11 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.agent.client import AgentClient, AgentTimeout, ClientConfig, SimulatedHostSide
+from services.agent.client import AgentClient, AgentTimeout, ClientConfig
 from services.agent.fleet import Fleet, HostSpec, SimulatedHost
-from services.collector.config import TopicNames
+from services.agent.hosts import SimulatedHostSide
 from services.runtime.codec import Codec
-from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
+from services.runtime.topics import TopicLayout, Topics, TopicSpec, ensure_topics
 from services.tpm.keys import decode_public
 from tests.integration import runtime_support as rs
 
@@ -67,7 +67,7 @@ def ek_digest(ek_public: bytes) -> str:
                                            PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
-def _topic(topics: TopicNames, name: str, fallback: str) -> str:
+def _topic(topics: Topics, name: str, fallback: str) -> str:
     # The identity topics are new; reading them by attribute with a namespaced fallback lets
     # these tests run (and fail on their assertions) against a collector that predates them.
     value = getattr(topics, name, None)
@@ -76,29 +76,29 @@ def _topic(topics: TopicNames, name: str, fallback: str) -> str:
     return f"{topics.namespace}.{fallback}"
 
 
-def collector_specs(topics: TopicNames) -> list[TopicSpec]:
+def collector_specs(topics: Topics) -> list[TopicSpec]:
     """Every topic a namespaced collector (and its identity registry) uses."""
     return [TopicSpec(topics.requests, "t", broker_timestamps=True),
             TopicSpec(topics.evidence, "t", broker_timestamps=True),
             TopicSpec(topics.challenges, "t"), TopicSpec(topics.collected, "t"),
-            TopicSpec(topics.rejections, "t"), TopicSpec(topics.dlq, "t"),
+            TopicSpec(topics.rejections, "t"), TopicSpec(topics.dlq("collector"), "t"),
             TopicSpec(identity_topic(topics), "t"),
             TopicSpec(identity_events_topic(topics), "t"),
             TopicSpec(_topic(topics, "ek_bindings", "collector.ek-bindings.v1"), "t"),
             TopicSpec(_topic(topics, "ek_grants", "collector.ek-grants.v1"), "t"),
             TopicSpec(_topic(topics, "policies", "attest.policies.v1"), "t", compacted=True),
-            *(TopicSpec(topics.changelog(t), "t", compacted=True) for t in TABLES)]
+            *(TopicSpec(topics.changelog("collector", t), "t", compacted=True) for t in TABLES)]
 
 
-def identity_topic(topics: TopicNames) -> str:
+def identity_topic(topics: Topics) -> str:
     return _topic(topics, "identity", "attest.identity.v1")
 
 
-def identity_events_topic(topics: TopicNames) -> str:
+def identity_events_topic(topics: Topics) -> str:
     return _topic(topics, "identity_events", "attest.identity.events.v1")
 
 
-def ek_bindings_topic(topics: TopicNames) -> str:
+def ek_bindings_topic(topics: Topics) -> str:
     return _topic(topics, "ek_bindings", "collector.ek-bindings.v1")
 
 
@@ -193,7 +193,7 @@ class BorrowedSide(SimulatedHostSide):
 class Deployment:
     """A namespaced collector deployment: topics, worker processes, the fleet."""
 
-    topics: TopicNames
+    topics: Topics
     fleet: Fleet
     workers: list[CollectorProcess]
     bootstrap: str
@@ -250,7 +250,7 @@ class Deployment:
     async def table(self, table: str) -> dict[str, dict[str, Any] | None]:
         """The newest committed row of every key of a collector state table."""
         rows: dict[str, dict[str, Any] | None] = {}
-        for r in sorted(await rs.read_committed(self.topics.changelog(table)),
+        for r in sorted(await rs.read_committed(self.topics.changelog("collector", table)),
                         key=lambda r: (r.partition, r.offset)):
             assert r.key is not None
             rows[r.key.decode()] = None if r.value is None else CODEC.decode(r.value).record
@@ -302,7 +302,7 @@ async def deployment(tmp_path: Path, bootstrap: str, hosts: Sequence[str], *,
                      extra_env: Mapping[str, str] | None = None) -> AsyncIterator[Deployment]:
     """Topics under a fresh namespace, ``workers`` collector processes in one group, and a
     fleet of swtpm hosts named ``hosts``; everything is stopped and deleted afterwards."""
-    topics = TopicNames(f"sec{uuid.uuid4().hex[:8]}")
+    topics = Topics(f"sec{uuid.uuid4().hex[:8]}")
     specs = collector_specs(topics)
     await ensure_topics(bootstrap, specs=specs, layout=TopicLayout(partitions, 1))
     with Fleet(tmp_path / "fleet", [HostSpec(h, IMAGE, None, i + 1)

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from services.agent.client import RESULT_SUBJECT, AgentClient, EnrollmentRefused
+from services.agent.client import AgentClient, EnrollmentRefused
 from services.tpm.credential import CredentialChallenge
+from services.wire.subjects import ACTIVATION_CHALLENGE, ENROLLMENT_RESULT
 from tests.integration import runtime_support as rs
 from tests.security import identity_support as ids
 
@@ -36,7 +37,7 @@ async def _challenge(client: AgentClient, dep: ids.Deployment) -> dict[str, Any]
          "ek_cert": ident.ek_cert, "ek_public": ident.ek_public,
          "ak_public": ident.ak_public, "sent_at": 0, "request_attest": None,
          "request_signature": None},
-        {"hostgate.ActivationChallenge", RESULT_SUBJECT}, request_id, "ActivationChallenge")
+        {ACTIVATION_CHALLENGE, ENROLLMENT_RESULT}, request_id, "ActivationChallenge")
     assert answer.get("challenge_id", "").startswith("act-"), answer
     return dict(answer)
 
@@ -85,4 +86,4 @@ async def test_wrong_proofs_and_new_requests_do_not_burn_a_pending_enrolment(
         assert row["ak_public"] == host_sim.ak_public
         assert row["ek"]["ek_public"] == host_sim.ek_public
         assert [c["ak_public"] for c in await dep.collected(host)] == [host_sim.ak_public]
-        assert await rs.read_committed(dep.topics.dlq) == []
+        assert await rs.read_committed(dep.topics.dlq("collector")) == []

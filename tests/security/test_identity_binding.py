@@ -64,7 +64,7 @@ async def test_one_ek_binds_one_host_id_across_partitions_and_workers(
         enrolled = {h for h, row in (await dep.table("enrollments")).items()
                     if row is not None and row["state"] == "ENROLLED"}
         assert enrolled == {first}
-        assert await rs.read_committed(dep.topics.dlq) == []
+        assert await rs.read_committed(dep.topics.dlq("collector")) == []
 
 
 async def test_borrowing_an_enrolled_host_id_with_another_tpm_is_refused(

@@ -115,4 +115,4 @@ async def test_foreign_partition_records_cannot_enrol_or_attest(kafka_bootstrap:
             await client.attest()
         await dep.wait_collected(victim, 2)
         assert all(c["ak_public"] == victim_sim.ak_public for c in await dep.collected(victim))
-        assert await rs.read_committed(dep.topics.dlq) == []
+        assert await rs.read_committed(dep.topics.dlq("collector")) == []

@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from services.issuer.stage import IssuerTopics
+from services.runtime.topics import Topics
 from tests.integration import issuer_e2e_support as es
 from tests.integration.runtime_support import produce_raw, read_committed, wait_until
 from tests.unit.issuer_stage_support import write_pem_ca
 from tests.unit.issuer_support import PCRS, software_ek_public
 
 pytestmark = [pytest.mark.kafka]
-EVENTS_TOPIC = "attest.identity.events.v1"
 
 
 def _pass(verdict_id: str, host: str, ek: bytes, at: dt.datetime
@@ -32,14 +31,9 @@ def _pass(verdict_id: str, host: str, ek: bytes, at: dt.datetime
 
 async def test_issuer_refuses_a_verdict_whose_ek_is_not_the_hosts(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    prefix = es.fresh_prefix("seciss")
-    topics = IssuerTopics(prefix)
-    names = set(es.all_topics(prefix)) | {f"{prefix}{EVENTS_TOPIC}"}
-    from services.runtime.topics import TopicLayout, TopicSpec, ensure_topics
-
-    await ensure_topics(kafka_bootstrap, specs=[
-        TopicSpec(n, "t", compacted="changelog" in n or n.endswith("attest.hosts.v1"))
-        for n in sorted(names)], layout=TopicLayout(3, 1))
+    prefix = es.fresh_namespace("seciss")
+    topics = Topics(prefix)
+    await es.create_topics(prefix)  # the identity events topic included: an issuer input
     ca = write_pem_ca(tmp_path / "ca")
     issuer = es.StageProcess("issuer", prefix, tmp_path, ca.env)
     host, ek_own, ek_other = "sec-iss-web-042", software_ek_public(), software_ek_public()
@@ -74,7 +68,7 @@ async def test_issuer_refuses_a_verdict_whose_ek_is_not_the_hosts(
             topics.credentials))] == ["v-1"]
 
         # The operator releases the host (as the collector reports it), then the new TPM passes.
-        await produce_raw(f"{prefix}{EVENTS_TOPIC}", [(host.encode(), es.CODEC.encode(
+        await produce_raw(topics.identity_events, [(host.encode(), es.CODEC.encode(
             "hostgate.IdentityEvent", {
                 "event_id": "idev-1", "host_id": host, "event": "RELEASED",
                 "command_id": "cmd-1", "actor": "alice", "reason": "new TPM",
@@ -89,16 +83,9 @@ async def test_issuer_refuses_a_verdict_whose_ek_is_not_the_hosts(
         issued = es.decoded(await read_committed(topics.credentials))
         assert [c["verdict_id"] for c in issued] == ["v-1", "v-4"]
         assert es.decoded(await read_committed(topics.hosts))[-1]["state"] == "TRUSTED"
-        assert await read_committed(topics.dlq) == []
+        assert await read_committed(topics.dlq("issuer")) == []
     finally:
         issuer.stop()
         if issuer.proc is not None and issuer.proc.returncode not in (0, None):
             print(issuer.log_bytes()[-3000:].decode(errors="replace"))
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(sorted(names))
-        finally:
-            await admin.close()
+        await es.delete_topics(prefix)

@@ -23,10 +23,11 @@ import pytest
 
 from services.incidents.core import COMMAND, INTAKE_REJECTED, VERDICT
 from services.incidents.ocsf import validate
-from services.incidents.stage import IncidentsTopics
+from services.issuer.config import IssuerConfig
 from services.issuer.core import apply_incident_event, apply_verdict
 from services.issuer.hoststate import HostTrust
 from services.runtime.codec import Codec
+from services.runtime.topics import Topics
 from tests.integration.incidents_topics import create_topics, delete_topics
 from tests.integration.runtime_support import (
     REPO,
@@ -72,8 +73,9 @@ def test_a_rejection_does_not_quarantine_a_trusted_host() -> None:
     """The chain the attacker wants: a wrong-key evidence naming host X → rejection →
     incidents stage → issuer. X stays TRUSTED with its certificate."""
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     ek = software_ek_public()
-    trusted = apply_verdict(issuer_verdict("v-1", host_id="host-x", ek_public=ek), None, ca)
+    trusted = apply_verdict(issuer_verdict("v-1", host_id="host-x", ek_public=ek), None, cfg)
     assert trusted.state.state is HostTrust.TRUSTED
     d = Driver()
     result = d.feed(INTAKE_REJECTED, rejection("host-x", 1, reason="BAD_SIGNATURE"))
@@ -109,10 +111,10 @@ def _decoded(recs: list[Any]) -> list[dict[str, Any]]:
 @pytest.mark.kafka
 async def test_through_the_broker_a_rejection_is_a_finding_and_no_incident(
         kafka_bootstrap: str, tmp_path: Path) -> None:
-    t = IncidentsTopics(f"sec-{uuid.uuid4().hex[:8]}.")
+    t = Topics(f"sec-{uuid.uuid4().hex[:8]}")
     await create_topics(t)
-    env = {**os.environ, "HOSTGATE_INCIDENTS_TOPIC_PREFIX": t.prefix,
-           "HOSTGATE_GROUP": f"incidents-{t.prefix}", "HOSTGATE_BOOTSTRAP": bootstrap(),
+    env = {**os.environ, "HOSTGATE_TOPIC_NAMESPACE": t.namespace,
+           "HOSTGATE_BOOTSTRAP": bootstrap(),
            "HOSTGATE_BATCH_MAX_MS": "300", "HOSTGATE_SESSION_TIMEOUT_MS": "6000"}
     log_path = tmp_path / "incidents-worker.log"
     with open(log_path, "wb") as log:
@@ -124,11 +126,11 @@ async def test_through_the_broker_a_rejection_is_a_finding_and_no_incident(
         rejections: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = [(host.encode(), CODEC.encode(INTAKE_REJECTED, rejection(
             host, n, reason=reason)), []) for n, reason in
             enumerate(("BAD_SIGNATURE", "UNAUTHENTICATED", "REPLAYED_NONCE"), start=1)]
-        await produce_raw(t.inputs[1], rejections)
+        await produce_raw(t.rejections, rejections)
         # Then a failed verdict for another host: once its incident is out, the rejections
         # before it on the same worker have been decided too.
         marker = "host-sec-0002"
-        await produce_raw(t.inputs[0], [(marker.encode(), CODEC.encode(
+        await produce_raw(t.verdicts, [(marker.encode(), CODEC.encode(
             VERDICT, verdict(marker, 1)), [])])
 
         async def findings() -> list[dict[str, Any]]:
@@ -147,9 +149,9 @@ async def test_through_the_broker_a_rejection_is_a_finding_and_no_incident(
             validate(f)
         events = _decoded(await read_committed(t.incidents))
         assert [e["host_id"] for e in events] == [marker], events  # nothing for the named host
-        changelog = await read_committed(t.changelog("incidents"))
+        changelog = await read_committed(t.changelog("incidents", "incidents"))
         assert {r.key for r in changelog} == {marker.encode()}
-        assert await read_committed(t.dlq) == []
+        assert await read_committed(t.dlq("incidents")) == []
     finally:
         worker.terminate()
         try:

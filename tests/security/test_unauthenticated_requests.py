@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.agent.client import AgentClient, ClientConfig, SimulatedHostSide
+from services.agent.client import AgentClient, ClientConfig
 from services.agent.fleet import Fleet, HostSpec
-from services.collector.config import TopicNames
+from services.agent.hosts import SimulatedHostSide
 from services.runtime.codec import Codec
-from services.runtime.topics import TopicLayout, TopicSpec, all_topics, ensure_topics
+from services.runtime.topics import TopicLayout, Topics, TopicSpec, ensure_topics
 from services.tpm.quote import decode_attest
 from services.verifier.policy_in_force import published_record
 from tests.integration import runtime_support as rs
@@ -144,17 +144,17 @@ def test_a_replayed_authenticated_request_is_refused_and_changes_nothing(lab: Tp
 
 # -- through the broker: the real collector worker, real agents -------------------------------
 
-def _specs(topics: TopicNames) -> list[TopicSpec]:
+def _specs(topics: Topics) -> list[TopicSpec]:
     """Every declared pipeline and collector topic, under the run's namespace (with the
     declared settings: broker timestamps on the inputs, compaction of changelogs)."""
-    keep = ("attest.", "collector.", "hostgate.collector.")
-    return [dataclasses.replace(spec, name=f"{topics.namespace}.{spec.name}", partitions=None)
-            for spec in all_topics(extra_stages=()) if spec.name.startswith(keep)]
+    keep = tuple(topics.name(p) for p in ("attest.", "collector.", "hostgate.collector."))
+    return [dataclasses.replace(spec, partitions=None)
+            for spec in topics.all_specs() if spec.name.startswith(keep)]
 
 
 @dataclass
 class Broker:
-    topics: TopicNames
+    topics: Topics
     fleet: Fleet
     bootstrap: str
     codec: Codec
@@ -180,7 +180,7 @@ async def broker(tmp_path: Path, kafka_bootstrap: str) -> AsyncIterator[Broker]:
     tag = uuid.uuid4().hex[:6]
     specs = [HostSpec(f"sec-{tag}-victim", "ubuntu-24.04-shim", None, 1),
              HostSpec(f"sec-{tag}-other", "ubuntu-24.04-shim", None, 2)]
-    topics = TopicNames(f"sec{uuid.uuid4().hex[:8]}")
+    topics = Topics(f"sec{uuid.uuid4().hex[:8]}")
     codec = Codec.load()
     with Fleet(tmp_path / "fleet", specs, workers=2) as fleet:
         await ensure_topics(kafka_bootstrap, specs=_specs(topics), layout=TopicLayout(3, 1))
@@ -278,4 +278,4 @@ async def test_a_flood_on_the_topic_naming_a_host_leaves_it_able_to_attest(
     issued = [r["request_id"] for s, r in await broker.decoded(broker.topics.challenges)
               if s == NONCE and r["host_id"] == victim]
     assert len(issued) == 2 and not any(i.startswith("flood-") for i in issued), issued
-    assert await rs.read_committed(broker.topics.dlq) == []
+    assert await rs.read_committed(broker.topics.dlq("collector")) == []

@@ -105,7 +105,7 @@ async def test_a_non_utf8_header_name_is_dead_lettered_and_the_partition_goes_on
         except (AssertionError, TimeoutError) as exc:
             pytest.fail(f"the collector stopped at a record with a non-UTF-8 header name: "
                         f"{exc}\n{dep.logs()}")
-        dead = [r for r in await rs.read_committed(dep.topics.dlq)
+        dead = [r for r in await rs.read_committed(dep.topics.dlq("collector"))
                 if header_value(r.headers, H_REASON) == REASON_UNREADABLE]
         assert len(dead) == 1, dead  # exactly once
         assert header_value(dead[0].headers, H_PARTITION) == "0"

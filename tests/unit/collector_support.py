@@ -44,7 +44,9 @@ from tpm2_pytss.types import (
 from services.collector.config import CollectorConfig
 from services.collector.request_auth import rotation_binding
 from services.collector.stage import stage_from_config
+from services.errors import HostgateError
 from services.runtime.codec import Codec
+from services.runtime.faults import Fault, classify
 from services.runtime.stage import Coordinates, Decision, InputRecord, Stage
 from services.verifier.policy_in_force import published_record
 
@@ -319,9 +321,10 @@ class Harness:
                           key_partition=None if key is None else 0)
         try:
             decision = self.stage.decide(inp, self.state)
-        except Exception as exc:
-            assert self.stage.on_error is not None
-            decision = self.stage.on_error(inp, exc)
+        except HostgateError as exc:  # as the runtime maps faults (services.runtime.faults)
+            if classify(exc) is not Fault.HOST or self.stage.on_host_fault is None:
+                raise
+            decision = self.stage.on_host_fault(inp, exc)
         for out in decision.outputs:
             self.codec.encode(out.subject, out.record)  # every output must fit its schema
         for upd in decision.state_updates:

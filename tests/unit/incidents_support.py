@@ -10,16 +10,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.incidents.config import IncidentsConfig
 from services.incidents.core import (
     COMMAND,
     INTAKE_REJECTED,
     VERDICT,
-    IncidentsConfig,
     IncidentsDecision,
-    decide,
+    assess,
 )
 from services.incidents.ocsf import SocFinding
-from services.incidents.stage import IncidentsTopics
 from services.runtime.codec import Codec
 from services.runtime.stage import Coordinates, InputRecord, Output, OverlayState
 
@@ -94,7 +93,8 @@ SUBJECT_TOPIC = {VERDICT: "attest.verdicts.v1", INTAKE_REJECTED: "attest.rejecti
 
 @dataclass
 class Driver:
-    """Runs records through ``decide`` against one partition's state, like the runtime."""
+    """Runs records through the core (``assess``: ``decide`` with its findings still as values)
+    against one partition's state, like the runtime."""
 
     config: IncidentsConfig = field(default_factory=IncidentsConfig)
     partition: int = 0
@@ -112,7 +112,7 @@ class Driver:
         inp = InputRecord(key if key is not None else str(record["host_id"]), subject, decoded,
                           Coordinates(topic, self.partition, offset),
                           timestamp_ms if timestamp_ms is not None else T0)
-        result = decide(inp, self.state, self.config)
+        result = assess(inp, self.state, self.config)
         for out in result.decision.outputs:  # every output must encode with its schema
             roundtrip(out.subject, out.record)
         for upd in result.decision.state_updates:
@@ -127,5 +127,3 @@ class Driver:
         rec = self.state.get("incidents", host)
         return None if rec is None else roundtrip("hostgate.IncidentState", rec)
 
-
-TOPICS = IncidentsTopics()

@@ -1,9 +1,9 @@
 """Per-event readings (services/tpm/readings.py) remembered across logs never change a claim.
 
 Real data: every TCG boot log of the corpus, read one after the other with the readings of all
-earlier logs in memory, must give the claims (JSON and provenance) that the same log gives with
-every cache off; so must mutated copies of real events (data broken, digests kept or re-hashed,
-types swapped) placed at other offsets, whose errors must name *their* offsets.
+earlier logs in a memo, must give the claims (JSON and provenance) that the same log gives with
+no memo; so must mutated copies of real events (data broken, digests kept or re-hashed, types
+swapped) placed at other offsets, whose errors must name *their* offsets.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.tpm import parse_event_log, replay, sipa, verify_replay
-from services.tpm._cache import BoundedCache, caching_disabled, clear_all
 from services.tpm.claims import Claims, extract_claims
 from services.tpm.eventlog import Event, EventLog, EventType
-from services.tpm.readings import READINGS, read_event, read_events, reading_key
+from services.tpm.memo import Bound, Memo, MemoTable
+from services.tpm.readings import read_event, read_events, reading_key
 from tests.unit.policy_helpers import CORPUS, manifest, real_log_ids
 
 _HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384,
@@ -43,25 +43,32 @@ def _fingerprint(c: Claims) -> tuple[object, ...]:
     return (c.to_json_dict(), {seq: repr(d) for seq, d in sorted(c.decoded.items())})
 
 
-def _claims_of_events(events: Sequence[Event], log: EventLog) -> Claims:
-    return extract_claims(events, banks=log.banks,
+def _claims_of_events(events: Sequence[Event], log: EventLog, memo: Memo | None = None
+                      ) -> Claims:
+    return extract_claims(events, banks=log.banks, memo=memo,
                           measurement_registers=_registers(log))  # type: ignore[arg-type]
 
 
-def test_every_log_read_after_all_others_equals_uncached() -> None:
+def test_every_log_read_after_all_others_equals_no_memo() -> None:
     ids = real_log_ids()
     logs = {i: _log(i) for i in ids}
     verified = {i: verify_replay(log, replay(log)) for i, log in logs.items()}
-    with caching_disabled():
-        plain = {i: _fingerprint(extract_claims(verified[i],
-                                                measurement_registers=_registers(logs[i])))
-                 for i in ids}  # type: ignore[arg-type]
-    clear_all()
+    plain = {i: _fingerprint(extract_claims(verified[i],
+                                            measurement_registers=_registers(logs[i])))  # type: ignore[arg-type]
+             for i in ids}
+    memo = Memo()
     for _ in range(2):  # first sight of each log (with earlier logs remembered), then warm
         for i in ids:
-            got = extract_claims(verified[i], measurement_registers=_registers(logs[i]))  # type: ignore[arg-type]
+            got = extract_claims(verified[i], measurement_registers=_registers(logs[i]),  # type: ignore[arg-type]
+                                 memo=memo)
             assert _fingerprint(got) == plain[i], i
-    assert READINGS.hits > 0 and len(READINGS) > 0
+    assert len(memo.readings) > 0 and len(memo.key_entries) > 0 and len(memo.x509_subjects) > 0
+    # the second pass was served from the memo: the same reading objects come back
+    i = ids[0]
+    events = list(verified[i].verified_events)
+    first = read_events(events, _registers(logs[i]), memo)  # type: ignore[arg-type]
+    again = read_events(events, _registers(logs[i]), memo)  # type: ignore[arg-type]
+    assert any(a is b for a, b in zip(first, again, strict=True))
 
 
 def _mutated(log: EventLog, rnd: random.Random) -> list[Event]:
@@ -99,10 +106,10 @@ def _mutated(log: EventLog, rnd: random.Random) -> list[Event]:
 def test_mutated_events_at_other_offsets_read_like_uncached(entry_id: str, seed: int) -> None:
     log = _log(entry_id)
     events = _mutated(log, random.Random(seed))
-    _claims_of_events(log.events, log)  # the original events' readings are remembered
-    warm = _fingerprint(_claims_of_events(events, log))
-    with caching_disabled():
-        plain = _fingerprint(_claims_of_events(events, log))
+    memo = Memo()
+    _claims_of_events(log.events, log, memo)  # the original events' readings are remembered
+    warm = _fingerprint(_claims_of_events(events, log, memo))
+    plain = _fingerprint(_claims_of_events(events, log))
     assert warm == plain
 
 
@@ -115,46 +122,48 @@ def test_remembered_variable_is_rebased_to_each_event() -> None:
     ev = _driver_config_event(_log("A36"))
     here, there = (Event(ev.seq, base - 32, ev.pcr, ev.event_type, ev.digests, ev.data, base)
                    for base in (1_000, 50_000))
-    a = extract_claims([here]).decoded[ev.seq].variable
-    b = extract_claims([there]).decoded[ev.seq].variable  # served from READINGS
+    memo = Memo()
+    a = extract_claims([here], memo=memo).decoded[ev.seq].variable
+    assert memo.readings.get(reading_key(here, "tpm")) is not None
+    b = extract_claims([there], memo=memo).decoded[ev.seq].variable  # served from the memo
     assert a is not None and b is not None
     assert b.data_offset - a.data_offset == 49_000
-    with caching_disabled():
-        assert extract_claims([there]).decoded[ev.seq].variable == b
+    assert extract_claims([there]).decoded[ev.seq].variable == b
 
 
 def test_a_reading_that_names_offsets_is_not_remembered() -> None:
     ev = _driver_config_event(_log("A36"))
     broken = ev.data[:30]  # the UEFI_VARIABLE_DATA header is cut short
     digests = {b: _HASHES[b](broken).digest() for b in ev.digests}
-    clear_all()
+    memo = Memo()
     for base in (2_000, 9_000):
         bad = Event(ev.seq, base - 32, ev.pcr, ev.event_type, digests, broken, base)
-        reading = read_event(bad, "tpm")
-        assert reading.error is not None and not reading.cacheable
-        (anomaly,) = extract_claims([bad]).anomalies
+        reading = read_event(bad, "tpm", memo)
+        assert reading.error is not None and not reading.rememberable
+        (anomaly,) = extract_claims([bad], memo=memo).anomalies
         assert anomaly.reason == "tpm.event.undecodable"
         # the header ends 16 + 8 + 8 bytes into the data: each copy names its own offset
         assert f"at byte offset {base + 24}" in anomaly.detail, anomaly.detail
-    assert len(READINGS) == 0
+    assert len(memo.readings) == 0
 
 
-def test_byte_bounded_cache_evicts_by_weight_and_skips_giants() -> None:
-    cache: BoundedCache[str, int] = BoundedCache("test-weight", 100, max_weight=10)
-    cache.put("a", 1, 4)
-    cache.put("b", 2, 4)
-    assert cache.get("a") == 1  # a is now the most recently used
-    cache.put("c", 3, 4)  # 12 > 10: the least recently used (b) goes
-    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
-    assert cache.weight == 8
-    cache.put("giant", 4, 11)  # heavier than the whole bound: never stored
-    assert cache.get("giant") is None and cache.weight == 8
-    cache.put("a", 5, 2)  # replacing an entry replaces its weight
-    assert cache.weight == 6 and cache.get("a") == 5
-    with caching_disabled():
-        assert cache.get("a") is None
-        cache.put("d", 6, 1)
-    assert cache.get("d") is None
+def test_memo_table_evicts_oldest_first_by_entries_and_weight_and_skips_giants() -> None:
+    table: MemoTable[str, int] = MemoTable(Bound(max_entries=3, max_bytes=10))
+    table.put("a", 1, 4)
+    table.put("b", 2, 4)
+    assert table.get("a") == 1  # a lookup does not refresh "a"
+    table.put("c", 3, 4)  # 12 > 10 bytes: the oldest (a) goes
+    assert table.get("a") is None and table.get("b") == 2 and table.get("c") == 3
+    assert table.weight == 8
+    table.put("giant", 4, 11)  # heavier than the whole bound: never kept
+    assert table.get("giant") is None and table.weight == 8
+    table.put("b", 5, 2)  # replacing an entry replaces its weight, not its age
+    assert table.weight == 6 and table.get("b") == 5
+    for key in ("d", "e"):  # 4 entries > 3: the oldest (b) goes
+        table.put(key, 0, 1)
+    assert len(table) == 3 and table.get("b") is None and table.weight == 6
+    with pytest.raises(ValueError):
+        MemoTable(Bound(0, 10))
 
 
 def test_readings_are_filed_under_reading_key_and_can_be_discarded() -> None:
@@ -162,19 +171,36 @@ def test_readings_are_filed_under_reading_key_and_can_be_discarded() -> None:
     # read_events really files a reading under (read_events inlines the expression).
     log = _log("A36")
     events = [ev for ev in log.events if ev.extends]
-    clear_all()
-    got = read_events(events, "tpm")
-    entries = READINGS.entries()
+    memo = Memo()
+    got = read_events(events, "tpm", memo)
+    table = memo.readings
     for ev, reading in zip(events, got, strict=True):
-        if reading.cacheable:
-            assert entries.get(reading_key(ev, "tpm")) is reading
+        if reading.rememberable:
+            assert table.get(reading_key(ev, "tpm")) is reading
     ev = events[-1]
-    weight = READINGS.weight
-    READINGS.discard(reading_key(ev, "tpm"))
-    assert reading_key(ev, "tpm") not in entries
-    assert READINGS.weight == weight - len(ev.data)
-    READINGS.discard(reading_key(ev, "tpm"))  # twice: nothing left to forget
-    assert READINGS.weight == weight - len(ev.data)
+    weight = table.weight
+    table.discard(reading_key(ev, "tpm"))
+    assert table.get(reading_key(ev, "tpm")) is None
+    assert table.weight == weight - len(ev.data)
+    table.discard(reading_key(ev, "tpm"))  # twice: nothing left to forget
+    assert table.weight == weight - len(ev.data)
+
+
+def test_a_memo_bounded_small_still_reads_every_log_like_no_memo() -> None:
+    # tiny tables: every put evicts, so readings come back from the memo and are recomputed
+    # in turn; neither may change a claim
+    tiny = Memo({name: Bound(2, 2_048) for name in ("readings", "key_entries", "x509_subjects",
+                                                    "device_paths", "spec_ids", "extends")})
+    for i in real_log_ids()[:12]:
+        log = _log(i)
+        verified = verify_replay(log, replay(log, memo=tiny), memo=tiny)
+        for _ in range(2):
+            got = extract_claims(verified, memo=tiny,
+                                 measurement_registers=_registers(log))  # type: ignore[arg-type]
+            assert _fingerprint(got) == _fingerprint(extract_claims(
+                verified, measurement_registers=_registers(log))), i  # type: ignore[arg-type]
+        assert all(len(t) <= 2 and t.weight <= 2_048 for t in tiny.tables().values()
+                   if t.bound.max_entries == 2)
 
 
 # --- SIPA: per-block summaries merged == folding every event in one pass -----------------

@@ -15,11 +15,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from tpm2_pytss.constants import TPMA_OBJECT
 
-from services.collector.common import record_digest
 from services.collector.config import CollectorConfig, IntakeLimits, parse_pcr_list
 from services.errors import ConfigError
 from services.runtime.codec import Codec
 from services.runtime.stage import Decision
+from services.tpm.errors import MalformedTpmStructure
+from services.wire.ids import record_digest
 from tests.unit.collector_support import (
     AK_ATTRS,
     NOW_MS,
@@ -494,14 +495,23 @@ def test_digest_does_not_depend_on_framing(pki: EkPki) -> None:
     assert record_digest(EVIDENCE, changed) != record_digest(EVIDENCE, single)
 
 
-def test_on_error_turns_a_crash_into_a_malformed_rejection(pki: EkPki,
-                                                           rnd: SeededRandom) -> None:
+def test_a_crash_is_a_bug_never_a_rejection_of_the_host(pki: EkPki,
+                                                        rnd: SeededRandom) -> None:
     def broken(n: int) -> bytes:
         raise RuntimeError("entropy pool unavailable")
 
     hx = Harness(dataclasses.replace(_config(pki, rnd), random_bytes=broken))
+    with pytest.raises(RuntimeError):  # the runtime dead-letters it (services.runtime.faults)
+        hx.feed(ENROLL, SoftHost("host-x", pki).enroll())
+
+
+def test_a_host_fault_is_a_malformed_rejection_naming_it(pki: EkPki, rnd: SeededRandom) -> None:
+    def broken(n: int) -> bytes:
+        raise MalformedTpmStructure("cut short", offset=17, field="credentialBlob")
+
+    hx = Harness(dataclasses.replace(_config(pki, rnd), random_bytes=broken))
     reason, detail = rejection(hx.feed(ENROLL, SoftHost("host-x", pki).enroll()))
-    assert reason == "MALFORMED" and "RuntimeError" in detail
+    assert reason == "MALFORMED" and "MalformedTpmStructure" in detail and "17" in detail
 
 
 def test_config_parsing() -> None:
@@ -567,10 +577,11 @@ def test_record_for_another_host_gets_no_result(hx: Harness, pki: EkPki) -> None
     assert single_rejection(decision)[0] == "HOST_MISMATCH"
 
 
-def test_crash_on_an_enrolment_is_refused_to_the_host(pki: EkPki, rnd: SeededRandom) -> None:
+def test_host_fault_on_an_enrolment_is_refused_to_the_host(pki: EkPki,
+                                                           rnd: SeededRandom) -> None:
     def broken(n: int) -> bytes:
-        raise RuntimeError("entropy pool unavailable")
+        raise MalformedTpmStructure("cut short", offset=17, field="credentialBlob")
 
     hx = Harness(dataclasses.replace(_config(pki, rnd), random_bytes=broken))
     told = refused(hx.feed(ENROLL, SoftHost("host-x2", pki).enroll()))
-    assert told["reason"] == "MALFORMED" and "RuntimeError" in told["detail"]
+    assert told["reason"] == "MALFORMED" and "MalformedTpmStructure" in told["detail"]

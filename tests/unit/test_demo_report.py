@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from services.agent.client import hook_for
+from services.agent.hooks import hook_for
 from services.agent.tamper import PROFILES
 from services.demo.orchestrator import (
     DEFAULT_HOSTS,

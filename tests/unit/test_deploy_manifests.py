@@ -408,10 +408,10 @@ def gen() -> ModuleType:
 
 
 def test_topics_cover_topics_py(gen: ModuleType) -> None:
-    from services.runtime.topics import all_topics, min_insync
+    from services.runtime.topics import Topics, min_insync
 
     topics = {d["spec"]["topicName"]: d["spec"] for d in docs_of("KafkaTopic")}
-    declared = {s.name: s for s in all_topics(extra_stages=())}
+    declared = {s.name: s for s in Topics().all_specs()}
     assert set(topics) == set(declared)
     for name, spec in declared.items():
         got = topics[name]
@@ -424,8 +424,9 @@ def test_topics_cover_topics_py(gen: ModuleType) -> None:
 
 
 def test_stage_users_are_least_privilege(gen: ModuleType) -> None:
-    from services.runtime.topics import STAGES, STATE_TABLES, changelog_topic, dlq_topic
+    from services.runtime.topics import STAGES, STATE_TABLES, Topics
 
+    dlq_topic, changelog_topic = Topics().dlq, Topics().changelog
     users = {d["metadata"]["name"]: d for d in docs_of("KafkaUser")}
     for stage in STAGES:
         user = users[f"hostgate-{stage}"]
@@ -573,12 +574,51 @@ def test_generated_yaml_is_up_to_date(gen: ModuleType) -> None:
 
 def test_generate_refuses_undeclared_topic(gen: ModuleType,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    broken = dict(gen.STAGE_IO)
-    broken["verifier"] = gen.StageIO(inputs=("attest.colected.v1",),
+    real = gen.stage_io
+
+    def broken(t: Any) -> dict[str, Any]:
+        io = dict(real(t))
+        io["verifier"] = gen.StageIO(inputs=("attest.colected.v1",),
                                      outputs=("attest.verdicts.v1",))
-    monkeypatch.setattr(gen, "STAGE_IO", broken)
+        return io
+
+    monkeypatch.setattr(gen, "stage_io", broken)
     with pytest.raises(gen.GenerateError, match=re.escape("attest.colected.v1")):
         gen.render()
+
+
+def test_a_namespaced_render_names_everything_inside_the_namespace(gen: ModuleType) -> None:
+    """``--namespace``: every topic, ACL resource (topics, groups, group and transactional-id
+    prefixes), consumer group KEDA watches and Kafka principal carries the namespace, and every
+    workload gets ``HOSTGATE_TOPIC_NAMESPACE``; nothing of the un-namespaced names is left."""
+    from services.runtime.topics import STAGES, Topics
+
+    ns = "blue"
+    files = {name: list(yaml.safe_load_all(text))
+             for name, text in gen.render(namespace=ns).items()}
+    plain = {d["spec"]["topicName"] for d in docs_of("KafkaTopic")}
+    topics = {d["spec"]["topicName"] for d in files["topics.yaml"]}
+    assert topics == {s.name for s in Topics(ns).all_specs()} == {f"{ns}.{n}" for n in plain}
+    for user in files["users.yaml"]:
+        assert user["metadata"]["name"].startswith(f"{ns}-hostgate-")
+        for acl in user["spec"]["authorization"]["acls"]:
+            assert acl["resource"]["name"].startswith(f"{ns}."), acl
+    by_name = {u["metadata"]["name"]: u for u in files["users.yaml"]}
+    for stage in STAGES:
+        user = by_name[f"{ns}-hostgate-{stage}"]
+        assert _ops(user, "group", Topics(ns).group(stage)) == {"Read"}
+        assert _ops(user, "transactionalId", f"{ns}.hostgate.{stage}.", "prefix") == {
+            "Write", "Describe"}
+    workloads = [d for d in files["stages.yaml"] if d["kind"] == "Deployment"]
+    assert len(workloads) == len(STAGES) + 1
+    for dep in workloads:
+        (container,) = dep["spec"]["template"]["spec"]["containers"]
+        assert _env(container)["HOSTGATE_TOPIC_NAMESPACE"] == ns
+        assert dep["metadata"]["name"].startswith(f"{ns}-")
+    for so in (d for d in files["stages.yaml"] if d["kind"] == "ScaledObject"):
+        for trig in so["spec"]["triggers"]:
+            assert trig["metadata"]["consumerGroup"].startswith(f"{ns}.hostgate.")
+            assert trig["metadata"]["topic"].startswith(f"{ns}.")
 
 
 # --- compose and Dockerfile -------------------------------------------------------------------

@@ -7,11 +7,11 @@ import json
 
 import pytest
 
+from services.incidents.config import IncidentsConfig
 from services.incidents.core import (
     COMMAND,
     INTAKE_REJECTED,
     VERDICT,
-    IncidentsConfig,
     MisroutedRecord,
     incident_id_for,
 )

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
 
+from services.errors import ConfigError
+from services.incidents import core
 from services.incidents.cloudevents import (
     CloudEventError,
     binary_headers,
     read_binary_headers,
     rfc3339_ms,
 )
-from services.incidents.core import COMMAND, VERDICT
+from services.incidents.config import IncidentsConfig
+from services.incidents.core import COMMAND, FINDING_SUBJECT, VERDICT, decide
 from services.incidents.ocsf import OcsfInvalid, SocFinding, validate
-from services.incidents.stage import FINDING_SUBJECT, build_stage, decide_for_runtime
+from services.incidents.stage import build_stage
 from services.runtime.stages import build_stage as build_registered
 from tests.unit.incidents_support import T0, Driver, command, verdict
 
@@ -153,27 +158,26 @@ def test_broken_cloudevents_headers_are_refused(headers: list[tuple[str, bytes]]
 
 
 def test_stage_is_registered_and_emits_findings_as_raw_json_outputs() -> None:
-    stage = build_registered("incidents", {"HOSTGATE_INCIDENTS_TOPIC_PREFIX": "t1."})
+    stage = build_registered("incidents", {"HOSTGATE_TOPIC_NAMESPACE": "t1"})
     assert stage.input_topics == ("t1.attest.verdicts.v1", "t1.attest.rejections.v1",
                                   "t1.attest.remediation.v1")
     assert stage.changelog_of("incidents") == "t1.hostgate.incidents.incidents.changelog.v1"
     assert stage.tables == {"incidents": "hostgate.IncidentState",
                             "hosts": "hostgate.IncidentsRoster"}
     d = Driver()
-    from services.incidents.stage import config_from_env
     from services.runtime.stage import Coordinates, InputRecord
     from tests.unit.incidents_support import roundtrip
 
-    _, config = config_from_env({})
+    config = IncidentsConfig.from_env({})
     inp = InputRecord("host-a", VERDICT, roundtrip(VERDICT, verdict("host-a", 1)),
                       Coordinates("attest.verdicts.v1", 0, 0), T0)
-    decision = decide_for_runtime(inp, d.state, config)
+    decision = decide(inp, d.state, config)
     assert [o.subject for o in decision.outputs] == ["hostgate.IncidentEvent",
                                                      FINDING_SUBJECT, FINDING_SUBJECT]
     raw = [o for o in decision.outputs if o.subject == FINDING_SUBJECT]
     assert decision.log["ocsf_findings"] == 2
     for out in raw:
-        assert out.topic == config.findings_topic and out.key == "host-a"
+        assert out.topic == config.topics.findings and out.key == "host-a"
         assert out.raw_value is not None
         body = json.loads(out.raw_value)
         validate(body)
@@ -181,3 +185,32 @@ def test_stage_is_registered_and_emits_findings_as_raw_json_outputs() -> None:
         ce = read_binary_headers(out.headers)
         assert ce["content-type"] == "application/json" and ce["ce_subject"] == "host-a"
     assert build_stage({}).name == "incidents"
+
+
+def test_decide_is_a_module_function_the_stage_binds_to_its_config() -> None:
+    """The stage template: ``core.decide(inp, state, cfg)`` at module level, and the stage's
+    ``decide`` that function with the config ``IncidentsConfig.from_env`` built, nothing else."""
+    assert inspect.isfunction(core.decide) and core.decide.__module__ == "services.incidents.core"
+    assert list(inspect.signature(core.decide).parameters) == ["inp", "state", "cfg"]
+    env = {"HOSTGATE_TOPIC_NAMESPACE": "t2", "HOSTGATE_INCIDENTS_STALE_AFTER_S": "60",
+           "HOSTGATE_INCIDENTS_ASSIGNEE_GROUP": "blue-team"}
+    stage = build_stage(env)
+    assert isinstance(stage.decide, partial) and stage.decide.func is core.decide
+    assert stage.decide.args == () and list(stage.decide.keywords) == ["cfg"]
+    cfg = stage.decide.keywords["cfg"]
+    assert isinstance(cfg, IncidentsConfig) and cfg == IncidentsConfig.from_env(env)
+    assert (cfg.topics.namespace, cfg.stale_after_ms, cfg.assignee_group) == ("t2", 60_000,
+                                                                              "blue-team")
+    assert stage.input_subjects == core.INPUT_SUBJECTS and stage.tables == core.TABLES
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"HOSTGATE_INCIDENTS_STALE_AFTER_S": "soon"}, "HOSTGATE_INCIDENTS_STALE_AFTER_S='soon' is "
+                                                   "not a number"),
+    ({"HOSTGATE_INCIDENTS_STALE_AFTER_S": "-1"}, "HOSTGATE_INCIDENTS_STALE_AFTER_S='-1' is "
+                                                 "negative"),
+    ({"HOSTGATE_INCIDENTS_TOPIC_PREFIX": "old"}, "HOSTGATE_INCIDENTS_TOPIC_PREFIX"),
+])
+def test_config_errors_name_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names):
+        IncidentsConfig.from_env(env)

@@ -8,13 +8,13 @@ import argparse
 import pytest
 
 from services.incidents.cli import register
+from services.incidents.config import IncidentsConfig
 from services.incidents.core import (
     TICK,
     VERDICT,
-    IncidentsConfig,
     IncidentsDecision,
     MisroutedRecord,
-    decide,
+    assess,
 )
 from services.incidents.ocsf import SocFinding, validate
 from services.incidents.roster import roster_key
@@ -38,7 +38,7 @@ def tick(d: Driver, at: int, *, partition: int | None = None,
     # The Kafka timestamp is deliberately far from issued_at: the tick's own time must win.
     inp = InputRecord(roster_key(p), TICK, rec,
                       Coordinates("attest.remediation.v1", d.partition, offset), T0 - 99 * HOUR)
-    result = decide(inp, d.state, d.config)
+    result = assess(inp, d.state, d.config)
     assert result.decision.outputs == ()
     for upd in result.decision.state_updates:
         assert upd.table == "hosts" and upd.value is not None

@@ -12,22 +12,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.issuer.ca import (
-    ATTESTATION_OID,
-    AttestationBinding,
+from services.issuer.ca import Secret, load_pem_ca, load_pem_ca_files, read_secret
+from services.issuer.certificates import (
     CertificateProfile,
     HostCertificateRequest,
     RevokedCertificate,
-    Secret,
-    attestation_binding,
     build_crl,
     issue_host_certificate,
-    load_pem_ca,
-    load_pem_ca_files,
-    read_secret,
     serial_for_verdict,
 )
 from services.issuer.errors import CaKeyError, ExtensionError, IssuanceError
+from services.issuer.extension import ATTESTATION_OID, AttestationBinding, attestation_binding
 from tests.unit.issuer_support import APPRAISED, PASSPHRASE, POLICY_DIGEST, pem_ca, pem_ca_material
 
 SEAL = hashlib.sha256(b"policy pcr").digest()

@@ -14,7 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from services.errors import HostgateError
-from services.issuer.ca import Secret, attestation_binding, build_crl, load_pem_ca
+from services.issuer.ca import Secret, load_pem_ca
+from services.issuer.certificates import build_crl
+from services.issuer.config import IssuerConfig
 from services.issuer.core import (
     apply_incident_event,
     apply_verdict,
@@ -23,6 +25,7 @@ from services.issuer.core import (
     decide,
 )
 from services.issuer.errors import CaKeyError, IssuanceError
+from services.issuer.extension import attestation_binding
 from services.issuer.hoststate import HostTrust, HostTrustState
 from services.issuer.sealing import encrypt_payload, open_credential, pcr_values_digest
 from services.runtime.codec import Codec
@@ -62,7 +65,8 @@ def _input(subject: str, record: Mapping[str, Any], offset: int) -> InputRecord:
 
 def test_pass_issues_a_sealed_credential_and_trusts_the_host() -> None:
     ca, _ = pem_ca()
-    out = apply_verdict(verdict("v-1", ek_public=EK), None, ca)
+    cfg = IssuerConfig(ca=ca)
+    out = apply_verdict(verdict("v-1", ek_public=EK), None, cfg)
     assert out.state.state is HostTrust.TRUSTED and out.credential is not None
     cred = out.credential
     cert = x509.load_der_x509_certificate(cred["certificate"])
@@ -92,10 +96,11 @@ def test_pass_issues_a_sealed_credential_and_trusts_the_host() -> None:
 
 def test_each_pass_renews_with_a_fresh_key_and_a_duplicate_verdict_is_a_no_op() -> None:
     ca, _ = pem_ca()
-    first = apply_verdict(verdict("v-1", ek_public=EK), None, ca)
-    again = apply_verdict(verdict("v-1", ek_public=EK), first.state, ca)
+    cfg = IssuerConfig(ca=ca)
+    first = apply_verdict(verdict("v-1", ek_public=EK), None, cfg)
+    again = apply_verdict(verdict("v-1", ek_public=EK), first.state, cfg)
     assert again.credential is None and again.host_state is None and again.state == first.state
-    second = apply_verdict(verdict("v-2", ek_public=EK, at=APPRAISED + 8 * H), first.state, ca)
+    second = apply_verdict(verdict("v-2", ek_public=EK, at=APPRAISED + 8 * H), first.state, cfg)
     assert second.credential is not None and first.credential is not None
     c1 = x509.load_der_x509_certificate(first.credential["certificate"])
     c2 = x509.load_der_x509_certificate(second.credential["certificate"])
@@ -106,10 +111,11 @@ def test_each_pass_renews_with_a_fresh_key_and_a_duplicate_verdict_is_a_no_op() 
 
 def test_fail_quarantines_and_revokes_every_held_certificate_into_the_crl() -> None:
     ca, ca_key = pem_ca()
-    s = apply_verdict(verdict("v-1", ek_public=EK), None, ca).state
-    s = apply_verdict(verdict("v-2", ek_public=EK, at=APPRAISED + H), s, ca).state
+    cfg = IssuerConfig(ca=ca)
+    s = apply_verdict(verdict("v-1", ek_public=EK), None, cfg).state
+    s = apply_verdict(verdict("v-2", ek_public=EK, at=APPRAISED + H), s, cfg).state
     failed = apply_verdict(verdict("v-3", result="FAIL", rules=("secureboot.enabled",),
-                                   at=APPRAISED + 2 * H), s, ca)
+                                   at=APPRAISED + 2 * H), s, cfg)
     st = failed.state
     assert st.state is HostTrust.QUARANTINED and failed.credential is None
     assert st.held == () and {r.serial for r in st.revoked} == {h.serial for h in s.held}
@@ -127,18 +133,20 @@ def test_fail_quarantines_and_revokes_every_held_certificate_into_the_crl() -> N
 def test_unknown_results_and_passes_with_failed_rules_fail_closed(
         result: str, rules: tuple[str, ...]) -> None:
     ca, _ = pem_ca()
-    out = apply_verdict(verdict("v-1", result=result, rules=rules, ek_public=EK), None, ca)
+    cfg = IssuerConfig(ca=ca)
+    out = apply_verdict(verdict("v-1", result=result, rules=rules, ek_public=EK), None, cfg)
     assert out.state.state is HostTrust.QUARANTINED and out.credential is None
 
 
 def test_quarantine_lasts_until_resolution_and_a_later_pass() -> None:
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     t = APPRAISED
-    s = apply_verdict(verdict("v-1", ek_public=EK), None, ca).state
-    s = apply_verdict(verdict("v-2", result="FAIL", rules=("r",), at=t + H), s, ca).state
+    s = apply_verdict(verdict("v-1", ek_public=EK), None, cfg).state
+    s = apply_verdict(verdict("v-2", result="FAIL", rules=("r",), at=t + H), s, cfg).state
     s = apply_incident_event(incident("inc-9", "OPENED", "OPEN", t + H), s).state
     assert s.incident_id == "inc-9"
-    blocked = apply_verdict(verdict("v-3", ek_public=EK, at=t + 2 * H), s, ca)
+    blocked = apply_verdict(verdict("v-3", ek_public=EK, at=t + 2 * H), s, cfg)
     assert blocked.state.state is HostTrust.QUARANTINED and blocked.credential is None
     assert blocked.host_state is not None
     assert blocked.host_state["reason"] == "verdict v-3 passed but incident inc-9 is OPEN"
@@ -149,28 +157,30 @@ def test_quarantine_lasts_until_resolution_and_a_later_pass() -> None:
     assert s.state is HostTrust.QUARANTINED
     # evidence appraised before the remediation does not count
     early = apply_verdict(verdict("v-4", ek_public=EK, at=t + 4 * H - dt.timedelta(seconds=1)),
-                          s, ca)
+                          s, cfg)
     assert early.credential is None and early.state.state is HostTrust.QUARANTINED
-    released = apply_verdict(verdict("v-5", ek_public=EK, at=t + 5 * H), early.state, ca)
+    released = apply_verdict(verdict("v-5", ek_public=EK, at=t + 5 * H), early.state, cfg)
     assert released.state.state is HostTrust.TRUSTED and released.credential is not None
     assert released.state.since == t + 5 * H
 
 
 def test_a_failure_after_remediation_needs_a_new_resolution() -> None:
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     t = APPRAISED
-    s = apply_verdict(verdict("v-1", result="FAIL", rules=("r",)), None, ca).state
+    s = apply_verdict(verdict("v-1", result="FAIL", rules=("r",)), None, cfg).state
     s = apply_incident_event(incident("inc-1", "OPENED", "OPEN", t), s).state
     s = apply_incident_event(incident("inc-1", "REMEDIATED", "REMEDIATED", t + H), s).state
     # the host fails again before the incidents stage's REGRESSED reaches the issuer
-    s = apply_verdict(verdict("v-2", result="FAIL", rules=("r",), at=t + 2 * H), s, ca).state
-    out = apply_verdict(verdict("v-3", ek_public=EK, at=t + 3 * H), s, ca)
+    s = apply_verdict(verdict("v-2", result="FAIL", rules=("r",), at=t + 2 * H), s, cfg).state
+    out = apply_verdict(verdict("v-3", ek_public=EK, at=t + 3 * H), s, cfg)
     assert out.state.state is HostTrust.QUARANTINED and out.credential is None
 
 
 def test_an_incident_quarantines_a_trusted_host_and_revokes() -> None:
     ca, _ = pem_ca()
-    s = apply_verdict(verdict("v-1", ek_public=EK), None, ca).state
+    cfg = IssuerConfig(ca=ca)
+    s = apply_verdict(verdict("v-1", ek_public=EK), None, cfg).state
     out = apply_incident_event(incident("inc-2", "OPENED", "OPEN", APPRAISED + H), s)
     assert out.state.state is HostTrust.QUARANTINED
     assert [r.serial for r in out.state.revoked] == [s.cert_serial]
@@ -186,19 +196,21 @@ def test_an_incident_quarantines_a_trusted_host_and_revokes() -> None:
 
 def test_missing_attested_pcrs_refuse_issuance() -> None:
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     with pytest.raises(IssuanceError, match="PCR sha256:7"):
         apply_verdict(verdict("v-1", ek_public=EK, pcrs={i: PCRS[i] for i in range(7)}), None,
-                      ca)
+                      cfg)
     dup = verdict("v-1", ek_public=EK)
     dup["attested_pcrs"] = dup["attested_pcrs"] + dup["attested_pcrs"][:1]
     with pytest.raises(IssuanceError, match="listed twice"):
-        apply_verdict(dup, None, ca)
+        apply_verdict(dup, None, cfg)
 
 
 def test_decide_produces_outputs_and_state_and_checks_the_key() -> None:
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     tables = Tables()
-    d = decide(_input("hostgate.Verdict", verdict("v-1", ek_public=EK), 5), tables, ca=ca)
+    d = decide(_input("hostgate.Verdict", verdict("v-1", ek_public=EK), 5), tables, cfg)
     assert [o.topic for o in d.outputs] == ["attest.credentials.v1", "attest.hosts.v1"]
     assert d.outputs[0].id == credential_id_for("v-1")
     assert [u.table for u in d.state_updates] == ["hosts"]
@@ -207,17 +219,17 @@ def test_decide_produces_outputs_and_state_and_checks_the_key() -> None:
         tables.rows[(upd.table, upd.key)] = CODEC.decode(
             CODEC.encode("hostgate.IssuerHostState", upd.value or {})).record
     d2 = decide(_input("hostgate.Verdict", verdict("v-2", result="FAIL", rules=("r",),
-                                                   at=APPRAISED + H), 6), tables, ca=ca)
+                                                   at=APPRAISED + H), 6), tables, cfg)
     assert [o.topic for o in d2.outputs] == ["attest.hosts.v1"]
     state = HostTrustState.from_record(d2.state_updates[0].value or {})
     assert state.state is HostTrust.QUARANTINED and len(state.revoked) == 1
     wrong_key = InputRecord("host-9", "hostgate.Verdict", verdict("v-3"),
                             Coordinates("attest.verdicts.v1", 0, 7), 0)
     with pytest.raises(IssuanceError, match="record key 'host-9' is not its host_id"):
-        decide(wrong_key, tables, ca=ca)
+        decide(wrong_key, tables, cfg)
     other = InputRecord("host-0007", "hostgate.RemediationRejected", {},
                         Coordinates("attest.incidents.v1", 0, 8), 0)
-    assert decide(other, tables, ca=ca).outputs == ()
+    assert decide(other, tables, cfg).outputs == ()
 
 
 def test_payload_opens_only_for_its_certificate_and_credential_id() -> None:
@@ -247,13 +259,14 @@ def test_no_key_material_in_any_output_log_or_error(caplog: pytest.LogCaptureFix
     caplog.set_level(logging.DEBUG)
     with structlog.testing.capture_logs() as logs:
         ca = load_pem_ca(key_pem, cert_pem, Secret(PASSPHRASE, "file ca.pass"))
+        cfg = IssuerConfig(ca=ca)
         tables = Tables()
         for offset, (subject, rec) in enumerate([
             ("hostgate.Verdict", verdict("v-1", ek_public=EK)),
             ("hostgate.Verdict", verdict("v-2", result="FAIL", rules=("r",), at=APPRAISED + H)),
             ("hostgate.IncidentEvent", incident("inc-1", "OPENED", "OPEN", APPRAISED + H)),
         ]):
-            d = decide(_input(subject, rec, offset), tables, ca=ca)
+            d = decide(_input(subject, rec, offset), tables, cfg)
             produced += [repr(d), repr(d.log)]
             produced += [CODEC.encode(o.subject, o.record).hex() for o in d.outputs]
             for upd in d.state_updates:
@@ -266,7 +279,7 @@ def test_no_key_material_in_any_output_log_or_error(caplog: pytest.LogCaptureFix
                 load_pem_ca(key_pem, cert_pem, Secret(bad, "env X"))
             produced += [str(info.value), repr(info.value)]
         with pytest.raises(HostgateError) as info2:
-            apply_verdict(verdict("v-9", ek_public=b"\x00\x01"), None, ca)
+            apply_verdict(verdict("v-9", ek_public=b"\x00\x01"), None, cfg)
         produced += [str(info2.value), repr(ca), str(ca)]
         produced += [repr(log) for log in logs]
     produced += [r.getMessage() for r in caplog.records]

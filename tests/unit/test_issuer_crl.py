@@ -6,6 +6,7 @@ import datetime as dt
 
 from cryptography import x509
 
+from services.issuer.config import IssuerConfig
 from services.issuer.core import apply_verdict
 from services.issuer.crl import ChangelogRecord, crl_summary, current_crl, fold_states
 from services.issuer.hoststate import HostTrustState
@@ -22,12 +23,13 @@ def _rec(state: HostTrustState, offset: int) -> ChangelogRecord:
 
 def test_revoked_certificates_of_the_newest_states_are_listed_and_signed() -> None:
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     ek = software_ek_public()
-    trusted = apply_verdict(verdict("v1", ek_public=ek), None, ca)
+    trusted = apply_verdict(verdict("v1", ek_public=ek), None, cfg)
     serial = trusted.credential["serial"] if trusted.credential else ""
     failed = apply_verdict(verdict("v2", result="FAIL", rules=("r",),
-                                   at=APPRAISED + dt.timedelta(minutes=1)), trusted.state, ca)
-    other = apply_verdict(verdict("v3", host_id="host-0008", ek_public=ek), None, ca)
+                                   at=APPRAISED + dt.timedelta(minutes=1)), trusted.state, cfg)
+    other = apply_verdict(verdict("v3", host_id="host-0008", ek_public=ek), None, cfg)
     records = [_rec(trusted.state, 0), _rec(other.state, 1), _rec(failed.state, 2)]
     folded = fold_states(records)
     assert folded.problems == [] and set(folded.states) == {"host-0007", "host-0008"}
@@ -46,10 +48,11 @@ def test_revoked_certificates_of_the_newest_states_are_listed_and_signed() -> No
 
 def test_an_unreadable_record_keeps_the_last_good_state_and_is_reported() -> None:
     ca, _ = pem_ca()
+    cfg = IssuerConfig(ca=ca)
     ek = software_ek_public()
-    trusted = apply_verdict(verdict("v1", ek_public=ek), None, ca)
+    trusted = apply_verdict(verdict("v1", ek_public=ek), None, cfg)
     failed = apply_verdict(verdict("v2", result="FAIL", rules=("r",),
-                                   at=APPRAISED + dt.timedelta(minutes=1)), trusted.state, ca)
+                                   at=APPRAISED + dt.timedelta(minutes=1)), trusted.state, cfg)
     bad = ChangelogRecord("host-0007", {"_undecodable": "garbage"}, "cl[0]@9")
     wrong_key = ChangelogRecord("host-0009", _rec(failed.state, 8).value, "cl[0]@10")
     folded = fold_states([_rec(failed.state, 1), bad, wrong_key])

@@ -19,20 +19,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from services.issuer.ca import (
+from services.issuer.ca import IssuingCA, Secret, self_signed_ca_certificate
+from services.issuer.ca_pkcs11 import _Pkcs11EcKey, load_pkcs11_ca
+from services.issuer.certificates import (
     CertificateProfile,
     HostCertificateRequest,
-    IssuingCA,
     RevokedCertificate,
-    Secret,
-    _Pkcs11EcKey,
-    attestation_binding,
     build_crl,
     issue_host_certificate,
-    load_pkcs11_ca,
-    self_signed_ca_certificate,
 )
 from services.issuer.errors import CaKeyError
+from services.issuer.extension import attestation_binding
 from tests.unit.issuer_support import APPRAISED, POLICY_DIGEST
 
 PIN = "4711-user-pin"

@@ -1,4 +1,4 @@
-"""Audit replay's pure comparison (``services.verifier.replay``) on real swtpm evidence.
+"""Audit replay's pure comparison (``services.verifier.audit_replay``) on real swtpm evidence.
 
 Provenance: every quote and log comes from ``tests.unit.verifier_support.sim_fleet`` (one swtpm
 per host, the simulator's golden images); the policy is derived from its clean hosts.
@@ -13,9 +13,7 @@ from typing import Any
 
 import pytest
 
-from services.verifier.core import appraise
-from services.verifier.policy_in_force import load_in_force, published_record
-from services.verifier.replay import (
+from services.verifier.audit_replay import (
     FindingKind,
     Located,
     PolicyIndex,
@@ -23,6 +21,8 @@ from services.verifier.replay import (
     compare_verdicts,
     what_if,
 )
+from services.verifier.core import appraise
+from services.verifier.policy_in_force import load_in_force, published_record
 from tests.unit.verifier_support import RECEIVED_AT_MS, SimFleet, collected_for, sim_fleet
 
 COLLECTED = "attest.collected.v1"

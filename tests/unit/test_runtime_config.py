@@ -11,10 +11,11 @@ import pytest
 from services.errors import ConfigError
 from services.runtime import dlq
 from services.runtime.codec import MalformedRecord
-from services.runtime.config import add_arguments, load_config, overrides_from_args
+from services.runtime.config import WorkerConfig, add_arguments, load_config, overrides_from_args
 from services.runtime.metrics import HealthServer, WorkerMetrics
 from services.runtime.stage import Coordinates
 from services.runtime.stages import build_stage
+from tests.support import eostest
 
 
 def test_defaults() -> None:
@@ -25,12 +26,12 @@ def test_defaults() -> None:
 
 
 def test_env_then_flags() -> None:
-    env = {"HOSTGATE_BOOTSTRAP": "kafka:9092", "HOSTGATE_GROUP": "g", "HOSTGATE_EXACTLY_ONCE":
-           "off", "HOSTGATE_BATCH_MAX_RECORDS": "50", "HOSTGATE_LOG_LEVEL": "DEBUG",
+    env = {"HOSTGATE_BOOTSTRAP": "kafka:9092", "HOSTGATE_GROUP": "g",
+           "HOSTGATE_BATCH_MAX_RECORDS": "50", "HOSTGATE_LOG_LEVEL": "DEBUG",
            "HOSTGATE_SCHEMA_DIR": "schemas", "HOSTGATE_HTTP_PORT": ""}
     cfg = load_config("eostest", env=env)
-    assert (cfg.bootstrap, cfg.group, cfg.exactly_once, cfg.batch_max_records, cfg.log_level,
-            cfg.schema_dir, cfg.http_port) == ("kafka:9092", "g", False, 50, "debug",
+    assert (cfg.bootstrap, cfg.group, cfg.group_id, cfg.batch_max_records, cfg.log_level,
+            cfg.schema_dir, cfg.http_port) == ("kafka:9092", "g", "g", 50, "debug",
                                                Path("schemas"), 0)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -42,7 +43,8 @@ def test_env_then_flags() -> None:
 @pytest.mark.parametrize(("env", "message"), [
     ({"HOSTGATE_BATCH_MAX_RECORDS": "many"}, "HOSTGATE_BATCH_MAX_RECORDS='many'"),
     ({"HOSTGATE_BATCH_MAX_RECORDS": "0"}, "batch_max_records"),
-    ({"HOSTGATE_EXACTLY_ONCE": "perhaps"}, "HOSTGATE_EXACTLY_ONCE='perhaps'"),
+    ({"HOSTGATE_TOPIC_NAMESPACE": "a..b"}, "HOSTGATE_TOPIC_NAMESPACE='a..b'"),
+    ({"HOSTGATE_ISSUER_TOPIC_PREFIX": "t."}, "set HOSTGATE_TOPIC_NAMESPACE instead"),
     ({"HOSTGATE_BATCH_MAX_MS": "30000"}, "third of txn_timeout_ms"),
     ({"HOSTGATE_HTTP_PORT": "70000"}, "http_port"),
     ({"HOSTGATE_LOG_LEVEL": "loud"}, "log_level"),
@@ -52,10 +54,33 @@ def test_bad_settings_name_the_setting(env: dict[str, str], message: str) -> Non
         load_config("eostest", env=env)
 
 
+def test_namespace_moves_the_group_and_the_transactional_ids() -> None:
+    cfg = load_config("issuer", env={"HOSTGATE_TOPIC_NAMESPACE": "blue"})
+    assert (cfg.group, cfg.group_id) == ("hostgate.issuer", "blue.hostgate.issuer")
+    assert cfg.transactional_id(2) == "blue.hostgate.issuer.task-2"
+    cfg = load_config("issuer", env={"HOSTGATE_TOPIC_NAMESPACE": "blue", "HOSTGATE_GROUP": "g"})
+    assert (cfg.group_id, cfg.transactional_id(0)) == ("blue.g", "blue.g.task-0")
+
+
+def test_at_least_once_is_a_keyword_for_benchmarks_only() -> None:
+    """No environment variable or flag turns transactions off: only ``bench/runtime.py``'s
+    baseline builds ``WorkerConfig(exactly_once=False)`` directly."""
+    assert load_config("verifier", env={"HOSTGATE_EXACTLY_ONCE": "0"}).exactly_once
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--at-least-once"])
+    with pytest.raises(ConfigError, match="unknown worker setting 'exactly_once'"):
+        load_config("verifier", env={}, overrides={"exactly_once": False})
+    assert not WorkerConfig(stage="eostest", exactly_once=False).exactly_once
+
+
 def test_unknown_stage() -> None:
     with pytest.raises(ConfigError, match="no stage called 'nope'"):
         build_stage("nope", {})
-    assert build_stage("eostest", {}).input_topics == ("eostest.input.v1",)
+    with pytest.raises(ConfigError, match=r"known: collector, incidents, issuer, verifier\)"):
+        build_stage("eostest", {})
+    assert eostest.build_stage({}).input_topics == ("eostest.input.v1",)
 
 
 def test_dlq_headers_kafka_connect_names_and_truncation() -> None:

@@ -10,7 +10,6 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from services.runtime.codec import Codec
-from services.runtime.eostest import INPUT_SUBJECT, build_stage
 from services.runtime.partitioner import key_partition
 from services.runtime.plan import REASON_MISROUTED, RawRecord, plan_batch
 from services.runtime.stage import (
@@ -22,10 +21,11 @@ from services.runtime.stage import (
     Stage,
     StateView,
 )
+from tests.support.eostest import INPUT_SUBJECT, build_stage
 
 CODEC = Codec.load()
-BASE = build_stage({"HOSTGATE_EOSTEST_PREFIX": "eostest.mis"})
-IN = "eostest.mis.input.v1"
+BASE = build_stage({"HOSTGATE_TOPIC_NAMESPACE": "mis"})
+IN = "mis.eostest.input.v1"
 PARTS = 6
 
 

@@ -10,12 +10,7 @@ import pytest
 
 from services.runtime import dlq
 from services.runtime.codec import Codec
-from services.runtime.eostest import (
-    COUNTER_SUBJECT,
-    INPUT_SUBJECT,
-    OUTPUT_SUBJECT,
-    build_stage,
-)
+from services.runtime.codec_errors import RegistryUnavailable
 from services.runtime.plan import H_ID, H_STAGE, RawRecord, plan_batch
 from services.runtime.stage import (
     Decision,
@@ -27,10 +22,17 @@ from services.runtime.stage import (
     StateView,
     merge_pending,
 )
+from services.tpm.errors import MalformedLog
+from tests.support.eostest import (
+    COUNTER_SUBJECT,
+    INPUT_SUBJECT,
+    OUTPUT_SUBJECT,
+    build_stage,
+)
 
 CODEC = Codec.load()
-STAGE = build_stage({"HOSTGATE_EOSTEST_PREFIX": "eostest.unit"})
-IN = "eostest.unit.input.v1"
+STAGE = build_stage({"HOSTGATE_TOPIC_NAMESPACE": "unit"})
+IN = "unit.eostest.input.v1"
 
 
 def _raw(offset: int, key: bytes | None, value: bytes | None, partition: int = 2,
@@ -50,7 +52,7 @@ def _plan(raws: list[RawRecord], committed: Any = None, stage: Stage = STAGE) ->
 def test_one_output_and_one_changelog_write_per_input() -> None:
     plan, state = _plan([_input(10, "h1", 1), _input(11, "h2", 1), _input(12, "h1", 2)])
     topics = [r.topic for r in plan.records]
-    assert topics == ["eostest.unit.output.v1", "hostgate.eostest.unit.counters.changelog.v1"] * 3
+    assert topics == ["unit.eostest.output.v1", "unit.hostgate.eostest.counters.changelog.v1"] * 3
     outs = [CODEC.decode(r.value or b"", expected={OUTPUT_SUBJECT}).record
             for r in plan.records[::2]]
     assert [o["counter_after"] for o in outs] == [1, 1, 2]  # later records see earlier updates
@@ -98,7 +100,7 @@ def test_undecodable_records_go_to_dlq_with_original_bytes() -> None:
         _input(6, "h1", 1),
     ]
     plan, state = _plan(raws)
-    dead = [r for r in plan.records if r.topic == "eostest.unit.dlq.v1"]
+    dead = [r for r in plan.records if r.topic == "unit.eostest.dlq.v1"]
     assert [(r.key, r.value) for r in dead] == [(r.key, r.value) for r in raws[:6]]
     classes = [dlq.header_value(r.headers, dlq.H_EXC_CLASS) for r in dead]
     assert classes == [
@@ -126,19 +128,44 @@ def test_stage_error_without_policy_goes_to_dlq_and_changes_no_state() -> None:
     assert state.pending == {}
 
 
-def test_stage_error_policy_decision_is_committed_instead() -> None:
+def test_a_bug_goes_to_the_dlq_even_with_a_host_fault_policy() -> None:
+    def policy(inp: InputRecord, exc: Exception) -> Decision:
+        raise AssertionError("a bug must never reach on_host_fault")
+
+    stage = Stage("s", (IN,), frozenset({INPUT_SUBJECT}), _raising,
+                  {"counters": COUNTER_SUBJECT}, on_host_fault=policy)
+    plan, state = _plan([_input(3, "h1", 1)], stage=stage)
+    (rec,) = plan.records
+    assert rec.topic == stage.dlq
+    assert plan.outcomes[0].result == "dlq" and plan.outcomes[0].facts["fault"] == "bug"
+    assert state.pending == {}
+
+
+def test_a_transient_fault_raises_out_of_the_plan() -> None:
+    def flaky(inp: InputRecord, state: StateView) -> Decision:
+        raise RegistryUnavailable("schema registry not up yet")
+
+    stage = Stage("s", (IN,), frozenset({INPUT_SUBJECT}), flaky, {"counters": COUNTER_SUBJECT})
+    with pytest.raises(RegistryUnavailable):
+        _plan([_input(3, "h1", 1)], stage=stage)
+
+
+def test_host_fault_policy_decision_is_committed_instead() -> None:
+    def malformed(inp: InputRecord, state: StateView) -> Decision:
+        raise MalformedLog("event 3 is cut short", offset=120, field="event_size")
+
     def policy(inp: InputRecord, exc: Exception) -> Decision:
         return Decision(state_updates=(StateUpdate("counters", "failed", {"key": type(exc)
                                                                           .__name__,
                                                                           "count": 1}),))
 
-    stage = Stage("s", (IN,), frozenset({INPUT_SUBJECT}), _raising,
-                  {"counters": COUNTER_SUBJECT}, on_error=policy)
+    stage = Stage("s", (IN,), frozenset({INPUT_SUBJECT}), malformed,
+                  {"counters": COUNTER_SUBJECT}, on_host_fault=policy)
     plan, state = _plan([_input(3, "h1", 1)], stage=stage)
     (rec,) = plan.records
     assert rec.topic == "hostgate.s.counters.changelog.v1" and rec.partition == 2
-    assert plan.outcomes[0].result == "on-error"
-    assert state.pending == {("counters", "failed"): {"key": "RuntimeError", "count": 1}}
+    assert plan.outcomes[0].result == "host-fault"
+    assert state.pending == {("counters", "failed"): {"key": "MalformedLog", "count": 1}}
 
 
 def test_decision_for_an_unknown_table_is_a_stage_error() -> None:
@@ -155,7 +182,7 @@ def test_decision_for_an_unknown_table_is_a_stage_error() -> None:
 def test_negative_seq_is_the_eostest_stage_error() -> None:
     plan, _ = _plan([_raw(0, b"h", CODEC.encode(INPUT_SUBJECT, {"key": "h", "seq": -5}))])
     assert dlq.header_value(plan.records[0].headers, dlq.H_EXC_CLASS) == \
-        "services.runtime.eostest.NegativeSequence"
+        "tests.support.eostest.NegativeSequence"
 
 
 def test_stage_needs_an_input_topic() -> None:
@@ -193,13 +220,13 @@ def test_a_decision_writing_a_record_too_large_goes_to_the_error_policy() -> Non
         return Decision(outputs=(Output(topic="out", key="k", subject=OUTPUT_SUBJECT,
                                         record={}, id="i", raw_value=big.encode()),))
 
-    def on_error(inp: InputRecord, exc: Exception) -> Decision:
+    def on_host_fault(inp: InputRecord, exc: Exception) -> Decision:
         assert type(exc).__name__ == "OutputTooLarge"
         return Decision(outputs=(Output(topic="out", key="k", subject=OUTPUT_SUBJECT,
                                         record={}, id="i", raw_value=b"refused"),))
 
     stage = Stage(name="sized", input_topics=(IN,), input_subjects=frozenset({INPUT_SUBJECT}),
-                  decide=decide, on_error=on_error)
+                  decide=decide, on_host_fault=on_host_fault)
     plan, _ = _plan([_input(7, "h", 1)], stage=stage)
     assert [r.value for r in plan.records] == [b"refused"]
-    assert plan.outcomes[0].result == "on-error"
+    assert plan.outcomes[0].result == "host-fault"

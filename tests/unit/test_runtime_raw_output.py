@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from services.runtime.codec import Codec
-from services.runtime.eostest import INPUT_SUBJECT, OUTPUT_SUBJECT
 from services.runtime.plan import H_ID, H_STAGE, RawRecord, plan_batch
 from services.runtime.stage import Decision, InputRecord, Output, OverlayState, Stage, StateView
+from tests.support.eostest import INPUT_SUBJECT, OUTPUT_SUBJECT
 
 CODEC = Codec.load()
 IN = "rawtest.input.v1"

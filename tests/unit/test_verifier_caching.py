@@ -1,9 +1,10 @@
-"""Verifier speed-ups must not change a result: caches, claim provenance, the JSON encoder.
+"""Verifier speed-ups must not change a result: the memo, claim provenance, the JSON encoder.
 
 Real data only: the corpus' real TCG logs (Linux and Windows) and simulator evidence quoted by
 real swtpms. Each check compares the optimised path with the plain one in the same process:
-caches on vs :func:`~services.tpm._cache.caching_disabled`, claim provenance vs an event index
-that decodes every event again, the per-class JSON encoder vs straightforward reflection.
+the verifier's memo (:class:`~services.verifier.memo.VerifierMemo`, cold and warm) vs no memo,
+claim provenance vs an event index that decodes every event again, the per-class JSON encoder vs
+straightforward reflection.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Any
 
 import pytest
 
-from services.tpm import sipa
-from services.tpm._cache import BoundedCache, caching_disabled, clear_all
-from services.tpm.claims import Claims
+from services.tpm import parse_event_log, sipa, verify_replay
+from services.tpm.claims import Claims, extract_claims
 from services.tpm.errors import MalformedEventData
+from services.tpm.memo import Memo
 from services.tpm.uefi import decode_signature_lists
+from services.verifier.claims_json import claims_json
 from services.verifier.core import appraise
-from services.verifier.policy.derive import Golden, golden_from_log
+from services.verifier.memo import VerifierMemo
+from services.verifier.policy.derive import Golden, fully_quoted, golden_from_log
 from services.verifier.policy.evaluate import evaluate, prepare, subject
 from services.verifier.policy.events import EventIndex
 from services.verifier.policy.loader import load_policy
@@ -42,6 +45,17 @@ def _read(entry_id: str) -> Golden:
     entry = manifest()[entry_id]
     path: Path = CORPUS / entry["file"]
     return golden_from_log(path.read_bytes(), entry_id)
+
+
+def _read_with(entry_id: str, memo: Memo) -> Golden:
+    """:func:`golden_from_log` of a corpus log, every step given ``memo``."""
+    data = (CORPUS / manifest()[entry_id]["file"]).read_bytes()
+    log = parse_event_log(data, memo=memo)
+    first = log.events[0]
+    registers = "ccel" if first.pcr == 1 and first.event_type == 3 else "tpm"
+    result = verify_replay(log, fully_quoted(log), memo=memo)
+    claims = extract_claims(result, measurement_registers=registers, memo=memo)
+    return Golden(source=entry_id, log=log, claims=claims, events=result.verified_events)
 
 
 def _lookups(index: EventIndex, claims: Claims) -> list[object]:
@@ -70,20 +84,28 @@ def _reference_json(value: Any) -> Any:
     return value
 
 
+_SHARED_MEMO = VerifierMemo()
+"""One memo for every corpus case, as a verifier's: each log is read with all earlier ones in it."""
+
+
 @pytest.mark.parametrize("entry_id", real_log_ids())
-def test_cached_claims_and_verdicts_equal_uncached_on_corpus(entry_id: str) -> None:
+def test_memo_claims_and_verdicts_equal_no_memo_on_corpus(entry_id: str) -> None:
     if entry_id not in manifest():
         pytest.fail(f"event-log corpus not found at {CORPUS} (set HOSTGATE_CORPUS)")
     prepared = prepare(load_policy(STRICT))
-    with caching_disabled():
-        plain = _read(entry_id)
-        plain_verdict = evaluate(prepared, plain.subject()).canonical_json()
-    clear_all()
-    first = _read(entry_id)  # fills the caches
-    cached = _read(entry_id)  # served from them
-    for g in (first, cached):
-        assert g.claims.to_json_dict() == plain.claims.to_json_dict()
-        assert evaluate(prepared, g.subject()).canonical_json() == plain_verdict
+    plain = _read(entry_id)  # golden_from_log: no memo
+    plain_verdict = evaluate(prepared, plain.subject()).canonical_json()
+    plain_text = claims_json(plain.claims)
+    for memo in (VerifierMemo(), _SHARED_MEMO):
+        first = _read_with(entry_id, memo)  # fills the memo
+        again = _read_with(entry_id, memo)  # served from it
+        for g in (first, again):
+            assert g.log == plain.log
+            assert g.events == plain.events
+            assert g.claims.to_json_dict() == plain.claims.to_json_dict()
+            assert g.claims.decoded == plain.claims.decoded
+            assert evaluate(prepared, g.subject()).canonical_json() == plain_verdict
+            assert claims_json(g.claims, memo) == plain_text
 
 
 @pytest.mark.parametrize("entry_id", real_log_ids())
@@ -129,45 +151,32 @@ def test_fast_json_equals_reflection(entry_id: str) -> None:
     assert list(doc) == list(expected)  # field order kept
 
 
-def test_bounded_cache_evicts_and_never_stores_failures() -> None:
-    cache: BoundedCache[int, int] = BoundedCache("test", 3)
-    for i in range(5):
-        assert cache.get_or_compute(i, lambda i=i: i * 10) == i * 10
-    assert len(cache) == 3
-    assert cache.get_or_compute(4, lambda: -1) == 40  # still there (a hit)
-    assert cache.get_or_compute(0, lambda: -1) == -1  # evicted, computed afresh
-
-    def boom() -> int:
-        raise ValueError("no")
-
-    with pytest.raises(ValueError):
-        cache.get_or_compute(99, boom)
-    assert cache.get_or_compute(99, lambda: 7) == 7
-
-
-def test_decoder_failures_keep_their_own_offsets() -> None:
+def test_decoder_failures_keep_their_own_offsets_and_are_never_stored() -> None:
     # an EFI_SIGNATURE_LIST whose SignatureListSize overruns the data, at two log offsets
     bad = bytes(16) + (100).to_bytes(4, "little") + bytes(8)
+    memo = VerifierMemo()
     offsets = []
     for base in (1000, 5000):
         with pytest.raises(MalformedEventData) as info:
-            decode_signature_lists(bad, base=base, seq=3)
+            decode_signature_lists(bad, base=base, seq=3, memo=memo)
         offsets.append(info.value.offset)
     assert offsets == [1016, 5016]
+    assert all(len(table) == 0 for table in memo.tables().values())
 
 
 @pytest.mark.swtpm
-def test_cached_appraisal_equals_uncached_on_simulator_evidence(tmp_path: Path) -> None:
+def test_memo_appraisal_equals_no_memo_on_simulator_evidence(tmp_path: Path) -> None:
     from tests.unit.verifier_support import collected_for, sim_fleet
 
     with sim_fleet(tmp_path, clean_per_image=1) as sim:
         records = [collected_for(h, offset=i) for i, h in enumerate(sim.fleet)]
         strict = load_policy(STRICT)
-        with caching_disabled():
-            plain = [appraise(c, sim.policy).record for c in records]
-        clear_all()
-        for _ in range(2):  # cold caches, then warm ones
-            assert [appraise(c, sim.policy).record for c in records] == plain
+        plain = [appraise(c, sim.policy).record for c in records]
+        memo = VerifierMemo()
+        for _ in range(2):  # a cold memo, then a warm one
+            assert [appraise(c, sim.policy, memo=memo).record for c in records] == plain
+        assert len(memo.readings) > 0 and len(memo.tpm_publics) > 0
+        assert len(memo.crypto_keys) > 0 and len(memo.entry_json) > 0
         assert any(r["result"] == "FAIL" for r in plain)
         assert any(r["result"] == "PASS" for r in plain)
         # the strict policy's lookups on the same evidence, with and without provenance

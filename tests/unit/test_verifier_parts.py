@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from services.tpm.quote import ClockInfo
 from services.verifier import ear, reasons
-from services.verifier.core import millis, verdict_id
+from services.verifier.core import verdict_id
 from services.verifier.counters import CounterChange, compare
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.ids import BUILTIN_RULE_IDS
@@ -23,6 +23,7 @@ from services.verifier.policy_in_force import (
     newer,
     published_record,
 )
+from services.wire.time import epoch_ms as millis
 
 POLICY = """\
 apiVersion: hostgate/v1

@@ -15,10 +15,12 @@ from services.errors import ConfigError
 from services.runtime.codec import Codec
 from services.runtime.stage import Coordinates, InputRecord, OverlayState
 from services.runtime.stages import build_stage as registry_build
+from services.runtime.topics import Topics
+from services.tpm.errors import MalformedLog
 from services.verifier import reasons
 from services.verifier.core import VERDICT_SUBJECT
 from services.verifier.policy_in_force import POLICY_TABLE, published_record
-from services.verifier.stage import INPUT_SUBJECT, VerifierTopics, build_stage
+from services.verifier.stage import INPUT_SUBJECT, build_stage
 
 POLICY = """\
 apiVersion: hostgate/v1
@@ -83,7 +85,7 @@ def test_malformed_quote_is_a_failed_verdict_not_an_exception(with_policy: bool)
     decision = stage.decide(_input(garbage_collected()), _state(with_policy))
     (out,) = decision.outputs
     rec = out.record
-    assert out.topic == VerifierTopics().verdicts and out.key == "host-1"
+    assert out.topic == Topics().verdicts and out.key == "host-1"
     assert out.id == rec["verdict_id"] and rec["result"] == "FAIL"
     ids = [f["rule_id"] for f in rec["failed_rules"]]
     if with_policy:
@@ -119,13 +121,15 @@ def test_a_broken_policy_record_fails_closed() -> None:
     assert rec["policy_id"] == ""
 
 
-def test_on_error_turns_a_bug_into_a_failed_verdict() -> None:
+def test_a_host_fault_that_escapes_appraisal_is_a_failed_verdict_naming_it() -> None:
     stage = build_stage({"HOSTGATE_POLICY_ID": "base"})
-    assert stage.on_error is not None
-    decision = stage.on_error(_input(garbage_collected()), RuntimeError("boom"))
+    assert stage.on_host_fault is not None
+    fault = MalformedLog("event 9 is cut short", offset=4242, field="event_size")
+    decision = stage.on_host_fault(_input(garbage_collected()), fault)
     rec = decision.outputs[0].record
-    assert [f["rule_id"] for f in rec["failed_rules"]] == [reasons.INTERNAL_ERROR]
-    assert "RuntimeError" in rec["failed_rules"][0]["sentence"]
+    assert [f["rule_id"] for f in rec["failed_rules"]] == [reasons.EVIDENCE_MALFORMED]
+    assert "MalformedLog" in rec["failed_rules"][0]["sentence"]
+    assert "4242" in rec["failed_rules"][0]["sentence"]
     assert decision.log["verdict"] == "FAIL"
     Codec.load().encode(VERDICT_SUBJECT, rec)
 

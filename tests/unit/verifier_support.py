@@ -18,7 +18,7 @@ from services.agent.fleet import DEFAULT_PCRS, Fleet, SimulatedHost, plan_hosts
 from services.agent.tamper import PROFILES
 from services.verifier.policy.derive import derive_policy, golden_from_log
 from services.verifier.policy_in_force import PolicyInForce, load_in_force, published_record
-from services.verifier.simulate import collected_record, submitted_record
+from tests.support.simulated_evidence import collected_record, submitted_record
 
 #: Tamper profiles whose evidence never reaches the verifier: the collector stops them at intake
 #: (a used or expired nonce, a never-enrolled AK) or their quotes and logs are honest and the

@@ -169,10 +169,6 @@ class Coverage:
         """``((bank, pcrs), ...)``: what a challenge asks the host to quote."""
         return tuple((bank, self.pcrs) for bank in self.banks)
 
-    def external_log(self, pcr: int) -> str | None:
-        """The log (``ima``) that accounts for ``pcr``, or None: the TCG boot log must."""
-        return next((e.log for e in self.external if e.pcr == pcr), None)
-
 
 def coverage(policy: Policy | PolicySpec) -> Coverage:
     """The coverage ``policy`` requires (see the module docstring)."""

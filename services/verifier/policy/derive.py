@@ -49,17 +49,16 @@ from services.verifier.policy.rules import (
     hvci_on,
     hypervisor_launched,
 )
+from services.verifier.policy.rules.evidence import TYPE_REASONS
 from services.verifier.policy.yamlout import Commented, dump
+from services.wire.banks import BANK_PREFERENCE, SHA_BANK_OF_SIZE
 
 __all__ = ["DerivedPolicy", "Golden", "derive_policy", "fully_quoted", "golden_from_log",
            "platform_of"]
 
-_BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
 _GROUP_PCRS: Final = (0, 2)
 _FIRMWARE_PCRS: Final = frozenset(range(8))
 _NAME_RE: Final = re.compile(r"[^A-Za-z0-9._-]+")
-_HASH_SIZES: Final = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
-_TYPE_REASONS: Final = frozenset({"tpm.event.unknown_type", "tpm.event.unexpected_type"})
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def fully_quoted(log: EventLog) -> dict[str, dict[int, bytes]]:
 
 
 def _best_bank(digests: Any) -> str | None:
-    return next((b for b in _BANK_PREFERENCE if b in digests), None)
+    return next((b for b in BANK_PREFERENCE if b in digests), None)
 
 
 class _Collector:
@@ -166,7 +165,7 @@ def _banks(golden: Sequence[Golden]) -> dict[str, Any]:
         banks = ["sha256"]
         note = "every golden log carries SHA-256: every quote must cover it, every log replay it"
     else:
-        best = next((b for b in _BANK_PREFERENCE if b in common), None)
+        best = next((b for b in BANK_PREFERENCE if b in common), None)
         if best is None:
             have = "; ".join(f"{g.source}: {', '.join(g.claims.banks) or 'none'}" for g in golden)
             raise PolicyError(f"the golden logs share no bank ({have}): a policy requires banks "
@@ -281,7 +280,7 @@ def _code_integrity(golden: Sequence[Golden], win: Sequence[Golden]) -> dict[str
             for g in win:
                 assert g.claims.windows is not None
                 for p in g.claims.windows.si_policies:
-                    alg = (p.hash_algorithm or _HASH_SIZES.get(len(p.digest), "sha256")).lower()
+                    alg = (p.hash_algorithm or SHA_BANK_OF_SIZE.get(len(p.digest), "sha256")).lower()
                     col.add(alg, p.digest.hex(), f"{p.name} v{p.version}", g.source)
             out["siPolicies"] = col.entries()
     apps = _Collector()
@@ -296,7 +295,7 @@ def _code_integrity(golden: Sequence[Golden], win: Sequence[Golden]) -> dict[str
         every_has_app = every_has_app and bool(chain)
         if g.claims.windows is not None:
             for i, m in enumerate(g.claims.windows.loaded_modules):
-                alg = (m.hash_algorithm or _HASH_SIZES.get(len(m.authenticode_hash), "")).lower()
+                alg = (m.hash_algorithm or SHA_BANK_OF_SIZE.get(len(m.authenticode_hash), "")).lower()
                 if alg:
                     drivers.add(alg, m.authenticode_hash.hex(), m.file_path or "",
                                 f"{g.source} Windows module #{i}")
@@ -398,7 +397,7 @@ def _tolerated_types(golden: Sequence[Golden]) -> list[Any]:
     found: dict[tuple[int, str], str] = {}
     for g in golden:
         for a in g.claims.anomalies:
-            if a.fatal and a.reason in _TYPE_REASONS and a.pcr in TOLERANT_PCRS:
+            if a.fatal and a.reason in TYPE_REASONS and a.pcr in TOLERANT_PCRS:
                 found.setdefault((a.pcr, a.event_type), _where(g, a.seq))
     out = []
     for (pcr, name), where in sorted(found.items()):
@@ -430,7 +429,7 @@ def derive_policy(
         raise PolicyError("derivation needs at least one golden log")
     for g in golden:
         fatal = [a for a in g.claims.anomalies if a.fatal and not (
-            a.reason in _TYPE_REASONS and a.pcr in TOLERANT_PCRS)]
+            a.reason in TYPE_REASONS and a.pcr in TOLERANT_PCRS)]
         if fatal:
             a = fatal[0]
             raise PolicyError(f"golden log {g.source} fails closed ({a.reason} at event {a.seq} "

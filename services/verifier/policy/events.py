@@ -28,8 +28,8 @@ from services.tpm.uefi import (
     decode_uefi_variable_data,
 )
 from services.verifier.policy.results import EventRef
+from services.wire.banks import BANK_PREFERENCE
 
-_BANK_PREFERENCE: Final = ("sha256", "sha384", "sha512", "sm3_256", "sha1")
 _SUMMARY_MAX: Final = 160
 _WINDOWS_PCRS: Final = frozenset({12, 13, 14})
 _SEQ: Final = attrgetter("seq")
@@ -189,18 +189,10 @@ class EventIndex:
                 return ev.seq
         return None
 
-    def last_event_of_pcr(self, pcr: int) -> Event | None:
-        """The last event extended into ``pcr``."""
-        found = None
-        for ev in self._ordered:
-            if ev.pcr == pcr and ev.extends:
-                found = ev
-        return found
-
 
 def strongest_digest(ev: Event) -> str:
     """``alg:hex`` of the event's digest in the strongest bank it carries."""
-    for bank in _BANK_PREFERENCE:
+    for bank in BANK_PREFERENCE:
         value = ev.digests.get(bank)
         if value is not None:
             return f"{bank}:{value.hex()}"

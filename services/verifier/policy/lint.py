@@ -15,13 +15,13 @@ from typing import Any, Final, Literal
 from services.verifier.policy.coverage import coverage
 from services.verifier.policy.model import (
     DEBUG_FLAGS,
-    STRONG_BANKS,
     ImageList,
     ImaList,
     Policy,
     PolicySpec,
     RefDigest,
 )
+from services.wire.banks import STRONG_BANKS
 
 __all__ = ["Finding", "admits_any_host", "findings"]
 

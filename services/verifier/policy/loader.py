@@ -22,6 +22,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from services.tpm.eventlog import EventType
+from services.tpm.quirks import QUIRKS, Acceptance, quirk_by_id
 from services.verifier.policy import cel
 from services.verifier.policy.errors import CelError, PolicyError
 from services.verifier.policy.lint import admits_any_host
@@ -223,6 +224,21 @@ _SHA256: Final = frozenset({"sha256"})
 
 def _strings(w: _Walker, node: Node, field: str, max_len: int = 4096) -> tuple[str, ...]:
     return tuple(sorted(set(w.list_of(node, field, lambda n, f: w.string(n, f, max_len=max_len)))))
+
+
+def _quirk_ids(w: _Walker, node: Node, field: str) -> tuple[str, ...]:
+    """Quirk ids the policy accepts: each must be a known quirk that needs accepting."""
+    def one(n: Node, f: str) -> str:
+        quirk_id = w.string(n, f, max_len=64)
+        quirk = quirk_by_id(quirk_id)
+        if quirk is None:
+            raise w.error(n, f, f"unknown firmware quirk {quirk_id!r} (known: "
+                          f"{', '.join(sorted(q.id for q in QUIRKS))})")
+        if quirk.acceptance is not Acceptance.POLICY:
+            raise w.error(n, f, f"quirk {quirk_id!r} is always used where it applies and "
+                          "reported in the verdict; a policy cannot accept or refuse it")
+        return quirk_id
+    return tuple(sorted(set(w.list_of(node, field, one, 32))))
 
 
 def _banks(w: _Walker, node: Node, field: str) -> BankSpec:
@@ -465,9 +481,12 @@ def _spec(w: _Walker, node: Node, field: str) -> PolicySpec:
     _unique(w, m.get("customRules"), [r.name for r in rules], "custom rule name")
     evidence = EvidenceSpec()
     if "evidence" in m:
-        e = w.mapping(*m["evidence"], ("allowedAnomalies", "allowedEventTypes"))
+        e = w.mapping(*m["evidence"], ("allowedAnomalies", "allowedEventTypes", "allowedQuirks"))
         if "allowedAnomalies" in e:
             evidence = EvidenceSpec(allowed_anomalies=_strings(w, *e["allowedAnomalies"], 256))
+        if "allowedQuirks" in e:
+            evidence = dataclasses.replace(evidence,
+                                           allowed_quirks=_quirk_ids(w, *e["allowedQuirks"]))
         if "allowedEventTypes" in e:
             types = w.list_of(*e["allowedEventTypes"], lambda n, f: _allowed_type(w, n, f), 256)
             evidence = dataclasses.replace(evidence,

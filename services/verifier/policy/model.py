@@ -22,26 +22,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from services.tpm.algorithms import digest_sizes
+from services.wire.banks import WIRE_BANKS
+
 API_VERSION: Final = "hostgate/v1"
 KIND: Final = "AttestationPolicy"
 
-DIGEST_SIZES: Final[dict[str, int]] = {
-    "sha1": 20,
-    "sha256": 32,
-    "sha384": 48,
-    "sha512": 64,
-    "sm3_256": 32,
-}
-"""Digest algorithms a reference value may name, with their sizes in bytes."""
-
-STRONG_BANKS: Final = frozenset({"sha256", "sha384", "sha512", "sm3_256"})
-"""Banks stronger than SHA-1 (a SHA-1-only quote is refused when one of these is active)."""
-
-DEFAULT_PCR7_VARIABLES: Final[tuple[str, ...]] = (
-    "PK", "KEK", "SecureBoot", "db", "dbx", "dbt", "dbr", "DeployedMode", "AuditMode",
-    "MokList", "MokListX", "MokListTrusted", "SbatLevel", "MokSBState",
-)
-"""UEFI variable names expected in PCR 7 when a policy does not list its own."""
+DIGEST_SIZES: Final[dict[str, int]] = digest_sizes(WIRE_BANKS)
+"""Digest algorithms a reference value may name (the banks records name), with their sizes in
+bytes."""
 
 
 @dataclass(frozen=True, order=True)
@@ -104,10 +93,6 @@ class BankSpec:
         return {"require": list(self.require_banks), "requirePcrs": list(self.require_pcrs),
                 "refuseSha1Only": self.refuse_sha1_only,
                 "externalPcrs": [e.to_json() for e in self.external_pcrs]}
-
-    def external_log(self, pcr: int) -> str | None:
-        """The log that accounts for ``pcr``, or None (the TCG boot log must)."""
-        return next((e.log for e in self.external_pcrs if e.pcr == pcr), None)
 
 
 @dataclass(frozen=True)
@@ -350,11 +335,16 @@ class EvidenceSpec:
 
     allowed_anomalies: tuple[str, ...] = ()
     allowed_event_types: tuple[AllowedEventType, ...] = ()
+    allowed_quirks: tuple[str, ...] = ()
+    """Firmware quirks of ``policy`` acceptance (``services.tpm.quirks``) the verifier may use;
+    every quirk used is reported in the verdict's claims."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"allowedAnomalies": list(self.allowed_anomalies)}
         if self.allowed_event_types:
             out["allowedEventTypes"] = [t.to_json() for t in self.allowed_event_types]
+        if self.allowed_quirks:  # absent when empty: the digests of older policies stand
+            out["allowedQuirks"] = list(self.allowed_quirks)
         return out
 
 

@@ -1,6 +1,6 @@
 """``hostgate replay``: re-verify recorded evidence from ``attest.collected.v1`` (audit replay).
 
-The Kafka side of :mod:`services.verifier.replay`. It has its own consumer per topic — no
+The Kafka side of :mod:`services.verifier.audit_replay`. It has its own consumer per topic — no
 consumer group, no offset commits, ``read_committed`` — so it has no effect on the live stages.
 Each consumer is assigned every partition of its topic (the broker serves them in parallel) and
 reads up to the end offsets taken when it started; the topics are read concurrently.
@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,9 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError, HostgateError
+from services.runtime.cli_conventions import (
+    add_broker_argument,
+    add_json_flag,
+    chosen_broker,
+    print_json,
+)
 from services.runtime.connection import client_kwargs
-from services.runtime.readers import groupless_consumer
-from services.verifier.replay import (
+from services.runtime.readers import groupless_consumer, read_to_end, rewind
+from services.runtime.topics import Topics, add_namespace_argument, topics_from_args
+from services.verifier.audit_replay import (
     AuditReport,
     Located,
     PolicyIndex,
@@ -43,10 +48,8 @@ from services.verifier.replay import (
     audit,
     what_if,
 )
+from services.wire.subjects import EVIDENCE_COLLECTED, POLICY_PUBLISHED, VERDICT
 
-COLLECTED_SUBJECT = "hostgate.EvidenceCollected"
-VERDICT_SUBJECT = "hostgate.Verdict"
-POLICY_SUBJECT = "hostgate.PolicyPublished"
 READ_TIMEOUT_S = 300.0
 _DURATION = re.compile(r"^([0-9]{1,9})([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -115,9 +118,7 @@ async def read_topic(bootstrap: str, spec: ReadSpec, codec: Any,
             raise ReplayError(f"topic {spec.topic} does not exist (`hostgate topics ensure` "
                               "creates hostgate's topics)")
         tps = [TopicPartition(spec.topic, p) for p in range(count)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
+        ends = await rewind(consumer, tps)
         if spec.start_ms is not None:
             found = await consumer.offsets_for_times({tp: spec.start_ms for tp in tps})
             for tp in tps:
@@ -125,35 +126,23 @@ async def read_topic(bootstrap: str, spec: ReadSpec, codec: Any,
                 consumer.seek(tp, hit.offset if hit is not None else ends[tp])
         out: list[Located] = []
         key = spec.host.encode() if spec.host is not None else None
-        pending = {tp for tp in tps if ends[tp] > 0}
-        for tp in list(pending):
-            if await consumer.position(tp) >= ends[tp]:
-                pending.discard(tp)
-        deadline = time.monotonic() + READ_TIMEOUT_S
-        while pending:
-            if time.monotonic() > deadline:
-                raise ReplayError(f"could not read {spec.topic} to its end offsets within "
-                                  f"{READ_TIMEOUT_S:.0f}s")
-            batch = await consumer.getmany(*pending, timeout_ms=500, max_records=2000)
-            for tp, recs in batch.items():
-                for r in recs:
-                    if r.offset >= ends[tp]:
-                        pending.discard(tp)
-                        break
-                    if r.value is None or (key is not None and r.key != key):
-                        continue
-                    if spec.end_ms is not None and r.timestamp > spec.end_ms:
-                        continue
-                    try:
-                        rec = codec.decode(r.value, expected={spec.subject}).record
-                    except HostgateError:
-                        continue  # not this record type: the verifier DLQs such bytes
-                    out.append(Located(r.topic, r.partition, r.offset, r.timestamp, rec))
-                    if on_record is not None:
-                        on_record()
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
+        async for r in read_to_end(consumer, tps, ends, timeout_s=READ_TIMEOUT_S,
+                                   timed_out=lambda: ReplayError(
+                                       f"could not read {spec.topic} to its end offsets within "
+                                       f"{READ_TIMEOUT_S:.0f}s")):
+            if r.offset >= ends[TopicPartition(r.topic, r.partition)]:
+                continue
+            if r.value is None or (key is not None and r.key != key):
+                continue
+            if spec.end_ms is not None and r.timestamp > spec.end_ms:
+                continue
+            try:
+                rec = codec.decode(r.value, expected={spec.subject}).record
+            except HostgateError:
+                continue  # not this record type: the verifier DLQs such bytes
+            out.append(Located(r.topic, r.partition, r.offset, r.timestamp, rec))
+            if on_record is not None:
+                on_record()
         out.sort(key=lambda loc: (loc.partition, loc.offset))
         return out
 
@@ -179,17 +168,16 @@ async def read_recorded(bootstrap: str, *, namespace: str = "", start_ms: int | 
                         on_record: Callable[[], None] | None = None) -> Recorded:
     """Read collected evidence, verdicts and policies concurrently (see the module docstring)."""
     from services.runtime.codec import Codec
-    from services.verifier.stage import VerifierTopics
 
-    topics = VerifierTopics(namespace)
+    topics = Topics(namespace)
     codec = Codec.load()
     collected, verdicts, history, policies = await asyncio.gather(
-        read_topic(bootstrap, ReadSpec(topics.collected, COLLECTED_SUBJECT, start_ms, end_ms,
+        read_topic(bootstrap, ReadSpec(topics.collected, EVIDENCE_COLLECTED, start_ms, end_ms,
                                        host), codec, on_record),
-        read_topic(bootstrap, ReadSpec(topics.verdicts, VERDICT_SUBJECT, start_ms, None, host),
+        read_topic(bootstrap, ReadSpec(topics.verdicts, VERDICT, start_ms, None, host),
                    codec, on_record),
-        read_topic(bootstrap, ReadSpec(topics.policy_history, POLICY_SUBJECT), codec),
-        read_topic(bootstrap, ReadSpec(topics.policies, POLICY_SUBJECT), codec))
+        read_topic(bootstrap, ReadSpec(topics.policy_history, POLICY_PUBLISHED), codec),
+        read_topic(bootstrap, ReadSpec(topics.policies, POLICY_PUBLISHED), codec))
     # The compacted topic as well: it may still hold versions published before the history
     # topic existed. The index keeps one entry per digest.
     return Recorded(collected, verdicts, [*history, *policies])
@@ -282,8 +270,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         from services.verifier.publish import read_policy_text
 
         policy_text = read_policy_text(args.policy)
-    bootstrap = args.broker or os.environ.get("HOSTGATE_BOOTSTRAP") or "127.0.0.1:19092"
-    namespace = os.environ.get("HOSTGATE_TOPIC_NAMESPACE", "").strip()
+    bootstrap = chosen_broker(args)
+    namespace = topics_from_args(args).namespace
     console = Console(stderr=True)
     show = console.is_terminal and not args.json
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -298,8 +286,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                             time_filtered=start is not None or end is not None,
                             progress=lambda n: bar.update(task, completed=n), jobs=args.jobs)
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=1, sort_keys=True)
-        print()
+        print_json(report.to_json())
     elif isinstance(report, AuditReport):
         _print_audit(report)
     else:
@@ -330,13 +317,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--host", default=None, metavar="ID", help="only this host's records")
     p.add_argument("--policy", type=Path, default=None, metavar="FILE",
                    help="what-if: appraise under this policy YAML instead of the recorded ones")
-    p.add_argument("--broker", default=None, metavar="HOST:PORT",
-                   help="Kafka bootstrap servers (default: $HOSTGATE_BOOTSTRAP or "
-                        "127.0.0.1:19092)")
+    add_broker_argument(p)
     p.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
                    help="audit: re-appraise in N processes (default: one per CPU, %(default)s "
                         "here); the report is the same for any N")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_namespace_argument(p)
+    add_json_flag(p, "print the report as JSON")
     p.set_defaults(func=_cmd_replay)
 
 

@@ -31,7 +31,10 @@ from enum import StrEnum
 from typing import Any, Final
 
 from services.verifier import core, reasons
+from services.verifier.memo import VerifierMemo
 from services.verifier.policy_in_force import PolicyCache, PolicyInForce, PolicyUnusable
+from services.wire.coords import coordinates_key, coordinates_record
+from services.wire.time import epoch_ms
 
 MAX_SHOWN: Final = 120
 """Longest rendering of one field value in a finding (values are hex or JSON text)."""
@@ -169,7 +172,7 @@ def canonical(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
     if isinstance(value, dt.datetime):
-        return core.millis(value)
+        return epoch_ms(value)
     if isinstance(value, Mapping):
         return {str(k): canonical(value[k]) for k in sorted(value)}
     if isinstance(value, list | tuple):
@@ -236,11 +239,12 @@ Appraiser = Callable[[Mapping[str, Any], PolicyInForce | PolicyUnusable | None,
 
 
 def reappraise(collected: Mapping[str, Any], policy: PolicyInForce | PolicyUnusable | None,
-               coordinates: Mapping[str, Any]) -> core.VerdictRecord:
+               coordinates: Mapping[str, Any], *, memo: VerifierMemo | None = None
+               ) -> core.VerdictRecord:
     """What the verifier stage does for one record (``services.verifier.stage``): appraise, and
     if appraisal raises, the same fail-closed ``verifier.internal_error`` verdict."""
     try:
-        return core.appraise(collected, policy, collected_at=coordinates)
+        return core.appraise(collected, policy, collected_at=coordinates, memo=memo)
     except Exception as exc:  # mirrors the stage's on_error: a bug fails closed
         return core.error_verdict(
             collected, reasons.INTERNAL_ERROR,
@@ -248,12 +252,16 @@ def reappraise(collected: Mapping[str, Any], policy: PolicyInForce | PolicyUnusa
             "closed.", collected_at=coordinates)
 
 
-def _coords(loc: Located) -> dict[str, Any]:
-    return {"topic": loc.topic, "partition": loc.partition, "offset": loc.offset}
+def remembering_appraiser() -> Appraiser:
+    """:func:`reappraise` with a memo of its own, as the verifier's shell appraises (one per
+    audit run; a forked worker gets its own copy): remembering never changes a verdict
+    (``services.verifier.memo``), and a fleet's records repeat each other."""
+    memo = VerifierMemo()
 
-
-def _key(coords: Mapping[str, Any]) -> tuple[str, int, int]:
-    return (str(coords["topic"]), int(coords["partition"]), int(coords["offset"]))
+    def appraiser(collected: Mapping[str, Any], policy: PolicyInForce | PolicyUnusable | None,
+                  coordinates: Mapping[str, Any]) -> core.VerdictRecord:
+        return reappraise(collected, policy, coordinates, memo=memo)
+    return appraiser
 
 
 def _candidates(verdict: Mapping[str, Any], index: PolicyIndex
@@ -280,7 +288,7 @@ def _audit_one(loc: Located, collected: Located, index: PolicyIndex,
                        "policies topic has", vid)
     best: tuple[FieldDiff, ...] | None = None
     for policy in candidates:
-        replayed = appraiser(collected.record, policy, _coords(collected)).record
+        replayed = appraiser(collected.record, policy, coordinates_record(collected)).record
         diffs = compare_verdicts(v, replayed)
         if not diffs:
             return None
@@ -294,7 +302,7 @@ def _audit_one(loc: Located, collected: Located, index: PolicyIndex,
 
 
 def audit(collected: Sequence[Located], verdicts: Sequence[Located], policies: PolicyIndex, *,
-          appraiser: Appraiser = reappraise, expect_all_verdicts: bool = True,
+          appraiser: Appraiser | None = None, expect_all_verdicts: bool = True,
           progress: Callable[[int], None] | None = None, jobs: int = 1) -> AuditReport:
     """Re-appraise every recorded verdict and compare (see the module docstring).
 
@@ -304,13 +312,14 @@ def audit(collected: Sequence[Located], verdicts: Sequence[Located], policies: P
     collected range the verdicts can point to). ``jobs`` > 1 re-appraises in that many forked
     processes; the report is the same, in the same order.
     """
+    appraiser = appraiser or remembering_appraiser()
     by_coords = {(c.topic, c.partition, c.offset): c for c in collected}
     before: list[list[Finding]] = []  # per verdict: findings that need no re-appraisal
     pairs: list[tuple[Located, Located] | None] = []  # per verdict: what to re-appraise
     seen: dict[tuple[str, int, int], str] = {}
     for loc in verdicts:
         v = loc.record
-        key = _key(v["collected"])
+        key = coordinates_key(v["collected"])
         col = by_coords.get(key)
         host, vid = str(v["host_id"]), str(v["verdict_id"])
         own: list[Finding] = []
@@ -391,15 +400,16 @@ def _forked(pairs: Sequence[tuple[Located, Located]], index: PolicyIndex, apprai
 
 
 def what_if(collected: Sequence[Located], verdicts: Sequence[Located], policy: PolicyInForce, *,
-            appraiser: Appraiser = reappraise,
+            appraiser: Appraiser | None = None,
             progress: Callable[[int], None] | None = None) -> WhatIfReport:
     """Re-appraise every collected record under ``policy`` and list what would change, against
     the recorded verdict of the same evidence (or, without one, against nothing)."""
-    recorded = {_key(v.record["collected"]): v.record for v in verdicts}
+    appraiser = appraiser or remembering_appraiser()
+    recorded = {coordinates_key(v.record["collected"]): v.record for v in verdicts}
     changes: list[Change] = []
     by_result: dict[str, int] = {}
     for i, col in enumerate(collected):
-        new = appraiser(col.record, policy, _coords(col))
+        new = appraiser(col.record, policy, coordinates_record(col))
         new_result = "PASS" if new.passed else "FAIL"
         by_result[new_result] = by_result.get(new_result, 0) + 1
         old = recorded.get((col.topic, col.partition, col.offset))

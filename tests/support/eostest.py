@@ -1,4 +1,5 @@
-"""``eostest``: the runtime's own exactly-once test stage (tests and benchmarks only).
+"""``eostest``: the runtime's own exactly-once test stage (tests and benchmarks only; the
+product's stage registry does not know it).
 
 Each ``hostgate.test.TestInput`` becomes exactly one ``hostgate.test.TestOutput`` and bumps a
 per-key counter in the ``counters`` state table; the output carries ``counter_after``. If the
@@ -7,26 +8,32 @@ coordinate, or a gap or repeat in a key's ``counter_after`` sequence.
 
 ``decide`` is pure. ``build_stage`` (the shell side) reads the test knobs from the environment:
 
-* ``HOSTGATE_EOSTEST_PREFIX`` (default ``eostest``): topics ``<prefix>.input.v1``,
-  ``<prefix>.output.v1``, ``<prefix>.dlq.v1`` and ``hostgate.<prefix>.counters.changelog.v1``,
-  so each test run can use fresh topics;
+* ``HOSTGATE_TOPIC_NAMESPACE``, as for every stage (``services.runtime.topics.Topics``): topics
+  ``<ns>.eostest.input.v1``, ``<ns>.eostest.output.v1``, the DLQ ``<ns>.eostest.dlq.v1`` and the
+  changelog ``<ns>.hostgate.eostest.counters.changelog.v1``, so each test run uses fresh topics
+  (and, through the worker's config, its own group and transactional ids);
 * ``HOSTGATE_EOSTEST_STALL_AFTER`` / ``HOSTGATE_EOSTEST_STALL_S``: after that many decisions in
   this process, block inside ``decide`` for that many seconds, with a transaction open. Tests
   use it to kill a worker mid-transaction, to make it a zombie (stopped with SIGSTOP while it
   holds the open transaction, so the group evicts it), and to show that a slow decision alone
   does not cost a worker its partitions (planning runs off the event loop).
+
+``python -m tests.support.eostest`` runs one worker of it, as ``hostgate run <stage>`` runs a
+product stage (same config, flags and environment).
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.stage import Decision, InputRecord, Output, Stage, StateUpdate, StateView
+from services.runtime.topics import Topics, TopicSpec
 
+NAME = "eostest"
 INPUT_SUBJECT = "hostgate.test.TestInput"
 OUTPUT_SUBJECT = "hostgate.test.TestOutput"
 COUNTER_SUBJECT = "hostgate.test.TestCounter"
@@ -39,25 +46,35 @@ class NegativeSequence(HostgateError):
 
 @dataclass(frozen=True)
 class EostestTopics:
-    """The topics one eostest deployment uses."""
+    """The topics one eostest deployment uses: its namespace's, as for a product stage."""
 
-    prefix: str = "eostest"
+    namespace: str = ""
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.namespace)
 
     @property
     def input(self) -> str:
-        return f"{self.prefix}.input.v1"
+        return self.topics.name(f"{NAME}.input.v1")
 
     @property
     def output(self) -> str:
-        return f"{self.prefix}.output.v1"
+        return self.topics.name(f"{NAME}.output.v1")
 
     @property
     def dlq(self) -> str:
-        return f"{self.prefix}.dlq.v1"
+        return self.topics.dlq(NAME)
 
     @property
     def changelog(self) -> str:
-        return f"hostgate.{self.prefix}.{TABLE}.changelog.v1"
+        return self.topics.changelog(NAME, TABLE)
+
+    def specs(self) -> tuple[TopicSpec, ...]:
+        """Every topic the stage uses (tests create them; ``topics ensure`` does not)."""
+        return (TopicSpec(self.input, "runtime tests: input records"),
+                TopicSpec(self.output, "runtime tests: output records"),
+                *self.topics.stage_specs(NAME, (TABLE,)))
 
 
 def output_id(inp: InputRecord) -> str:
@@ -99,7 +116,7 @@ def _env_number(env: Mapping[str, str], name: str, default: str) -> float:
 
 def build_stage(env: Mapping[str, str]) -> Stage:
     """The eostest stage, configured from ``env`` (see the module docstring)."""
-    topics = EostestTopics(env.get("HOSTGATE_EOSTEST_PREFIX", "eostest"))
+    topics = EostestTopics(Topics.from_env(env).namespace)
     stall_after = int(_env_number(env, "HOSTGATE_EOSTEST_STALL_AFTER", "0"))
     stall_s = _env_number(env, "HOSTGATE_EOSTEST_STALL_S", "0")
     seen = 0
@@ -116,7 +133,7 @@ def build_stage(env: Mapping[str, str]) -> Stage:
         return decide(inp, state, output_topic=topics.output)
 
     return Stage(
-        name="eostest",
+        name=NAME,
         input_topics=(topics.input,),
         input_subjects=frozenset({INPUT_SUBJECT}),
         decide=core,
@@ -124,3 +141,28 @@ def build_stage(env: Mapping[str, str]) -> Stage:
         dlq=topics.dlq,
         changelogs={TABLE: topics.changelog},
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One eostest worker until SIGTERM/SIGINT (``hostgate run``'s flags and environment)."""
+    import argparse
+    import asyncio
+    import os
+
+    from services.runtime.config import add_arguments, load_config, overrides_from_args
+    from services.runtime.run_cli import serve
+
+    parser = argparse.ArgumentParser(prog="python -m tests.support.eostest",
+                                     description="Run one worker of the eostest stage.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(NAME, overrides=overrides_from_args(args))
+        return asyncio.run(serve(config, build_stage(os.environ)))
+    except HostgateError as exc:
+        print(f"eostest: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

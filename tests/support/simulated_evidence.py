@@ -1,9 +1,9 @@
 """Build ``hostgate.EvidenceCollected`` records from simulator evidence, as the collector would.
 
-For tests, benchmarks and demos of the verifier without a collector in the loop: the record
+For tests and benchmarks of the verifier without a collector in the loop: the record
 carries what intake would have established (the enrolled AK and its name, the EK identity, the
 previous counters) and the evidence digest the collector computes
-(``services.collector.common.record_digest``). Nothing here checks anything.
+(``services.wire.ids.record_digest``). Nothing here checks anything.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.agent.fleet import Evidence
-from services.collector.common import record_digest
 from services.tpm.keys import decode_public
-from services.verifier.core import BANK_SYMBOLS
+from services.wire.banks import SYMBOL_OF_BANK
+from services.wire.ids import record_digest
 
-_SYMBOL: dict[str, str] = {v: k for k, v in BANK_SYMBOLS.items()}
 EVIDENCE_SUBJECT = "hostgate.EvidenceSubmitted"
 
 
@@ -25,7 +24,7 @@ def submitted_record(evidence: Evidence, *, evidence_id: str, challenge_id: str 
                      ima_log: bytes | None = None) -> dict[str, Any]:
     """The ``hostgate.EvidenceSubmitted`` record an agent would send for ``evidence``."""
     q = evidence.quote
-    pcr_values = [{"bank": _SYMBOL[bank], "pcr": pcr, "value": bytes(value)}
+    pcr_values = [{"bank": SYMBOL_OF_BANK[bank], "pcr": pcr, "value": bytes(value)}
                   for bank in sorted(q.pcr_values) for pcr, value in sorted(
                       q.pcr_values[bank].items())]
     return {
@@ -36,7 +35,7 @@ def submitted_record(evidence: Evidence, *, evidence_id: str, challenge_id: str 
         "quote_attest": q.attest,
         "quote_signature": q.signature,
         "pcr_values": pcr_values,
-        "active_banks": [_SYMBOL[b] for b in active_banks],
+        "active_banks": [SYMBOL_OF_BANK[b] for b in active_banks],
         "boot_log": evidence.event_log,
         "ima_log": ima_log,
         "agent_version": "simulator",
