@@ -12,9 +12,12 @@ else (``services.runtime.plan`` acts on it):
 * ``TRANSIENT``: trying again can succeed (``retriable``: a schema registry or topic that is
   not there yet). The runtime aborts the transaction and retries the batch, so nothing is
   decided on a half-read world and nothing is lost.
-* ``BUG``: anything else. Never blamed on the host: the record goes to the stage's DLQ with the
-  error in its headers, ``hostgate_internal_errors`` counts it, and the host gets no decision at
-  all (no credential: fail closed; a host that gets no verdict for long is reported stale).
+* ``BUG``: anything else. Never blamed on the host, always counted in
+  ``hostgate_internal_errors``. A stage whose silence would favour the host answers it with
+  ``on_bug``: the verifier fails the evidence with ``verifier.internal_error`` (the verifier's
+  fault, not the host's), because a dead letter would leave a host whose evidence crashes the
+  verifier TRUSTED on its last credential. Any other stage dead-letters the record with the
+  error in its headers (the host gets no decision, so nothing it asked for).
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ input record ends in exactly one of three places, never nowhere:
 1. ``decide`` succeeded: its outputs (with an ``hg-id`` header; Avro-encoded, or an output's
    ``raw_value`` bytes as they are) and its state changes (as changelog records, on the task's
    own changelog partition);
-2. ``decide`` raised a host's fault (``services.runtime.faults``) and the stage's
-   ``on_host_fault`` returned the refusal to commit instead: that decision;
-3. the record could not be decoded, or ``decide`` raised a bug (or a host's fault the stage has
-   no answer for), or ``on_host_fault``/encoding the result failed, or
+2. ``decide`` raised a host's fault or a bug (``services.runtime.faults``) and the stage's
+   answer to it (``on_host_fault``, ``on_bug``) returned a decision to commit instead: that
+   decision, its log facts naming the fault;
+3. the record could not be decoded, or ``decide`` raised a fault the stage has no answer for,
+   or the answer/encoding the result failed, or
    it sits on a partition its key does not map to and the stage's ``misrouted`` policy is
    ``dlq``: one DLQ record with the original key, value and headers plus the failure context.
 
@@ -25,7 +26,7 @@ the worker read at start; a mis-partitioned record is flagged ``misrouted`` in i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
@@ -226,7 +227,7 @@ def plan_batch(
             plan.outcomes[-1] = replace(plan.outcomes[-1], facts={
                 **plan.outcomes[-1].facts, "misrouted": True})
             continue
-        result = "ok"
+        result, error = "ok", None
         try:
             decision = stage.decide(inp, state)
             records = _decision_records(stage, codec, decision, task_partition)
@@ -234,12 +235,12 @@ def plan_batch(
             fault = classify(exc)
             if fault is Fault.TRANSIENT:
                 raise  # the worker aborts the transaction and retries the batch
-            if fault is Fault.BUG or stage.on_host_fault is None:
+            answer = _answer_for(stage, fault, exc)
+            if answer is None:
                 _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc), key, fault)
                 continue
-            assert isinstance(exc, HostgateError)  # what classify calls a host's fault
             try:
-                decision = stage.on_host_fault(inp, exc)
+                decision = answer(inp)
                 records = _decision_records(stage, codec, decision, task_partition)
             except Exception as exc2:
                 if classify(exc2) is Fault.TRANSIENT:
@@ -247,13 +248,28 @@ def plan_batch(
                 _to_dlq(plan, stage, raw, group, Failure(REASON_STAGE_ERROR, exc2), key,
                         Fault.BUG)
                 continue
-            result = "host-fault"
+            result, error = f"{fault.value}-fault", type(exc).__name__
+            decision = replace(decision, log={**decision.log, "fault": fault.value})
         state.apply(decision.state_updates)
         plan.records.extend(records)
         facts = {**decision.log, "misrouted": True} if misrouted else decision.log
         plan.outcomes.append(RecordOutcome(raw.coordinates, key, result,
-                                           len(decision.outputs), facts))
+                                           len(decision.outputs), facts, error=error))
     return plan
+
+
+def _answer_for(stage: Stage, fault: Fault, exc: Exception
+                ) -> Callable[[InputRecord], Decision] | None:
+    """The stage's answer to ``fault`` (``on_host_fault`` or ``on_bug``), bound to ``exc``;
+    None: the record goes to the DLQ."""
+    if fault is Fault.HOST and stage.on_host_fault is not None:
+        assert isinstance(exc, HostgateError)  # what classify calls a host's fault
+        on_host_fault = stage.on_host_fault
+        return lambda inp: on_host_fault(inp, exc)
+    if fault is Fault.BUG and stage.on_bug is not None:
+        on_bug = stage.on_bug
+        return lambda inp: on_bug(inp, exc)
+    return None
 
 
 def unreadable_dlq_record(stage: Stage, coordinates: Coordinates, group: str,
@@ -309,7 +325,7 @@ def _to_dlq(plan: BatchPlan, stage: Stage, raw: RawRecord, group: str, failure: 
     plan.records.append(record)
     exc = failure.exception
     facts: dict[str, str | int | bool] = {"dlq_reason": failure.reason}
-    if fault is not None:  # decide raised: whose fault (a bug is counted as an internal error)
+    if fault is not None:  # decide raised: whose fault (every bug is counted as an internal error)
         facts["fault"] = fault.value
     plan.outcomes.append(RecordOutcome(raw.coordinates, key, "dlq", 0, facts,
                                        error=f"{type(exc).__name__}"))

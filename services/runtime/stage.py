@@ -114,6 +114,7 @@ MISROUTED_POLICIES: Final = frozenset({MISROUTED_WARN, MISROUTED_DLQ, MISROUTED_
 
 Decide = Callable[[InputRecord, StateView], Decision]
 OnHostFault = Callable[[InputRecord, HostgateError], Decision]
+OnBug = Callable[[InputRecord, Exception], Decision]
 Reduce = Callable[[Mapping[str, Any] | None, Mapping[str, Any] | None], Mapping[str, Any] | None]
 """``(current, incoming) -> kept`` for one key of a global table (None = absent/tombstone)."""
 
@@ -148,9 +149,11 @@ class Stage:
     on a *decodable* record is mapped by ``services.runtime.faults`` for every stage alike: a
     host's fault goes to ``on_host_fault``, which returns the refusal to commit instead (a
     rejection, a failed verdict naming the field and offset); a transient fault retries the
-    batch; a bug (or a host fault the stage has no answer for, or an ``on_host_fault`` that
-    raises) sends the record to the stage's DLQ with the exception in the headers. Either way
-    the stage keeps going and nothing is silently dropped.
+    batch; a bug goes to ``on_bug`` where a stage must fail closed with a decision (the
+    verifier: a failed verdict that blames the verifier, not the host), and is always counted
+    as an internal error. A fault the stage has no answer for, or an answer that raises, sends
+    the record to the stage's DLQ with the exception in the headers. Either way the stage keeps
+    going and nothing is silently dropped.
 
     The input topics, the state changelogs and hence the tasks are co-partitioned: task *p* owns
     partition *p* of every input topic and of every changelog (see ``services.runtime.worker``).
@@ -162,6 +165,7 @@ class Stage:
     decide: Decide
     tables: Mapping[str, str] = field(default_factory=dict)
     on_host_fault: OnHostFault | None = None
+    on_bug: OnBug | None = None
     dlq: str = ""
     changelogs: Mapping[str, str] = field(default_factory=dict)
     global_tables: Mapping[str, GlobalTableSpec] = field(default_factory=dict)

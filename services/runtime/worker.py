@@ -720,10 +720,10 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.log.warning("input.misrouted", key=o.key, topic=c.topic,
                                  partition=c.partition, offset=c.offset,
                                  policy=self.stage.misrouted)
+            if o.facts.get("fault") == Fault.BUG:
+                m.internal_errors.labels(name, o.error or "?").inc()
             if o.result == "dlq":
                 m.dlq.labels(name, str(o.facts.get("dlq_reason", "?"))).inc()
-                if o.facts.get("fault") == Fault.BUG:
-                    m.internal_errors.labels(name, o.error or "?").inc()
                 self.log.warning("decision", key=o.key, topic=c.topic, partition=c.partition,
                                  offset=c.offset, result=o.result, error=o.error, **o.facts)
             else:

@@ -7,16 +7,15 @@ highest version wins. Exactly once comes from the runtime (read_committed input,
 transaction per batch); the verdict id (hash of evidence digest and policy digest) lets any
 consumer de-duplicate as well.
 
-=============================  ====================================================  ========
-environment                    meaning                                               default
-=============================  ====================================================  ========
-``HOSTGATE_POLICY_ID``         id of the policy in force (required)                  —
-``HOSTGATE_TOPIC_NAMESPACE``   the deployment's namespace: topics ``<ns>.<name>``    empty
-=============================  ====================================================  ========
+Its settings (``HOSTGATE_POLICY_ID``, ``HOSTGATE_TOPIC_NAMESPACE``) are read by
+:class:`services.verifier.config.VerifierConfig`.
 
 Faults are mapped as in every stage (``services.runtime.faults``): a host's fault that escapes
-appraisal is a failed verdict naming it; a bug goes to ``verifier.dlq.v1`` with the error and
-is counted in ``hostgate_internal_errors`` (never blamed on the host, no verdict: fail closed).
+appraisal is a failed verdict naming it (``verifier.evidence.malformed``); a bug is a failed
+verdict too, ``verifier.internal_error``, which names the verifier as the one at fault, and is
+counted in ``hostgate_internal_errors``. It must not be a dead letter: evidence that crashes the
+verifier would then leave its host TRUSTED on its last credential. Only undecodable bytes go to
+``verifier.dlq.v1``.
 
 :func:`build_stage` makes the worker's one :class:`~services.verifier.memo.VerifierMemo` and
 hands it to every appraisal (why that never changes a verdict: :mod:`services.verifier.memo`).
@@ -84,6 +83,16 @@ def on_host_fault(inp: InputRecord, exc: HostgateError, cfg: VerifierConfig) -> 
     return _decision(inp, verdict, cfg.topics.verdicts)
 
 
+def on_bug(inp: InputRecord, exc: Exception, cfg: VerifierConfig) -> Decision:
+    """A bug in appraisal: a failed verdict that says so (fail closed; see the module
+    docstring). Audit replay does the same (``services.verifier.audit_replay.reappraise``)."""
+    verdict = core.error_verdict(
+        inp.record, reasons.INTERNAL_ERROR,
+        f"The verifier could not appraise this evidence ({type(exc).__name__}); it fails "
+        "closed.", collected_at=_coordinates(inp))
+    return _decision(inp, verdict, cfg.topics.verdicts)
+
+
 def build_stage(env: Mapping[str, str]) -> Stage:
     """The verifier stage, configured from ``env`` (see ``services.verifier.config``)."""
     cfg = VerifierConfig.from_env(env)
@@ -93,6 +102,7 @@ def build_stage(env: Mapping[str, str]) -> Stage:
         input_subjects=frozenset({INPUT_SUBJECT}),
         decide=partial(decide, cfg=cfg),
         on_host_fault=partial(on_host_fault, cfg=cfg),
+        on_bug=partial(on_bug, cfg=cfg),
         dlq=cfg.topics.dlq("verifier"),
         global_tables={POLICY_TABLE: GlobalTableSpec(cfg.topics.policies, POLICY_SUBJECT,
                                                      newer)},

@@ -141,6 +141,22 @@ def test_a_bug_goes_to_the_dlq_even_with_a_host_fault_policy() -> None:
     assert state.pending == {}
 
 
+def test_a_bug_is_answered_by_on_bug_where_the_stage_must_fail_closed() -> None:
+    def fail_closed(inp: InputRecord, exc: Exception) -> Decision:
+        return Decision(state_updates=(StateUpdate("counters", "failed", {
+            "key": type(exc).__name__, "count": 1}),), log={"verdict": "FAIL"})
+
+    stage = Stage("s", (IN,), frozenset({INPUT_SUBJECT}), _raising,
+                  {"counters": COUNTER_SUBJECT}, on_bug=fail_closed)
+    plan, state = _plan([_input(3, "h1", 1)], stage=stage)
+    (rec,) = plan.records
+    assert rec.topic == "hostgate.s.counters.changelog.v1"
+    (outcome,) = plan.outcomes
+    assert (outcome.result, outcome.facts["fault"], outcome.error) == (
+        "bug-fault", "bug", "RuntimeError")
+    assert state.pending == {("counters", "failed"): {"key": "RuntimeError", "count": 1}}
+
+
 def test_a_transient_fault_raises_out_of_the_plan() -> None:
     def flaky(inp: InputRecord, state: StateView) -> Decision:
         raise RegistryUnavailable("schema registry not up yet")

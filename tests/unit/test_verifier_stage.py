@@ -121,6 +121,17 @@ def test_a_broken_policy_record_fails_closed() -> None:
     assert rec["policy_id"] == ""
 
 
+def test_on_bug_turns_a_bug_into_a_failed_verdict() -> None:
+    stage = build_stage({"HOSTGATE_POLICY_ID": "base"})
+    assert stage.on_bug is not None
+    decision = stage.on_bug(_input(garbage_collected()), RuntimeError("boom"))
+    rec = decision.outputs[0].record
+    assert [f["rule_id"] for f in rec["failed_rules"]] == [reasons.INTERNAL_ERROR]
+    assert "RuntimeError" in rec["failed_rules"][0]["sentence"]
+    assert decision.log["verdict"] == "FAIL"
+    Codec.load().encode(VERDICT_SUBJECT, rec)
+
+
 def test_a_host_fault_that_escapes_appraisal_is_a_failed_verdict_naming_it() -> None:
     stage = build_stage({"HOSTGATE_POLICY_ID": "base"})
     assert stage.on_host_fault is not None
