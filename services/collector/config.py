@@ -128,6 +128,12 @@ class CollectorConfig:
             if not ok:
                 raise ConfigError(f"collector config: {message}")
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> CollectorConfig:
+        """Build the config from ``env`` (see the module docstring); reads the CA directory, so
+        a missing or unusable one fails fast."""
+        return _from_env(env)
+
 
 def _policy_id(env: Mapping[str, str]) -> str:
     policy_id = env.get("HOSTGATE_POLICY_ID", "").strip()
@@ -186,8 +192,8 @@ def split_ca_certificates(
     return anchors, others
 
 
-def load_config(env: Mapping[str, str]) -> CollectorConfig:
-    """Build the config from ``env`` (see the module docstring); reads the CA directory."""
+def _from_env(env: Mapping[str, str]) -> CollectorConfig:
+    """:meth:`CollectorConfig.from_env`."""
     from services.tpm.ekcert import load_ca_directory
     from services.tpm.errors import CertificateChainError
 

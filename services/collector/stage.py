@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from functools import partial
 
-from services.collector.config import CollectorConfig, load_config
+from services.collector.config import CollectorConfig
 from services.collector.core import INPUT_SUBJECTS, TABLES, decide, on_host_fault
 from services.runtime.stage import MISROUTED_DECIDE, GlobalTableSpec, Stage
 from services.verifier.policy_in_force import POLICY_TABLE, newer
@@ -44,4 +44,4 @@ def stage_from_config(cfg: CollectorConfig) -> Stage:
 
 def build_stage(env: Mapping[str, str]) -> Stage:
     """The collector stage configured from ``env``."""
-    return stage_from_config(load_config(env))
+    return stage_from_config(CollectorConfig.from_env(env))

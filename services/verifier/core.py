@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from services.errors import HostgateError
+from services.runtime.stage import Decision, InputRecord, Output, StateView
 from services.tpm import ima as tpm_ima
 from services.tpm import ima_replay as tpm_ima_replay
 from services.tpm.claims import Claims, ImaClaim, QuirkUse, extract_claims
@@ -60,12 +61,13 @@ from services.tpm.quote import VerifiedQuote, verify_quote
 from services.tpm.replay import ReplayResult, verify_replay
 from services.verifier import counters, ear, reasons
 from services.verifier.claims_json import claims_json
+from services.verifier.config import VerifierConfig
 from services.verifier.memo import VerifierMemo
 from services.verifier.policy.evaluate import QuoteFacts, evaluate, subject
 from services.verifier.policy.events import shorten
 from services.verifier.policy.model import ExternalPcr
 from services.verifier.policy.results import EventRef, Outcome
-from services.verifier.policy_in_force import PolicyInForce, PolicyUnusable
+from services.verifier.policy_in_force import PolicyInForce, PolicyUnusable, policy_of
 from services.wire.banks import (
     BANK_OF_SYMBOL,
     STRONG_BANKS,
@@ -73,9 +75,10 @@ from services.wire.banks import (
     UNKNOWN_SYMBOL,
     WIRE_BANKS,
 )
+from services.wire.subjects import EVIDENCE_COLLECTED
+from services.wire.subjects import VERDICT as VERDICT_SUBJECT
 from services.wire.time import epoch_ms
 
-VERDICT_SUBJECT: Final = "hostgate.Verdict"
 VERDICT_ID_DOMAIN: Final = b"hostgate.verdict.v1\x00"
 _SUMMARY_MAX: Final = 160
 _SENTENCE_MAX: Final = 600
@@ -524,3 +527,53 @@ __all__ = [
     "offending_event",
     "verdict_id",
 ]
+
+
+# --- The stage's decision: one collected record in, one verdict out -----------------------
+
+INPUT_SUBJECTS: Final = frozenset({EVIDENCE_COLLECTED})
+
+
+def _coordinates(inp: InputRecord) -> dict[str, Any]:
+    c = inp.coordinates
+    return {"topic": c.topic, "partition": c.partition, "offset": c.offset}
+
+
+def _decision(verdict: VerdictRecord, topic: str) -> Decision:
+    rec = verdict.record
+    out = Output(topic=topic, key=str(rec["host_id"]), subject=VERDICT_SUBJECT,
+                 record=rec, id=verdict.verdict_id)
+    facts: Mapping[str, str | int | bool] = {
+        "verdict": str(rec["result"]), "verdict_id": verdict.verdict_id,
+        "reasons": ",".join(verdict.reason_ids)[:300],
+        "policy_version": int(rec["policy_version"]),
+    }
+    return Decision(outputs=(out,), log=facts)
+
+
+def decide(inp: InputRecord, state: StateView, cfg: VerifierConfig) -> Decision:
+    """Appraise one collected record under the policy in force; one verdict out."""
+    policy = policy_of(state, cfg.policy_id, cfg.policies)
+    verdict = appraise(inp.record, policy, collected_at=_coordinates(inp), memo=cfg.memo)
+    return _decision(verdict, cfg.topics.verdicts)
+
+
+def on_host_fault(inp: InputRecord, exc: HostgateError, cfg: VerifierConfig) -> Decision:
+    """A host's fault that escaped appraisal (``services.runtime.faults``): a failed verdict
+    naming it (its message names the field and offset)."""
+    verdict = error_verdict(
+        inp.record, reasons.EVIDENCE_MALFORMED,
+        f"The evidence could not be appraised: {type(exc).__name__}: {exc}",
+        collected_at=_coordinates(inp))
+    return _decision(verdict, cfg.topics.verdicts)
+
+
+def on_bug(inp: InputRecord, exc: Exception, cfg: VerifierConfig) -> Decision:
+    """A bug in appraisal: a failed verdict that names the verifier as the one at fault. Never
+    a dead letter: evidence that crashes the verifier would then leave its host TRUSTED on its
+    last credential. Audit replay does the same (``services.verifier.audit_replay``)."""
+    verdict = error_verdict(
+        inp.record, reasons.INTERNAL_ERROR,
+        f"The verifier could not appraise this evidence ({type(exc).__name__}); it fails "
+        "closed.", collected_at=_coordinates(inp))
+    return _decision(verdict, cfg.topics.verdicts)

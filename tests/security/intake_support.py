@@ -22,7 +22,7 @@ from cryptography import x509
 
 from services.agent.swtpm import LocalCA, SwtpmInstance, provision
 from services.agent.tpm import AgentTpm, AkInfo, Quote
-from services.collector.config import load_config
+from services.collector.config import CollectorConfig
 from services.tpm.credential import CredentialChallenge
 from tests.unit.collector_support import Harness, SeededRandom, only, request_digest_spec
 
@@ -112,9 +112,9 @@ class TpmLab:
     ca_dir: Path
 
     def harness(self, env: dict[str, str] | None = None, **overrides: Any) -> Harness:
-        """A collector core configured from the environment (``load_config``), trusting this
+        """A collector core configured from the environment (``CollectorConfig.from_env``), trusting this
         lab's EK CA, with deterministic randomness and ``overrides`` applied."""
-        cfg = load_config({"HOSTGATE_EK_CA_DIR": str(self.ca_dir), **(env or {})})
+        cfg = CollectorConfig.from_env({"HOSTGATE_EK_CA_DIR": str(self.ca_dir), **(env or {})})
         return Harness(dataclasses.replace(cfg, random_bytes=SeededRandom(), **overrides))
 
     def enrol(self, hx: Harness, host_id: str) -> None:

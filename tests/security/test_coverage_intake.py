@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from services.collector.config import load_config
+from services.collector.config import CollectorConfig
 from tests.security.intake_support import (
     ASK,
     COLLECTED,
@@ -74,7 +74,7 @@ def _harness(pki: EkPki, tmp_path: Path, **env: str) -> Harness:
     ca_dir.mkdir(exist_ok=True)
     (ca_dir / "root.pem").write_bytes(pki.root.public_bytes(Encoding.PEM))
     (ca_dir / "ica.pem").write_bytes(pki.ica.public_bytes(Encoding.PEM))
-    cfg = load_config({"HOSTGATE_EK_CA_DIR": str(ca_dir), "HOSTGATE_POLICY_ID": POLICY_ID,
+    cfg = CollectorConfig.from_env({"HOSTGATE_EK_CA_DIR": str(ca_dir), "HOSTGATE_POLICY_ID": POLICY_ID,
                        **env})
     return Harness(dataclasses.replace(cfg, random_bytes=SeededRandom(),
                                        challenge_rate_count=100, max_open_challenges=64))

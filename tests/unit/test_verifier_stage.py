@@ -20,7 +20,8 @@ from services.tpm.errors import MalformedLog
 from services.verifier import reasons
 from services.verifier.core import VERDICT_SUBJECT
 from services.verifier.policy_in_force import POLICY_TABLE, published_record
-from services.verifier.stage import INPUT_SUBJECT, build_stage
+from services.verifier.stage import build_stage
+from services.wire.subjects import EVIDENCE_COLLECTED as INPUT_SUBJECT
 
 POLICY = """\
 apiVersion: hostgate/v1
