@@ -79,6 +79,8 @@ POLICY_ID: Final = "fleet-default"
 """The policy id in force (``HOSTGATE_POLICY_ID``) of the verifier, which appraises under it, and
 of the collector, whose challenges ask for its coverage; operators publish its versions."""
 HTTP_PORT: Final = 9400
+HTTP_HOST: Final = "0.0.0.0"
+"""Every pod address: the health and metrics server is reached at the pod IP."""
 KEDA_KAFKA_VERSION: Final = "4.0.0"
 """sarama protocol version KEDA speaks; its 1.0.0 default predates Kafka 4's 2.1 baseline."""
 TERMINATION_GRACE_S: Final = 60
@@ -383,6 +385,9 @@ def deployment(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
         *_namespace_env(t),
         # inside the namespace: the worker's group is group_id(stage, t)
         {"name": "HOSTGATE_GROUP", "value": group_id(stage)},
+        # The server binds 127.0.0.1 unless told otherwise: kubelet probes and Prometheus
+        # scrapes come to the pod IP.
+        {"name": "HOSTGATE_HTTP_HOST", "value": HTTP_HOST},
         {"name": "HOSTGATE_HTTP_PORT", "value": str(HTTP_PORT)},
         {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
         {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},

@@ -47,15 +47,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from services.agent.backoff import Backoff, Uniform
 from services.agent.hooks import EvidenceDraft, EvidenceHook
 from services.agent.tpm import Quote, Selection
 from services.collector.request_auth import request_binding, rotation_binding
 from services.errors import HostgateError
 from services.runtime.connection import client_kwargs
+from services.runtime.record_size import PRODUCER_COMPRESSION, PRODUCER_MAX_REQUEST_BYTES
 from services.runtime.topics import Topics
 from services.tpm.credential import CredentialChallenge
 from services.tpm.keys import decode_public
 from services.wire.banks import BANK_OF_SYMBOL, SYMBOL_OF_BANK
+from services.wire.records import EvidenceSubmitted, PcrValue
 from services.wire.subjects import (
     ACTIVATION_CHALLENGE,
     ACTIVATION_PROOF,
@@ -143,6 +146,11 @@ class ClientConfig:
     """Longest wait for one answer from the collector."""
     connect_timeout_s: float = 60.0
     """Longest time to keep retrying while the broker is unreachable."""
+    backoff: Backoff = field(default_factory=Backoff)
+    """The waits between those retries (jittered, so a fleet does not reconnect in lockstep)."""
+    jitter: Uniform | None = None
+    """Where the waits' randomness comes from (default: a fresh ``random.Random`` per start);
+    a seeded ``random.Random(n).uniform`` replays one schedule."""
     offered_pcrs: tuple[int, ...] = tuple(range(24))
     """PCRs offered in every active bank (informational: the collector asks for what the
     policy in force needs)."""
@@ -220,12 +228,13 @@ class AgentClient:
         from aiokafka.partitioner import DefaultPartitioner
 
         deadline = time.monotonic() + self.config.connect_timeout_s
-        delay = 0.2
+        waits = self.config.backoff.waits(self.config.jitter)
         while True:
             producer = AIOKafkaProducer(**client_kwargs(self.config.bootstrap),
                                         enable_idempotence=True, acks="all",
                                         client_id=f"agent.{self.host.host_id}",
-                                        max_request_size=8 * 1024 * 1024)
+                                        max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+                                        compression_type=PRODUCER_COMPRESSION)
             consumer = AIOKafkaConsumer(**client_kwargs(self.config.bootstrap), group_id=None,
                                         enable_auto_commit=False,
                                         isolation_level="read_committed",
@@ -237,12 +246,12 @@ class AgentClient:
                 break
             except (KafkaError, OSError) as exc:
                 await _stop_quietly(producer, consumer)
+                delay = next(waits)
                 if time.monotonic() + delay > deadline:
                     raise AgentTimeout(
                         f"Kafka at {self.config.bootstrap} unreachable for "
                         f"{self.config.connect_timeout_s:.0f}s: {type(exc).__name__}") from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         partition = DefaultPartitioner()(self.host.host_id.encode(), parts, parts)
         self._tp = TopicPartition(self.config.topics.challenges, partition)
         consumer.assign([self._tp])
@@ -353,17 +362,18 @@ class AgentClient:
                 await asyncio.sleep(wait_s)
         evidence_id = f"ev-{uuid.uuid4().hex}"
         q = draft.quote
-        meta = await self.send_record(self.config.topics.evidence, EVIDENCE_SUBMITTED, {
-            "evidence_id": evidence_id, "host_id": self.host.host_id,
-            "challenge_id": draft.challenge_id, "nonce": draft.nonce,
-            "quote_attest": q.attest, "quote_signature": q.signature,
-            "pcr_values": [{"bank": SYMBOL_OF_BANK[bank], "pcr": pcr, "value": value}
-                           for bank, values in sorted(q.pcr_values.items())
-                           for pcr, value in sorted(values.items())],
-            "active_banks": [SYMBOL_OF_BANK[b] for b in banks if b in SYMBOL_OF_BANK],
-            "boot_log": draft.boot_log, "ima_log": draft.ima_log,
-            "agent_version": self.config.agent_version, "quoted_at": now_ms(),
-            "sent_at": now_ms()}, partition=evidence_partition)
+        evidence = EvidenceSubmitted(
+            evidence_id=evidence_id, host_id=self.host.host_id,
+            challenge_id=draft.challenge_id, nonce=draft.nonce,
+            quote_attest=q.attest, quote_signature=q.signature,
+            pcr_values=tuple(PcrValue(SYMBOL_OF_BANK[bank], pcr, value)
+                             for bank, values in sorted(q.pcr_values.items())
+                             for pcr, value in sorted(values.items())),
+            active_banks=tuple(SYMBOL_OF_BANK[b] for b in banks if b in SYMBOL_OF_BANK),
+            boot_log=draft.boot_log, ima_log=draft.ima_log,
+            agent_version=self.config.agent_version, quoted_at=now_ms(), sent_at=now_ms())
+        meta = await self.send_record(self.config.topics.evidence, EVIDENCE_SUBMITTED,
+                                      evidence.to_avro(), partition=evidence_partition)
         self.history.append(draft)
         return AttestResult(request_id, evidence_id, draft.challenge_id, draft.nonce,
                             meta.partition, meta.offset)

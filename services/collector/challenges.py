@@ -127,7 +127,8 @@ def decide_challenge_request(inp: InputRecord, state: StateView,
     assert enrolment is not None
     current = state.get(HOSTS, host)
     try:
-        signed = authenticate(rec, bytes(enrolment["ak_public"]), current, cfg.limits)
+        signed = authenticate(rec, bytes(enrolment["ak_public"]), current, cfg.limits,
+                              memo=cfg.memo)
     except RequestUnauthenticated as exc:
         # No state update at all: whoever wrote this cannot touch the host's limits.
         return reject(inp, topic, "UNAUTHENTICATED", f"{exc}; nothing was changed",

@@ -20,7 +20,7 @@ import time
 import uuid
 from typing import Any
 
-from services.errors import HostgateError
+from services.errors import ConfigError
 from services.runtime.cli_conventions import add_kafka_arguments, print_json, publish_record
 from services.runtime.partitioner import key_partition
 from services.runtime.readers import (
@@ -41,16 +41,16 @@ READ_TIMEOUT_S = 30.0
 def _text(value: str, flag: str) -> str:
     text = " ".join(value.split())
     if not text:
-        raise HostgateError(f"{flag} must not be empty: every identity command names who asked "
+        raise ConfigError(f"{flag} must not be empty: every identity command names who asked "
                             "and why")
     if len(text) > MAX_TEXT:
-        raise HostgateError(f"{flag} is {len(text)} characters (limit {MAX_TEXT})")
+        raise ConfigError(f"{flag} is {len(text)} characters (limit {MAX_TEXT})")
     return text
 
 
 def _host(value: str) -> str:
     if not value or len(value) > 128 or value != value.strip():
-        raise HostgateError(f"host id {value[:64]!r} must be 1..128 characters without "
+        raise ConfigError(f"host id {value[:64]!r} must be 1..128 characters without "
                             "surrounding spaces")
     return value
 

@@ -40,6 +40,7 @@ record that got through is still refused with a reason instead of reaching the v
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from cryptography import x509
 
 from services.errors import ConfigError
 from services.runtime.topics import Topics
+from services.tpm.memo import Memo
 
 if TYPE_CHECKING:
     from services.verifier.policy_in_force import PolicyCache
@@ -112,6 +114,10 @@ class CollectorConfig:
     topics: Topics = field(default_factory=Topics)
     random_bytes: Callable[[int], bytes] = field(default=secrets.token_bytes, repr=False,
                                                  compare=False)
+    memo: Memo | None = field(default=None, repr=False, compare=False)
+    """The worker's memo of enrolled AK public areas (decoded again at every signed request
+    and every evidence); None computes. Why it never changes a decision is argued in
+    ``services.verifier.memo`` (the same tables, keyed by the exact bytes)."""
 
     def __post_init__(self) -> None:
         checks = [
@@ -132,7 +138,7 @@ class CollectorConfig:
     def from_env(cls, env: Mapping[str, str]) -> CollectorConfig:
         """Build the config from ``env`` (see the module docstring); reads the CA directory, so
         a missing or unusable one fails fast."""
-        return _from_env(env)
+        return dataclasses.replace(_from_env(env), memo=Memo())
 
 
 def _policy_id(env: Mapping[str, str]) -> str:

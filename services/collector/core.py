@@ -53,6 +53,7 @@ from services.collector.intake import decide_evidence
 from services.collector.rejections import reject
 from services.errors import HostgateError
 from services.runtime.stage import Decision, InputRecord, StateView
+from services.wire import subjects
 from services.wire.subjects import ACTIVATION_PROOF as SUBJECT_PROOF
 from services.wire.subjects import CHALLENGE_REQUESTED as SUBJECT_REQUEST
 from services.wire.subjects import EK_BINDING_DECIDED as SUBJECT_BINDING_DECIDED
@@ -66,11 +67,11 @@ INTERNAL_SUBJECTS: Final = frozenset({SUBJECT_BINDING_REQUEST, SUBJECT_BINDING_D
 INPUT_SUBJECTS: Final = frozenset({SUBJECT_ENROLL, SUBJECT_PROOF, SUBJECT_REQUEST,
                                    SUBJECT_EVIDENCE, SUBJECT_COMMAND, *INTERNAL_SUBJECTS})
 TABLES: Final[Mapping[str, str]] = {
-    ENROLLMENTS: "hostgate.EnrollmentState",
-    CHALLENGES: "hostgate.PendingChallenge",
-    NONCES: "hostgate.UsedNonce",
-    HOSTS: "hostgate.HostTrackState",
-    EK_BINDINGS: "hostgate.EkBinding",
+    ENROLLMENTS: subjects.ENROLLMENT_STATE,
+    CHALLENGES: subjects.PENDING_CHALLENGE,
+    NONCES: subjects.USED_NONCE,
+    HOSTS: subjects.HOST_TRACK_STATE,
+    EK_BINDINGS: subjects.EK_BINDING,
 }
 
 _HANDLERS: Final[Mapping[str, Callable[[InputRecord, StateView, CollectorConfig], Decision]]] = {

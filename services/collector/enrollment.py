@@ -243,7 +243,8 @@ def decide_enrollment(inp: InputRecord, state: StateView, cfg: CollectorConfig) 
         track = state.get(HOSTS, host)
         try:
             signed = authenticate(rec, bytes(existing["ak_public"]), track, cfg.limits,
-                                  binding=rotation_binding(host, str(rec["request_id"]), ak.name))
+                                  binding=rotation_binding(host, str(rec["request_id"]), ak.name),
+                                  memo=cfg.memo)
         except RequestUnauthenticated as exc:
             # The requester hears why (REFUSED, by its request id); no state changes.
             return refuse(inp, cfg, "UNAUTHENTICATED", f"an AK rotation of enrolled host "

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from services.collector.config import IntakeLimits
 from services.collector.request_auth import AuthenticatedRequest, RequestClock, verify_request
+from services.tpm.memo import Memo
 
 HOSTS: Final = "hosts"
 """State table name of the rows."""
@@ -32,7 +33,8 @@ def last_request_clock(track: Any) -> RequestClock | None:
 
 
 def authenticate(rec: Mapping[str, Any], ak_public: bytes, track: Any, limits: IntakeLimits, *,
-                 binding: bytes | None = None) -> AuthenticatedRequest:
+                 binding: bytes | None = None, memo: Memo | None = None
+                 ) -> AuthenticatedRequest:
     """:func:`~services.collector.request_auth.verify_request` of a host's signed record (its
     ``host_id``, ``request_id``, ``request_attest`` and ``request_signature``) against the
     enrolled AK ``ak_public`` and the clock of the host's ``track``; raises
@@ -43,7 +45,7 @@ def authenticate(rec: Mapping[str, Any], ak_public: bytes, track: Any, limits: I
         None if attest is None else bytes(attest),
         None if signature is None else bytes(signature), last=last_request_clock(track),
         max_attest_bytes=limits.max_quote_bytes, max_signature_bytes=limits.max_signature_bytes,
-        binding=binding)
+        binding=binding, memo=memo)
 
 
 def after_request(track: Any, host: str, now: int, signed: AuthenticatedRequest

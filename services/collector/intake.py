@@ -51,23 +51,29 @@ from services.tpm.limits import Limits as LogLimits
 from services.tpm.quote import TPM_ST_ATTEST_QUOTE, decode_attest, verify_attest_signature
 from services.wire.coords import coordinates_record
 from services.wire.ids import record_digest
+from services.wire.records import (
+    Coordinates,
+    EkIdentity,
+    EvidenceCollected,
+    EvidenceSubmitted,
+    QuoteCounters,
+)
 from services.wire.subjects import EVIDENCE_COLLECTED
 from services.wire.time import epoch_ms
 
 MAX_NONCE_BYTES: Final = 64
 
 
-def size_problem(rec: Any, limits: IntakeLimits) -> str:
+def size_problem(rec: EvidenceSubmitted, limits: IntakeLimits) -> str:
     """A sentence naming the first size or count limit ``rec`` exceeds, or ``""``."""
-    boot_log = bytes(rec["boot_log"])
-    ima_log = None if rec.get("ima_log") is None else bytes(rec["ima_log"])
+    boot_log, ima_log = rec.boot_log, rec.ima_log
     sized = (("boot_log", len(boot_log), limits.max_boot_log_bytes, "bytes"),
              ("ima_log", len(ima_log or b""), limits.max_ima_bytes, "bytes"),
-             ("quote_attest", len(rec["quote_attest"]), limits.max_quote_bytes, "bytes"),
-             ("quote_signature", len(rec["quote_signature"]), limits.max_signature_bytes,
+             ("quote_attest", len(rec.quote_attest), limits.max_quote_bytes, "bytes"),
+             ("quote_signature", len(rec.quote_signature), limits.max_signature_bytes,
               "bytes"),
-             ("nonce", len(rec["nonce"]), MAX_NONCE_BYTES, "bytes"),
-             ("pcr_values", len(rec["pcr_values"]), limits.max_pcr_values, "entries"))
+             ("nonce", len(rec.nonce), MAX_NONCE_BYTES, "bytes"),
+             ("pcr_values", len(rec.pcr_values), limits.max_pcr_values, "entries"))
     for name, size, limit, unit in sized:
         if size > limit:
             return f"field {name} has {size} {unit} (limit {limit})"
@@ -141,8 +147,8 @@ def selection_mismatch(asked: Any, quoted: tuple[tuple[str, tuple[int, ...]], ..
 def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) -> Decision:
     """An ``EvidenceSubmitted``: forward to ``attest.collected.v1`` or reject with a reason."""
     topic = cfg.topics.rejections
-    rec = inp.record
-    host: str = rec["host_id"]
+    rec = EvidenceSubmitted.from_avro(inp.record)
+    host = rec.host_id
     now = inp.timestamp_ms
     enrolment = state.get(ENROLLMENTS, host)
     if not is_enrolled(enrolment):
@@ -152,8 +158,7 @@ def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) ->
     if problem:
         return reject(inp, topic, "OVER_LIMITS", problem)
 
-    nonce = bytes(rec["nonce"])
-    challenge_id: str = rec["challenge_id"]
+    nonce, challenge_id = rec.nonce, rec.challenge_id
     pending = state.get(CHALLENGES, challenge_id)
     if pending is None:
         used = state.get(NONCES, nonce.hex())
@@ -182,10 +187,10 @@ def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) ->
                       "before the evidence arrived",
                       state_updates=(*updates, StateUpdate(HOSTS, host, track)))
 
-    attest = bytes(rec["quote_attest"])
+    attest = rec.quote_attest
     try:
-        ak = decode_public(bytes(enrolment["ak_public"]))
-        verify_attest_signature(ak, attest, bytes(rec["quote_signature"]))
+        ak = decode_public(bytes(enrolment["ak_public"]), cfg.memo)
+        verify_attest_signature(ak, attest, rec.quote_signature, cfg.memo)
     except (InvalidQuoteSignature, Unsupported) as exc:
         return reject(inp, topic, "BAD_SIGNATURE",
                       f"field quote_signature: not a signature by the host's enrolled AK: {exc}",
@@ -225,28 +230,27 @@ def decide_evidence(inp: InputRecord, state: StateView, cfg: CollectorConfig) ->
                       state_updates=(*consume, StateUpdate(HOSTS, host, track)))
 
     ci = quoted.clock_info
-    counters = {"reset_count": ci.reset_count, "restart_count": ci.restart_count,
-                "clock": ci.clock & 0x7FFF_FFFF_FFFF_FFFF, "safe": ci.safe}
-    collected = {
-        "evidence": dict(rec),
-        "evidence_digest": record_digest(inp.subject, rec),
-        "source": source,
-        "ak_public": bytes(enrolment["ak_public"]),
-        "ak_name": bytes(enrolment["ak_name"]),
-        "ek": enrolment["ek"],
-        "previous_counters": track.get("last_counters"),
-        "nonce_issued_at": epoch_ms(pending["issued_at"]),
-        "received_at": now,
-    }
+    collected = EvidenceCollected(
+        evidence=rec,
+        evidence_digest=record_digest(inp.subject, inp.record),
+        source=Coordinates.from_avro(source),
+        ak_public=bytes(enrolment["ak_public"]),
+        ak_name=bytes(enrolment["ak_name"]),
+        ek=EkIdentity.from_avro(enrolment["ek"]),
+        previous_counters=QuoteCounters.from_optional(track.get("last_counters")),
+        nonce_issued_at=epoch_ms(pending["issued_at"]),
+        received_at=now,
+    )
     track.update(
-        last_counters=counters, last_evidence=source, updated_at=now,
+        last_counters=QuoteCounters.from_clock_info(ci).to_avro(), last_evidence=source,
+        updated_at=now,
         open_challenges=remaining, used_nonces=[*track["used_nonces"], issued_nonce.hex()],
     )
     out = Output(topic=cfg.topics.collected, key=host, subject=EVIDENCE_COLLECTED,
-                 record=collected, id=output_id(inp, "collected"))
+                 record=collected.to_avro(), id=output_id(inp, "collected"))
     return Decision(
         outputs=(out,),
         state_updates=(*consume, StateUpdate(HOSTS, host, track)),
         log={"outcome": "collected", "reset_count": ci.reset_count,
-             "first_quote": collected["previous_counters"] is None},
+             "first_quote": collected.previous_counters is None},
     )

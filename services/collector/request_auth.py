@@ -34,6 +34,7 @@ from typing import Any, Final
 from services.errors import HostgateError
 from services.tpm.errors import InvalidQuoteSignature, MalformedInput, Unsupported
 from services.tpm.keys import decode_public
+from services.tpm.memo import Memo
 from services.tpm.quote import TPM_ST_ATTEST_QUOTE, decode_attest, verify_attest_signature
 
 REQUEST_TAG: Final = b"hostgate.challenge-request.v1\x00"
@@ -105,11 +106,13 @@ class AuthenticatedRequest:
 def verify_request(ak_public: bytes, host_id: str, request_id: str, attest: bytes | None,
                    signature: bytes | None, *, last: RequestClock | None,
                    max_attest_bytes: int, max_signature_bytes: int,
-                   binding: bytes | None = None) -> AuthenticatedRequest:
+                   binding: bytes | None = None, memo: Memo | None = None
+                   ) -> AuthenticatedRequest:
     """Check a request's quote against the enrolled AK ``ak_public`` (marshalled TPM2B_PUBLIC)
     and the host's ``last`` accepted request clock; ``RequestUnauthenticated`` says which check
     failed (see the module docstring for the order). ``binding`` is the ``extraData`` expected
-    (default: :func:`request_binding` of ``host_id`` and ``request_id``)."""
+    (default: :func:`request_binding` of ``host_id`` and ``request_id``). ``memo``: the
+    caller's (``services.tpm.memo``), for the AK's decoded public area."""
     if attest is None or signature is None:
         raise RequestUnauthenticated("fields request_attest and request_signature are required: "
                                      "this request must be signed by the host's enrolled AK")
@@ -117,9 +120,9 @@ def verify_request(ak_public: bytes, host_id: str, request_id: str, attest: byte
                                ("request_signature", signature, max_signature_bytes)):
         if len(value) > limit:
             raise RequestUnauthenticated(f"field {name} has {len(value)} bytes (limit {limit})")
-    ak = decode_public(ak_public)  # the enrolled AK: decoded at enrolment, cannot fail here
+    ak = decode_public(ak_public, memo)  # the enrolled AK: decoded at enrolment, cannot fail
     try:
-        verify_attest_signature(ak, attest, signature)
+        verify_attest_signature(ak, attest, signature, memo)
         quoted = decode_attest(attest)
     except (InvalidQuoteSignature, Unsupported) as exc:
         raise RequestUnauthenticated(f"field request_signature: not a signature by the host's "

@@ -39,6 +39,8 @@ def stage_from_config(cfg: CollectorConfig) -> Stage:
         # The collector refuses a mis-partitioned record itself (WRONG_PARTITION), so the host
         # and the SOC see why; see services.collector.core.
         misrouted=MISROUTED_DECIDE,
+        # Evidence with an IMA list up to intake's limit is forwarded whole.
+        large_record_topics=frozenset({topics.collected}),
     )
 
 

@@ -35,6 +35,7 @@ from services.runtime.readers import (
     topic_partitions,
 )
 from services.runtime.topics import topics_from_args
+from services.wire import subjects
 
 ACTIONS = {"ack": "ACKNOWLEDGE", "root-cause": "ROOT_CAUSE", "remediate": "REMEDIATE",
            "close": "CLOSE"}
@@ -83,7 +84,7 @@ def _summaries(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Latest lifecycle event per incident."""
     latest: dict[str, dict[str, Any]] = {}
     for row in rows:
-        if row["_subject"] == "hostgate.IncidentEvent":
+        if row["_subject"] == subjects.INCIDENT_EVENT:
             latest[row["incident_id"]] = row
     return latest
 
@@ -104,7 +105,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
         raise IncidentNotFound(f"no incident {args.incident_id} on {topics_from_args(args).incidents}")
     lines = []
     for r in rows:
-        if r["_subject"] == "hostgate.IncidentEvent":
+        if r["_subject"] == subjects.INCIDENT_EVENT:
             lines.append(f"{jsonable(r['occurred_at'])}  {r['event']:<12} -> {r['status']:<12} "
                          f"by {r['actor']}: {r['note']}")
         else:
@@ -159,7 +160,7 @@ async def _tick_round(producer: Any, bootstrap: str, topic: str, ticker: str) ->
     issued_at = int(time.time() * 1000)
     try:
         futures = [await producer.send(
-            topic, codec.encode("hostgate.LivenessTick",
+            topic, codec.encode(subjects.LIVENESS_TICK,
                                 {"partition": p, "issued_at": issued_at, "ticker": ticker}),
             key=roster_key(p).encode("utf-8"), partition=p) for p in parts]
         for fut in futures:
@@ -226,7 +227,7 @@ def _cmd_write(args: argparse.Namespace) -> int:
     record = {"command_id": f"cli-{uuid.uuid4()}", "incident_id": args.incident_id,
               "host_id": host, "action": ACTIONS[args.incidents_cmd], "actor": args.actor,
               "reason": args.reason, "issued_at": int(time.time() * 1000)}
-    value = Codec.load().encode("hostgate.RemediationCommand", record)
+    value = Codec.load().encode(subjects.REMEDIATION_COMMAND, record)
     asyncio.run(publish_record(args.bootstrap, topics.remediation, host, value,
                                error=BrokerUnavailable))
     summary = {k: record[k] for k in ("command_id", "incident_id", "host_id", "action")}

@@ -33,6 +33,7 @@ from services.runtime.readers import (
     topic_partitions,
 )
 from services.runtime.topics import topics_from_args
+from services.wire import subjects
 
 STATES = ("PENDING", "TRUSTED", "QUARANTINED", "REVOKED", "UNKNOWN")
 
@@ -71,7 +72,7 @@ async def read_hosts(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
                 hosts.pop(key, None)
                 continue
             try:
-                decoded = codec.decode(rec.value, expected={"hostgate.HostState"})
+                decoded = codec.decode(rec.value, expected={subjects.HOST_STATE})
             except HostgateError:
                 continue  # not ours to show; the issuer never writes such a record
             row = dict(decoded.record)

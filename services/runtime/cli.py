@@ -9,7 +9,14 @@ import sys
 from typing import Any
 
 from services.runtime import localbroker
-from services.runtime.cli_conventions import add_json_flag, print_json, print_table
+from services.runtime.cli_conventions import (
+    add_broker_argument,
+    add_json_flag,
+    chosen_broker,
+    print_json,
+    print_table,
+)
+from services.runtime.cli_parser import RemovedFlag
 from services.runtime.localbroker import BrokerConfig
 from services.runtime.topics import (
     TopicLayout,
@@ -61,7 +68,7 @@ def _cmd_reset(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     cfg = BrokerConfig.from_env()
     st = localbroker.status(cfg)
-    if args.bootstrap:
+    if args.address:
         print(st.bootstrap)
     elif args.json:
         print(st.to_json())
@@ -83,7 +90,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
-    return str(args.bootstrap or BrokerConfig.from_env().bootstrap)
+    return chosen_broker(args, lambda: BrokerConfig.from_env().bootstrap)
 
 
 def _cmd_topics_ensure(args: argparse.Namespace) -> int:
@@ -138,7 +145,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = ksub.add_parser("status", help="fetched / stopped / starting / running; exit 0 only if ready")
     add_json_flag(p, "print the status as JSON")
     p.add_argument("--quiet", action="store_true", help="print nothing; exit status only")
-    p.add_argument("--bootstrap", action="store_true", help="print only the bootstrap address")
+    p.add_argument("--address", action="store_true", help="print only the broker's address")
+    p.add_argument("--bootstrap", action=RemovedFlag,
+                   instead="is now --address here (--bootstrap names Kafka servers elsewhere)")
     p.set_defaults(func=_cmd_status)
     p = ksub.add_parser("logs", help="show the broker's log")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
@@ -156,7 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     tsub = topics.add_subparsers(dest="topics_command", metavar="ACTION", required=True)
     p = tsub.add_parser("ensure", help="create missing topics, report drift (exit 1 on drift)")
-    p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local broker)")
+    add_broker_argument(p, fallback="the local broker")
     add_namespace_argument(p)
     p.add_argument("--fix", action="store_true", help="raise partitions and reset configs")
     add_json_flag(p, "print the report as JSON")

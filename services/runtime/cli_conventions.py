@@ -1,6 +1,7 @@
 """What the ``hostgate`` commands share, so each convention is written once: the Kafka flags
-(``--bootstrap``/``--broker``, ``--topic-namespace``), ``--json``, how a result is printed (as
-JSON, as lines or as a table) and how a command publishes one record.
+(``--bootstrap``, the Kafka servers in every command, and ``--topic-namespace``), ``--json``,
+how a result is printed (as JSON, as lines or as a table) and how a command publishes one
+record.
 
 The evidence commands of ``services.tpm`` (``hostgate log``/``ima``, and ``hostgate policy``,
 which reads logs too) keep theirs in ``services.tpm.cli_conventions``: that package imports
@@ -13,10 +14,11 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.errors import HostgateError
+from services.runtime.cli_parser import BootstrapServers
 from services.runtime.connection import (
     BOOTSTRAP_ENV,
     DEFAULT_BOOTSTRAP,
@@ -25,6 +27,7 @@ from services.runtime.connection import (
 )
 from services.runtime.readers import TopicUnavailable, jsonable
 from services.runtime.topics import add_namespace_argument
+from services.terminal import print_table
 
 __all__ = [
     "add_bootstrap_argument",
@@ -41,26 +44,39 @@ __all__ = [
 _SERVERS = "Kafka bootstrap servers"
 
 
-def add_bootstrap_argument(parser: argparse.ArgumentParser, *, brief: bool = False) -> None:
-    """``--bootstrap``: default ``HOSTGATE_BOOTSTRAP`` or the local broker's address, read when
-    the parser is built. ``brief``: the help names the variable only (the operator commands)."""
+def add_bootstrap_argument(parser: argparse.ArgumentParser, *, brief: bool = False,
+                           hint: str = "") -> None:
+    """``--bootstrap HOST:PORT[,...]``, the Kafka servers (its one meaning in every command):
+    default ``HOSTGATE_BOOTSTRAP`` or the local broker's address, read when the parser is built.
+    ``brief``: the help names the variable only (the operator commands). ``hint`` is added to
+    the error for a missing or malformed value."""
     text = (f"{_SERVERS} [{BOOTSTRAP_ENV}]" if brief
             else f"{_SERVERS} (default: ${BOOTSTRAP_ENV} or {DEFAULT_BOOTSTRAP})")
-    parser.add_argument("--bootstrap", default=env_bootstrap(), help=text)
+    parser.add_argument("--bootstrap", action=BootstrapServers, default=env_bootstrap(),
+                        hint=hint, help=text)
+    _add_broker_alias(parser, hint)
 
 
 def add_broker_argument(parser: argparse.ArgumentParser, *,
-                        fallback: str = DEFAULT_BOOTSTRAP) -> None:
-    """``--broker HOST:PORT`` (for commands whose ``--bootstrap`` means something else), resolved
-    by :func:`chosen_broker`; ``fallback`` says in the help what is used without either."""
-    parser.add_argument("--broker", default=None, metavar="HOST:PORT",
+                        fallback: str = DEFAULT_BOOTSTRAP, hint: str = "") -> None:
+    """``--bootstrap HOST:PORT[,...]`` with no default, resolved by :func:`chosen_broker`
+    (``fallback`` says in the help what is used without it or ``HOSTGATE_BOOTSTRAP``)."""
+    parser.add_argument("--bootstrap", action=BootstrapServers, default=None, hint=hint,
                         help=f"{_SERVERS} (default: ${BOOTSTRAP_ENV} or {fallback})")
+    _add_broker_alias(parser, hint)
+
+
+def _add_broker_alias(parser: argparse.ArgumentParser, hint: str) -> None:
+    # ``--broker`` was what two commands called their Kafka servers while their ``--bootstrap``
+    # meant something else; kept, hidden, so scripts written against them still work.
+    parser.add_argument("--broker", action=BootstrapServers, dest="bootstrap", hint=hint,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def chosen_broker(args: argparse.Namespace,
                   fallback: Callable[[], str] = lambda: DEFAULT_BOOTSTRAP) -> str:
-    """``--broker`` if given, else a non-empty ``HOSTGATE_BOOTSTRAP``, else ``fallback()``."""
-    return str(args.broker or os.environ.get(BOOTSTRAP_ENV) or fallback())
+    """``--bootstrap`` if given, else a non-empty ``HOSTGATE_BOOTSTRAP``, else ``fallback()``."""
+    return str(args.bootstrap or os.environ.get(BOOTSTRAP_ENV) or fallback())
 
 
 def add_json_flag(parser: argparse.ArgumentParser, help: str = "print JSON") -> None:
@@ -90,19 +106,6 @@ def print_report(args: argparse.Namespace, data: Any, lines: Sequence[str]) -> N
         print_json(jsonable(data), indent=2)
     else:
         print("\n".join(lines) if lines else "(none)")
-
-
-def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
-    """A table on the terminal (rich markup allowed in the cells)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
 
 
 async def publish_record(bootstrap: str, topic: str, key: str, value: bytes, *,

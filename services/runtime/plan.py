@@ -45,6 +45,7 @@ from services.runtime.dlq import (
 )
 from services.runtime.faults import Fault, classify
 from services.runtime.partitioner import key_partition
+from services.runtime.record_size import PRODUCER_MAX_REQUEST_BYTES
 from services.runtime.stage import (
     MISROUTED_DLQ,
     Coordinates,
@@ -141,12 +142,17 @@ class OutputTooLarge(StageOutputError, HostgateError):
     host_fault = True
 
 
-MAX_RECORD_BYTES: Final = 1024 * 1024 - 16 * 1024
-"""Most bytes one record a plan holds may weigh (:func:`record_bytes`): under the producer's
-``max_request_size`` (1,048,576 by default, what the workers' producers use) and the broker's
-``message.max.bytes`` (1,048,588), with room to spare. A record the producer would refuse fails
-its transaction, and a transaction that fails on the same input every time would stop the task
-for good; so it never gets that far."""
+_MARGIN: Final = 16 * 1024
+MAX_RECORD_BYTES: Final = 1024 * 1024 - _MARGIN
+"""Most bytes one record a plan holds may weigh (:func:`record_bytes`) on an ordinary topic:
+under the broker's default ``message.max.bytes`` (1,048,588), which a topic without its own
+``max.message.bytes`` inherits, with room to spare (the producers' ``max_request_size`` is the
+larger :data:`~services.runtime.record_size.PRODUCER_MAX_REQUEST_BYTES`). A record the
+producer or broker would refuse fails its transaction, and a transaction that fails on the same
+input every time would stop the task for good; so it never gets that far."""
+MAX_LARGE_RECORD_BYTES: Final = PRODUCER_MAX_REQUEST_BYTES - _MARGIN
+"""The same bound for a stage's ``large_record_topics`` (their ``max.message.bytes`` is
+raised to the producers' ``max_request_size``: ``services.runtime.record_size``)."""
 DLQ_PREFIX_BYTES: Final = 64 * 1024
 """How much of an oversized value a DLQ copy keeps (the original stays in its topic)."""
 _HEADER_FRAMING: Final = 10
@@ -183,9 +189,11 @@ def _decision_records(
                              (), partition=task_partition))
     for rec in out:
         size = record_bytes(rec)
-        if size > MAX_RECORD_BYTES:
+        limit = (MAX_LARGE_RECORD_BYTES if rec.topic in stage.large_record_topics
+                 else MAX_RECORD_BYTES)
+        if size > limit:
             raise OutputTooLarge(f"stage {stage.name!r} would write {size} bytes to {rec.topic} "
-                                 f"(limit {MAX_RECORD_BYTES})")
+                                 f"(limit {limit})")
     return out
 
 

@@ -178,6 +178,11 @@ class Stage:
     explicit_partition_subjects: frozenset[str] = frozenset()
     """Subjects written to an explicit partition on purpose (e.g. one liveness tick per
     partition): exempt from the partition check."""
+    large_record_topics: frozenset[str] = frozenset()
+    """Output topics created for the largest records (``TopicSpec.large_records``: an agent's
+    evidence with its IMA list), where a record may weigh up to
+    :data:`services.runtime.plan.MAX_LARGE_RECORD_BYTES`; every other topic keeps
+    :data:`~services.runtime.plan.MAX_RECORD_BYTES`, under any broker's default."""
 
     def __post_init__(self) -> None:
         if not self.input_topics:

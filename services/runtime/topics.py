@@ -24,10 +24,11 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 from services.errors import ConfigError, HostgateError
 from services.runtime.connection import client_kwargs
+from services.runtime.record_size import TOPIC_MAX_MESSAGE_BYTES
 
 FOREVER = "-1"
 TOPIC_ALREADY_EXISTS = 36
@@ -54,6 +55,9 @@ class TopicSpec:
     """``message.timestamp.type=LogAppendTime``: the broker, not the host, stamps each record.
     The collector takes "now" from these stamps, so its decisions replay deterministically and
     a host cannot lie about when it sent something."""
+    large_records: bool = False
+    """Carries the agent's evidence (logs up to the size chain's limit): sets
+    ``max.message.bytes`` (``services.runtime.record_size``), whatever the broker's default."""
 
     def configs(self, replication: int) -> dict[str, str]:
         """The topic-level configs hostgate checks for drift."""
@@ -65,6 +69,8 @@ class TopicSpec:
             cfg["retention.ms"] = self.retention_ms
         if self.broker_timestamps:
             cfg["message.timestamp.type"] = "LogAppendTime"
+        if self.large_records:
+            cfg["max.message.bytes"] = str(TOPIC_MAX_MESSAGE_BYTES)
         return cfg
 
 
@@ -99,8 +105,9 @@ _PIPELINE_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(_CHALLENGES, "collector: credential-activation challenges and nonces",
               retention_ms=str(7 * DAY_MS)),
     TopicSpec(_EVIDENCE, "agents: quotes, PCR values, boot and IMA logs (audit)",
-              broker_timestamps=True),
-    TopicSpec(_COLLECTED, "collector: evidence that passed intake (audit)"),
+              broker_timestamps=True, large_records=True),
+    TopicSpec(_COLLECTED, "collector: evidence that passed intake (audit)",
+              large_records=True),
     TopicSpec(_REJECTIONS, "collector: requests and evidence refused at intake"),
     TopicSpec(_POLICIES, "operators: attestation policy documents", compacted=True),
     TopicSpec(_POLICY_HISTORY, "operators: every policy version ever published (audit replay)"),
@@ -346,6 +353,29 @@ class EnsureReport:
         return {"created": self.created, "ok": self.ok, "drift": self.drift, "fixed": self.fixed}
 
 
+METADATA_SETTLE_S: Final = 10.0
+"""How long ``ensure_topics`` waits for a topic it (or a racing peer) just created to show
+its partitions in metadata before it judges the topic."""
+
+
+async def _described(admin: Any, names: list[str]) -> dict[str, Any]:
+    """``describe_topics`` of ``names``, asked again (with backoff, up to
+    :data:`METADATA_SETTLE_S`) while any of them shows no partitions yet: a topic created a
+    moment ago, here or by a racing ``ensure``, is in the controller before every broker's
+    metadata, and judging it then would report drift that is not there."""
+    import asyncio
+    import time
+
+    deadline, pause = time.monotonic() + METADATA_SETTLE_S, 0.1
+    while True:
+        described = {t["topic"]: t for t in await admin.describe_topics(names)}
+        unsettled = [n for n in names if not described.get(n, {}).get("partitions")]
+        if not unsettled or time.monotonic() + pause > deadline:
+            return described
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 1.0)
+
+
 async def ensure_topics(
     bootstrap: str,
     specs: Iterable[TopicSpec] | None = None,
@@ -383,7 +413,7 @@ async def ensure_topics(
         present = [s for s in specs if s.name in existing]
         if not present:
             return report
-        described = {t["topic"]: t for t in await admin.describe_topics([s.name for s in present])}
+        described = await _described(admin, [s.name for s in present])
         responses = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in present]
         )

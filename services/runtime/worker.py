@@ -86,6 +86,11 @@ from services.runtime.globaltable import GlobalTable, start_global_tables
 from services.runtime.logging import get_logger
 from services.runtime.metrics import WorkerMetrics, decision_labels
 from services.runtime.plan import BatchPlan, RawRecord, plan_batch, unreadable_dlq_record
+from services.runtime.record_size import (
+    CONSUMER_PARTITION_FETCH_BYTES,
+    PRODUCER_COMPRESSION,
+    PRODUCER_MAX_REQUEST_BYTES,
+)
 from services.runtime.stage import Coordinates, OverlayState, Stage, merge_pending
 
 PLAN_CHUNK = 64
@@ -93,6 +98,10 @@ PLAN_CHUNK = 64
 RESTORE_TIMEOUT_S = 120.0
 PRODUCER_BATCH_BYTES = 256 * 1024
 """Producer batch size per partition (aiokafka's 16 KiB default means many small requests)."""
+LARGE_RECORD_PRODUCER: dict[str, Any] = {"max_request_size": PRODUCER_MAX_REQUEST_BYTES,
+                                         "compression_type": PRODUCER_COMPRESSION}
+"""What every stage producer sets so the collector can forward an agent's largest evidence
+(``services.runtime.record_size``), compressed."""
 STOP_TIMEOUT_S = 10.0
 MAX_BACKOFF_S = 10.0
 
@@ -222,6 +231,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=max(300, cfg.session_timeout_ms // 4),
             rebalance_timeout_ms=max(cfg.session_timeout_ms, 3 * cfg.batch_max_ms + 10_000),
+            max_partition_fetch_bytes=CONSUMER_PARTITION_FETCH_BYTES,
         )
         self._restorer = AIOKafkaConsumer(
             **client_kwargs(cfg.bootstrap), group_id=None, enable_auto_commit=False,
@@ -233,7 +243,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             self._plain_producer = AIOKafkaProducer(
                 **client_kwargs(cfg.bootstrap), enable_idempotence=True, acks="all",
                 client_id=f"{cfg.group_id}.producer", linger_ms=5,
-                max_batch_size=PRODUCER_BATCH_BYTES)
+                max_batch_size=PRODUCER_BATCH_BYTES, **LARGE_RECORD_PRODUCER)
             await self._plain_producer.start()
         await self._check_copartitioned()
         if self.stage.global_tables:  # whole tables read before the first record is decided
@@ -355,6 +365,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             client_id=f"{cfg.transactional_id(task.partition)}",
             linger_ms=5,
             max_batch_size=PRODUCER_BATCH_BYTES,
+            **LARGE_RECORD_PRODUCER,
         )
         try:
             await producer.start()  # InitProducerId: bump the epoch, abort what was left open

@@ -19,6 +19,8 @@ from services.tpm.ipl import IplString
 from services.tpm.uefi import UefiVariableData
 
 __all__ = [
+    "CLAIMS_FROM_DATA",
+    "UNVERIFIED_DATA",
     "Anomaly",
     "Authority",
     "BootApplication",
@@ -32,6 +34,22 @@ __all__ = [
     "PossibleCmdline",
     "QuirkUse",
 ]
+
+
+UNVERIFIED_DATA: Final = "tpm.binding.data_unverified"
+"""The anomaly of informational data that does not hash to its digest
+(:mod:`services.tpm.binding_consequences`)."""
+
+CLAIMS_FROM_DATA: Final[Mapping[str, frozenset[str]]] = MappingProxyType({
+    "EV_S_CRTM_VERSION": frozenset({"s_crtm_version"}),
+    "EV_EFI_VARIABLE_BOOT": frozenset({"boot_order", "boot_options"}),
+    "EV_EFI_VARIABLE_BOOT2": frozenset({"boot_order", "boot_options"}),
+    "EV_EFI_GPT_EVENT": frozenset(),
+    "EV_ACTION": frozenset(),
+})
+"""Event type -> the :class:`Claims` fields the fold reads from its data, for the types whose
+data may be informational (``services.tpm.claims`` folds these; the GPT and ``EV_ACTION`` are
+bound and not read). Any other type is taken to affect every claim."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +235,18 @@ class Claims:
     def failed_closed(self) -> bool:
         """True if any anomaly is fatal: a policy must fail this evidence."""
         return any(a.fatal for a in self.anomalies)
+
+    def unverified_claim(self, name: str) -> Anomaly | None:
+        """The first ``tpm.binding.data_unverified`` anomaly of an event whose data the claim
+        ``name`` (a field of this class) would have been read from, or None. A claim so marked
+        is incomplete: a rule reading it cannot be confirmed (issue 20)."""
+        for a in self.anomalies:
+            if a.reason != UNVERIFIED_DATA:
+                continue
+            read = CLAIMS_FROM_DATA.get(a.event_type)
+            if read is None or name in read:  # an unlisted type: any claim may be affected
+                return a
+        return None
 
     def database(self, name: str) -> KeyDatabase | None:
         """The last measured key database called ``name`` (``"db"``), if any."""

@@ -18,9 +18,15 @@ data from every check):
   code that ran and is listed with the boot applications or drivers, whatever its label;
 * in PCR 7 and PCRs 12-14 (for Intel TDX CCEL logs: MR 1 = RTMR0 and MR 3 = RTMR2), data that
   cannot be decoded and data whose digest cannot be checked are *fatal* anomalies;
-* anywhere, a digest mismatch of data that is hashed (``tpm.binding.digest_mismatch``), a
+* a digest mismatch of data that is hashed (``tpm.binding.digest_mismatch``) where security
+  decisions depend on that data (:data:`services.tpm.binding_consequences.SECURITY_RELEVANT`);
+  elsewhere it is the non-fatal ``tpm.binding.data_unverified``, the event counts by its digest
+  and the claims read from its data are unverified (:meth:`Claims.unverified_claim`); a
   duplicate or error separator, and a Secure Boot variable that is duplicated, measured after
-  the separator or has an invalid value are fatal.
+  the separator or has an invalid value are fatal. A duplicate separator that is exactly a
+  ``structure`` quirk's shape (:mod:`services.tpm.quirks`: the one early Intel TDX firmware
+  logs) is read as the separator of the register the quirk names when ``allowed_quirks``
+  names it, and reported; otherwise it stays fatal and its detail names the defect and quirk.
 
 Other undecodable events become non-fatal anomalies (a broken event is itself suspicious) and
 extraction continues. ``Claims.failed_closed`` is True when any anomaly is fatal: a policy must
@@ -48,9 +54,11 @@ from services.tpm.claim_records import (
     PossibleCmdline,
     QuirkUse,
 )
+from services.tpm.errors import Unsupported
 from services.tpm.eventlog import PCR_NOT_EXTENDED, Event, EventType
 from services.tpm.memo import Memo
 from services.tpm.pcr_types import CODE_PCRS
+from services.tpm.quirks import QUIRK_IDS, Layer, Quirk, accepted, of_layer, refusal
 from services.tpm.readings import (
     IMAGE_KINDS,
     AuthorityFact,
@@ -85,6 +93,9 @@ __all__ = [
 
 REASONS: Final[dict[str, str]] = {
     "tpm.binding.digest_mismatch": "event data does not hash to the digest it was extended with",
+    "tpm.binding.data_unverified": "event data does not hash to its digest, and no security "
+                                   "decision depends on it: the event counts by its digest, "
+                                   "every claim read from its data cannot be confirmed",
     "tpm.binding.unverifiable": "no bank of the event can be hashed here to check its data",
     "tpm.event.unknown_type": "event type outside the TCG PC Client spec",
     "tpm.event.unexpected_type": "event type not expected in this PCR",
@@ -133,6 +144,10 @@ class _State:
     fail_closed: frozenset[int]
     sb_pcr: int
     cmdline_pcrs: frozenset[int]
+    registers: Literal["tpm", "ccel"] = "tpm"
+    events: Sequence[Event] = ()
+    """The events folded, in order (what a ``structure`` quirk's placement reads)."""
+    allowed_quirks: frozenset[str] = frozenset()
     secure_boot: bool | None = None
     uefi_debug: bool = False
     dma_off: bool = False
@@ -167,10 +182,37 @@ class _State:
         self.anomalies.append(Anomaly(reason, ev.seq, ev.pcr, ev.type_name, detail, is_fatal))
 
 
+_DUPLICATE_SEPARATOR: Final = "tpm.separator.duplicate"
+
+
+def _structure_quirk(ev: Event, reason: str, st: _State) -> tuple[Quirk, int] | None:
+    """The first ``structure`` quirk answering ``reason`` whose shape ``ev`` has, with the
+    register it places ``ev`` in; None if no quirk's shape fits."""
+    for quirk in of_layer(Layer.STRUCTURE):
+        if quirk.reason != reason:
+            continue
+        assert quirk.placement is not None
+        meant = quirk.placement(st.events, ev, st.registers)
+        if meant is not None:
+            return quirk, meant
+    return None
+
+
 def _separator(ev: Event, _: Fact, st: _State) -> None:
-    if ev.pcr in st.separators:
-        st.flag(ev, "tpm.separator.duplicate", f"duplicate separator at event {ev.seq}", fatal=True)
-    st.separators.add(ev.pcr)
+    pcr = ev.pcr
+    if pcr in st.separators:
+        found = _structure_quirk(ev, _DUPLICATE_SEPARATOR, st)
+        if found is not None and accepted(found[0], st.allowed_quirks):
+            quirk, pcr = found
+            st.quirks.append(QuirkUse(quirk.id, ev.seq))
+        elif found is not None:
+            st.flag(ev, _DUPLICATE_SEPARATOR, refusal(
+                found[0], f"duplicate EV_SEPARATOR in MR {ev.pcr} at event {ev.seq}"),
+                fatal=True)
+        else:
+            st.flag(ev, _DUPLICATE_SEPARATOR, f"duplicate separator at event {ev.seq}",
+                    fatal=True)
+    st.separators.add(pcr)
     if ev.data in _SEPARATOR_ERROR:
         st.flag(ev, "tpm.separator.error", f"separator value {ev.data.hex()}", fatal=True)
     elif ev.data not in _SEPARATOR_OK:
@@ -373,6 +415,7 @@ def extract_claims(
     measurement_registers: Literal["tpm", "ccel"] = "tpm",
     ima: Iterable[ImaClaim] | None = None,
     memo: Memo | None = None,
+    allowed_quirks: Iterable[str] = (),
 ) -> Claims:
     """Extract :class:`Claims` from replay-verified events.
 
@@ -381,6 +424,10 @@ def extract_claims(
     is True and banks, PCR values and replay quirks come from it. A plain event sequence is
     accepted for inspection (``replay_verified`` False; ``pcr_values``/``banks`` as given).
     ``measurement_registers="ccel"`` reads an Intel TDX CCEL log (MR 1 holds what PCR 7 would).
+    ``allowed_quirks`` are the quirk ids the policy in force accepts
+    (``spec.evidence.allowedQuirks``); the fold uses a ``structure`` quirk only when named there
+    (:func:`services.tpm.quirks.accepted`), and reports it in ``quirks_applied``; an unknown
+    id raises ``Unsupported``, as in :func:`~services.tpm.replay.verify_replay`.
 
     Each event is read on its own first (:func:`services.tpm.readings.read_events`: type and
     binding checks, decoding; with ``memo``, looked up and remembered there), then folded in
@@ -388,6 +435,10 @@ def extract_claims(
     for bad event data: each undecodable event becomes an :class:`Anomaly` (fatal in the
     fail-closed PCRs, see the module docstring).
     """
+    allowed = frozenset(allowed_quirks)
+    if not allowed <= QUIRK_IDS:
+        raise Unsupported(f"unknown quirk id(s) {sorted(allowed - QUIRK_IDS)} (known: "
+                          f"{sorted(QUIRK_IDS)})")
     if isinstance(replayed, ReplayResult):
         events: Sequence[Event] = replayed.verified_events
         verified, pcrs = True, replayed.pcrs
@@ -397,11 +448,11 @@ def extract_claims(
         events, verified, pcrs = replayed, False, pcr_values or {}
         bank_names = tuple(banks) if banks is not None else tuple(pcrs)
         replay_quirks = []
-    st = _State(_FAIL_CLOSED[measurement_registers], _SECURE_BOOT_PCR[measurement_registers],
-                _CMDLINE_PCRS[measurement_registers])
-    st.quirks.extend(replay_quirks)
     if not verified:  # verify_replay's events are the extending ones already
         events = [ev for ev in events if ev.event_type != _NO_ACTION and ev.pcr != PCR_NOT_EXTENDED]
+    st = _State(_FAIL_CLOSED[measurement_registers], _SECURE_BOOT_PCR[measurement_registers],
+                _CMDLINE_PCRS[measurement_registers], measurement_registers, events, allowed)
+    st.quirks.extend(replay_quirks)
     folds = _FOLDS
     code_pcrs = _CODE_PCRS[measurement_registers]
     not_code = _NOT_CODE[measurement_registers]

@@ -15,21 +15,23 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
+from services.terminal import print_table
 from services.tpm import cli_claims, cli_ima
 from services.tpm.cli_conventions import add_json_flag, command_group, print_json
 from services.tpm.cli_inputs import (
     add_allow_quirk_argument,
     add_pcrs_argument,
     load_quoted_pcrs,
+    parse_boot_log_file,
     read_log_file,
 )
-from services.tpm.eventlog import Event, EventLog, parse_event_log
+from services.tpm.eventlog import Event, EventLog
 from services.tpm.quirks import Layer, of_layer
 from services.tpm.replay import replay, startup_locality, verify_replay
 
 __all__ = ["load_quoted_pcrs", "read_log_file", "register"]
-
-
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -97,7 +99,7 @@ def _event_json(ev: Event) -> dict[str, Any]:
 
 
 def _load(path: Path) -> EventLog:
-    return parse_event_log(read_log_file(path))
+    return parse_boot_log_file(path)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
@@ -120,29 +122,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _print_tables(log: EventLog, pcrs: dict[str, dict[int, bytes]], bank: str | None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
     shown = bank or ("sha256" if "sha256" in log.banks else log.banks[-1])
-    table = Table(title=f"{log.format} event log, banks {', '.join(log.banks)} "
-                        f"(UNTRUSTED until verified)")
-    for col in ("#", "offset", "PCR", "type", shown, "data"):
-        table.add_column(col, overflow="fold")
-    for ev in log.events:
-        pcr = "-1" if ev.pcr == 0xFFFFFFFF else str(ev.pcr)
-        digest = ev.digests.get(shown, b"").hex()
-        table.add_row(str(ev.seq), str(ev.offset), pcr, ev.type_name, digest, _describe(ev))
-    console.print(table)
-    pcr_table = Table(title=f"replayed PCRs (StartupLocality {startup_locality(log)}, "
-                            f"{log.trailing_padding} bytes of padding)")
-    pcr_table.add_column("bank")
-    pcr_table.add_column("PCR")
-    pcr_table.add_column("value", overflow="fold")
-    for b, values in pcrs.items():
-        for p, v in values.items():
-            pcr_table.add_row(b, str(p), v.hex())
-    console.print(pcr_table)
+    print_table(f"{log.format} event log, banks {', '.join(log.banks)} (UNTRUSTED until verified)",
+                ("#", "offset", "PCR", "type", shown, "data"),
+                [_event_row(ev, shown) for ev in log.events], fold=(shown, "data"))
+    print_table(f"replayed PCRs (StartupLocality {startup_locality(log)}, "
+                f"{log.trailing_padding} bytes of padding)",
+                ("bank", "PCR", "value"),
+                [(b, str(p), v.hex()) for b, values in pcrs.items() for p, v in values.items()],
+                fold=("value",))
+
+
+def _event_row(ev: Event, bank: str) -> tuple[str, ...]:
+    pcr = "-1" if ev.pcr == 0xFFFFFFFF else str(ev.pcr)
+    return (str(ev.seq), str(ev.offset), pcr, ev.type_name, ev.digests.get(bank, b"").hex(),
+            escape(_describe(ev)))
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -15,9 +15,8 @@ from services.tpm.cli_inputs import (
     add_allow_quirk_argument,
     add_pcrs_argument,
     load_quoted_pcrs,
-    read_log_file,
+    parse_boot_log_file,
 )
-from services.tpm.eventlog import parse_event_log
 from services.tpm.replay import verify_replay
 
 __all__ = ["register_claims", "register_log_commands"]
@@ -39,7 +38,9 @@ def register_log_commands(log_subparsers: argparse._SubParsersAction) -> None:  
     add_pcrs_argument(
         p, 'verified PCR values ({"sha256": {"0": "hex"}}); the log must replay to them '
         "and only the replay-verified events are read")
-    add_allow_quirk_argument(p)
+    add_allow_quirk_argument(p, "allow this named firmware quirk (repeatable): a replay "
+                             "quirk with --pcrs, a structure quirk such as "
+                             "tdx-duplicate-separator in any case")
     p.add_argument("--ccel", action="store_true",
                    help="the log is an Intel TDX CCEL (MR indices instead of PCRs)")
     add_json_flag(p, "print the claims as JSON")
@@ -51,13 +52,15 @@ register_claims = register_log_commands
 
 
 def _cmd_claims(args: argparse.Namespace) -> int:
-    log = parse_event_log(read_log_file(args.file))
+    log = parse_boot_log_file(args.file)
     registers: Literal["tpm", "ccel"] = "ccel" if args.ccel else "tpm"
     if args.pcrs:
         result = verify_replay(log, load_quoted_pcrs(args.pcrs), allowed_quirks=args.allow_quirk)
-        claims = extract_claims(result, measurement_registers=registers)
+        claims = extract_claims(result, measurement_registers=registers,
+                                allowed_quirks=args.allow_quirk)
     else:
-        claims = extract_claims(log.events, banks=log.banks, measurement_registers=registers)
+        claims = extract_claims(log.events, banks=log.banks, measurement_registers=registers,
+                                allowed_quirks=args.allow_quirk)
     if args.json:
         print_json(claims.to_json_dict())
     else:

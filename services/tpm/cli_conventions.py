@@ -13,9 +13,11 @@ import json
 import sys
 from typing import Any
 
+from services.errors import ExitCode
+
 __all__ = ["EXIT_USAGE", "add_json_flag", "command_group", "print_json"]
 
-EXIT_USAGE = 2
+EXIT_USAGE = ExitCode.USAGE
 """Exit status of a command group called without a sub-command (argparse's usage status)."""
 
 

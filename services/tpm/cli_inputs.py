@@ -10,8 +10,11 @@ from typing import Any
 
 import yaml
 
-from services.errors import ConfigError
+from services.errors import ConfigError, ExitCode
 from services.tpm.algorithms import alg_by_name
+from services.tpm.errors import MalformedInput, TpmError
+from services.tpm.eventlog import EventLog, parse_event_log
+from services.tpm.filetype import guess_file_type
 from services.tpm.limits import DEFAULT_LIMITS
 
 
@@ -23,6 +26,27 @@ def read_log_file(path: Path, max_bytes: int = DEFAULT_LIMITS.max_log_bytes) -> 
             return fh.read(max_bytes + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+class NotABootLog(TpmError):
+    """A file given where a TCG boot event log was expected is something else (an IMA list, an
+    image, JSON...); the parser's own error is its ``__cause__``."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+def parse_boot_log_file(path: Path) -> EventLog:
+    """Parse ``path`` as a TCG boot event log (untrusted until replayed against a quote). A file
+    that does not parse and looks like another kind of file raises :class:`NotABootLog`
+    naming that kind, rather than the parser's complaint about a field it never had."""
+    data = read_log_file(path)
+    try:
+        return parse_event_log(data)
+    except MalformedInput as exc:
+        kind = guess_file_type(data)
+        if kind is None:
+            raise
+        raise NotABootLog(f"{path} is not a TCG boot event log: it looks like {kind}") from exc
 
 
 def _to_bytes(value: Any, bank: str, pcr: int) -> bytes:

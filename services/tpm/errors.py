@@ -19,6 +19,7 @@ Three families, so callers can branch on what went wrong rather than on message 
           │    ├── KeyAttributeError         AK attributes not those of a restricted signing key
           │    └── CertificateChainError     EK certificate does not chain to a trusted CA
           └── Unsupported               an algorithm or format hostgate does not handle
+               └── Tpm12EventLog             a TPM 1.2 log (services.tpm.decrepit)
 
 Offsets are byte offsets into the input the parser was given; ``seq`` is the 0-based index of
 the event (or IMA entry) in its log.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.errors import HostgateError
+from services.errors import ExitCode, HostgateError
 
 
 class TpmError(HostgateError):
@@ -40,6 +41,8 @@ class TpmError(HostgateError):
 
 class MalformedInput(TpmError):
     """Bytes that do not parse. ``offset`` is where the parser stopped making sense of them."""
+
+    exit_code = ExitCode.BAD_INPUT
 
     def __init__(
         self,
@@ -83,6 +86,8 @@ class LimitExceeded(MalformedInput):
 
 class VerificationFailed(TpmError):
     """Well-formed evidence that does not verify."""
+
+    exit_code = ExitCode.CHECK_FAILED
 
 
 class ReplayMismatch(VerificationFailed):
@@ -138,3 +143,5 @@ class CertificateChainError(VerificationFailed):
 
 class Unsupported(TpmError):
     """An algorithm, format or version hostgate does not handle."""
+
+    exit_code = ExitCode.BAD_INPUT

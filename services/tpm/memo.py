@@ -8,7 +8,8 @@ public areas. The functions that decode those accept an optional ``memo=`` (a :c
 without one (the default) they compute; with one they look up a key made of the exact input (or
 its SHA-256) and remember a successful result. Only callers create a :class:`Memo`, and each
 owns its bounds and lifetime. The verifier's shell makes one (``services.verifier.memo``, whose
-docstring argues why a memo never changes a result); the CLI, collector and agent pass none.
+docstring argues why a memo never changes a result), the collector's another for the enrolled
+AKs it decodes at every signed request and evidence; the CLI and agent pass none.
 
 A :class:`Memo` is not thread-safe: one owner, one thread (the runtime plans on one thread).
 """

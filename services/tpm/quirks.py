@@ -6,8 +6,11 @@ named, documented row of :data:`QUIRKS`, never a silent tolerance, and every row
 * its **layer**: ``replay`` (the log's events do not replay to the quoted PCRs until the quirk
   rewrites a copy of the log: :func:`services.tpm.replay.verify_replay`), ``binding`` (an
   event's data hashes to its digest only when framed the quirk's way:
-  :func:`services.tpm.bindings.check_binding`) or ``ima`` (the IMA list's shape:
-  :func:`services.tpm.ima.parse_binary`);
+  :func:`services.tpm.bindings.check_binding`), ``ima`` (the IMA list's shape:
+  :func:`services.tpm.ima.parse_binary`) or ``structure`` (an event the claims fold refuses
+  for *where* it sits in the log, not for its bytes: the quirk names the register the firmware
+  meant it for, :func:`services.tpm.claims.extract_claims`; its digest still counts in the
+  replay where it was logged, so it never makes a different measurement pass);
 * its **acceptance**: ``policy`` (used only when the policy in force names it in
   ``spec.evidence.allowedQuirks``) or ``reported`` (used wherever it applies, because it only
   re-frames bytes the digest still covers, and never makes a different measurement pass);
@@ -15,7 +18,9 @@ named, documented row of :data:`QUIRKS`, never a silent tolerance, and every row
 
 The rules every layer keeps, whatever the acceptance: a quirk is tried only after the plain
 check failed, only where its row says it may apply (its PCRs, its event types), only on a copy,
-and every quirk used is reported (``Claims.quirks_applied``, hence the verdict's claims).
+and every quirk used is reported (``Claims.quirks_applied``, hence the verdict's claims). A
+``policy`` quirk the policy does not name leaves the check refused, and where the refused event
+has the quirk's exact shape the refusal names the defect and the quirk (:func:`refusal`).
 :func:`accepted` is the one acceptance rule; callers never decide it themselves.
 
 Ids are a wire contract (they appear in verdicts, policies and logs): never rename one, add a
@@ -26,7 +31,7 @@ two equal.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
@@ -41,6 +46,7 @@ __all__ = [
     "QUIRK_BOOT_VARIABLE_DATA_ONLY",
     "QUIRK_IDS",
     "QUIRK_SHIM_AUTHORITY_EXTRA_BYTE",
+    "QUIRK_TDX_DUPLICATE_SEPARATOR",
     "QUIRK_TRUNCATED_TAIL",
     "Acceptance",
     "Layer",
@@ -48,6 +54,7 @@ __all__ = [
     "accepted",
     "of_layer",
     "quirk_by_id",
+    "refusal",
 ]
 
 EBS_INVOCATION = b"Exit Boot Services Invocation"
@@ -61,6 +68,7 @@ class Layer(StrEnum):
     REPLAY = "replay"
     BINDING = "binding"
     IMA = "ima"
+    STRUCTURE = "structure"
 
 
 class Acceptance(StrEnum):
@@ -73,8 +81,8 @@ class Acceptance(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Quirk:
     """One firmware workaround: what it changes, where, how it is accepted and why it is
-    believed. Exactly one of ``apply`` (replay) and ``payload`` (binding) is set for those
-    layers; an ``ima`` quirk is a switch of the IMA parser."""
+    believed. Exactly one of ``apply`` (replay), ``payload`` (binding) and ``placement``
+    (structure) is set for those layers; an ``ima`` quirk is a switch of the IMA parser."""
 
     id: str
     layer: Layer
@@ -91,6 +99,16 @@ class Quirk:
     payload: Callable[[Event], bytes | None] | None = None
     """``binding``, pure: the bytes this firmware hashed for ``event``, or None where the quirk
     does not apply to it."""
+    placement: Callable[[Sequence[Event], Event, str], int | None] | None = None
+    """``structure``, pure: given the log's extending events in order, an event among them the
+    fold refuses for where it sits, and the log's registers (``"tpm"``, or ``"ccel"`` for an
+    Intel TDX CCEL log), the register the firmware meant the event for; None where the event
+    is not exactly the quirk's shape."""
+    reason: str = ""
+    """``structure``: the fatal anomaly of the claims fold (``services.tpm.claims.REASONS``)
+    the quirk answers."""
+    defect: str = ""
+    """``structure``: the defect in a few words, for the refusal without the quirk."""
 
 
 def accepted(quirk: Quirk, named: Collection[str]) -> bool:
@@ -142,9 +160,22 @@ def _ebs_quirk(quirk_id: str, actions: tuple[bytes, ...], *, description: str,
         apply=lambda log: _append_actions(log, _EBS_PCR, *actions),
     )
 
+def refusal(quirk: Quirk, what: str) -> str:
+    """The refusal of an event that has ``quirk``'s shape when the policy does not name it:
+    ``what`` was refused, as the defect, and the quirk that would accept it."""
+    return (f"{what} ({quirk.defect}); a policy may accept it with allowedQuirks: "
+            f"[{quirk.id}]")
+
+
 QUIRK_BOOT_VARIABLE_DATA_ONLY: Final = "boot-variable-data-only"
 QUIRK_SHIM_AUTHORITY_EXTRA_BYTE: Final = "shim-authority-extra-byte"
 QUIRK_TRUNCATED_TAIL: Final = "ima-truncated-tail"
+QUIRK_TDX_DUPLICATE_SEPARATOR: Final = "tdx-duplicate-separator"
+_TDX_RTMR0: Final = 1
+"""CC measurement register index of RTMR0 (PCRs 1 and 7: the Secure Boot configuration)."""
+_TDX_RTMR1: Final = 2
+"""CC measurement register index of RTMR1 (PCRs 2-6: the boot applications)."""
+_SEPARATOR_ZERO: Final = b"\x00\x00\x00\x00"
 
 
 def _boot_variable_data(event: Event) -> bytes | None:
@@ -155,6 +186,25 @@ def _boot_variable_data(event: Event) -> bytes | None:
                                          seq=event.seq).variable_data
     except MalformedInput:
         return None
+
+
+def _tdx_rtmr1_separator(events: Sequence[Event], event: Event, registers: str) -> int | None:
+    """RTMR1, where ``event`` is the separator early Intel TDX firmware logged in RTMR0 instead:
+    in a CCEL log, the second EV_SEPARATOR of RTMR0, of value 0, while RTMR1 holds none at all.
+    Anything else (a TPM log, another register, a third separator, another value, an RTMR1
+    that has its own separator) is not this defect: None."""
+    if (registers != "ccel" or event.pcr != _TDX_RTMR0
+            or event.event_type != EventType.EV_SEPARATOR or event.data != _SEPARATOR_ZERO):
+        return None
+    before = 0
+    for ev in events:
+        if ev.event_type != EventType.EV_SEPARATOR:
+            continue
+        if ev.pcr == _TDX_RTMR1:
+            return None
+        if ev.pcr == _TDX_RTMR0 and ev.seq < event.seq:
+            before += 1
+    return _TDX_RTMR1 if before == 1 else None
 
 
 def _authority_less_last_byte(event: Event) -> bytes | None:
@@ -223,6 +273,26 @@ QUIRKS: tuple[Quirk, ...] = (
         corpus=("J04", "J06"),
         reference="tpm2-tss test fixtures sml-ima-*.b64, which end with 1 or 6 bytes of a "
                   "next entry",
+    ),
+    Quirk(
+        id=QUIRK_TDX_DUPLICATE_SEPARATOR,
+        layer=Layer.STRUCTURE,
+        acceptance=Acceptance.POLICY,
+        affected_pcrs=frozenset({_TDX_RTMR0}),
+        description=(
+            "Early Intel TDX firmware (COS 113 guests) logs a second EV_SEPARATOR (value 0) in "
+            "MR 1 (RTMR0) and none in MR 2 (RTMR1): the separator of the boot-application "
+            "registers is extended into the Secure Boot register. The second separator is "
+            "read as RTMR1's; its digest still counts in RTMR0's replay, and any other "
+            "duplicate, value or register stays refused."
+        ),
+        corpus=("C03", "C04"),
+        reference="google/go-eventlog refuses it ('duplicate separator at event N', "
+                  "ccel/extract_test.go TestExtractFirmwareLogStateFailDuplicateSeparator on "
+                  "testdata/eventlogs/ccel/cos-113-intel-tdx-dupe-separator.bin = corpus C03)",
+        placement=_tdx_rtmr1_separator,
+        reason="tpm.separator.duplicate",
+        defect="the duplicate separator of early Intel TDX firmware",
     ),
 )
 

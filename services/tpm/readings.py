@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from services.tpm import sipa
+from services.tpm.binding_consequences import data_decides
 from services.tpm.bindings import BindingResult, bound_payload, check_binding_of_payload
-from services.tpm.claim_records import BootOption, DecodedEvent, KeyEntry
+from services.tpm.claim_records import UNVERIFIED_DATA, BootOption, DecodedEvent, KeyEntry
 from services.tpm.errors import MalformedInput
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import LINUX_EFI_INITRD_TAG, LINUX_EFI_LOAD_OPTIONS_TAG, IplString, decode_ipl
@@ -347,11 +348,18 @@ def _type_flags(ev: Event, registers: Registers) -> Reading | None:
     return None
 
 
-def _binding_flags(result: BindingResult) -> Reading | None:
-    """A non-usable reading if the data is not bound to its digests."""
+def _binding_flags(result: BindingResult, ev: Event, registers: Registers) -> Reading | None:
+    """A non-usable reading if the data is not bound to its digests: fatal where security
+    decisions depend on the data (:mod:`services.tpm.binding_consequences`), else a non-fatal
+    ``tpm.binding.data_unverified`` (the event counts by its digest, its claims are unverified)."""
     if result.status == "mismatch":
-        detail = f"banks {', '.join(result.banks)}"
-        return Reading((Flag("tpm.binding.digest_mismatch", detail, True),), usable=False)
+        banks = ", ".join(result.banks)
+        if data_decides(registers, ev.pcr, ev.event_type) is not None:
+            return Reading((Flag("tpm.binding.digest_mismatch", f"banks {banks}", True),),
+                           usable=False)
+        detail = (f"{ev.type_name} data does not hash to its digest (banks {banks}): what it "
+                  "says cannot be confirmed, only its digest counts")
+        return Reading((Flag(UNVERIFIED_DATA, detail, False),), usable=False)
     if result.status == "unverifiable":
         return Reading((Flag("tpm.binding.unverifiable", "no hashable bank"),), usable=False)
     return None
@@ -371,7 +379,7 @@ def _read(ev: Event, registers: Registers, memo: Memo | None) -> Reading:
             binding = check_binding_of_payload(ev, bound_payload(ev))
     except MalformedInput as exc:  # the payload to check cannot be found: nothing is bound
         return Reading(usable=False, error=str(exc))
-    refused = _binding_flags(binding)
+    refused = _binding_flags(binding, ev, registers)
     if refused is not None:
         return refused
     problem = content_problem(registers, ev.pcr, t, ev.data)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,9 +24,9 @@ from services.tpm.cli_inputs import (
     add_allow_quirk_argument,
     add_pcrs_argument,
     load_quoted_pcrs,
+    parse_boot_log_file,
     read_log_file,
 )
-from services.tpm.eventlog import parse_event_log
 from services.tpm.replay import verify_replay
 from services.verifier.policy.derive import Golden, derive_policy, golden_from_log
 from services.verifier.policy.evaluate import evaluate, prepare, subject
@@ -56,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "databases, boot images and command lines as any-of sets across the logs, dbx as "
         "their common revocations, flags where all logs agree, one reference group per "
         "firmware build. YAML comments name the file and event each value came from. A log "
-        "whose claims fail closed (e.g. a duplicate separator) is refused.",
+        "whose claims fail closed (e.g. a duplicate separator) is refused; where the refusal "
+        "names a firmware quirk, --allow-quirk ID reads the logs with it and the policy "
+        "accepts it (evidence.allowedQuirks).",
     )
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="golden binary event log")
     p.add_argument("--id", default="derived", help="metadata.id of the policy (default derived)")
@@ -64,6 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--description", default=None, help="metadata.description")
     p.add_argument("--ccel", action="store_true", help="the logs are Intel TDX CCEL logs "
                    "(detected automatically when the Spec ID event is in MR 1)")
+    add_allow_quirk_argument(p, "accept this named firmware quirk (repeatable): the logs are "
+                             "read with it and the policy lists it in evidence.allowedQuirks")
     p.set_defaults(func=_cmd_from_log)
 
     c = sub.add_parser(
@@ -115,12 +120,13 @@ def _registers(ccel: bool) -> Literal["tpm", "ccel"] | None:
     return "ccel" if ccel else None
 
 
-def _golden(path: Path, ccel: bool) -> Golden:
-    return golden_from_log(read_log_file(path), path.name, registers=_registers(ccel))
+def _golden(path: Path, ccel: bool, quirks: Sequence[str] = ()) -> Golden:
+    return golden_from_log(read_log_file(path), path.name, registers=_registers(ccel),
+                           allowed_quirks=quirks)
 
 
 def _cmd_from_log(args: argparse.Namespace) -> int:
-    golden = [_golden(path, args.ccel) for path in args.logs]
+    golden = [_golden(path, args.ccel, args.allow_quirk) for path in args.logs]
     derived = derive_policy(golden, policy_id=args.id, version=args.version,
                             description=args.description)
     sys.stdout.write(derived.text)
@@ -130,19 +136,21 @@ def _cmd_from_log(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     prepared = prepare(load_policy_file(args.policy))
+    named = prepared.policy.spec.evidence.allowed_quirks  # read as the verifier reads it
     if args.pcrs:
-        log = parse_event_log(read_log_file(args.log))
+        log = parse_boot_log_file(args.log)
         quoted = load_quoted_pcrs(args.pcrs)
         result = verify_replay(log, quoted, allowed_quirks=args.allow_quirk)
         registers: Literal["tpm", "ccel"] = "ccel" if args.ccel else "tpm"
-        claims = extract_claims(result, measurement_registers=registers)
+        claims = extract_claims(result, measurement_registers=registers,
+                                allowed_quirks=(*named, *args.allow_quirk))
         subj = subject(claims, result.verified_events, active_banks=log.banks,
                        quoted_pcrs={b: sorted(v) for b, v in quoted.items()})
         mode = "replayed to the given PCR values"
     else:
         if args.allow_quirk:
             raise ConfigError("--allow-quirk needs --pcrs")
-        subj = _golden(args.log, args.ccel).subject()
+        subj = _golden(args.log, args.ccel, named).subject()
         mode = "log-only: replayed against itself, not quoted"
     verdict = evaluate(prepared, subj)
     if args.json:

@@ -47,6 +47,7 @@ from services.runtime.stage import Decision, InputRecord, Output, StateView
 from services.tpm import ima as tpm_ima
 from services.tpm import ima_replay as tpm_ima_replay
 from services.tpm.claims import Claims, ImaClaim, QuirkUse, extract_claims
+from services.tpm.decrepit import refuse_tpm12
 from services.tpm.errors import (
     InvalidQuoteSignature,
     KeyAttributeError,
@@ -75,9 +76,18 @@ from services.wire.banks import (
     UNKNOWN_SYMBOL,
     WIRE_BANKS,
 )
+from services.wire.records import (
+    NOWHERE,
+    Coordinates,
+    EvidenceCollected,
+    EvidenceSubmitted,
+    FailedRule,
+    PcrValue,
+    QuoteCounters,
+    Verdict,
+)
 from services.wire.subjects import EVIDENCE_COLLECTED
 from services.wire.subjects import VERDICT as VERDICT_SUBJECT
-from services.wire.time import epoch_ms
 
 VERDICT_ID_DOMAIN: Final = b"hostgate.verdict.v1\x00"
 _SUMMARY_MAX: Final = 160
@@ -99,28 +109,33 @@ class AppraisalBudget:
 BUDGET: Final = AppraisalBudget()
 
 
-@dataclass(frozen=True)
-class Failure:
-    """One failed check: a reason or rule id, one plain sentence, the offending event (if one)."""
-
-    rule_id: str
-    sentence: str
-    event: Mapping[str, Any] | None = None
-
-    def to_avro(self) -> dict[str, Any]:
-        """A ``hostgate.FailedRule`` record."""
-        return {"rule_id": self.rule_id, "sentence": self.sentence,
-                "event": dict(self.event) if self.event is not None else None}
+Failure = FailedRule
+"""One failed check (``services.wire.records.FailedRule``): a reason or rule id, one plain
+sentence, the offending event (if one)."""
 
 
 @dataclass(frozen=True)
 class VerdictRecord:
-    """A verdict: :attr:`record` is the ``hostgate.Verdict`` Avro record, ready to encode."""
+    """One appraisal's verdict; :attr:`record` is its ``hostgate.Verdict`` Avro record."""
 
-    verdict_id: str
-    passed: bool
-    failures: tuple[Failure, ...]
-    record: Mapping[str, Any]
+    verdict: Verdict
+
+    @property
+    def verdict_id(self) -> str:
+        return self.verdict.verdict_id
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def failures(self) -> tuple[FailedRule, ...]:
+        return self.verdict.failed_rules
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The ``hostgate.Verdict`` record, ready to encode."""
+        return self.verdict.to_avro()
 
     @property
     def reason_ids(self) -> tuple[str, ...]:
@@ -201,18 +216,18 @@ def _event_from_ref(ref: EventRef | None, by_seq: Mapping[int, Event]) -> dict[s
 
 
 # --- the checks ---------------------------------------------------------------------------
-def _pcr_values(ev: Mapping[str, Any], w: _Work) -> dict[str, dict[int, bytes]] | None:
+def _pcr_values(ev: EvidenceSubmitted, w: _Work) -> dict[str, dict[int, bytes]] | None:
     values: dict[str, dict[int, bytes]] = {}
-    if len(ev["pcr_values"]) > MAX_PCR_VALUES:
-        w.fail(reasons.EVIDENCE_MALFORMED, f"The evidence reports {len(ev['pcr_values'])} PCR "
+    if len(ev.pcr_values) > MAX_PCR_VALUES:
+        w.fail(reasons.EVIDENCE_MALFORMED, f"The evidence reports {len(ev.pcr_values)} PCR "
                f"values; at most {MAX_PCR_VALUES} (24 PCRs in 5 banks) can exist.")
         return None
-    for i, item in enumerate(ev["pcr_values"]):
-        bank = BANK_OF_SYMBOL.get(str(item["bank"]))
-        pcr = int(item["pcr"])
+    for i, item in enumerate(ev.pcr_values):
+        bank = BANK_OF_SYMBOL.get(item.bank)
+        pcr = item.pcr
         if bank is None:
             w.fail(reasons.EVIDENCE_MALFORMED,
-                   f"pcr_values[{i}] names bank {item['bank']}, which this verifier does not know.")
+                   f"pcr_values[{i}] names bank {item.bank}, which this verifier does not know.")
             return None
         if not 0 <= pcr <= 23:
             w.fail(reasons.EVIDENCE_MALFORMED, f"pcr_values[{i}] names PCR {pcr}, not 0..23.")
@@ -221,24 +236,23 @@ def _pcr_values(ev: Mapping[str, Any], w: _Work) -> dict[str, dict[int, bytes]] 
             w.fail(reasons.EVIDENCE_MALFORMED,
                    f"pcr_values[{i}] reports {bank} PCR {pcr} a second time.")
             return None
-        values[bank][pcr] = bytes(item["value"])
+        values[bank][pcr] = item.value
     return values
 
 
-def _check_quote(collected: Mapping[str, Any], pcrs: Mapping[str, Mapping[int, bytes]],
+def _check_quote(collected: EvidenceCollected, pcrs: Mapping[str, Mapping[int, bytes]],
                  w: _Work) -> None:
-    ev = collected["evidence"]
+    ev = collected.evidence
     try:
-        quote = verify_quote(bytes(collected["ak_public"]), bytes(ev["quote_attest"]),
-                             bytes(ev["quote_signature"]), nonce=bytes(ev["nonce"]),
-                             pcr_values=pcrs, memo=w.memo)
+        quote = verify_quote(collected.ak_public, ev.quote_attest, ev.quote_signature,
+                             nonce=ev.nonce, pcr_values=pcrs, memo=w.memo)
     except InvalidQuoteSignature as exc:
         w.fail(reasons.QUOTE_BAD_SIGNATURE, f"The quote's signature is not valid for the "
                f"host's enrolled AK: {exc}.")
         return
     except NonceMismatch:
         w.fail(reasons.QUOTE_NONCE_MISMATCH, "The quote's extraData is not the nonce issued for "
-               f"challenge {ev['challenge_id']}.")
+               f"challenge {ev.challenge_id}.")
         return
     except PcrDigestMismatch as exc:
         w.fail(reasons.QUOTE_PCR_DIGEST_MISMATCH, f"The reported PCR values are not the ones the "
@@ -253,23 +267,24 @@ def _check_quote(collected: Mapping[str, Any], pcrs: Mapping[str, Mapping[int, b
     except TpmError as exc:  # Unsupported and any other library refusal
         w.fail(reasons.QUOTE_UNSUPPORTED, f"The quote cannot be verified: {exc}.")
         return
-    if not hmac.compare_digest(quote.ak_name, bytes(collected["ak_name"])):
+    if not hmac.compare_digest(quote.ak_name, collected.ak_name):
         w.fail(reasons.QUOTE_AK_NAME_MISMATCH, "The AK public area given with the evidence does "
                "not have the host's enrolled AK name.")
         return
     w.quote = quote
 
 
-def _check_counters(collected: Mapping[str, Any], quote: VerifiedQuote, w: _Work) -> None:
-    check = counters.compare(counters.previous_from_record(collected["previous_counters"]),
+def _check_counters(collected: EvidenceCollected, quote: VerifiedQuote, w: _Work) -> None:
+    previous = collected.previous_counters
+    check = counters.compare(previous.clock_info() if previous is not None else None,
                              quote.clock_info)
     if not check.ok:
         w.counters_ok = False
         w.fail(reasons.COUNTERS_WENT_BACKWARDS, check.sentence)
 
 
-def _active_banks(ev: Mapping[str, Any], log: EventLog | None) -> tuple[str, ...]:
-    reported = {BANK_OF_SYMBOL[s] for s in ev.get("active_banks") or () if s in BANK_OF_SYMBOL}
+def _active_banks(ev: EvidenceSubmitted, log: EventLog | None) -> tuple[str, ...]:
+    reported = {BANK_OF_SYMBOL[s] for s in ev.active_banks if s in BANK_OF_SYMBOL}
     declared = set(log.banks) if log is not None else set()
     return tuple(b for b in WIRE_BANKS if b in reported | declared)
 
@@ -282,19 +297,19 @@ def _check_banks(quote: VerifiedQuote, w: _Work) -> None:
                f"{', '.join(strong)} is active on this TPM.")
 
 
-def _parse_log(ev: Mapping[str, Any], w: _Work) -> None:
+def _parse_log(ev: EvidenceSubmitted, w: _Work) -> None:
     try:
-        w.log = parse_event_log(bytes(ev["boot_log"]), memo=w.memo)
+        w.log = parse_event_log(ev.boot_log, memo=w.memo)
+        refuse_tpm12(w.log)  # issue 20: refused as what it is, before any digest or bank error
     except MalformedInput as exc:
         w.fail(reasons.LOG_MALFORMED, f"The boot event log does not parse: {exc}.")
     except TpmError as exc:
         w.fail(reasons.LOG_UNSUPPORTED, f"The boot event log cannot be read: {exc}.")
 
 
-def _over_budget(ev: Mapping[str, Any], w: _Work) -> bool:
+def _over_budget(ev: EvidenceSubmitted, w: _Work) -> bool:
     """Fail (and stop) evidence that holds more than :data:`BUDGET` lets one appraisal read."""
-    boot_log = ev["boot_log"]
-    ima_log = ev.get("ima_log")
+    boot_log, ima_log = ev.boot_log, ev.ima_log
     problem = ""
     if len(boot_log) > BUDGET.log_bytes:
         problem = f"the boot log is {len(boot_log)} bytes (budget {BUDGET.log_bytes})"
@@ -325,13 +340,13 @@ def _replay(w: _Work, external: tuple[int, ...], quirks: tuple[str, ...]) -> Non
         w.fail(reasons.LOG_UNSUPPORTED, f"The boot event log cannot be replayed: {exc}.")
 
 
-def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work,
+def _ima(ev: EvidenceSubmitted, ima_pcrs: tuple[int, ...], w: _Work,
          quirks: tuple[str, ...]) -> tuple[ImaClaim, ...] | None:
     """The IMA list's claims when the policy names PCRs IMA accounts for (``ima_pcrs``): the
     list is then required and must replay to them. Otherwise IMA is not read at all."""
     if not ima_pcrs:
         return None
-    raw = ev.get("ima_log")
+    raw = ev.ima_log
     where = ", ".join(map(str, ima_pcrs))
     if raw is None:
         w.fail(reasons.IMA_MISSING, f"The policy says the IMA measurement list accounts for PCR "
@@ -340,7 +355,7 @@ def _ima(ev: Mapping[str, Any], ima_pcrs: tuple[int, ...], w: _Work,
         return None
     assert w.quote is not None
     try:
-        parsed = tpm_ima.parse(bytes(raw), quirks=[q for q in quirks
+        parsed = tpm_ima.parse(raw, quirks=[q for q in quirks
                                                     if q in tpm_ima.KNOWN_QUIRKS])
         if len(parsed.entries) > BUDGET.ima_entries:
             w.fail(reasons.OVER_BUDGET, f"The evidence is over the appraisal budget: the IMA "
@@ -391,8 +406,8 @@ def _external_log(external: tuple[ExternalPcr, ...], pcr: int) -> str:
     return {"ima": "IMA measurement list"}.get(log, f"{log} log")
 
 
-def _run_checks(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Work) -> None:
-    ev = collected["evidence"]
+def _run_checks(collected: EvidenceCollected, policy: PolicyInForce | None, w: _Work) -> None:
+    ev = collected.evidence
     pcrs = _pcr_values(ev, w)
     if pcrs is None:
         return
@@ -419,7 +434,7 @@ def _run_checks(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _
                f"{stray.seq}), which the policy says the {_external_log(external, stray.pcr)} "
                "accounts for: one PCR, one log.", offending_event(stray))
     ima_claims = _ima(ev, tuple(e.pcr for e in external if e.log == "ima"), w, quirks)
-    w.claims = extract_claims(w.replay, ima=ima_claims, memo=w.memo)
+    w.claims = extract_claims(w.replay, ima=ima_claims, memo=w.memo, allowed_quirks=quirks)
     if w.ima_quirks:  # reported like every quirk used (replay: -1, no one event)
         w.claims = dataclasses.replace(w.claims, quirks_applied=(
             *w.claims.quirks_applied, *(QuirkUse(q, -1) for q in w.ima_quirks)))
@@ -428,53 +443,72 @@ def _run_checks(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _
 
 
 # --- the verdict --------------------------------------------------------------------------
+def _typed(collected: EvidenceCollected | Mapping[str, Any]) -> EvidenceCollected:
+    return collected if isinstance(collected, EvidenceCollected) \
+        else EvidenceCollected.from_avro(collected)
+
+
+def _located(at: Coordinates | Mapping[str, Any] | None) -> Coordinates:
+    if at is None:
+        return NOWHERE
+    return at if isinstance(at, Coordinates) else Coordinates.from_avro(at)
+
+
 def appraise(
-    collected: Mapping[str, Any],
+    collected: EvidenceCollected | Mapping[str, Any],
     policy: PolicyInForce | PolicyUnusable | None,
     *,
-    collected_at: Mapping[str, Any] | None = None,
+    collected_at: Coordinates | Mapping[str, Any] | None = None,
     memo: VerifierMemo | None = None,
 ) -> VerdictRecord:
-    """Appraise one ``hostgate.EvidenceCollected`` record (as decoded) under ``policy``.
+    """Appraise one ``hostgate.EvidenceCollected`` (typed, or as the codec decoded it) under
+    ``policy``.
 
     ``policy`` is the policy in force, a :class:`PolicyUnusable` naming why the one in force
     cannot be used, or None when none is (both fail closed, after every evidence check ran so
-    the verdict still lists what else is wrong). ``collected_at`` is the ``hostgate.Coordinates``
-    of the collected record itself (the stage passes the input record's coordinates).
+    the verdict still lists what else is wrong). ``collected_at`` is where the collected record
+    itself lives (the stage passes the input record's coordinates).
     ``memo``: the shell's memo (see the module docstring); None computes everything.
     """
+    typed = _typed(collected)
     w = _Work(memo=memo)
     usable = policy if isinstance(policy, PolicyInForce) else None
-    _run_checks(collected, usable, w)
+    _run_checks(typed, usable, w)
     if isinstance(policy, PolicyUnusable):
         w.fail(reasons.POLICY_UNUSABLE, f"The policy in force cannot be used: {policy}.")
     elif policy is None:
         w.fail(reasons.POLICY_NONE_IN_FORCE, "No attestation policy is in force, so the "
                "evidence cannot pass.")
-    return _verdict(collected, usable, w, collected_at)
+    return _verdict(typed, usable, w, _located(collected_at))
 
 
-def error_verdict(collected: Mapping[str, Any], rule_id: str, sentence: str, *,
-                  collected_at: Mapping[str, Any] | None = None) -> VerdictRecord:
+def error_verdict(collected: EvidenceCollected | Mapping[str, Any], rule_id: str,
+                  sentence: str, *,
+                  collected_at: Coordinates | Mapping[str, Any] | None = None) -> VerdictRecord:
     """A failed verdict with one reason and nothing else established (for the stage's error
     policy: a bug in appraisal fails the evidence closed instead of dead-lettering it)."""
     w = _Work()
     w.fail(rule_id, sentence)
-    return _verdict(collected, None, w, collected_at)
+    return _verdict(_typed(collected), None, w, _located(collected_at))
 
 
-def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Work,
-             collected_at: Mapping[str, Any] | None) -> VerdictRecord:
-    ev = collected["evidence"]
+def _attested(w: _Work) -> tuple[PcrValue, ...]:
+    """Every quoted PCR value, for the issuer's seal; only a passing verdict carries them."""
+    assert w.quote is not None
+    return tuple(PcrValue(SYMBOL_OF_BANK[bank], pcr, value) for bank in WIRE_BANKS
+                 for pcr, value in sorted(w.quote.pcr_values.get(bank, {}).items()))
+
+
+def _verdict(collected: EvidenceCollected, policy: PolicyInForce | None, w: _Work,
+             collected_at: Coordinates) -> VerdictRecord:
     failures = tuple(sorted(w.failures, key=lambda f: (f.rule_id, f.sentence)))
     passed = not failures
-    evidence_digest = bytes(collected["evidence_digest"])
     policy_digest = policy.digest if policy is not None else b""
-    vid = verdict_id(evidence_digest, policy_digest)
-    appraised_at = epoch_ms(collected["received_at"])
+    vid = verdict_id(collected.evidence_digest, policy_digest)
+    appraised_at = collected.received_at
     facts = ear.AppraisalFacts(
         quote_verified=w.quote is not None,
-        ek_chain_verified=bool(collected["ek"]["chain_verified"]),
+        ek_chain_verified=collected.ek.chain_verified,
         failed_reasons=tuple(f.rule_id for f in failures if f.rule_id.startswith("verifier.")),
         rule_outcomes=tuple(w.rule_outcomes),
     )
@@ -483,37 +517,29 @@ def _verdict(collected: Mapping[str, Any], policy: PolicyInForce | None, w: _Wor
         vector, iat_seconds=appraised_at // 1000,
         policy_id_uri=ear.policy_uri(policy.policy_id, policy.version, policy.digest.hex())
         if policy is not None else ear.policy_uri("", 0, "")))
-    attested: list[dict[str, Any]] = []
-    if passed and w.quote is not None:
-        for bank in WIRE_BANKS:
-            for pcr, value in sorted(w.quote.pcr_values.get(bank, {}).items()):
-                attested.append({"bank": SYMBOL_OF_BANK[bank], "pcr": pcr, "value": value})
-    quote_counters = (counters.to_record(w.quote.clock_info)
-                      if w.quote is not None and w.counters_ok else None)
-    claims_text = claims_json(w.claims, w.memo) if w.claims is not None else "{}"
-    record: dict[str, Any] = {
-        "verdict_id": vid,
-        "host_id": str(ev["host_id"]),
-        "result": "PASS" if passed else "FAIL",
-        "failed_rules": [f.to_avro() for f in failures],
-        "claims_json": claims_text,
-        "policy_id": policy.policy_id if policy is not None else "",
-        "policy_version": policy.version if policy is not None else 0,
-        "policy_digest": policy_digest,
-        "evidence": dict(collected["source"]),
-        "evidence_digest": evidence_digest,
-        "collected": dict(collected_at) if collected_at is not None
-        else {"topic": "", "partition": -1, "offset": -1},
-        "trustworthiness": vector.to_avro(),
-        "ear_status": vector.status.avro,
-        "ear_json": ear_json,
-        "quote_counters": quote_counters,
-        "ek_public": bytes(collected["ek"]["ek_public"]),
-        "ak_name": bytes(collected["ak_name"]),
-        "attested_pcrs": attested,
-        "appraised_at": appraised_at,
-    }
-    return VerdictRecord(verdict_id=vid, passed=passed, failures=failures, record=record)
+    verdict = Verdict(
+        verdict_id=vid,
+        host_id=collected.evidence.host_id,
+        result="PASS" if passed else "FAIL",
+        failed_rules=failures,
+        claims_json=claims_json(w.claims, w.memo) if w.claims is not None else "{}",
+        policy_id=policy.policy_id if policy is not None else "",
+        policy_version=policy.version if policy is not None else 0,
+        policy_digest=policy_digest,
+        evidence=collected.source,
+        evidence_digest=collected.evidence_digest,
+        collected=collected_at,
+        trustworthiness=vector.to_avro(),
+        ear_status=vector.status.avro,
+        ear_json=ear_json,
+        quote_counters=QuoteCounters.from_clock_info(w.quote.clock_info)
+        if w.quote is not None and w.counters_ok else None,
+        ek_public=collected.ek.ek_public,
+        ak_name=collected.ak_name,
+        attested_pcrs=_attested(w) if passed and w.quote is not None else (),
+        appraised_at=appraised_at,
+    )
+    return VerdictRecord(verdict)
 
 
 __all__ = [
@@ -534,19 +560,19 @@ __all__ = [
 INPUT_SUBJECTS: Final = frozenset({EVIDENCE_COLLECTED})
 
 
-def _coordinates(inp: InputRecord) -> dict[str, Any]:
+def _coordinates(inp: InputRecord) -> Coordinates:
     c = inp.coordinates
-    return {"topic": c.topic, "partition": c.partition, "offset": c.offset}
+    return Coordinates(c.topic, c.partition, c.offset)
 
 
-def _decision(verdict: VerdictRecord, topic: str) -> Decision:
-    rec = verdict.record
-    out = Output(topic=topic, key=str(rec["host_id"]), subject=VERDICT_SUBJECT,
-                 record=rec, id=verdict.verdict_id)
+def _decision(appraised: VerdictRecord, topic: str) -> Decision:
+    verdict = appraised.verdict
+    out = Output(topic=topic, key=verdict.host_id, subject=VERDICT_SUBJECT,
+                 record=verdict.to_avro(), id=verdict.verdict_id)
     facts: Mapping[str, str | int | bool] = {
-        "verdict": str(rec["result"]), "verdict_id": verdict.verdict_id,
-        "reasons": ",".join(verdict.reason_ids)[:300],
-        "policy_version": int(rec["policy_version"]),
+        "verdict": verdict.result, "verdict_id": verdict.verdict_id,
+        "reasons": ",".join(appraised.reason_ids)[:300],
+        "policy_version": verdict.policy_version,
     }
     return Decision(outputs=(out,), log=facts)
 

@@ -14,10 +14,8 @@ reads no other state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from services.tpm.quote import ClockInfo
 
@@ -48,20 +46,6 @@ class CounterCheck:
     def ok(self) -> bool:
         """False only when the counters went backwards."""
         return self.change is not CounterChange.WENT_BACKWARDS
-
-
-def previous_from_record(value: Mapping[str, Any] | None) -> ClockInfo | None:
-    """The ``hostgate.QuoteCounters`` record (or None) as a :class:`ClockInfo`."""
-    if value is None:
-        return None
-    return ClockInfo(clock=int(value["clock"]), reset_count=int(value["reset_count"]),
-                     restart_count=int(value["restart_count"]), safe=bool(value["safe"]))
-
-
-def to_record(info: ClockInfo) -> dict[str, Any]:
-    """A :class:`ClockInfo` as a ``hostgate.QuoteCounters`` record."""
-    return {"reset_count": info.reset_count, "restart_count": info.restart_count,
-            "clock": info.clock & 0x7FFF_FFFF_FFFF_FFFF, "safe": info.safe}
 
 
 def compare(previous: ClockInfo | None, current: ClockInfo) -> CounterCheck:

@@ -3,12 +3,13 @@
 A fleet boots identical firmware, so the evidence of one host repeats what earlier hosts sent,
 byte for byte: the same boot events, PK/KEK/db/dbx values and their certificates, device paths,
 Spec ID events, PCR extends, and each host's enrolled AK public area at every attestation. The
-verifier's shell (:func:`services.verifier.stage.build_stage`) makes one :class:`VerifierMemo`
-for the life of its worker and :func:`services.verifier.core.appraise` hands it to the pure
-functions of :mod:`services.tpm` (``memo=``) and to :func:`~services.verifier.claims_json.
-claims_json`. Audit replay, the CLI, the collector and the agent pass none (they compute), or
-make their own. Only the runtime's one planner thread calls ``decide``, so the memo needs no
-lock; it must not be shared between threads.
+verifier's config (:meth:`services.verifier.config.VerifierConfig.from_env`) makes one
+:class:`VerifierMemo` for the life of its worker and :func:`services.verifier.core.appraise`
+hands it to the pure functions of :mod:`services.tpm` (``memo=``) and to
+:func:`~services.verifier.claims_json.claims_json`. Audit replay, the CLI and the agent pass
+none (they compute), or make their own; the collector's config makes a plain
+:class:`services.tpm.memo.Memo` for the AKs. Only the runtime's one planner thread calls
+``decide``, so a memo needs no lock; it must not be shared between threads.
 
 Why a verdict with the memo is byte for byte the verdict without it:
 

@@ -4,8 +4,9 @@
 The document is loaded first (a malformed policy is refused with its line and reason), then the
 topic is read in full (read_committed) to find the newest version already published under the
 same id: a version that is not higher would never be in force (the verifier takes the highest),
-so it is refused. ``--bootstrap`` publishes the first version of a policy into an empty topic
-and refuses if that id already has one (a guard for provisioning scripts).
+so it is refused. ``--first-version`` publishes the first version of a policy into an empty
+topic and refuses if that id already has one (a guard for provisioning scripts; it was called
+``--bootstrap`` before that flag came to mean the Kafka servers in every command).
 
 The record is written by an idempotent producer with ``acks=all``, key = policy id: first to
 the history topic, then, once that is acknowledged, to the compacted topic. So a version in force
@@ -41,6 +42,7 @@ from services.verifier.policy_in_force import newer, published_record
 from services.wire.subjects import POLICY_PUBLISHED
 
 MAX_POLICY_FILE = 1 << 20
+_FIRST_VERSION_HINT = " (a first publication is now --first-version)"
 _VERSION_RE = re.compile(r"^[0-9]{1,9}$")
 
 
@@ -125,7 +127,7 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
         await table.stop()
     pid = record["policy_id"]
     if current is not None and first_only:
-        raise PublishRefused(f"--bootstrap: policy {pid!r} already has version "
+        raise PublishRefused(f"--first-version: policy {pid!r} already has version "
                              f"{current['version']} in {topics.policies}")
     if current is not None and int(current["version"]) >= version:
         raise PublishRefused(f"policy {pid!r} version {version} is not newer than version "
@@ -162,12 +164,12 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "HOSTGATE_TOPIC_NAMESPACE (the deployment's namespace: topics <ns>.<name>).",
     )
     p.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
-    p.add_argument("--bootstrap", action="store_true",
+    p.add_argument("--first-version", action="store_true",
                    help="first publication: refuse if the policy id already has a version")
     p.add_argument("--version", type=int, default=None,
                    help="version to publish (default: metadata.version, if an integer)")
     p.add_argument("--author", default=None, help="who publishes (default: the login name)")
-    add_broker_argument(p, fallback="the local broker")
+    add_broker_argument(p, fallback="the local broker", hint=_FIRST_VERSION_HINT)
     p.add_argument("--allow-permissive", action="store_true",
                    help="publish a policy that declares spec.permissive: true (refused "
                         "otherwise: such a policy may admit any host)")
@@ -188,8 +190,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     version = choose_version(text, args.version)
     author = args.author or getpass.getuser()
     topics = topics_from_args(args)
-    done = asyncio.run(publish(text, bootstrap=chosen_broker(args, _local_broker), version=version, author=author,
-                               topics=topics, first_only=args.bootstrap,
+    done = asyncio.run(publish(text, bootstrap=chosen_broker(args, _local_broker),
+                               version=version, author=author,
+                               topics=topics, first_only=args.first_version,
                                allow_permissive=args.allow_permissive))
     if args.json:
         print_json(done.to_json())

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from services.agent.swtpm import LocalCA, SwtpmInstance, provision
 from services.agent.tpm import AgentTpm
 from services.demo.orchestrator import ISSUER_CA_ENV, create_issuing_ca
+from services.errors import ExitCode
 from services.issuer.config import IssuerConfig, load_ca_from_env
 from services.issuer.core import apply_verdict
 from services.runtime.codec import Codec
@@ -148,7 +149,7 @@ def test_agent_credential_opens_only_in_its_tpm_and_state(
         # 2. another TPM cannot import it: one clear line, no traceback, nothing written
         other = _hostgate("agent", "credential", *common, "--tcti", tpms.b.tcti,
                           "--out", str(tmp_path / "other"), bootstrap=kafka_bootstrap)
-        assert other.returncode == 2
+        assert other.returncode == ExitCode.ERROR
         assert "not sealed to this TPM's EK" in other.stderr, other.stderr
         assert "Traceback" not in other.stderr and len(other.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "other").exists()
@@ -158,7 +159,7 @@ def test_agent_credential_opens_only_in_its_tpm_and_state(
             tpm.extend(7, {"sha1": b"\x01" * 20, "sha256": b"\x01" * 32})
         moved = _hostgate("agent", "credential", *common, "--tcti", tpms.a.tcti,
                           "--out", str(tmp_path / "moved"), bootstrap=kafka_bootstrap)
-        assert moved.returncode == 2
+        assert moved.returncode == ExitCode.ERROR
         assert "no longer hold the attested values" in moved.stderr, moved.stderr
         assert "Traceback" not in moved.stderr
 
@@ -167,7 +168,7 @@ def test_agent_credential_opens_only_in_its_tpm_and_state(
                          kafka_bootstrap, "--topic-namespace", ns, "--timeout", "3",
                          "--tcti", tpms.a.tcti, "--out", str(tmp_path / "none"),
                          bootstrap=kafka_bootstrap)
-        assert none.returncode == 2
+        assert none.returncode == ExitCode.UNAVAILABLE  # nothing there yet: try again
         assert f"no credential for host {host}-none on {topic}" in none.stderr, none.stderr
     finally:
         asyncio.run(_delete(topic, kafka_bootstrap))

@@ -18,6 +18,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from services.errors import ExitCode
+
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
@@ -117,7 +119,7 @@ def test_port_taken_is_a_clear_error(broker_env: dict[str, str]) -> None:
         squatter.bind(("127.0.0.1", int(broker_env["HOSTGATE_KAFKA_PORT"])))
         squatter.listen()
         proc = hostgate(broker_env, "kafka", "up")
-    assert proc.returncode == 2
+    assert proc.returncode == ExitCode.ERROR
     assert f"port {broker_env['HOSTGATE_KAFKA_PORT']}" in proc.stderr
     assert "HOSTGATE_KAFKA_PORT" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -129,7 +131,7 @@ def test_stale_data_directory_from_another_cluster(broker_env: dict[str, str]) -
     home = Path(broker_env["HOSTGATE_HOME"]) / "kafka"
     (home / "cluster-id").write_text("AAAAAAAAAAAAAAAAAAAAAA\n")
     proc = hostgate(broker_env, "kafka", "up")
-    assert proc.returncode == 2
+    assert proc.returncode == ExitCode.ERROR
     assert "belongs to another cluster" in proc.stderr and "hostgate kafka reset" in proc.stderr
     # The fix it names works.
     assert hostgate(broker_env, "kafka", "reset").returncode == 0
@@ -161,12 +163,12 @@ def test_missing_java_and_maven_name_the_fix(broker_env: dict[str, str], tmp_pat
     empty.mkdir()
     env = dict(broker_env, PATH=str(empty))
     proc = hostgate(env, "kafka", "up")
-    assert proc.returncode == 2
+    assert proc.returncode == ExitCode.ERROR
     assert "Java is not installed" in proc.stderr and "apt-get install" in proc.stderr
 
     java = subprocess.run(["sh", "-c", "command -v java"], capture_output=True, text=True,
                           check=True).stdout.strip()
     (empty / "java").symlink_to(java)
     proc = hostgate(env, "kafka", "fetch")
-    assert proc.returncode == 2
+    assert proc.returncode == ExitCode.ERROR
     assert "Maven is not installed" in proc.stderr

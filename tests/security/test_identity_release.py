@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from services.agent.client import EnrollmentRefused
+from services.errors import ExitCode
 from tests.integration import runtime_support as rs
 from tests.security import identity_support as ids
 
@@ -108,5 +109,5 @@ async def test_release_needs_actor_and_reason(kafka_bootstrap: str, tmp_path: Pa
            " ", "--reason", "x", "--bootstrap", kafka_bootstrap]
     done = await asyncio.to_thread(subprocess.run, cmd, cwd=ids.REPO, capture_output=True,
                                    timeout=60)
-    assert done.returncode == 2
+    assert done.returncode == ExitCode.CONFIG
     assert b"--actor" in done.stderr

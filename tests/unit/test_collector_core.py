@@ -585,3 +585,32 @@ def test_host_fault_on_an_enrolment_is_refused_to_the_host(pki: EkPki,
     hx = Harness(dataclasses.replace(_config(pki, rnd), random_bytes=broken))
     told = refused(hx.feed(ENROLL, SoftHost("host-x2", pki).enroll()))
     assert told["reason"] == "MALFORMED" and "MalformedTpmStructure" in told["detail"]
+
+
+def test_the_workers_memo_changes_no_decision(pki: EkPki) -> None:
+    """The same host's enrolment, requests and evidence (a good quote, one by another key,
+    a good one) decided with and without the AK memo: the same outcomes, and a remembered
+    key never lets the rogue quote through. (ECDSA signatures are randomised, so outcomes are
+    compared, not bytes.)"""
+    from services.tpm.memo import Memo
+
+    rogue = ec.generate_private_key(ec.SECP256R1())
+    keys = SoftHost("host-memo", pki)
+    runs = []
+    for memo in (None, Memo()):
+        rnd = SeededRandom(11)
+        hx = Harness(dataclasses.replace(_config(pki, rnd), memo=memo))
+        host = SoftHost("host-memo", pki, ek_key=keys.ek_key, ak_key=keys.ak_key)
+        _enrol(hx, host, rnd)
+        outcomes = []
+        for i, key in enumerate((None, rogue, None)):
+            n = _nonce(hx, host, rid=f"ask-{i}")
+            d = hx.feed(EVIDENCE, host.evidence(n["challenge_id"], n["nonce"], key=key))
+            subject = d.outputs[0].subject
+            outcomes.append((subject, rejection(d)[0] if subject.endswith("Rejected") else None))
+        runs.append(outcomes)
+        if memo is not None:
+            assert len(memo.tpm_publics) == 1  # the enrolled AK, decoded once, used 5 times
+    assert runs[0] == runs[1] == [("hostgate.EvidenceCollected", None),
+                                  ("hostgate.IntakeRejected", "BAD_SIGNATURE"),
+                                  ("hostgate.EvidenceCollected", None)]

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from services.cli import main
+from services.errors import ExitCode
 from tests.unit.test_ima_corpus import corpus_dir, manifest
 
 
@@ -24,7 +25,7 @@ def test_ima_show_json_replays_like_the_manifest(capsys: pytest.CaptureFixture[s
 
 
 def test_ima_show_truncated_binary_needs_the_quirk_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["ima", "show", _path("J06")]) == 2
+    assert main(["ima", "show", _path("J06")]) == ExitCode.BAD_INPUT
     assert "byte offset 991" in capsys.readouterr().err
     assert main(["ima", "show", "--truncated-tail", _path("J06")]) == 0
     assert "9 entries (binary)" in capsys.readouterr().out
@@ -40,5 +41,5 @@ def test_ima_verify_against_pcrs(capsys: pytest.CaptureFixture[str]) -> None:
     )
     assert json.loads(capsys.readouterr().out)["verified_entries"] == 5553
     bad = json.dumps({"sha1": {"10": "00" * 20}})
-    assert main(["ima", "verify", _path("I08"), "--pcrs", bad]) == 2
+    assert main(["ima", "verify", _path("I08"), "--pcrs", bad]) == ExitCode.CHECK_FAILED
     assert "does not replay" in capsys.readouterr().err

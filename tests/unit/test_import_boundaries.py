@@ -20,23 +20,25 @@ SERVICES = Path(__file__).parents[2] / "services"
 
 ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
-    "tpm": frozenset({"errors"}),
+    # How a table reaches a terminal or a pipe: used by every package that prints one.
+    "terminal": frozenset(),
+    "tpm": frozenset({"errors", "terminal"}),
     "wire": frozenset({"errors", "tpm"}),
     "ekid": frozenset({"tpm"}),
-    "runtime": frozenset({"errors", "wire"}),
+    "runtime": frozenset({"errors", "terminal", "wire"}),
     # The collector reads the policy in force to ask for its coverage (services.verifier.policy
     # and policy_in_force: the policy language, not the verifier's stage).
     "collector": frozenset({"errors", "ekid", "runtime", "tpm", "wire", "verifier"}),
-    "verifier": frozenset({"errors", "runtime", "tpm", "wire"}),
+    "verifier": frozenset({"errors", "runtime", "terminal", "tpm", "wire"}),
     "issuer": frozenset({"errors", "ekid", "runtime", "tpm", "wire"}),
     "incidents": frozenset({"errors", "runtime", "wire"}),
     # The agent speaks the collector's signed-request contract and opens the issuer's sealed
     # credential (services.collector.request_auth, services.issuer.sealing and its errors).
-    "agent": frozenset({"errors", "runtime", "tpm", "wire", "collector", "issuer"}),
+    "agent": frozenset({"errors", "runtime", "terminal", "tpm", "wire", "collector", "issuer"}),
     "demo": frozenset({"errors", "runtime", "tpm", "wire", "agent", "issuer", "verifier",
                        "collector", "incidents"}),
-    "cli": frozenset({"errors", "runtime", "tpm", "wire", "agent", "collector", "verifier",
-                      "issuer", "incidents", "demo"}),
+    "cli": frozenset({"errors", "runtime", "terminal", "tpm", "wire", "agent", "collector",
+                      "verifier", "issuer", "incidents", "demo"}),
 }
 """Package -> the other hostgate packages it may import."""
 

@@ -66,3 +66,16 @@ def test_clock_safe_and_firmware_rules_read_the_quote_facts() -> None:
     log_only = evaluate(prepared, g.subject())  # no quote: nothing to confirm them from
     assert {r.rule_id for r in log_only.failed} == {ids.TPM_CLOCK_SAFE,
                                                     ids.TPM_FIRMWARE_VERSION}
+
+
+def test_lint_warns_once_per_accepted_quirk_naming_it_and_its_layer() -> None:
+    policy = load_policy(policy_text("  secureBoot: {enabled: true}\n  evidence:\n    "
+                                     "allowedQuirks: [tdx-duplicate-separator, "
+                                     "ebs-invocation-success]\n"))
+    found = [f for f in findings(policy) if f.field == "spec.evidence.allowedQuirks"]
+    assert [f.severity for f in found] == ["warning", "warning"]
+    messages = sorted(f.message for f in found)
+    assert "ebs-invocation-success (replay layer)" in messages[0]
+    assert "tdx-duplicate-separator (structure layer)" in messages[1]
+    assert not any(f.field == "spec.evidence.allowedQuirks"
+                   for f in findings(load_policy(policy_text("  secureBoot: {enabled: true}\n"))))

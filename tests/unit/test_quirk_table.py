@@ -66,6 +66,8 @@ def test_ids_are_unique_and_each_layer_has_what_it_needs() -> None:
     for q in QUIRKS:
         assert (q.apply is not None) == (q.layer is Layer.REPLAY), q.id
         assert (q.payload is not None) == (q.layer is Layer.BINDING), q.id
+        assert (q.placement is not None) == (q.layer is Layer.STRUCTURE), q.id
+        assert bool(q.reason) == bool(q.defect) == (q.layer is Layer.STRUCTURE), q.id
         assert q.reference and q.description, q.id
 
 
@@ -93,6 +95,20 @@ def test_ima_quirk_row_is_shown_by_its_corpus_logs() -> None:
             ima.parse_binary(_log(entry_id))
         parsed = ima.parse_binary(_log(entry_id), quirks=[quirk.id])
         assert parsed.quirks_applied == {quirk.id}
+
+
+@pytest.mark.parametrize("quirk", [q for q in QUIRKS if q.layer is Layer.STRUCTURE],
+                         ids=lambda q: q.id)
+def test_structure_quirk_rows_are_shown_by_their_corpus_logs(quirk: object) -> None:
+    assert quirk is not None
+    for entry_id in quirk.corpus:  # type: ignore[attr-defined]
+        refused = golden_from_log(_log(entry_id), entry_id).claims
+        assert [a.reason for a in refused.anomalies if a.fatal] == [
+            quirk.reason], entry_id  # type: ignore[attr-defined]
+        named = golden_from_log(_log(entry_id), entry_id,
+                                allowed_quirks=[quirk.id]).claims  # type: ignore[attr-defined]
+        assert not named.failed_closed, entry_id
+        assert quirk.id in {u.quirk for u in named.quirks_applied}, entry_id  # type: ignore[attr-defined]
 
 
 def _s08_quoted() -> dict[str, dict[int, bytes]]:

@@ -246,3 +246,28 @@ def test_a_decision_writing_a_record_too_large_goes_to_the_error_policy() -> Non
     plan, _ = _plan([_input(7, "h", 1)], stage=stage)
     assert [r.value for r in plan.records] == [b"refused"]
     assert plan.outcomes[0].result == "host-fault"
+
+
+@pytest.mark.parametrize(("topic", "fits"), [("large", True), ("out", False)])
+def test_only_a_large_record_topic_takes_a_record_over_the_ordinary_bound(
+        topic: str, fits: bool) -> None:
+    """An agent's evidence with a big IMA list crosses the collector whole, to the one topic
+    created for it; the same bytes to any other topic are refused before the producer."""
+    from services.runtime.plan import MAX_LARGE_RECORD_BYTES, MAX_RECORD_BYTES
+
+    value = b"x" * (4 * MAX_RECORD_BYTES)
+    assert len(value) < MAX_LARGE_RECORD_BYTES
+
+    def decide(inp: InputRecord, state: StateView) -> Decision:
+        return Decision(outputs=(Output(topic=topic, key="k", subject=OUTPUT_SUBJECT,
+                                        record={}, id="i", raw_value=value),))
+
+    def on_host_fault(inp: InputRecord, exc: Exception) -> Decision:
+        assert type(exc).__name__ == "OutputTooLarge"
+        return Decision()
+
+    stage = Stage(name="sized", input_topics=(IN,), input_subjects=frozenset({INPUT_SUBJECT}),
+                  decide=decide, on_host_fault=on_host_fault,
+                  large_record_topics=frozenset({"large"}))
+    plan, _ = _plan([_input(7, "h", 1)], stage=stage)
+    assert [r.value for r in plan.records] == ([value] if fits else [])

@@ -24,8 +24,8 @@ from services.tpm import ima_replay as tpm_ima_replay
 from services.tpm.quote import decode_attest
 from services.verifier import core, reasons
 from services.verifier.core import appraise, verdict_id
-from services.verifier.counters import to_record
 from services.verifier.policy_in_force import PolicyUnusable
+from services.wire.records import QuoteCounters
 from tests.unit.verifier_support import (
     RECEIVED_AT_MS,
     VERIFIER_PROFILES,
@@ -244,7 +244,8 @@ def test_nonce_and_pcr_value_tampering_fail_with_distinct_reasons(sim: SimFleet)
 
 
 def _counters(col: dict[str, Any]) -> dict[str, Any]:
-    return to_record(decode_attest(col["evidence"]["quote_attest"]).clock_info)
+    return QuoteCounters.from_clock_info(
+        decode_attest(col["evidence"]["quote_attest"]).clock_info).to_avro()
 
 
 def test_counters_going_backwards_fail_and_a_reboot_passes(sim: SimFleet) -> None:

@@ -217,3 +217,21 @@ def test_subjects_name_exactly_the_product_schemas() -> None:
                if p.is_dir() and p.name.startswith("hostgate.")
                and not p.name.startswith("hostgate.test.")}
     assert on_disk == PRODUCT_SUBJECTS
+
+
+def test_no_module_spells_a_subject_outside_the_subjects_list() -> None:
+    """A subject is named once (``services.wire.subjects``); a literal elsewhere is a second
+    spelling that a rename would miss."""
+    import ast
+
+    from services.wire.subjects import PRODUCT_SUBJECTS
+
+    services = Path(__file__).parents[2] / "services"
+    spelled = []
+    for path in sorted(services.rglob("*.py")):
+        if path.relative_to(services).as_posix() == "wire/subjects.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and node.value in PRODUCT_SUBJECTS:
+                spelled.append(f"{path.relative_to(services)}:{node.lineno} {node.value}")
+    assert not spelled

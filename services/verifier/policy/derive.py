@@ -22,7 +22,11 @@ a *log-only* reading — nothing is quoted, so it describes a log, it does not a
   by that (PCR, type) pair alone, with a comment asking for review.
 
 Every value carries a YAML comment naming the file and event it came from. A golden log whose
-claims fail closed otherwise (a fatal anomaly) is refused: it cannot be a reference.
+claims fail closed otherwise (a fatal anomaly) is refused: it cannot be a reference. A named
+firmware quirk is never chosen here: a log that needs one is refused with a message naming it,
+and only a log read with the quirk allowed (``golden_from_log(allowed_quirks=...)``, ``policy
+from-log --allow-quirk``) yields a policy, which then lists it in ``evidence.allowedQuirks``
+with a comment saying why.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from services.tpm.algorithms import alg_by_name
+from services.tpm.claim_records import UNVERIFIED_DATA
 from services.tpm.claims import BootApplication, Claims, extract_claims
+from services.tpm.decrepit import refuse_tpm12
 from services.tpm.eventlog import Event, EventLog, EventType, parse_event_log
+from services.tpm.quirks import Acceptance, quirk_by_id
 from services.tpm.replay import initial_pcr_value, replay, startup_locality, verify_replay
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy.evaluate import subject
@@ -84,21 +91,27 @@ class DerivedPolicy:
 
 
 def golden_from_log(
-    data: bytes, source: str, *, registers: Literal["tpm", "ccel"] | None = None
+    data: bytes, source: str, *, registers: Literal["tpm", "ccel"] | None = None,
+    allowed_quirks: Sequence[str] = (),
 ) -> Golden:
     """Parse ``data``, replay it against itself and extract claims (log-only, untrusted).
 
     ``registers=None`` detects an Intel TDX CCEL log by its Spec ID event in MR index 1.
-    Raises the ``services.tpm`` errors for a log that does not parse or replay.
+    ``allowed_quirks`` are the named firmware quirks (``services.tpm.quirks``) the reading may
+    use, as a policy's ``spec.evidence.allowedQuirks`` would (:func:`derive_policy` then writes
+    the ones used). Raises the ``services.tpm`` errors for a log that does not parse or replay
+    (``Unsupported`` for an unknown quirk id).
     """
     log = parse_event_log(data)
+    refuse_tpm12(log)  # a TPM 1.2 log cannot be a reference: say so, not a later by-product
     if registers is None:
         first = log.events[0] if log.events else None
         is_ccel = (first is not None and first.pcr == 1
                    and first.event_type == EventType.EV_NO_ACTION)
         registers = "ccel" if is_ccel else "tpm"
-    result = verify_replay(log, fully_quoted(log))
-    claims = extract_claims(result, measurement_registers=registers)
+    result = verify_replay(log, fully_quoted(log), allowed_quirks=allowed_quirks)
+    claims = extract_claims(result, measurement_registers=registers,
+                            allowed_quirks=allowed_quirks)
     return Golden(source=source, log=log, claims=claims, events=result.verified_events)
 
 
@@ -366,7 +379,9 @@ def _groups(golden: Sequence[Golden]) -> list[Any]:
         bank = _best_bank(g.claims.pcrs)
         if bank is None:
             continue
-        values = {p: g.claims.pcrs[bank][p].hex() for p in _GROUP_PCRS if p in g.claims.pcrs[bank]}
+        unverified = _unverified_pcrs(g)
+        values = {p: g.claims.pcrs[bank][p].hex() for p in sorted({*_GROUP_PCRS, *unverified})
+                  if p in g.claims.pcrs[bank]}
         if not values:
             continue
         chain = code_in(g.claims, BOOT_APPLICATION_PCR)
@@ -379,7 +394,10 @@ def _groups(golden: Sequence[Golden]) -> list[Any]:
             sources[seen[key]].append(g.source)
             continue
         seen[key] = len(groups)
-        group: dict[str, Any] = {"name": _group_name(g.source, taken), "pcrs": {bank: values}}
+        pinned_values: dict[int, Any] = {
+            p: Commented(v, unverified[p]) if p in unverified else v for p, v in values.items()}
+        group: dict[str, Any] = {"name": _group_name(g.source, taken),
+                                 "pcrs": {bank: pinned_values}}
         if pinned is not None and first is not None:
             group["platform"] = Commented(platform, "proven by the first boot application "
                                           "below: the rules of other platforms do not apply")
@@ -390,6 +408,19 @@ def _groups(golden: Sequence[Golden]) -> list[Any]:
         sources.append([g.source])
     return [Commented(grp, "firmware build of " + ", ".join(src))
             for grp, src in zip(groups, sources, strict=True)]
+
+
+def _unverified_pcrs(g: Golden) -> dict[int, str]:
+    """PCR -> why it is pinned, for each PCR holding an event whose informational data does
+    not hash to its digest (``tpm.binding.data_unverified``): its data cannot be trusted, so
+    the reference group pins what can be, the digest, through the PCR value it extended."""
+    out: dict[int, str] = {}
+    for a in g.claims.anomalies:
+        if a.reason == UNVERIFIED_DATA and a.pcr not in out:
+            out[a.pcr] = (f"pinned: {a.event_type} data at {_where(g, a.seq)} does not hash to "
+                          "its digest, so its digest (through this value) is trusted, not its "
+                          "data")
+    return out
 
 
 def _tolerated_types(golden: Sequence[Golden]) -> list[Any]:
@@ -414,7 +445,32 @@ def _anomalies(golden: Sequence[Golden]) -> list[Any]:
             if a.fatal:
                 continue  # accepted by (PCR, type) only, or the log was refused
             found.setdefault(a.reason, _where(g, a.seq))
-    return [Commented(r, f"seen in {w}: review") for r, w in sorted(found.items())]
+    return [Commented(r, f"seen in {w}: " + (_UNVERIFIED_WHY if r == UNVERIFIED_DATA else "review"))
+            for r, w in sorted(found.items())]
+
+
+def _quirks(golden: Sequence[Golden]) -> list[Any]:
+    """The named quirks a policy must accept for these logs: each ``policy`` quirk a golden
+    log's reading used (allowed by the operator), with the defect and where it was used."""
+    found: dict[str, str] = {}
+    for g in golden:
+        for use in g.claims.quirks_applied:
+            quirk = quirk_by_id(use.quirk)
+            if quirk is not None and quirk.acceptance is Acceptance.POLICY:
+                found.setdefault(use.quirk, _where(g, use.seq))
+    out = []
+    for quirk_id, where in sorted(found.items()):
+        quirk = quirk_by_id(quirk_id)
+        assert quirk is not None
+        what = quirk.defect or quirk.description.split(". ")[0]
+        out.append(Commented(quirk_id, f"used in {where}: {what} ({quirk.layer.value} "
+                             "quirk); accepting it lets hosts with this firmware defect pass, "
+                             "review"))
+    return out
+
+
+_UNVERIFIED_WHY: Final = ("informational event data does not hash to its digest; the reference "
+                          "group pins its digest instead, and a rule reading its claims fails")
 
 
 def derive_policy(
@@ -433,7 +489,7 @@ def derive_policy(
         if fatal:
             a = fatal[0]
             raise PolicyError(f"golden log {g.source} fails closed ({a.reason} at event {a.seq} "
-                              f"in PCR {a.pcr}: {a.detail[:100]}); it cannot be a reference")
+                              f"in PCR {a.pcr}: {a.detail[:200]}); it cannot be a reference")
     win = _windows(golden)
     spec: dict[str, Any] = {"banks": _banks(golden), "secureBoot": _secure_boot(golden)}
     if win:
@@ -447,6 +503,9 @@ def derive_policy(
     tolerated = _tolerated_types(golden)
     if tolerated:
         evidence["allowedEventTypes"] = tolerated
+    quirks = _quirks(golden)
+    if quirks:
+        evidence["allowedQuirks"] = quirks
     spec["evidence"] = evidence
     desc = description or ("Derived from " + ", ".join(g.source for g in golden)
                            + ". Review every section before use.")

@@ -9,8 +9,10 @@ or the environment (the CEL wall-clock backstop is off unless the caller sets it
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from services.tpm.claims import Claims
 from services.tpm.eventlog import Event
@@ -97,6 +99,24 @@ def _unconfirmed(results: list[RuleResult], needs: Mapping[str, frozenset[int]],
     return out
 
 
+_CLAIM_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Claims))
+
+
+def _reads_unverified(expression: str, s: Subject) -> str | None:
+    """Why a custom rule cannot be confirmed, or None: it names a claim read from event data
+    that does not hash to its digest (``Claims.unverified_claim``). The claim then lacks what
+    that event said, so the rule's outcome would rest on absent evidence. Any mention of the
+    field's name counts (CEL can reach it as ``claims.x`` or ``claims["x"]``)."""
+    for name in _CLAIM_FIELDS:
+        if not re.search(rf"\b{name}\b", expression):
+            continue
+        a = s.claims.unverified_claim(name)
+        if a is not None:
+            return (f"it reads {name}, and event {a.seq} ({a.event_type} in PCR {a.pcr}) that "
+                    "claim is read from has data that does not hash to its digest.")
+    return None
+
+
 def _custom(prepared: PreparedPolicy, s: Subject, max_steps: int,
             deadline_seconds: float | None) -> list[RuleResult]:
     if not prepared.programs:
@@ -109,6 +129,11 @@ def _custom(prepared: PreparedPolicy, s: Subject, max_steps: int,
                            f"Custom rule {r.name} could not run: {exc.message}.")
                 for r, _ in prepared.programs]
     for rule, program in prepared.programs:
+        unconfirmed = _reads_unverified(rule.expression, s)
+        if unconfirmed is not None:
+            out.append(RuleResult(ids.custom_rule_id(rule.name), Outcome.FAIL,
+                                  f"Custom rule {rule.name} cannot be confirmed: {unconfirmed}"))
+            continue
         res = cel.evaluate_expression(program, data, max_steps=max_steps,
                                       deadline_seconds=deadline_seconds)
         what = rule.description or shorten(rule.expression, 100)

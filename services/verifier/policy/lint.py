@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from services.tpm.quirks import quirk_by_id
 from services.verifier.policy.coverage import coverage
 from services.verifier.policy.model import (
     DEBUG_FLAGS,
@@ -150,6 +151,12 @@ def findings(policy: Policy) -> list[Finding]:
         out.append(Finding("info", "spec.evidence.allowedEventTypes",
                            f"event type {t.event_type:#010x} is accepted in PCR {t.pcr} as an "
                            "opaque measurement"))
+    for quirk_id in spec.evidence.allowed_quirks:
+        quirk = quirk_by_id(quirk_id)  # the loader accepts only known ids
+        layer = quirk.layer.value if quirk is not None else "unknown"
+        out.append(Finding("warning", "spec.evidence.allowedQuirks",
+                           f"firmware quirk {quirk_id} ({layer} layer) is accepted: evidence "
+                           "showing it passes where it would otherwise fail closed"))
     for name in spec.evidence.allowed_anomalies:
         out.append(Finding("info", "spec.evidence.allowedAnomalies",
                            f"anomaly {name} is accepted"))
