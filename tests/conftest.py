@@ -7,6 +7,7 @@ not reachable they fail with the fix, never skip silently.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -23,11 +24,26 @@ def corpus_path() -> Path:
     return path if path.is_absolute() else (REPO_ROOT / path).resolve()
 
 
+def corpus_manifest() -> dict[str, str]:
+    """Entry id -> file of every log in the corpus. A missing corpus fails the test that asks
+    (never a skip: a test that did not run must not read as passed)."""
+    path = corpus_path()
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        pytest.fail(f"event-log corpus not found at {path} (set HOSTGATE_CORPUS)")
+    return {e["id"]: e["file"] for e in json.loads(manifest.read_text())["entries"]}
+
+
+def corpus_log(entry_id: str) -> bytes:
+    """The bytes of corpus entry ``entry_id``."""
+    return (corpus_path() / corpus_manifest()[entry_id]).read_bytes()
+
+
 @pytest.fixture(scope="session")
 def corpus_dir() -> Path:
     path = corpus_path()
     if not (path / "manifest.json").is_file():
-        pytest.skip(f"event-log corpus not found at {path} (set HOSTGATE_CORPUS)")
+        pytest.fail(f"event-log corpus not found at {path} (set HOSTGATE_CORPUS)")
     return path
 
 

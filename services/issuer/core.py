@@ -58,11 +58,13 @@ from services.tpm.algorithms import SHA_BANKS
 from services.tpm.errors import MalformedInput, Unsupported
 from services.wire.banks import SYMBOL_OF_BANK, WIRE_BANKS
 from services.wire.ids import coordinate_parts, derived_id
+from services.wire.records import PcrValue, Verdict
 from services.wire.subjects import CREDENTIAL_ISSUED, HOST_STATE, ISSUER_HOST_STATE
 from services.wire.subjects import IDENTITY_EVENT as IDENTITY_SUBJECT
 from services.wire.subjects import INCIDENT_EVENT as INCIDENT_SUBJECT
 from services.wire.subjects import REMEDIATION_REJECTED as REJECTED_SUBJECT
 from services.wire.subjects import VERDICT as VERDICT_SUBJECT
+from services.wire.time import to_datetime
 
 HOSTS_TABLE: Final = "hosts"
 # attest.incidents.v1 also carries the incidents stage's RemediationRejected records:
@@ -97,7 +99,7 @@ def credential_id_for(verdict_id: str) -> str:
     return derived_id("cred", "hostgate-credential", verdict_id)
 
 
-def attested_pcr_map(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[int, bytes]]:
+def attested_pcr_map(entries: Sequence[PcrValue]) -> dict[str, dict[int, bytes]]:
     """``bank -> {pcr: value}`` from a verdict's ``attested_pcrs`` (duplicates refused;
     banks this version does not know are skipped: they cannot be in the seal selection)."""
     if len(entries) > MAX_ATTESTED_PCRS:
@@ -105,16 +107,16 @@ def attested_pcr_map(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[int
                             f"{MAX_ATTESTED_PCRS}", field="attested_pcrs")
     out: dict[str, dict[int, bytes]] = {}
     for i, entry in enumerate(entries):
-        bank = AVRO_BANKS.get(entry["bank"])
+        bank = AVRO_BANKS.get(entry.bank)
         if bank is None:
             continue
-        pcr = entry["pcr"]
+        pcr = entry.pcr
         if not 0 <= pcr <= 23:
             raise IssuanceError(f"attested PCR {pcr} out of range", field=f"attested_pcrs[{i}]")
         if pcr in out.setdefault(bank, {}):
             raise IssuanceError(f"attested PCR {bank}:{pcr} listed twice",
                                 field=f"attested_pcrs[{i}]")
-        out[bank][pcr] = bytes(entry["value"])
+        out[bank][pcr] = entry.value
     return out
 
 
@@ -132,12 +134,14 @@ def _entered(current: HostTrustState, target: HostTrust, at: dt.datetime) -> dt.
     return current.since if current.state is target else at
 
 
-def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None,
+def apply_verdict(record: Verdict | Mapping[str, Any], current: HostTrustState | None,
                   cfg: IssuerConfig) -> IssuerOutcome:
-    """Apply one ``hostgate.Verdict`` to the host's state (see the module docstring)."""
-    host_id = check_host_id(verdict["host_id"])
-    verdict_id: str = verdict["verdict_id"]
-    at = _utc(verdict["appraised_at"], "appraised_at")
+    """Apply one ``hostgate.Verdict`` (typed, or as the codec decoded it) to the host's state
+    (see the module docstring)."""
+    verdict = record if isinstance(record, Verdict) else Verdict.from_avro(record)
+    host_id = check_host_id(verdict.host_id)
+    verdict_id = verdict.verdict_id
+    at = to_datetime(verdict.appraised_at)
     state = (current or HostTrustState.pending(host_id, at))
     if state.host_id != host_id:
         raise IssuanceError(f"state for host {state.host_id} given for verdict of {host_id}",
@@ -145,8 +149,8 @@ def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None,
     if state.verdict_id == verdict_id:
         return IssuerOutcome(state, None)  # already applied: a duplicate verdict record
     state = state.pruned(at)
-    rules = [r["rule_id"] for r in verdict.get("failed_rules") or []]
-    passed = verdict["result"] == "PASS" and not rules
+    rules = [r.rule_id for r in verdict.failed_rules]
+    passed = verdict.passed and not rules
     ek = _ek_digest(verdict)
     if ek is not None and state.ek_key_sha256 is not None and ek != state.ek_key_sha256:
         target = check_transition(host_id, state.state, Trigger.EK_MISMATCH)
@@ -162,7 +166,7 @@ def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None,
 
     if not passed:
         target = check_transition(host_id, state.state, Trigger.FAIL)
-        why = ", ".join(rules[:5]) or f"result {verdict['result']}"
+        why = ", ".join(rules[:5]) or f"result {verdict.result}"
         new = replace(state.revoke_all(at, RevocationReason.KEY_COMPROMISE), state=target,
                       since=_entered(state, target, at), verdict_id=verdict_id,
                       reason=_clip(f"verdict {verdict_id} failed: {why}"),
@@ -191,12 +195,12 @@ def apply_verdict(verdict: Mapping[str, Any], current: HostTrustState | None,
     return IssuerOutcome(new, new.public_record(), credential, Trigger.PASS)
 
 
-def _issue(verdict: Mapping[str, Any], host_id: str, verdict_id: str, at: dt.datetime,
+def _issue(verdict: Verdict, host_id: str, verdict_id: str, at: dt.datetime,
            cfg: IssuerConfig) -> tuple[dict[str, Any], HeldCredential]:
-    pcrs = attested_pcr_map(verdict.get("attested_pcrs") or [])
+    pcrs = attested_pcr_map(verdict.attested_pcrs)
     selection = cfg.seal_selection
     policy = seal_policy(selection, pcrs)
-    policy_digest = bytes(verdict["policy_digest"])
+    policy_digest = verdict.policy_digest
     host_key = cfg.new_key()
     cert = issue_host_certificate(cfg.ca, HostCertificateRequest(
         host_id=host_id, public_key=host_key.public_key(), verdict_id=verdict_id,
@@ -204,7 +208,7 @@ def _issue(verdict: Mapping[str, Any], host_id: str, verdict_id: str, at: dt.dat
         cfg.profile)
     cert_der = cert.public_bytes(Encoding.DER)
     credential_id = credential_id_for(verdict_id)
-    delivery = cfg.seal(bytes(verdict["ek_public"]), selection, pcrs, host_key,
+    delivery = cfg.seal(verdict.ek_public, selection, pcrs, host_key,
                         credential_id=credential_id, certificate_der=cert_der)
     if delivery.sealed.policy_digest != policy:  # both computed here: a bug if they differ
         raise IssuanceError("sealed policy digest differs from the certificate's",
@@ -232,10 +236,10 @@ def _issue(verdict: Mapping[str, Any], host_id: str, verdict_id: str, at: dt.dat
     return record, HeldCredential(serial, cert.not_valid_after_utc, verdict_id)
 
 
-def _ek_digest(verdict: Mapping[str, Any]) -> bytes | None:
+def _ek_digest(verdict: Verdict) -> bytes | None:
     """The verdict's EK identity, or None when it carries no usable EK (a failed verdict
     quarantines whatever it names; a pass without one fails when it is sealed)."""
-    raw = bytes(verdict.get("ek_public") or b"")
+    raw = verdict.ek_public
     if not raw:
         return None
     try:

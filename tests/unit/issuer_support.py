@@ -61,7 +61,7 @@ def verdict(verdict_id: str, *, result: str = "PASS", host_id: str = "host-0007"
             at: dt.datetime = APPRAISED, ek_public: bytes = b"", rules: tuple[str, ...] = (),
             pcrs: dict[int, bytes] | None = None) -> dict[str, Any]:
     """A ``hostgate.Verdict`` record as the codec decodes it (only the fields the issuer reads
-    are meaningful; the rest are filled so the record also encodes)."""
+    are meaningful; the rest are filled so the record is whole)."""
     coords = {"topic": "attest.evidence.v1", "partition": 0, "offset": 1}
     tiers = dict.fromkeys(("instance_identity", "configuration", "executables", "file_system",
                            "hardware", "runtime_opaque", "storage_opaque", "sourced_data"),
@@ -73,7 +73,8 @@ def verdict(verdict_id: str, *, result: str = "PASS", host_id: str = "host-0007"
         "policy_digest": POLICY_DIGEST, "evidence": coords,
         "evidence_digest": hashlib.sha256(verdict_id.encode()).digest(),
         "collected": {**coords, "topic": "attest.collected.v1"},
-        "trustworthiness": tiers, "quote_counters": None, "ek_public": ek_public,
+        "trustworthiness": tiers, "ear_status": "NONE", "ear_json": "{}",
+        "quote_counters": None, "ek_public": ek_public,
         "ak_name": b"\x00\x0b" + bytes(32),
         "attested_pcrs": attested(PCRS if pcrs is None else pcrs) if result == "PASS" else [],
         "appraised_at": at,

@@ -28,23 +28,14 @@ from services.verifier.core import appraise
 from services.verifier.policy.derive import derive_policy, golden_from_log
 from services.verifier.policy.errors import PolicyError
 from services.verifier.policy_in_force import PolicyInForce, load_in_force, published_record
-from tests.conftest import corpus_path
+from tests.conftest import corpus_log, corpus_path
 from tests.support.soft_evidence import RECEIVED_AT_MS, collected
 
 CORPUS = corpus_path()
 UNVERIFIED = "tpm.binding.data_unverified"
 
 
-@cache
-def _manifest() -> dict[str, str]:
-    path = CORPUS / "manifest.json"
-    if not path.is_file():
-        pytest.fail(f"event-log corpus not found at {CORPUS} (set HOSTGATE_CORPUS)")
-    return {e["id"]: e["file"] for e in json.loads(path.read_text())["entries"]}
-
-
-def _log(entry_id: str) -> bytes:
-    return (CORPUS / _manifest()[entry_id]).read_bytes()
+_log = cache(corpus_log)
 
 
 def _event(entry_id: str, etype: int, pcr: int, needle: bytes = b"") -> Event:

@@ -31,7 +31,7 @@ from services.verifier.policy.evaluate import evaluate, prepare
 from services.verifier.policy.ids import EVIDENCE_ANOMALIES
 from services.verifier.policy.lint import findings
 from services.verifier.policy.results import Outcome
-from tests.conftest import corpus_path
+from tests.conftest import corpus_log, corpus_manifest, corpus_path
 
 CORPUS = corpus_path()
 REPO = Path(__file__).resolve().parents[2]
@@ -41,16 +41,7 @@ HINT = f"a policy may accept it with allowedQuirks: [{QUIRK}]"
 MISPLACED_SEQ = 16  # C03/C04: the second separator of MR 1, RTMR1's
 
 
-@cache
-def _manifest() -> dict[str, str]:
-    path = CORPUS / "manifest.json"
-    if not path.is_file():
-        pytest.fail(f"event-log corpus not found at {CORPUS} (set HOSTGATE_CORPUS)")
-    return {e["id"]: e["file"] for e in json.loads(path.read_text())["entries"]}
-
-
-def _log(entry_id: str) -> bytes:
-    return (CORPUS / _manifest()[entry_id]).read_bytes()
+_log = cache(corpus_log)
 
 
 def _claims(data: bytes, *quirks: str) -> Claims:
@@ -221,7 +212,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_from_log_refuses_without_the_quirk_and_writes_it_with(tmp_path: Path) -> None:
-    log = str(CORPUS / _manifest()["C04"])
+    log = str(CORPUS / corpus_manifest()["C04"])
     refused = _cli("policy", "from-log", log)
     assert refused.returncode != 0 and HINT in refused.stderr, refused.stderr
     derived = _cli("policy", "from-log", "--allow-quirk", QUIRK, log)
@@ -235,7 +226,7 @@ def test_from_log_refuses_without_the_quirk_and_writes_it_with(tmp_path: Path) -
 
 
 def test_log_claims_reads_with_the_quirk_only_when_asked() -> None:
-    log = str(CORPUS / _manifest()["C04"])
+    log = str(CORPUS / corpus_manifest()["C04"])
     refused = _cli("log", "claims", "--ccel", "--json", log)
     assert refused.returncode == 3, refused.stderr
     read = _cli("log", "claims", "--ccel", "--json", "--allow-quirk", QUIRK, log)
