@@ -36,7 +36,7 @@ from tests.integration.runtime_support import (
     make_inputs,
     produce_inputs,
 )
-from tests.support.eostest import EostestTopics, build_stage
+from tests.support.eostest import EostestTopics, build_stage, eostest_codec
 
 
 async def one_run(batch: int, exactly_once: bool, n: int, codec: Codec) -> float:
@@ -87,7 +87,7 @@ async def main() -> None:
 
 
 async def run_all(args: argparse.Namespace) -> None:
-    codec = Codec.load()
+    codec = eostest_codec()
     print(f"# {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cpus, python {platform.python_version()}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}, logs={args.log_level}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -235,18 +235,26 @@ class Codec:
         cls,
         schema_dir: Path | None = None,
         *,
+        also: Sequence[Path] = (),
         registry_url: str | None = None,
         framing: Framing | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         registry_timeout_s: float = 5.0,
     ) -> Codec:
-        """Load every schema under ``schema_dir`` (default: the repository's ``schemas/``).
+        """Load every schema under ``schema_dir`` (default: the repository's ``schemas/``) and
+        under each directory of ``also`` (each with its own ``registry.json``: a test's own
+        records; subjects, ids and fingerprints must stay unique across all of them).
 
         ``registry_url`` (a Confluent-compatible Schema Registry) switches ``encode`` to the
         Confluent wire format with ids the registry assigns; without it, ``framing="confluent"``
         uses the ids in ``registry.json``. ``decode`` always accepts both framings.
         """
         table = _load_table(schema_dir if schema_dir is not None else default_schema_dir())
+        for extra in also:
+            table += _load_table(extra)
+        _check_unique(table, lambda s: s.schema_id, "schema id")
+        _check_unique(table, lambda s: (s.subject, s.version), "subject version")
+        _check_unique(table, lambda s: s.fingerprint, "fingerprint (canonical form)")
         registry = None
         if registry_url is not None:
             from services.runtime.schema_registry import RegistryClient

@@ -6,16 +6,23 @@ import argparse
 import asyncio
 import os
 import signal
+from typing import TYPE_CHECKING
 
 from services.runtime.config import WorkerConfig, add_arguments, load_config, overrides_from_args
 from services.runtime.stage import Stage
 from services.runtime.stages import STAGE_FACTORIES, build_stage
 
+if TYPE_CHECKING:
+    from services.runtime.codec import Codec
 
-async def serve(config: WorkerConfig, stage: Stage | None = None) -> int:
+
+async def serve(config: WorkerConfig, stage: Stage | None = None,
+                codec: Codec | None = None) -> int:
     """Run the worker with its HTTP endpoint; SIGTERM/SIGINT finish the current batch, leave
     the group, close cleanly and return 0. ``stage``: a stage built by the caller (a test
-    stage, which the registry does not know); default the registered ``config.stage``."""
+    stage, which the registry does not know); default the registered ``config.stage``.
+    ``codec``: the caller's (one that also knows a test stage's records); default the schemas
+    of ``config.schema_dir``."""
     from services.runtime.codec import Codec
     from services.runtime.logging import configure_logging, get_logger
     from services.runtime.metrics import HealthServer, WorkerMetrics
@@ -25,7 +32,7 @@ async def serve(config: WorkerConfig, stage: Stage | None = None) -> int:
     log = get_logger(stage=config.stage)
     if stage is None:
         stage = build_stage(config.stage, os.environ)
-    codec = Codec.load(config.schema_dir)
+    codec = codec or Codec.load(config.schema_dir)
     metrics = WorkerMetrics(stage.name)
     worker = Worker(stage, config, codec, metrics)
     stop = asyncio.Event()

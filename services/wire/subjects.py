@@ -50,4 +50,4 @@ INCIDENTS_ROSTER: Final = "hostgate.IncidentsRoster"
 PRODUCT_SUBJECTS: Final[frozenset[str]] = frozenset(
     value for name, value in dict(globals()).items()
     if name.isupper() and isinstance(value, str) and value.startswith("hostgate."))
-"""Every subject above (the ``hostgate.test.*`` schemas belong to the test stage only)."""
+"""Every subject above: exactly the record schemas of ``schemas/``."""

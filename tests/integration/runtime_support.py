@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.runtime.codec import Codec
 from services.runtime.localbroker import BrokerConfig
 from services.runtime.topics import TopicLayout, ensure_topics
-from tests.support.eostest import INPUT_SUBJECT, EostestTopics
+from tests.support.eostest import INPUT_SUBJECT, EostestTopics, eostest_codec
 
 REPO = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
@@ -69,7 +69,7 @@ def make_inputs(n: int, keys: int, seed: int = 0) -> list[tuple[str, int]]:
 
 async def produce_inputs(topic: str, items: Iterable[tuple[str, int]],
                          codec: Codec | None = None) -> None:
-    codec = codec or Codec.load()
+    codec = codec or eostest_codec()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), enable_idempotence=True,
                                 linger_ms=5)
     await producer.start()

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from services.runtime.codec import Codec, RegistryUnavailable, UnknownSchema
+from services.runtime.codec import RegistryUnavailable, UnknownSchema
+from tests.support.eostest import eostest_codec
 
 RECORD = {"key": "host-1", "seq": 41}
 SUBJECT = "hostgate.test.TestInput"
@@ -96,7 +97,7 @@ def _url(server: _RegistryStandIn) -> str:
 
 
 def test_encode_registers_and_frames_with_the_registry_id(registry: _RegistryStandIn) -> None:
-    codec = Codec.load(registry_url=_url(registry))
+    codec = eostest_codec(registry_url=_url(registry))
     assert codec.framing == "confluent"
     value = codec.encode(SUBJECT, RECORD)
     assert value[:5] == b"\x00" + struct.pack(">I", 5000)
@@ -107,20 +108,20 @@ def test_encode_registers_and_frames_with_the_registry_id(registry: _RegistrySta
         ("POST", f"/subjects/{SUBJECT}/versions")
     ]
     # A fresh reader looks the id up and maps it to the local schema by fingerprint.
-    reader = Codec.load(registry_url=_url(registry))
+    reader = eostest_codec(registry_url=_url(registry))
     decoded = reader.decode(value, expected={SUBJECT})
     assert (decoded.subject, decoded.record) == (SUBJECT, RECORD)
     assert ("GET", "/schemas/ids/5000") in registry.requests
 
 
 def test_registry_reader_also_reads_single_object_values(registry: _RegistryStandIn) -> None:
-    value = Codec.load().encode(SUBJECT, RECORD)
-    assert Codec.load(registry_url=_url(registry)).decode(value).record == RECORD
+    value = eostest_codec().encode(SUBJECT, RECORD)
+    assert eostest_codec(registry_url=_url(registry)).decode(value).record == RECORD
     assert registry.requests == []
 
 
 def test_unknown_registry_id_is_unknown_schema(registry: _RegistryStandIn) -> None:
-    reader = Codec.load(registry_url=_url(registry))
+    reader = eostest_codec(registry_url=_url(registry))
     with pytest.raises(UnknownSchema, match="registry has no /schemas/ids/77"):
         reader.decode(b"\x00" + struct.pack(">I", 77) + b"\x00")
 
@@ -128,7 +129,7 @@ def test_unknown_registry_id_is_unknown_schema(registry: _RegistryStandIn) -> No
 def test_registry_schema_not_in_schemas_dir_is_unknown(registry: _RegistryStandIn) -> None:
     foreign = {"type": "record", "name": "other.Thing", "fields": [{"name": "a", "type": "int"}]}
     registry.schemas[9] = json.dumps(foreign)
-    reader = Codec.load(registry_url=_url(registry))
+    reader = eostest_codec(registry_url=_url(registry))
     with pytest.raises(UnknownSchema, match="schema id 9 from the registry is not any version"):
         reader.decode(b"\x00" + struct.pack(">I", 9) + b"\x02")
 
@@ -137,7 +138,7 @@ def test_unreachable_registry_is_retriable(registry: _RegistryStandIn) -> None:
     url = _url(registry)
     registry.shutdown()
     registry.server_close()
-    codec = Codec.load(registry_url=url, registry_timeout_s=2.0)
+    codec = eostest_codec(registry_url=url, registry_timeout_s=2.0)
     with pytest.raises(RegistryUnavailable, match="registry POST") as info:
         codec.encode(SUBJECT, RECORD)
     assert info.value.retriable is True
@@ -145,11 +146,11 @@ def test_unreachable_registry_is_retriable(registry: _RegistryStandIn) -> None:
 
 def test_bad_registry_url() -> None:
     with pytest.raises(RegistryUnavailable, match="is not http"):
-        Codec.load(registry_url="ftp://example")
+        eostest_codec(registry_url="ftp://example")
 
 
 def test_timestamps_survive_the_confluent_path(registry: _RegistryStandIn) -> None:
-    codec = Codec.load(registry_url=_url(registry))
+    codec = eostest_codec(registry_url=_url(registry))
     record = {"key": "k", "count": 3}
     assert codec.decode(codec.encode("hostgate.test.TestCounter", record)).record == record
     when = dt.datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=dt.UTC)

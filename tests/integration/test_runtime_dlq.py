@@ -17,7 +17,7 @@ import pytest
 from services.runtime import dlq
 from services.runtime.codec import Codec
 from tests.integration import runtime_support as rs
-from tests.support.eostest import INPUT_SUBJECT
+from tests.support.eostest import INPUT_SUBJECT, eostest_codec
 
 pytestmark = [pytest.mark.kafka]
 
@@ -63,7 +63,7 @@ def _poison(codec: Codec) -> dict[str, tuple[bytes, bytes, list[tuple[str, bytes
 
 async def test_poison_records_land_in_dlq_and_stage_keeps_going(tmp_path: Path,
                                                             kafka_bootstrap: str) -> None:
-    codec = Codec.load()
+    codec = eostest_codec()
     topics = rs.fresh_topics("dlq")
     await rs.create_topics(topics)
     port = _free_port()

@@ -28,7 +28,7 @@ import pytest
 from services.runtime import localbroker
 from services.runtime.codec import Codec
 from tests.integration import runtime_support as rs
-from tests.support.eostest import EostestTopics
+from tests.support.eostest import EostestTopics, eostest_codec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -83,7 +83,7 @@ async def test_sigkills_and_broker_restart_exactly_once(tmp_path: Path,
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
     print(f"random seed {seed}")
-    codec = Codec.load()
+    codec = eostest_codec()
     topics = rs.fresh_topics("kill")
     await rs.create_topics(topics)
     # Static membership: a restarted worker replaces its dead self at once (no session wait).
@@ -169,7 +169,7 @@ async def _wait_for_stall(w: rs.WorkerProcess) -> None:
 
 
 async def test_kill_mid_transaction_during_rebalance_exactly_once(tmp_path: Path, kafka_bootstrap: str) -> None:
-    codec = Codec.load()
+    codec = eostest_codec()
     topics, steady, staller = await _two_workers(tmp_path, "rebal", stall_s=120)
     try:
         produce = asyncio.create_task(
@@ -191,7 +191,7 @@ async def test_kill_mid_transaction_during_rebalance_exactly_once(tmp_path: Path
 
 
 async def test_zombie_worker_is_fenced(tmp_path: Path, kafka_bootstrap: str) -> None:
-    codec = Codec.load()
+    codec = eostest_codec()
     # Frozen for 15 s > the 6 s session timeout while inside decide with a transaction open: the
     # group evicts it and the steady worker re-initialises its tasks (InitProducerId); thawed,
     # it finishes the decision and tries to commit.
@@ -222,7 +222,7 @@ async def test_slow_decision_keeps_the_workers_tasks(tmp_path: Path, kafka_boots
     """15 s inside one decide, more than twice the 6 s session timeout: the worker stays in the
     group (no revocation, the other worker takes nothing over) and every input is processed
     exactly once."""
-    codec = Codec.load()
+    codec = eostest_codec()
     topics, steady, slow = await _two_workers(tmp_path, "slowdecide", stall_s=15)
     try:
         await rs.produce_inputs(topics.input, rs.make_inputs(3000, 60, seed=13), codec)

@@ -28,8 +28,11 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from services.errors import ConfigError, HostgateError
+from services.runtime.codec import Codec
 from services.runtime.stage import Decision, InputRecord, Output, Stage, StateUpdate, StateView
 from services.runtime.topics import Topics, TopicSpec
 
@@ -38,6 +41,14 @@ INPUT_SUBJECT = "hostgate.test.TestInput"
 OUTPUT_SUBJECT = "hostgate.test.TestOutput"
 COUNTER_SUBJECT = "hostgate.test.TestCounter"
 TABLE = "counters"
+SCHEMAS = Path(__file__).parent / "schemas"
+"""The test stage's own records, never in the product's ``schemas/``."""
+
+
+def eostest_codec(**options: Any) -> Codec:
+    """A codec that knows the product's records and the test stage's (``Codec.load``'s
+    ``options``)."""
+    return Codec.load(also=(SCHEMAS,), **options)
 
 
 class NegativeSequence(HostgateError):
@@ -158,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = load_config(NAME, overrides=overrides_from_args(args))
-        return asyncio.run(serve(config, build_stage(os.environ)))
+        return asyncio.run(serve(config, build_stage(os.environ), eostest_codec()))
     except HostgateError as exc:
         print(f"eostest: error: {exc}", file=sys.stderr)
         return 2

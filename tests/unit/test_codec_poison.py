@@ -5,18 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import struct
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
 from services.runtime.codec import (
-    Codec,
     InvalidRecord,
     MalformedRecord,
     UnexpectedRecordType,
     UnknownSchema,
 )
+from tests.support.eostest import eostest_codec
 
-CODEC = Codec.load()
+CODEC = eostest_codec()
 T0 = dt.datetime(2025, 5, 6, 7, 8, 9, 123000, tzinfo=dt.UTC)
 POLICY = {
     "policy_id": "baseline",
@@ -170,7 +171,7 @@ def test_out_of_range_enum_and_union_indexes() -> None:
 
 
 def test_body_over_the_limit_is_refused_before_reading() -> None:
-    small = Codec.load(max_body_bytes=64)
+    small = eostest_codec(max_body_bytes=64)
     value = CODEC.encode(SUBJECT, {**POLICY, "document": "x" * 100})
     with pytest.raises(MalformedRecord, match="exceeds the limit of 64") as info:
         small.decode(value)
@@ -194,3 +195,22 @@ def test_encode_rejects_unknown_subject_and_bad_records() -> None:
     missing = {k: v for k, v in POLICY.items() if k != "author"}
     with pytest.raises(InvalidRecord, match="author"):
         CODEC.encode(SUBJECT, missing)
+
+
+def test_an_extra_schema_directory_cannot_reuse_a_product_id(tmp_path: Path) -> None:
+    """``Codec.load(also=...)``: a test's schemas join the product's only with ids of their
+    own (an id names one schema forever, across every directory)."""
+    import json
+    import shutil
+
+    from services.runtime.codec import Codec, SchemaDirError
+    from tests.support.eostest import SCHEMAS
+
+    clash = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS, clash)
+    registry = json.loads((clash / "registry.json").read_text())
+    registry["schemas"][0]["id"] = 101  # hostgate.ActivationChallenge's
+    (clash / "registry.json").write_text(json.dumps(registry))
+    with pytest.raises(SchemaDirError, match="share a schema id"):
+        Codec.load(also=(clash,))
+    assert "hostgate.test.TestInput" not in Codec.load().subjects

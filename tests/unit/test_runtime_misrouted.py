@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.runtime.codec import Codec
 from services.runtime.partitioner import key_partition
 from services.runtime.plan import REASON_MISROUTED, RawRecord, plan_batch
 from services.runtime.stage import (
@@ -21,9 +20,9 @@ from services.runtime.stage import (
     Stage,
     StateView,
 )
-from tests.support.eostest import INPUT_SUBJECT, build_stage
+from tests.support.eostest import INPUT_SUBJECT, build_stage, eostest_codec
 
-CODEC = Codec.load()
+CODEC = eostest_codec()
 BASE = build_stage({"HOSTGATE_TOPIC_NAMESPACE": "mis"})
 IN = "mis.eostest.input.v1"
 PARTS = 6

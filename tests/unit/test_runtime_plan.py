@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from services.runtime import dlq
-from services.runtime.codec import Codec
 from services.runtime.codec_errors import RegistryUnavailable
 from services.runtime.plan import H_ID, H_STAGE, RawRecord, plan_batch
 from services.runtime.stage import (
@@ -28,9 +27,10 @@ from tests.support.eostest import (
     INPUT_SUBJECT,
     OUTPUT_SUBJECT,
     build_stage,
+    eostest_codec,
 )
 
-CODEC = Codec.load()
+CODEC = eostest_codec()
 STAGE = build_stage({"HOSTGATE_TOPIC_NAMESPACE": "unit"})
 IN = "unit.eostest.input.v1"
 

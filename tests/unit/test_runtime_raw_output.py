@@ -7,12 +7,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from services.runtime.codec import Codec
 from services.runtime.plan import H_ID, H_STAGE, RawRecord, plan_batch
 from services.runtime.stage import Decision, InputRecord, Output, OverlayState, Stage, StateView
-from tests.support.eostest import INPUT_SUBJECT, OUTPUT_SUBJECT
+from tests.support.eostest import INPUT_SUBJECT, OUTPUT_SUBJECT, eostest_codec
 
-CODEC = Codec.load()
+CODEC = eostest_codec()
 IN = "rawtest.input.v1"
 JSON_BODY = json.dumps({"class_uid": 2004, "message": "raw"}, sort_keys=True).encode()
 
