@@ -431,7 +431,8 @@ def on_tick(inp: InputRecord, state: StateView, cfg: IncidentsConfig) -> Inciden
     if cfg.stale_after_ms <= 0:
         return IncidentsDecision(Decision(log=log))
     check = liveness.check(state, partition, now_ms, None,
-                           stale_after_ms=cfg.stale_after_ms, max_hosts=cfg.max_roster)
+                           stale_after_ms=cfg.stale_after_ms, max_hosts=cfg.max_roster,
+                           source=cfg.topics.verdicts)
     return _merge(IncidentsDecision(Decision(log=log)), check.decision, check.findings)
 
 
@@ -463,7 +464,8 @@ def assess(inp: InputRecord, state: StateView, cfg: IncidentsConfig) -> Incident
     if cfg.stale_after_ms <= 0:
         return result
     check = liveness.check(state, inp.coordinates.partition, inp.timestamp_ms, seen,
-                           stale_after_ms=cfg.stale_after_ms, max_hosts=cfg.max_roster)
+                           stale_after_ms=cfg.stale_after_ms, max_hosts=cfg.max_roster,
+                           source=cfg.topics.verdicts)
     return _merge(result, check.decision, check.findings)
 
 

@@ -195,12 +195,13 @@ def rejection_finding(host_id: str, ind: Indicators) -> SocFinding:
     return SocFinding(uid, host_id, DETECTION_FINDING_UID, 1, ind.observed_at_ms, body)
 
 
-def stale_host_finding(host_id: str, last_seen_ms: int, now_ms: int, window_ms: int) -> SocFinding:
-    """A liveness Detection Finding: ``host_id`` has not attested for more than ``window_ms``."""
+def stale_host_finding(host_id: str, last_seen_ms: int, now_ms: int, window_ms: int,
+                       source: str) -> SocFinding:
+    """A liveness Detection Finding: ``host_id`` has not attested for more than ``window_ms``
+    (``source``: the deployment's verdict topic, namespace included)."""
     uid = f"stale-{host_id}-{last_seen_ms}"
     title = f"host {host_id} has not attested for over {window_ms // 1000} s"
-    body = _base(DETECTION_FINDING_UID, 1, now_ms, 3, uid, f"liveness-{host_id}",
-                 "attest.verdicts.v1")
+    body = _base(DETECTION_FINDING_UID, 1, now_ms, 3, uid, f"liveness-{host_id}", source)
     body.update({
         "status_id": 1, "status": DETECTION_STATUS[1], "is_alert": True, "confidence_id": 2,
         "message": title, "start_time": last_seen_ms, "end_time": now_ms,
@@ -209,7 +210,7 @@ def stale_host_finding(host_id: str, last_seen_ms: int, now_ms: int, window_ms: 
             "analytic": {"name": "hostgate liveness", "uid": "hostgate.liveness.stale",
                          "type_id": 1, "type": "Rule"},
             "created_time": now_ms, "last_seen_time": last_seen_ms,
-            "data_sources": ["attest.verdicts.v1"],
+            "data_sources": [source],
         },
         "resources": [{"uid": host_id, "type": "host", "name": host_id}],
         "unmapped": {"hostgate": {"host_id": host_id, "last_seen_at": last_seen_ms,

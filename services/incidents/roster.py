@@ -80,8 +80,9 @@ def _note_seen(hosts: list[HostSeen], seen: tuple[str, int], refresh_ms: int,
 
 
 def check(state: StateView, partition: int, now_ms: int, seen: tuple[str, int] | None, *,
-          stale_after_ms: int, max_hosts: int) -> LivenessCheck:
-    """Note ``seen`` (host, verdict time) and report hosts silent for over ``stale_after_ms``."""
+          stale_after_ms: int, max_hosts: int, source: str) -> LivenessCheck:
+    """Note ``seen`` (host, verdict time) and report hosts silent for over ``stale_after_ms``
+    (``source``: the verdict topic the silence was read from, the findings' data source)."""
     hosts = load(state.get(TABLE_HOSTS, roster_key(partition)))
     changed, full = (False, False) if seen is None else _note_seen(
         hosts, seen, max(1, stale_after_ms // 4), max_hosts)
@@ -89,7 +90,7 @@ def check(state: StateView, partition: int, now_ms: int, seen: tuple[str, int] |
     for i, h in enumerate(hosts):
         if not h.stale_reported and now_ms - h.last_seen_ms > stale_after_ms:
             findings.append(stale_host_finding(h.host_id, h.last_seen_ms, now_ms,
-                                               stale_after_ms))
+                                               stale_after_ms, source))
             hosts[i] = HostSeen(h.host_id, h.last_seen_ms, True)
             changed = True
     log: dict[str, str | int | bool] = {}

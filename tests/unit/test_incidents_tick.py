@@ -110,3 +110,16 @@ def test_the_stage_accepts_ticks_and_the_cli_offers_tick() -> None:
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["incidents", "tick", "--once", "--every", "5"])
     assert (args.once, args.every, args.func.__name__) == (True, 5.0, "_cmd_tick")
+
+
+def test_a_stale_finding_names_the_deployments_own_verdict_topic() -> None:
+    """In a namespaced deployment the SOC must see the topic the silence was read from, not
+    the default name of another deployment's."""
+    from services.runtime.topics import Topics
+
+    topics = Topics("site-b")
+    d = Driver(config=IncidentsConfig(stale_after_ms=WINDOW, topics=topics))
+    d.feed(VERDICT, verdict("host-a", 1, at=T0), timestamp_ms=T0)
+    (stale,) = tick(d, T0 + 30 * HOUR).findings
+    assert stale.body["finding_info"]["data_sources"] == ["site-b.attest.verdicts.v1"]
+    assert stale.body["metadata"]["log_name"] == topics.verdicts
