@@ -79,6 +79,7 @@ from services.incidents.model import (
 from services.incidents.ocsf import (
     IncidentView,
     SocFinding,
+    detection_closed,
     detection_finding,
     incident_finding,
     rejection_finding,
@@ -242,8 +243,12 @@ def _step_decision(step: _Step, inp: InputRecord, cfg: IncidentsConfig) -> Incid
     inc = step.incident
     out = _event_output(inc, step.event, inp, step.time_ms, step.actor, step.note,
                         step.command_id, cfg)
-    finding = incident_finding(inc.view(), step.event, out.id, step.time_ms, step.actor,
-                               step.note, cfg.assignee_group)
+    view = inc.view()
+    finding = incident_finding(view, step.event, out.id, step.time_ms, step.actor,
+                               step.note, cfg.assignee_group, cfg.topics.incidents)
+    # A closed incident resolves the Detection Finding of every occurrence it still lists.
+    closed = tuple(detection_closed(inc.host_id, inc.incident_id, ind, step.time_ms, step.note)
+                   for ind in view.indicators) if step.event is LifecycleEvent.CLOSED else ()
     log: dict[str, str | int | bool] = {"host_id": inc.host_id, "incident_id": inc.incident_id,
                                         "incident_event": step.event.value,
                                         "status": inc.status.value,
@@ -252,7 +257,7 @@ def _step_decision(step: _Step, inp: InputRecord, cfg: IncidentsConfig) -> Incid
         Decision(outputs=(out,),
                  state_updates=(StateUpdate(TABLE_INCIDENTS, inc.host_id, inc.to_avro()),),
                  log=log),
-        findings=(*step.findings, finding),
+        findings=(*step.findings, finding, *closed),
     )
 
 

@@ -99,8 +99,53 @@ def _base(class_uid: int, activity_id: int, time_ms: int, severity_id: int, uid:
         "type_name": f"{CLASS_NAME[class_uid]}: {ACTIVITY[activity_id]}",
         "time": time_ms, "severity_id": severity_id, "severity": SEVERITY[severity_id],
         "metadata": {"version": OCSF_SCHEMA_VERSION, "product": dict(PRODUCT), "uid": uid,
-                     "correlation_uid": correlation_uid, "log_name": log_name},
+                     "correlation_uid": correlation_uid, "log_name": log_name,
+                     "profiles": ["host"]},
     }
+
+
+# OCSF observable type ids (dictionary.json types: resource_uid_t, file_hash_t).
+OBSERVABLE_RESOURCE_UID: Final = 10
+OBSERVABLE_HASH: Final = 8
+MAX_OBSERVABLES: Final = 32
+
+
+def device(host_id: str) -> dict[str, Any]:
+    """The OCSF ``device`` (host profile) a finding is about: the attesting host, by its
+    hostgate host id, which is also the name the fleet knows it by (its hardware type is not
+    known here: ``type_id`` 0)."""
+    return {"uid": host_id, "name": host_id, "hostname": host_id, "type_id": 0,
+            "type": "Unknown"}
+
+
+def _observable(name: str, type_id: int, caption: str, value: str) -> dict[str, Any]:
+    return {"name": name, "type_id": type_id, "type": caption, "value": value}
+
+
+def observables(host_id: str, ind: Indicators | None) -> list[dict[str, Any]]:
+    """What a SIEM indexes and pivots on: the host, and the digests of the evidence, the policy
+    and every offending event (each named by where it stands in the finding)."""
+    out = [_observable("device.uid", OBSERVABLE_RESOURCE_UID, "Resource UID", host_id)]
+    if ind is None:
+        return out
+    out.append(_observable("evidences.data.evidence_sha256", OBSERVABLE_HASH, "Hash",
+                           ind.evidence_digest.hex()))
+    if ind.policy_digest is not None:
+        out.append(_observable("evidences.data.policy_sha256", OBSERVABLE_HASH, "Hash",
+                               ind.policy_digest.hex()))
+    out += [_observable("evidences.data.failed_rules.event.digest", OBSERVABLE_HASH, "Hash",
+                        r.event.digest.hex())
+            for r in ind.failed_rules if r.event is not None and r.event.digest]
+    return out[:MAX_OBSERVABLES]
+
+
+def evidences(host_id: str, ind: Indicators) -> list[dict[str, Any]]:
+    """The evidence behind a finding, as OCSF ``evidences``: where the record and the evidence
+    are (topic, partition, offset), their digests, the policy and the offending events."""
+    # The device is the finding's own (``device``): py-ocsf-models' Device, unlike OCSF's,
+    # requires an IP address, which hostgate does not know.
+    return [{"uid": ind.record_id, "name": f"hostgate attestation record of {host_id}",
+             "data": indicators_json(ind)}]
 
 
 def indicators_json(ind: Indicators) -> dict[str, Any]:
@@ -157,11 +202,36 @@ def detection_finding(host_id: str, incident_id: str, ind: Indicators,
             "created_time": ind.observed_at_ms,
             "data_sources": [ind.evidence.topic],
         },
-        "resources": [{"uid": host_id, "type": "host", "name": host_id}],
+        "device": device(host_id), "observables": observables(host_id, ind),
+        "evidences": evidences(host_id, ind),
         "unmapped": {"hostgate": {"incident_id": incident_id, "host_id": host_id,
-                                  "occurrence": occurrence, "indicators": indicators_json(ind)}},
+                                  "occurrence": occurrence}},
     })
     return SocFinding(uid, host_id, DETECTION_FINDING_UID, 1, ind.observed_at_ms, body)
+
+
+def detection_closed(host_id: str, incident_id: str, ind: Indicators, time_ms: int,
+                     note: str) -> SocFinding:
+    """The Detection Finding (2004, Close) that resolves one occurrence's finding when its
+    incident closes: same uid, so a SIEM's case closes with hostgate's."""
+    uid = detection_uid(ind)
+    title = _occurrence_title(host_id, ind)
+    body = _base(DETECTION_FINDING_UID, 3, time_ms, 4 if ind.source is IndicatorSource.VERDICT
+                 else 3, uid, incident_id, ind.record.topic)
+    body.update({
+        "status_id": 4, "status": DETECTION_STATUS[4], "is_alert": False, "confidence_id": 3,
+        "message": f"{title}: resolved with incident {incident_id}"[:1024],
+        "comment": note or "-",
+        "start_time": ind.observed_at_ms, "end_time": time_ms,
+        "finding_info": {
+            "uid": uid, "title": title, "created_time": ind.observed_at_ms,
+            "last_seen_time": ind.observed_at_ms, "data_sources": [ind.evidence.topic],
+        },
+        "device": device(host_id), "observables": observables(host_id, ind),
+        "evidences": evidences(host_id, ind),
+        "unmapped": {"hostgate": {"incident_id": incident_id, "host_id": host_id}},
+    })
+    return SocFinding(uid, host_id, DETECTION_FINDING_UID, 3, time_ms, body)
 
 
 def rejection_finding(host_id: str, ind: Indicators) -> SocFinding:
@@ -187,10 +257,10 @@ def rejection_finding(host_id: str, ind: Indicators) -> SocFinding:
             "created_time": ind.observed_at_ms,
             "data_sources": [ind.evidence.topic],
         },
-        "resources": [{"uid": host_id, "type": "host", "name": host_id}],
+        "device": device(host_id), "observables": observables(host_id, ind),
+        "evidences": evidences(host_id, ind),
         "unmapped": {"hostgate": {"incident_id": None, "host_id": host_id,
-                                  "trust_state_changed": False,
-                                  "indicators": indicators_json(ind)}},
+                                  "trust_state_changed": False}},
     })
     return SocFinding(uid, host_id, DETECTION_FINDING_UID, 1, ind.observed_at_ms, body)
 
@@ -212,7 +282,7 @@ def stale_host_finding(host_id: str, last_seen_ms: int, now_ms: int, window_ms: 
             "created_time": now_ms, "last_seen_time": last_seen_ms,
             "data_sources": [source],
         },
-        "resources": [{"uid": host_id, "type": "host", "name": host_id}],
+        "device": device(host_id), "observables": observables(host_id, None),
         "unmapped": {"hostgate": {"host_id": host_id, "last_seen_at": last_seen_ms,
                                   "window_ms": window_ms}},
     })
@@ -234,21 +304,23 @@ class IncidentView:
 
 
 def incident_finding(view: IncidentView, event: LifecycleEvent, event_id: str, time_ms: int,
-                     actor: str, note: str, assignee_group: str) -> SocFinding:
+                     actor: str, note: str, assignee_group: str, log_name: str) -> SocFinding:
     """The Incident Finding (2005) for one lifecycle ``event`` of an incident: Create when it
-    opens, Close when it closes, Update otherwise. ``event_id`` makes the finding uid unique."""
+    opens, Close when it closes, Update otherwise. ``event_id`` makes the finding uid unique;
+    ``log_name`` is the deployment's incident topic."""
     activity = {LifecycleEvent.OPENED: 1, LifecycleEvent.CLOSED: 3}.get(event, 2)
     status_id = STATUS_ID[view.status]
     uid = f"{view.incident_id}-{event_id}"
     desc = f"hostgate incident for host {view.host_id}: {event.value.lower()} by {actor}"
-    body = _base(INCIDENT_FINDING_UID, activity, time_ms, 4, uid, view.incident_id,
-                 "attest.incidents.v1")
+    body = _base(INCIDENT_FINDING_UID, activity, time_ms, 4, uid, view.incident_id, log_name)
+    latest = view.indicators[-1] if view.indicators else None
     body.update({
         "status_id": status_id, "status": INCIDENT_STATUS[status_id],
         "message": f"{desc}: {note}"[:1024], "desc": desc[:1024], "comment": note or "-",
         "priority_id": 3, "impact_id": 3, "is_suspected_breach": True,
         "start_time": view.opened_at_ms, "end_time": time_ms, "count": view.occurrences,
         "assignee_group": {"name": assignee_group},
+        "device": device(view.host_id), "observables": observables(view.host_id, latest),
         "finding_info_list": [
             {"uid": detection_uid(ind), "title": _occurrence_title(view.host_id, ind),
              "created_time": ind.observed_at_ms} for ind in view.indicators
@@ -258,7 +330,7 @@ def incident_finding(view: IncidentView, event: LifecycleEvent, event_id: str, t
             "lifecycle_event": event.value, "status": view.status.value,
             "resolved": view.status.resolved, "occurrences": view.occurrences,
             "root_cause": view.root_cause, "actor": actor,
-            "latest_indicators": indicators_json(view.indicators[-1]) if view.indicators else None,
+            "latest_indicators": indicators_json(latest) if latest is not None else None,
         }},
     })
     if view.assignee:

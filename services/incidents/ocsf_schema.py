@@ -42,6 +42,7 @@ _METADATA = {
         "correlation_uid": _STR,
         "log_name": _STR,
         "event_code": _STR,
+        "profiles": {"type": "array", "items": {"enum": ["host"]}, "maxItems": 4},
     },
     "additionalProperties": False,
 }
@@ -78,6 +79,27 @@ _RESOURCE = {
     "properties": {"uid": _STR, "name": _STR, "type": _STR},
     "additionalProperties": False,
 }
+_DEVICE = {  # objects/device.json (extends endpoint: at least one of uid, name, hostname...)
+    "type": "object",
+    "required": ["type_id"],
+    "properties": {"uid": _STR, "name": _STR, "hostname": _STR, "type": _STR,
+                   "type_id": {"enum": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                        99]}},
+    "anyOf": [{"required": ["uid"]}, {"required": ["name"]}, {"required": ["hostname"]}],
+    "additionalProperties": False,
+}
+_OBSERVABLE = {  # objects/observable.json
+    "type": "object",
+    "required": ["type_id"],
+    "properties": {"name": _STR, "type": _STR, "value": _STR, "type_id": _INT},
+    "additionalProperties": False,
+}
+_EVIDENCE = {  # objects/evidences.json: at least one of its artifacts (here device and data)
+    "type": "object",
+    "properties": {"uid": _STR, "name": _STR, "device": _DEVICE, "data": {"type": "object"}},
+    "anyOf": [{"required": ["device"]}, {"required": ["data"]}],
+    "additionalProperties": False,
+}
 _SEVERITY_ID = {"enum": [0, 1, 2, 3, 4, 5, 6, 99]}
 _ACTIVITY_ID = {"enum": [0, 1, 2, 3, 99]}
 
@@ -100,6 +122,8 @@ _BASE_PROPERTIES: dict[str, Any] = {
     "count": {"type": "integer", "minimum": 0},
     "confidence_id": {"enum": [0, 1, 2, 3, 99]},
     "comment": _STR,
+    "device": _DEVICE,
+    "observables": {"type": "array", "items": _OBSERVABLE, "maxItems": 32},
     "unmapped": {"type": "object"},
 }
 _BASE_REQUIRED = ["activity_id", "category_uid", "class_uid", "type_uid", "time",
@@ -109,7 +133,7 @@ DETECTION_FINDING: Final[dict[str, Any]] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": f"OCSF {OCSF_SCHEMA_VERSION} Detection Finding (2004), as hostgate emits it",
     "type": "object",
-    "required": [*_BASE_REQUIRED, "finding_info"],
+    "required": [*_BASE_REQUIRED, "finding_info", "device", "observables"],
     "properties": {
         **_BASE_PROPERTIES,
         "class_uid": {"const": 2004},
@@ -117,6 +141,7 @@ DETECTION_FINDING: Final[dict[str, Any]] = {
         "status_id": {"enum": [0, 1, 2, 3, 4, 5, 6, 99]},
         "is_alert": {"type": "boolean"},
         "resources": {"type": "array", "items": _RESOURCE, "minItems": 1, "maxItems": 16},
+        "evidences": {"type": "array", "items": _EVIDENCE, "minItems": 1, "maxItems": 16},
     },
     "additionalProperties": False,
 }
@@ -125,7 +150,7 @@ INCIDENT_FINDING: Final[dict[str, Any]] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": f"OCSF {OCSF_SCHEMA_VERSION} Incident Finding (2005), as hostgate emits it",
     "type": "object",
-    "required": [*_BASE_REQUIRED, "finding_info_list", "status_id"],
+    "required": [*_BASE_REQUIRED, "finding_info_list", "status_id", "device", "observables"],
     "properties": {
         **_BASE_PROPERTIES,
         "class_uid": {"const": 2005},

@@ -61,12 +61,13 @@ def test_a_rejection_opens_no_incident_and_is_a_detection_finding(reason: str) -
     validate(finding.body)
     body = finding.body
     assert body["class_uid"] == 2004 and body["time"] == T0 + 5
-    assert body["resources"] == [{"uid": "host-x", "type": "host", "name": "host-x"}]
+    assert body["device"]["uid"] == "host-x" and body["observables"][0]["value"] == "host-x"
     hg = body["unmapped"]["hostgate"]
     assert hg["incident_id"] is None and hg["trust_state_changed"] is False
-    assert [r["rule_id"] for r in hg["indicators"]["failed_rules"]] == \
+    (evidence,) = body["evidences"]
+    assert [r["rule_id"] for r in evidence["data"]["failed_rules"]] == \
         [f"intake.{reason.lower()}"]
-    assert hg["indicators"]["evidence"] == "attest.evidence.v1[2]@501"
+    assert evidence["data"]["evidence"] == "attest.evidence.v1[2]@501"
 
 
 def test_a_rejection_does_not_quarantine_a_trusted_host() -> None:

@@ -185,7 +185,7 @@ def test_intake_rejections_are_findings_never_incidents() -> None:
     (finding,) = r.findings
     validate(finding.body)
     assert finding.uid == "det-rej-host-a-2" and finding.time_ms == T0 + 7
-    ind = finding.body["unmapped"]["hostgate"]["indicators"]
+    ind = finding.body["evidences"][0]["data"]
     assert ind["source"] == "INTAKE_REJECTION" and ind["policy_sha256"] is None
     assert [r["rule_id"] for r in ind["failed_rules"]] == ["intake.replayed_nonce"]
     assert ind["evidence"] == "attest.evidence.v1[2]@502"

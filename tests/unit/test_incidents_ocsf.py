@@ -39,8 +39,9 @@ def _scenario() -> list[SocFinding]:
 def test_every_finding_of_a_lifecycle_validates_with_the_expected_class_and_activity() -> None:
     findings = _scenario()
     got = [(f.class_uid, f.body["activity_id"], f.body.get("status_id")) for f in findings]
+    # ... and closing the incident closes (resolves) its occurrence's Detection Finding too
     assert got == [(2004, 1, 1), (2005, 1, 1), (2005, 2, 2), (2005, 2, 2), (2005, 2, 4),
-                   (2005, 3, 5)]
+                   (2005, 3, 5), (2004, 3, 4)]
     for f in findings:
         validate(f.body)
         assert f.body["type_uid"] == f.class_uid * 100 + f.body["activity_id"]
@@ -49,7 +50,10 @@ def test_every_finding_of_a_lifecycle_validates_with_the_expected_class_and_acti
     assert det.body["time"] == T0 + 123
     assert det.body["finding_info"]["uid"] == "det-v-host-a-1"
     assert opened.body["finding_info_list"][0]["uid"] == det.body["finding_info"]["uid"]
-    iocs = det.body["unmapped"]["hostgate"]["indicators"]
+    assert findings[-1].uid == det.uid  # the same finding, now resolved
+    iocs = det.body["evidences"][0]["data"]
+    assert {o["value"] for o in det.body["observables"]} >= {
+        "host-a", iocs["evidence_sha256"], iocs["policy_sha256"]}
     assert iocs["evidence"] == "attest.evidence.v1[2]@101"
     assert iocs["evidence_sha256"] == verdict("host-a", 1)["evidence_digest"].hex()
     assert iocs["policy_sha256"] == verdict("host-a", 1)["policy_digest"].hex()
