@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "services.issuer.cli",
     "services.collector.cli_identity",
     "services.verifier.cli_audit_replay",
+    "services.verifier.cli_ear",
     "services.demo.cli",
 )
 

@@ -14,8 +14,9 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from services.tpm import sipa
-from services.tpm.eventlog import Event
+from services.tpm.eventlog import Event, event_type_name
 from services.tpm.ipl import IplString
+from services.tpm.pcr_types import allowed_types
 from services.tpm.uefi import UefiVariableData
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "LoadOptions",
     "PossibleCmdline",
     "QuirkUse",
+    "claims_an_unverified_event_may_hold",
 ]
 
 
@@ -46,10 +48,41 @@ CLAIMS_FROM_DATA: Final[Mapping[str, frozenset[str]]] = MappingProxyType({
     "EV_EFI_VARIABLE_BOOT2": frozenset({"boot_order", "boot_options"}),
     "EV_EFI_GPT_EVENT": frozenset(),
     "EV_ACTION": frozenset(),
+    # what the fold reads from the other labels of PCRs 0, 1, 3, 5 and 6 (section below)
+    "EV_EFI_VARIABLE_DRIVER_CONFIG": frozenset({"secure_boot", "key_databases"}),
+    "EV_EFI_ACTION": frozenset({"efi_actions", "uefi_debug_mode", "dma_protection_disabled"}),
+    "EV_SEPARATOR": frozenset(),
+    **dict.fromkeys(("EV_POST_CODE", "EV_S_CRTM_CONTENTS", "EV_EFI_PLATFORM_FIRMWARE_BLOB",
+                     "EV_EFI_PLATFORM_FIRMWARE_BLOB2"), frozenset({"firmware_blobs"})),
+    **dict.fromkeys(("EV_EFI_HANDOFF_TABLES", "EV_EFI_HANDOFF_TABLES2"),
+                    frozenset({"handoff_tables"})),
+    "EV_PLATFORM_CONFIG_FLAGS": frozenset({"platform_config_flags"}),
+    "EV_EVENT_TAG": frozenset({"linux_efi_stub_tags", "kernel_load_options", "windows"}),
+    **dict.fromkeys(("EV_POST_CODE2", "EV_NONHOST_CODE", "EV_NONHOST_CONFIG", "EV_NONHOST_INFO",
+                     "EV_EFI_HCRTM_EVENT", "EV_EFI_SPDM_FIRMWARE_BLOB",
+                     "EV_EFI_SPDM_FIRMWARE_CONFIG", "EV_TABLE_OF_DEVICES", "EV_CPU_MICROCODE",
+                     "EV_EFI_GPT_EVENT2", "EV_IPL_PARTITION_DATA", "EV_COMPACT_HASH"),
+                    frozenset()),
 })
-"""Event type -> the :class:`Claims` fields the fold reads from its data, for the types whose
-data may be informational (``services.tpm.claims`` folds these; the GPT and ``EV_ACTION`` are
-bound and not read). Any other type is taken to affect every claim."""
+"""Event type -> the :class:`Claims` fields the fold reads from its data, for every type a PCR
+whose data may be informational allows (``services.tpm.claims`` folds these; the GPT and
+``EV_ACTION`` are bound and not read). Any other type is taken to affect every claim. The type
+of an event is not covered by its digest, so an unverified event is taken to be any type its
+PCR allows (:func:`claims_an_unverified_event_may_hold`)."""
+
+
+def claims_an_unverified_event_may_hold(pcr: int) -> frozenset[str] | None:
+    """The claims an event of ``pcr`` whose data does not hash to its digest may have been meant
+    to feed, whatever its (unhashed) label says: what every type allowed in ``pcr`` feeds (None:
+    every claim). Informational data exists only in TPM logs (every CCEL register is
+    security-relevant), so the TPM table is the one."""
+    out: set[str] = set()
+    for t in sorted(allowed_types("tpm", pcr)):
+        read = CLAIMS_FROM_DATA.get(event_type_name(t))
+        if read is None:
+            return None
+        out |= read
+    return frozenset(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +276,7 @@ class Claims:
         for a in self.anomalies:
             if a.reason != UNVERIFIED_DATA:
                 continue
-            read = CLAIMS_FROM_DATA.get(a.event_type)
+            read = claims_an_unverified_event_may_hold(a.pcr)  # any label its PCR allows
             if read is None or name in read:  # an unlisted type: any claim may be affected
                 return a
         return None

@@ -109,7 +109,12 @@ REASONS: Final[dict[str, str]] = {
     "tpm.secureboot.invalid_value": "SecureBoot variable is not one byte of 0 or 1",
     "tpm.secureboot.duplicate_variable": "a Secure Boot variable measured twice",
     "tpm.secureboot.variable_after_separator": "a Secure Boot variable measured after PCR 7's separator",
+    "tpm.secureboot.variable_outside_pcr7": "SecureBoot or a key database measured outside PCR 7 "
+                                            "(a CCEL's MR 1): never believed, the log fails",
     "tpm.uefi.debug_mode": "EV_EFI_ACTION 'UEFI Debug Mode': a UEFI debugger was enabled",
+    "tpm.sipa.module_conflict": "a Windows module (one Authenticode hash) measured with "
+                                "different attributes (path, size, signer...): one module, "
+                                "whose disputed attributes are unknown",
 }
 
 _FAIL_CLOSED: Final = {"tpm": frozenset({7, 12, 13, 14}), "ccel": frozenset({1, 3})}
@@ -231,6 +236,11 @@ def _driver_config(ev: Event, fact: Fact, st: _State) -> None:
         if ev.pcr in st.separators:
             st.flag(ev, "tpm.secureboot.variable_after_separator", var.name, fatal=True)
         st.sb_vars.add(var.name)
+    elif var.name == "SecureBoot" or var.name in KEY_DATABASES:
+        # Read by its name, the last one measured would win: root extends PCR 1 after boot with
+        # SecureBoot = 1 or an empty db and the claim is that. No firmware measures them there.
+        st.flag(ev, "tpm.secureboot.variable_outside_pcr7", var.name, fatal=True)
+        return
     if var.name == "SecureBoot" and var.variable_guid == EFI_GLOBAL_VARIABLE_GUID:
         value = var.variable_data
         if not value:
@@ -404,7 +414,25 @@ def _windows(st: _State) -> sipa.WindowsBootConfig | None:
     for ev, summary in st.sipa_blocks:
         st.decoded[ev.seq] = DecodedEvent(ev.pcr, ev.event_type, ev.data,
                                           windows_flags=summary.own_flags)
-    return sipa.merge_blocks(summary for _, summary in st.sipa_blocks)
+    win = sipa.merge_blocks((summary for _, summary in st.sipa_blocks),
+                            sites=[(ev.pcr, ev.seq) for ev, _ in st.sipa_blocks])
+    for m in win.loaded_modules:
+        if m.conflicts:
+            _module_conflict(m, st)
+    return win
+
+
+def _module_conflict(m: sipa.WindowsModule, st: _State) -> None:
+    """A non-fatal anomaly at the last describing site of a module whose measurements disagree
+    (the rules read its disputed attributes as unknown, so it cannot help a host pass)."""
+    site = next(s for s in reversed(m.sites) if s.described)
+    seqs = sorted({s.seq for s in m.sites if s.described and s.seq is not None})
+    what = "; ".join(f"{c.attribute} {list(c.values)}" for c in m.conflicts)
+    st.anomalies.append(Anomaly(
+        "tpm.sipa.module_conflict", site.seq if site.seq is not None else -1,
+        site.pcr if site.pcr is not None else 13, "EV_EVENT_TAG",
+        f"module {m.authenticode_hash.hex()[:16]}… measured at events {seqs} with "
+        f"conflicting {what}"[:400], False))
 
 
 def extract_claims(

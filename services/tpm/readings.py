@@ -24,14 +24,23 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from services.tpm import sipa
+from services.tpm.algorithms import hash_constructor
 from services.tpm.binding_consequences import data_decides
 from services.tpm.bindings import BindingResult, bound_payload, check_binding_of_payload
 from services.tpm.claim_records import UNVERIFIED_DATA, BootOption, DecodedEvent, KeyEntry
-from services.tpm.errors import MalformedInput
+from services.tpm.errors import MalformedInput, Unsupported
 from services.tpm.eventlog import Event, EventType
 from services.tpm.ipl import LINUX_EFI_INITRD_TAG, LINUX_EFI_LOAD_OPTIONS_TAG, IplString, decode_ipl
 from services.tpm.memo import Memo
-from services.tpm.pcr_types import TOLERANT_PCRS, allowed_types, content_problem
+from services.tpm.pcr_types import (
+    EFI_ACTION_STRINGS,
+    ERROR_SEPARATORS,
+    SEPARATOR_VALUES,
+    TOLERANT_PCRS,
+    WBCL_SEPARATOR,
+    allowed_types,
+    content_problem,
+)
 from services.tpm.uefi import (
     KEY_DATABASES,
     UefiVariableData,
@@ -348,13 +357,32 @@ def _type_flags(ev: Event, registers: Registers) -> Reading | None:
     return None
 
 
+_FIXED_CONTENTS: Final = (*sorted(SEPARATOR_VALUES | ERROR_SEPARATORS), WBCL_SEPARATOR,
+                          *sorted(EFI_ACTION_STRINGS))
+
+
+def _fixed_content(ev: Event) -> bool:
+    """Whether ``ev``'s digest, in a bank, is that of a separator value or an EFI action string:
+    its data then was one, whatever the (unhashed) label, and a decision reads it (an error
+    separator, 'UEFI Debug Mode'), so unbound data under an informational label must not hide
+    it. Only asked of data that does not bind."""
+    for bank, digest in ev.digests.items():
+        try:
+            ctor = hash_constructor(bank)
+        except Unsupported:
+            continue
+        if any(ctor(content).digest() == digest for content in _FIXED_CONTENTS):
+            return True
+    return False
+
+
 def _binding_flags(result: BindingResult, ev: Event, registers: Registers) -> Reading | None:
     """A non-usable reading if the data is not bound to its digests: fatal where security
     decisions depend on the data (:mod:`services.tpm.binding_consequences`), else a non-fatal
     ``tpm.binding.data_unverified`` (the event counts by its digest, its claims are unverified)."""
     if result.status == "mismatch":
         banks = ", ".join(result.banks)
-        if data_decides(registers, ev.pcr, ev.event_type) is not None:
+        if data_decides(registers, ev.pcr, ev.event_type) is not None or _fixed_content(ev):
             return Reading((Flag("tpm.binding.digest_mismatch", f"banks {banks}", True),),
                            usable=False)
         detail = (f"{ev.type_name} data does not hash to its digest (banks {banks}): what it "

@@ -24,6 +24,22 @@ go-attestation does: both real Windows logs in the corpus (W03, W04) measure 0, 
 client default OptIn, which a boolean reading would call "DEP off". ``dep`` therefore latches
 off only when AlwaysOff (2) is ever measured; the raw values are kept in ``dep_policy``.
 
+Transfer control: ``SIPAEVENT_TRANSFER_CONTROL`` (UINT32) values are kept raw in
+``transfer_control``. go-attestation reads the last one as ``ColdBoot`` (1: the boot manager
+handed over to winload, not winresume); hostgate derives no cold-boot flag yet: W04 measures
+1 and then 5 (a Hyper-V boot, so plausibly a later hand-over to the hypervisor loader, not a
+resume), and a flag read from an unknown value would be a guess. No policy field reads it.
+
+Loaded modules: the loader measures each image it loads once per boundary it crosses (in the
+corpus: its Authenticode hash and image base in PCR 12, its path, size, hash algorithm,
+validation and signer in PCR 13). :func:`merge_blocks` makes one :class:`WindowsModule` per
+Authenticode hash, with every measurement site (PCR, event seq, image base). A measurement that
+describes the image (anything beyond hash and image base) is compared with every other one:
+attributes they give different values (absence counting as a value) are a
+:class:`ModuleConflict`, and the merged attribute is then None (unknown), never one side's
+value; :attr:`WindowsModule.signer` is None when the signer is in dispute. A module with no
+Authenticode hash is never merged with another.
+
 Containers are walked recursively, bounded by :data:`MAX_SIPA_DEPTH` and
 :data:`MAX_SIPA_EVENTS`; unknown SIPA types are kept as opaque leaves (they are covered by the
 tagged event's digest, so skipping their meaning is safe). Untrusted until replay-verified.
@@ -32,7 +48,7 @@ tagged event's digest, so skipping their meaning is safe). Untrusted until repla
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -46,14 +62,18 @@ __all__ = [
     "MAX_SIPA_EVENTS",
     "BlockSummary",
     "LoadedModule",
+    "ModuleConflict",
+    "ModuleSite",
     "SiPolicy",
     "SipaEvent",
     "TaggedEvent",
     "WindowsBootConfig",
+    "WindowsModule",
     "decode_sipa_events",
     "decode_tagged_event",
     "fold_windows_config",
     "merge_blocks",
+    "merge_modules",
     "summarise_block",
 ]
 
@@ -208,7 +228,8 @@ def _sequence(
 
 @dataclass(frozen=True, slots=True)
 class LoadedModule:
-    """A ``SIPAEVENT_LOADEDMODULE_AGGREGATION``: one image the Windows loader measured."""
+    """A ``SIPAEVENT_LOADEDMODULE_AGGREGATION``: one measurement of an image the Windows loader
+    loaded (a block may hold several of one image; :func:`merge_modules` joins them)."""
 
     file_path: str | None
     authenticode_hash: bytes
@@ -219,6 +240,78 @@ class LoadedModule:
     authority_publisher: str | None
     authority_serial: bytes | None
     authority_sha1_thumbprint: bytes | None
+    image_base: int | None = None
+
+    @property
+    def describes(self) -> bool:
+        """Whether this measurement says more than the hash and load address (path, size,
+        algorithm, validation or signer): only such measurements are compared for conflicts."""
+        return any(getattr(self, a) is not None for a in MODULE_ATTRIBUTES)
+
+
+MODULE_ATTRIBUTES: Final = ("file_path", "hash_algorithm", "image_size", "image_validated",
+                            "authority_issuer", "authority_publisher", "authority_serial",
+                            "authority_sha1_thumbprint")
+"""The attributes of a loaded module that describe the image (compared across measurements)."""
+SIGNER_ATTRIBUTES: Final = frozenset({"image_validated", "authority_issuer",
+                                      "authority_publisher", "authority_serial",
+                                      "authority_sha1_thumbprint"})
+"""The attributes that say who signed a module: a conflict in any leaves it without a signer."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleSite:
+    """Where a module was measured: the PCR and event seq of the EV_EVENT_TAG holding the
+    ``SIPAEVENT_LOADEDMODULE_AGGREGATION`` (None when the caller gave none), the image base it
+    names, and whether it described the image (:attr:`LoadedModule.describes`)."""
+
+    pcr: int | None
+    seq: int | None
+    image_base: int | None
+    described: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleConflict:
+    """Measurements of one Authenticode hash that disagree on ``attribute``: each distinct
+    value as text (bytes in hex; None where a describing measurement did not give it)."""
+
+    attribute: str
+    values: tuple[str | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowsModule:
+    """One image the Windows loader loaded, merged by Authenticode hash across every SIPA block
+    and PCR it was measured in (``sites``, in log order). Each attribute is the value every
+    describing measurement gave, or None: never measured, or measured with different values
+    (then listed in ``conflicts``)."""
+
+    file_path: str | None
+    authenticode_hash: bytes
+    hash_algorithm: str | None
+    image_size: int | None
+    image_validated: bool | None
+    authority_issuer: str | None
+    authority_publisher: str | None
+    authority_serial: bytes | None
+    authority_sha1_thumbprint: bytes | None
+    sites: tuple[ModuleSite, ...] = ()
+    conflicts: tuple[ModuleConflict, ...] = ()
+
+    @property
+    def signer(self) -> tuple[str, ...] | None:
+        """The names (publisher, then issuer) of the one signer every describing measurement
+        gives, or None: none was measured, the loader did not say it validated the image
+        (``ImageValidated``), or the measurements disagree on any signer attribute (one
+        without a publisher against one with counts). Untrusted unless replay-verified, and
+        meaningful only if Secure Boot and code integrity were on (the policy checks both)."""
+        if self.image_validated is not True:
+            return None
+        if any(c.attribute in SIGNER_ATTRIBUTES for c in self.conflicts):
+            return None
+        names = tuple(x for x in (self.authority_publisher, self.authority_issuer) if x)
+        return names or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +345,12 @@ class WindowsBootConfig:
     os_revision_lists: tuple[bytes, ...] = ()
     si_policies: tuple[SiPolicy, ...] = ()
     elam_drivers: tuple[str, ...] = ()
-    loaded_modules: tuple[LoadedModule, ...] = ()
+    loaded_modules: tuple[WindowsModule, ...] = ()
+    """One record per Authenticode hash (:func:`merge_modules`), in order of first measurement."""
     system_root: tuple[str, ...] = ()
     boot_counter: int | None = None
+    transfer_control: tuple[int, ...] = ()
+    """``SIPAEVENT_TRANSFER_CONTROL`` values in log order (raw; see the module docstring)."""
     sipa_event_count: int = 0
     unknown_types: tuple[int, ...] = field(default=())
 
@@ -323,6 +419,7 @@ def _module(ev: SipaEvent, seq: int | None) -> LoadedModule:
         authority_publisher=text(AUTHORITY_PUBLISHER, "AuthorityPublisher"),
         authority_serial=raw(AUTHORITY_SERIAL),
         authority_sha1_thumbprint=raw(AUTHORITY_SHA1_THUMBPRINT),
+        image_base=_int(vals[IMAGE_BASE], seq, "ImageBase") if IMAGE_BASE in vals else None,
     )
 
 
@@ -344,6 +441,7 @@ _LISTS: Final = {
     HYPERVISOR_LAUNCH_TYPE: "hypervisor_launch_type",
     VSM_LAUNCH_TYPE: "vsm_launch_type",
     VBS_HVCI_POLICY: "hvci_policy",
+    TRANSFER_CONTROL: "transfer_control",
 }
 
 
@@ -446,11 +544,59 @@ def summarise_block(seq: int | None, events: tuple[SipaEvent, ...]) -> BlockSumm
     )
 
 
-def merge_blocks(summaries: Iterable[BlockSummary]) -> WindowsBootConfig:
+def _shown(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def merge_modules(
+    measured: Iterable[tuple[int | None, int | None, LoadedModule]],
+) -> tuple[WindowsModule, ...]:
+    """One :class:`WindowsModule` per Authenticode hash from ``(pcr, seq, measurement)`` in log
+    order (see the module docstring): sites kept, describing measurements compared, each
+    disputed attribute None and listed in ``conflicts``. Measurements without a hash are kept
+    apart, one module each (nothing says two of them are one image)."""
+    groups: dict[bytes | int, list[tuple[int | None, int | None, LoadedModule]]] = {}
+    for i, (pcr, seq, m) in enumerate(measured):
+        groups.setdefault(m.authenticode_hash or i, []).append((pcr, seq, m))
+    out: list[WindowsModule] = []
+    for group in groups.values():
+        described = [m for _, _, m in group if m.describes]
+        values: dict[str, object] = {}
+        conflicts: list[ModuleConflict] = []
+        for attr in MODULE_ATTRIBUTES:
+            seen = list(dict.fromkeys(getattr(m, attr) for m in described))
+            if len(seen) > 1:
+                shown = sorted({_shown(v) for v in seen}, key=lambda t: (t is not None, t or ""))
+                conflicts.append(ModuleConflict(attr, tuple(shown)))
+            values[attr] = seen[0] if len(seen) == 1 else None
+        out.append(WindowsModule(
+            authenticode_hash=group[0][2].authenticode_hash,
+            sites=tuple(ModuleSite(pcr, seq, m.image_base, m.describes) for pcr, seq, m in group),
+            conflicts=tuple(conflicts),
+            **values,  # type: ignore[arg-type]
+        ))
+    return tuple(out)
+
+
+def merge_blocks(
+    summaries: Iterable[BlockSummary],
+    *,
+    sites: Sequence[tuple[int | None, int | None]] | None = None,
+) -> WindowsBootConfig:
     """Fold block summaries (in log order) into one latched :class:`WindowsBootConfig`: a
     weakening flag is on if any block says on, code integrity is off if any block says off,
-    lists concatenate, the last measured boot counter wins."""
+    lists concatenate, the last measured boot counter wins, loaded modules merge by hash
+    (:func:`merge_modules`; ``sites`` gives each block's ``(pcr, seq)``, else unknown)."""
     blocks = list(summaries)
+    if sites is not None and len(sites) != len(blocks):
+        raise ValueError(f"{len(sites)} sites for {len(blocks)} SIPA blocks")
+    where = list(sites) if sites is not None else [(None, None)] * len(blocks)
     flags: dict[str, bool | None] = dict.fromkeys(FLAG_ATTRIBUTES)
     for block in blocks:
         for name, value in block.flags:
@@ -476,7 +622,8 @@ def merge_blocks(summaries: Iterable[BlockSummary]) -> WindowsBootConfig:
         os_revision_lists=joined("os_revision_lists"),
         si_policies=joined("si_policies"),
         elam_drivers=joined("elam_drivers"),
-        loaded_modules=joined("loaded_modules"),
+        loaded_modules=merge_modules((pcr, seq, m) for (pcr, seq), block in zip(
+            where, blocks, strict=True) for m in block.loaded_modules),
         system_root=joined("system_root"),
         boot_counter=next((b.boot_counter for b in reversed(blocks)
                            if b.boot_counter is not None), None),
@@ -489,6 +636,9 @@ def fold_windows_config(
     blocks: Iterable[tuple[int | None, tuple[SipaEvent, ...]]],
 ) -> WindowsBootConfig:
     """Fold decoded SIPA blocks (``(event seq, events)`` in log order) into one latched
-    :class:`WindowsBootConfig`. Raises ``MalformedEventData`` for a known SIPA type whose
-    payload does not have its documented shape. Only meaningful for replay-verified events."""
-    return merge_blocks(summarise_block(seq, events) for seq, events in blocks)
+    :class:`WindowsBootConfig` (module sites name the seq, no PCR). Raises
+    ``MalformedEventData`` for a known SIPA type whose payload does not have its documented
+    shape. Only meaningful for replay-verified events."""
+    listed = list(blocks)
+    return merge_blocks((summarise_block(seq, events) for seq, events in listed),
+                        sites=[(None, seq) for seq, _ in listed])

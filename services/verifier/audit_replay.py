@@ -17,6 +17,13 @@ Two modes, both pure over already decoded records (the CLI does the Kafka readin
 * :func:`what_if` — a policy given: re-appraise every collected record under it and list the
   hosts whose result or failed rules would change, and why.
 
+A signed EAR (``ear_json`` holding a compact JWS: :mod:`services.verifier.ear_token`) is
+compared by its claims, not its signature: the signed payload is exactly the claims' JSON, so
+``ear_json`` matches when the recorded token's payload equals the claims recomputed here. That
+needs no signing key (an auditor holds none), and it holds for a PKCS#11 key too, whose ECDSA
+signatures differ per signing. Whether the signature verifies is a separate question, answered
+with the published JWKS by ``hostgate ear verify``.
+
 Trust: the recorded verdicts are *untrusted* input here — the point of the audit is to check
 them — so nothing in them is believed except as a pointer to what to recompute.
 """
@@ -31,6 +38,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from services.verifier import core, reasons
+from services.verifier.ear_token import untrusted_claims_text
 from services.verifier.memo import VerifierMemo
 from services.verifier.policy_in_force import PolicyCache, PolicyInForce, PolicyUnusable
 from services.wire.coords import coordinates_key, coordinates_record
@@ -192,11 +200,14 @@ def compare_verdicts(recorded: Mapping[str, Any], replayed: Mapping[str, Any]
     """Every top-level field whose canonical value differs (a field present on one side only
     counts as a difference), in field order. A field whose two values are already equal as
     they are (the common case: the same bytes, strings, lists) is not canonicalised: equal
-    values have equal canonical forms."""
+    values have equal canonical forms. ``ear_json`` compares the EAR claims, signed or not
+    (module docstring)."""
     diffs = []
     absent = object()
     for name in sorted(set(recorded) | set(replayed), key=str):
         x, y = recorded.get(name, absent), replayed.get(name, absent)
+        if name == "ear_json" and isinstance(x, str) and isinstance(y, str):
+            x, y = untrusted_claims_text(x), untrusted_claims_text(y)  # claims, not signature
         if x is not absent and y is not absent and type(x) is type(y) and x == y:
             continue
         a = canonical(x) if x is not absent else "<absent>"

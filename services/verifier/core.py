@@ -31,6 +31,12 @@ it is a failed verdict, never a stalled worker.
 The shell may pass a :class:`~services.verifier.memo.VerifierMemo` (``memo=``): it is handed to
 the quote, parse, replay, claims and claims-JSON steps, and never changes a verdict (the
 argument is in :mod:`services.verifier.memo`).
+
+The shell may also pass the verifier's EAR signing key (``ear_key=``, a capability the config
+carries: :mod:`services.verifier.ear_key`): ``ear_json`` is then the compact JWS of the claims
+(:mod:`services.verifier.ear_token`) instead of the claims' JSON. A PEM key signs with RFC 6979
+deterministic ECDSA, so the verdict stays a function of its inputs and the key; everything but
+the signature is the same either way, and audit replay compares the signed claims.
 """
 
 from __future__ import annotations
@@ -63,6 +69,8 @@ from services.tpm.replay import ReplayResult, verify_replay
 from services.verifier import counters, ear, reasons
 from services.verifier.claims_json import claims_json
 from services.verifier.config import VerifierConfig
+from services.verifier.ear_key import EarSigningKey
+from services.verifier.ear_token import sign_claims
 from services.verifier.memo import VerifierMemo
 from services.verifier.policy.evaluate import QuoteFacts, evaluate, subject
 from services.verifier.policy.events import shorten
@@ -460,6 +468,7 @@ def appraise(
     *,
     collected_at: Coordinates | Mapping[str, Any] | None = None,
     memo: VerifierMemo | None = None,
+    ear_key: EarSigningKey | None = None,
 ) -> VerdictRecord:
     """Appraise one ``hostgate.EvidenceCollected`` (typed, or as the codec decoded it) under
     ``policy``.
@@ -469,6 +478,7 @@ def appraise(
     the verdict still lists what else is wrong). ``collected_at`` is where the collected record
     itself lives (the stage passes the input record's coordinates).
     ``memo``: the shell's memo (see the module docstring); None computes everything.
+    ``ear_key``: the EAR signing key (see the module docstring); None writes the EAR unsigned.
     """
     typed = _typed(collected)
     w = _Work(memo=memo)
@@ -479,17 +489,18 @@ def appraise(
     elif policy is None:
         w.fail(reasons.POLICY_NONE_IN_FORCE, "No attestation policy is in force, so the "
                "evidence cannot pass.")
-    return _verdict(typed, usable, w, _located(collected_at))
+    return _verdict(typed, usable, w, _located(collected_at), ear_key)
 
 
 def error_verdict(collected: EvidenceCollected | Mapping[str, Any], rule_id: str,
                   sentence: str, *,
-                  collected_at: Coordinates | Mapping[str, Any] | None = None) -> VerdictRecord:
+                  collected_at: Coordinates | Mapping[str, Any] | None = None,
+                  ear_key: EarSigningKey | None = None) -> VerdictRecord:
     """A failed verdict with one reason and nothing else established (for the stage's error
     policy: a bug in appraisal fails the evidence closed instead of dead-lettering it)."""
     w = _Work()
     w.fail(rule_id, sentence)
-    return _verdict(_typed(collected), None, w, _located(collected_at))
+    return _verdict(_typed(collected), None, w, _located(collected_at), ear_key)
 
 
 def _attested(w: _Work) -> tuple[PcrValue, ...]:
@@ -500,7 +511,8 @@ def _attested(w: _Work) -> tuple[PcrValue, ...]:
 
 
 def _verdict(collected: EvidenceCollected, policy: PolicyInForce | None, w: _Work,
-             collected_at: Coordinates) -> VerdictRecord:
+             collected_at: Coordinates, ear_key: EarSigningKey | None = None
+             ) -> VerdictRecord:
     failures = tuple(sorted(w.failures, key=lambda f: (f.rule_id, f.sentence)))
     passed = not failures
     policy_digest = policy.digest if policy is not None else b""
@@ -516,7 +528,10 @@ def _verdict(collected: EvidenceCollected, policy: PolicyInForce | None, w: _Wor
     ear_json = ear.canonical_float_free(ear.ear_claims(
         vector, iat_seconds=appraised_at // 1000,
         policy_id_uri=ear.policy_uri(policy.policy_id, policy.version, policy.digest.hex())
-        if policy is not None else ear.policy_uri("", 0, "")))
+        if policy is not None else ear.policy_uri("", 0, ""),
+        nonce=collected.evidence.nonce))
+    if ear_key is not None:
+        ear_json = sign_claims(ear_key, ear_json)
     verdict = Verdict(
         verdict_id=vid,
         host_id=collected.evidence.host_id,
@@ -580,7 +595,8 @@ def _decision(appraised: VerdictRecord, topic: str) -> Decision:
 def decide(inp: InputRecord, state: StateView, cfg: VerifierConfig) -> Decision:
     """Appraise one collected record under the policy in force; one verdict out."""
     policy = policy_of(state, cfg.policy_id, cfg.policies)
-    verdict = appraise(inp.record, policy, collected_at=_coordinates(inp), memo=cfg.memo)
+    verdict = appraise(inp.record, policy, collected_at=_coordinates(inp), memo=cfg.memo,
+                       ear_key=cfg.ear_key)
     return _decision(verdict, cfg.topics.verdicts)
 
 
@@ -590,7 +606,7 @@ def on_host_fault(inp: InputRecord, exc: HostgateError, cfg: VerifierConfig) -> 
     verdict = error_verdict(
         inp.record, reasons.EVIDENCE_MALFORMED,
         f"The evidence could not be appraised: {type(exc).__name__}: {exc}",
-        collected_at=_coordinates(inp))
+        collected_at=_coordinates(inp), ear_key=cfg.ear_key)
     return _decision(verdict, cfg.topics.verdicts)
 
 
@@ -601,5 +617,5 @@ def on_bug(inp: InputRecord, exc: Exception, cfg: VerifierConfig) -> Decision:
     verdict = error_verdict(
         inp.record, reasons.INTERNAL_ERROR,
         f"The verifier could not appraise this evidence ({type(exc).__name__}); it fails "
-        "closed.", collected_at=_coordinates(inp))
+        "closed.", collected_at=_coordinates(inp), ear_key=cfg.ear_key)
     return _decision(verdict, cfg.topics.verdicts)

@@ -17,16 +17,27 @@ References (IETF RATS, work in progress):
 
 The claim values used here (names as in AR4SI / the veraison EAR implementations): instance
 2 trustworthy, 96 untrustworthy, 97 unrecognised; configuration 2 approved, 96 unsupportable;
-executables 3 approved boot, 96 contraindicated; file-system 2 approved, 96 contraindicated;
-hardware 2 genuine; storage-opaque 2 hardware-keys-encrypted-secrets (the AK is fixedTPM).
-``runtime-opaque`` and ``sourced-data`` are never claimed: a boot quote says nothing of them.
+executables 3 approved boot, 33 unrecognised (a boot application the policy does not approve:
+``policy.codeintegrity.boot_applications``), 96 contraindicated; file-system 2 approved, 96
+contraindicated; hardware 2 genuine.
 
-hostgate does not sign the EAR (the verdict travels in a Kafka transaction, not to a relying
-party over the network); the JSON is canonical so audit replay reproduces it byte for byte.
+Never claimed (0, "no claim"): ``runtime-opaque`` and ``sourced-data`` (a boot quote says
+nothing of them) and ``storage-opaque``. That the AK is fixedTPM says the *attestation* key
+never leaves the TPM (``instance-identity``); it says nothing of how the Attester stores its
+secrets, and the one secret hostgate gives it, the issuer's host key, is unsealed by the agent
+and written to a file. Value 2 (hw-keys-encrypted-secrets: "all secrets in persistent storage
+encrypted with keys never visible outside an HSM or TEE") would be false; 32 or 96 would be a
+guess, since no evidence shows how the file is kept.
+
+The claims also carry ``eat_nonce`` (the challenge nonce the evidence answers, base64url
+without padding; RFC 9711 section 4.1) and ``exp`` (``iat`` + :data:`EAR_VALIDITY_S`). The
+JSON is canonical, so audit replay reproduces it byte for byte; signed, it is the payload of a
+compact JWS (ES256) with exactly these bytes (:mod:`services.verifier.ear_token`).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 from collections.abc import Mapping
@@ -43,6 +54,9 @@ VERIFIER_DEVELOPER: Final = "hostgate"
 VERIFIER_BUILD: Final = "hostgate-verifier/1"
 SUBMOD: Final = "tpm-measured-boot"
 """Name of the one attester (submod) a hostgate EAR describes."""
+EAR_VALIDITY_S: Final = 24 * 3600
+"""``exp`` - ``iat``: how long a relying party may rely on one appraisal (the issuer's default
+credential lifetime, ``HOSTGATE_ISSUER_CERT_VALIDITY_S``)."""
 
 CLAIMS: Final[tuple[str, ...]] = (
     "instance-identity", "configuration", "executables", "file-system", "hardware",
@@ -62,11 +76,11 @@ UNRECOGNIZED_INSTANCE: Final = 97
 APPROVED_CONFIG: Final = 2
 UNSUPPORTABLE_CONFIG: Final = 96
 APPROVED_BOOT: Final = 3
+UNRECOGNIZED_RUNTIME: Final = 33
 CONTRAINDICATED_RUNTIME: Final = 96
 APPROVED_FILES: Final = 2
 CONTRAINDICATED_FILES: Final = 96
 GENUINE_HARDWARE: Final = 2
-HW_KEYS_ENCRYPTED_SECRETS: Final = 2
 
 
 class Tier(StrEnum):
@@ -183,6 +197,12 @@ _AFFIRM: Final = {"configuration": APPROVED_CONFIG, "executables": APPROVED_BOOT
                   "file_system": APPROVED_FILES}
 _CONTRA: Final = {"configuration": UNSUPPORTABLE_CONFIG, "executables": CONTRAINDICATED_RUNTIME,
                   "file_system": CONTRAINDICATED_FILES}
+_RULE_CONTRA: Final[dict[str, int]] = {
+    # The rule fails a boot application that is not approved (digest and signer not allowed)
+    # or that is denied; both read "unrecognised" here, since the outcome does not say which.
+    "policy.codeintegrity.boot_applications": UNRECOGNIZED_RUNTIME,
+}
+"""A failed rule whose AR4SI value is not its claim's contraindicated one."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -215,14 +235,15 @@ def trust_vector(facts: AppraisalFacts) -> TrustVector:
     v: dict[str, int] = {}
     if facts.quote_verified:
         v["instance_identity"] = TRUSTWORTHY_INSTANCE
-        v["storage_opaque"] = HW_KEYS_ENCRYPTED_SECRETS
         if facts.ek_chain_verified:
             v["hardware"] = GENUINE_HARDWARE
-    by_claim: dict[str, list[bool]] = {}
+    by_claim: dict[str, list[int]] = {}
     for rule_id, passed in facts.rule_outcomes:
-        by_claim.setdefault(rule_claim(rule_id), []).append(passed)
-    for claim, outcomes in sorted(by_claim.items()):
-        v[claim] = _AFFIRM[claim] if all(outcomes) else _CONTRA[claim]
+        claim = rule_claim(rule_id)
+        by_claim.setdefault(claim, []).append(
+            _AFFIRM[claim] if passed else _RULE_CONTRA.get(rule_id, _CONTRA[claim]))
+    for claim, values in sorted(by_claim.items()):
+        v[claim] = max(values, key=lambda x: (_RANK[tier_of(x)], x))
     for reason in sorted(set(facts.failed_reasons)):
         claim, value = _REASON_CLAIMS.get(reason, ("instance_identity", VERIFIER_MALFUNCTION))
         current = v.get(claim, NO_CLAIM)
@@ -239,9 +260,15 @@ def policy_uri(policy_id: str, version: int, digest_hex: str) -> str:
     return f"policy://hostgate/{policy_id}/{version}#sha256:{digest_hex}"
 
 
+def eat_nonce(nonce: bytes) -> str:
+    """``eat_nonce`` for a challenge nonce: base64url without padding."""
+    return base64.urlsafe_b64encode(nonce).rstrip(b"=").decode("ascii")
+
+
 def ear_claims(vector: TrustVector, *, iat_seconds: int, policy_id_uri: str,
-               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The EAR claims-set (unsigned) for one appraisal."""
+               nonce: bytes = b"", extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The EAR claims-set (unsigned) for one appraisal; ``nonce`` is the challenge nonce the
+    evidence answers (``eat_nonce``, omitted when empty)."""
     sub: dict[str, Any] = {
         "ear.status": vector.status.value,
         "ear.trustworthiness-vector": vector.values(),
@@ -249,12 +276,16 @@ def ear_claims(vector: TrustVector, *, iat_seconds: int, policy_id_uri: str,
     }
     if extra:
         sub.update(extra)
-    return {
+    claims: dict[str, Any] = {
         "eat_profile": EAT_PROFILE,
         "iat": iat_seconds,
+        "exp": iat_seconds + EAR_VALIDITY_S,
         "ear.verifier-id": {"developer": VERIFIER_DEVELOPER, "build": VERIFIER_BUILD},
         "submods": {SUBMOD: sub},
     }
+    if nonce:
+        claims["eat_nonce"] = eat_nonce(nonce)
+    return claims
 
 
 def canonical(value: Any) -> str:

@@ -218,3 +218,25 @@ def test_decide_is_a_module_function_the_stage_binds_to_its_config() -> None:
 def test_config_errors_name_the_variable(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError, match=names):
         IncidentsConfig.from_env(env)
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_the_cloudevents_sdk_reads_every_finding_as_its_event(index: int) -> None:
+    """A SOC consumer using the CloudEvents SDK's own Kafka binding (binary mode) gets the
+    finding's id, type, source, subject and time, and the OCSF body as its data."""
+    from cloudevents.core.bindings.kafka import KafkaMessage, from_binary
+    from cloudevents.core.formats.json import JSONFormat
+
+    finding = _scenario()[index]
+    out = core.finding_output(finding, IncidentsConfig())
+    assert out.raw_value is not None
+    message = KafkaMessage(headers=dict(out.headers), key=out.key.encode(), value=out.raw_value)
+    event = from_binary(message, JSONFormat())
+    attributes = event.get_attributes()
+    assert attributes["id"] == finding.uid and attributes["subject"] == finding.host_id
+    assert attributes["type"].startswith("io.hostgate.ocsf.")
+    assert attributes["source"] == IncidentsConfig().ce_source
+    assert int(attributes["time"].timestamp() * 1000) == finding.time_ms
+    data = event.get_data()
+    body = json.loads(data) if isinstance(data, (bytes, str)) else data
+    assert body == json.loads(finding.to_json())

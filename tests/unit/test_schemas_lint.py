@@ -11,7 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "schemas"
-FILES = sorted(SCHEMAS.glob("*/v*.avsc"))
+TEST_SCHEMAS = REPO / "tests" / "support" / "schemas"
+"""The runtime tests' own records, held to the same rules."""
+FILES = sorted(SCHEMAS.glob("*/v*.avsc")) + sorted(TEST_SCHEMAS.glob("*/v*.avsc"))
 PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 
 
@@ -46,10 +48,12 @@ def test_there_is_a_schema_for_every_record_type_in_the_design() -> None:
         "NonceIssued", "EvidenceSubmitted", "EvidenceCollected", "IntakeRejected",
         "PolicyPublished", "Verdict", "CredentialIssued", "HostState", "IncidentEvent",
         "RemediationCommand", "RemediationRejected", "EnrollmentState", "PendingChallenge",
-        "UsedNonce", "HostTrackState", "IncidentState", "test.TestInput", "test.TestOutput",
-        "test.TestCounter",
+        "UsedNonce", "HostTrackState", "IncidentState",
     ):  # fmt: skip
         assert f"hostgate.{name}" in subjects
+    tests_only = {p.parent.name for p in FILES if TEST_SCHEMAS in p.parents}
+    assert tests_only == {"hostgate.test.TestInput", "hostgate.test.TestOutput",
+                          "hostgate.test.TestCounter"}
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -159,7 +163,8 @@ def test_times_are_timestamp_millis(path: Path) -> None:
 
 
 def test_registry_lists_every_file_once_with_unique_ids() -> None:
-    registry = json.loads((SCHEMAS / "registry.json").read_text("utf-8"))["schemas"]
+    registry = [e for d in (SCHEMAS, TEST_SCHEMAS)
+                for e in json.loads((d / "registry.json").read_text("utf-8"))["schemas"]]
     listed = [(e["subject"], e["version"]) for e in registry]
     on_disk = [(p.parent.name, int(p.stem[1:])) for p in FILES]
     assert sorted(listed) == sorted(on_disk)

@@ -187,7 +187,8 @@ def test_claim_records_hold_no_float() -> None:
                     walk(arg)
 
     walk(claim_records.Claims)
-    assert {claim_records.KeyEntry, sipa.WindowsBootConfig, sipa.LoadedModule} <= seen
+    assert {claim_records.KeyEntry, sipa.WindowsBootConfig, sipa.WindowsModule,
+            sipa.ModuleSite, sipa.ModuleConflict} <= seen
 
 
 def _type_args(hint: object) -> list[type]:

@@ -306,16 +306,64 @@ def _code_integrity(golden: Sequence[Golden], win: Sequence[Golden]) -> dict[str
         for app in code_in(g.claims, DRIVER_PCR):
             _image_digests(drivers, g, app)
         every_has_app = every_has_app and bool(chain)
-        if g.claims.windows is not None:
-            for i, m in enumerate(g.claims.windows.loaded_modules):
-                alg = (m.hash_algorithm or SHA_BANK_OF_SIZE.get(len(m.authenticode_hash), "")).lower()
-                if alg:
-                    drivers.add(alg, m.authenticode_hash.hex(), m.file_path or "",
-                                f"{g.source} Windows module #{i}")
+    signers = _windows_modules(golden, drivers)
     if every_has_app:
         out["bootApplications"] = {"allowedDigests": apps.entries()}
     out["drivers"] = {"allowedDigests": drivers.entries()}
+    if signers:
+        out["drivers"]["allowedSigners"] = signers
     return out
+
+
+def _signer_trusted(g: Golden) -> bool:
+    """Whether ``g``'s module records can approve by signer: the drivers rule takes a signer
+    only with Secure Boot and code integrity measured on."""
+    w = g.claims.windows
+    return g.claims.secure_boot is True and w is not None and w.code_integrity is True
+
+
+def _windows_modules(golden: Sequence[Golden], drivers: _Collector) -> list[Any]:
+    """Approve each Windows module by its publisher where every golden log that measured it
+    names one it may be approved by (:attr:`~services.tpm.sipa.WindowsModule.signer`, with
+    Secure Boot and code integrity on), so that an update signed by the same publisher passes;
+    by its digest (added to ``drivers``) where any does not. Returns the publishers, each with
+    where it was first seen."""
+    seen: dict[tuple[str, bytes], list[tuple[Golden, int, Any]]] = {}
+    for g in golden:
+        if g.claims.windows is None:
+            continue
+        for i, m in enumerate(g.claims.windows.loaded_modules):
+            alg = (m.hash_algorithm or SHA_BANK_OF_SIZE.get(len(m.authenticode_hash), "")).lower()
+            if alg:
+                seen.setdefault((alg, m.authenticode_hash), []).append((g, i, m))
+    publishers: dict[str, tuple[str, int]] = {}
+    for (alg, digest), found in seen.items():
+        if all(m.signer is not None and _signer_trusted(g) for g, _, m in found):
+            for g, _, m in found:
+                first, count = publishers.get(m.signer[0], ("", 0))
+                publishers[m.signer[0]] = (first or _module_where(g, m), count + 1)
+            continue
+        for g, i, m in found:
+            drivers.add(alg, digest.hex(), m.file_path or "",
+                        f"{_module_where(g, m)} (Windows module #{i}: "
+                        f"{_why_digest(g, m)})")
+    return [Commented(name, f"signs {count} Windows module(s) in the golden logs, first "
+                      f"{where}; approves any module it signs while Secure Boot and code "
+                      "integrity are on: review")
+            for name, (where, count) in sorted(publishers.items())]
+
+
+def _module_where(g: Golden, m: Any) -> str:
+    site = next((x for x in m.sites if x.described), m.sites[0] if m.sites else None)
+    return _where(g, site.seq if site is not None else None)
+
+
+def _why_digest(g: Golden, m: Any) -> str:
+    if not _signer_trusted(g):
+        return "Secure Boot or code integrity not on, so approved by digest"
+    if m.signer is None:
+        return "no undisputed, validated signer measured, so approved by digest"
+    return "another golden log measured it without one, so approved by digest"
 
 
 def _boot_chain(golden: Sequence[Golden]) -> dict[str, Any]:

@@ -122,8 +122,12 @@ def _custom(prepared: PreparedPolicy, s: Subject, max_steps: int,
     if not prepared.programs:
         return []
     out: list[RuleResult] = []
+    claims_json = s.claims.to_json_dict()
+    for name in _CLAIM_FIELDS:  # absent, not empty: a rule reaching one by any path fails
+        if name in claims_json and s.claims.unverified_claim(name) is not None:
+            del claims_json[name]
     try:
-        data = cel.prepare_input(s.claims.to_json_dict())
+        data = cel.prepare_input(claims_json)
     except cel.InputTooLarge as exc:
         return [RuleResult(ids.custom_rule_id(r.name), Outcome.FAIL,
                            f"Custom rule {r.name} could not run: {exc.message}.")

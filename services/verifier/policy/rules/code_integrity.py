@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from services.tpm.claims import Authority
-from services.tpm.sipa import WindowsBootConfig
+from services.tpm.sipa import SIGNER_ATTRIBUTES, WindowsBootConfig, WindowsModule
 from services.verifier.policy import ids
 from services.verifier.policy.events import shorten
 from services.verifier.policy.model import CodeIntegritySpec, ImageList, ImaList, RefDigest
@@ -53,11 +53,18 @@ class _Image:
     label: str
     digests: Mapping[str, bytes]
     signers: tuple[tuple[str, ...], ...]
-    """Its own signers (a Windows module's, from its bound SIPA record), each as its names;
-    empty for UEFI images, whose possible signers are every authority of PCR 7."""
+    """Every signer its own records name (a Windows module's, from its bound SIPA records,
+    disputed ones included), each as its names: what a deny list is checked against. Empty for
+    UEFI images, whose possible signers are every authority of PCR 7."""
     seq: int
     pcr: int
     uefi: bool
+    approvable: tuple[str, ...] = ()
+    """The names by which an allow-list of signers may approve it (a Windows module's
+    :attr:`~services.tpm.sipa.WindowsModule.signer`, when Secure Boot and code integrity were
+    measured on); empty: only its digest can."""
+    refusal: str = ""
+    """Why it cannot be approved by signer, when :attr:`approvable` is empty."""
 
 
 def _signer_names(a: Authority) -> tuple[str, ...]:
@@ -113,9 +120,10 @@ def _judge_images(rule: str, what: str, lists: ImageList, images: Sequence[_Imag
                 why = (f"PCR 7 also measured the unapproved signer {unapproved[0][0]}, and "
                        "nothing records which image each authority verified")
         else:
-            if img.signers and all(allowed_signers & set(names) for names in img.signers):
+            if img.approvable and allowed_signers & set(img.approvable):
                 continue
-            why = f"its signer ({'; '.join(n[0] for n in img.signers) or 'unknown'}) is not allowed"
+            why = img.refusal or (f"its signer ({img.approvable[0]}) is not allowed"
+                                  if img.approvable else "no signer was measured for it")
         return _r(rule, FAIL, f"The {what} {img.label} is not approved: its digest is not "
                   f"allowed and {why} (event {img.seq}).", _image_ref(img, s))
     return _judged(s, rule, PASS, lambda: f"All {len(images)} measured {what}s are approved.")
@@ -131,14 +139,43 @@ def _uefi_images(s: Subject, pcr: int) -> list[_Image]:
             for app in code_in(s.claims, pcr)]
 
 
-def _windows_modules(w: WindowsBootConfig) -> list[_Image]:
+def _module_refusal(m: WindowsModule, w: WindowsBootConfig, s: Subject) -> str:
+    """Why ``m`` cannot be approved by the signer its records name ("" if it can)."""
+    if s.claims.secure_boot is not True:
+        return ("Secure Boot was not measured on, so nothing verified the boot manager that "
+                "recorded its signer")
+    if w.code_integrity is not True:
+        return ("code integrity was not measured on, so the loader did not refuse unsigned "
+                "images")
+    if m.signer is not None:
+        return ""
+    disputed = [c.attribute for c in m.conflicts if c.attribute in SIGNER_ATTRIBUTES]
+    if disputed:
+        return (f"its measurements disagree on {', '.join(disputed)}, so who signed it is "
+                "unknown")
+    if m.authority_publisher or m.authority_issuer:
+        return "the loader did not record that it validated the image"
+    return "no signer was measured for it"
+
+
+def _windows_modules(w: WindowsBootConfig, s: Subject) -> list[_Image]:
     out: list[_Image] = []
     for i, m in enumerate(w.loaded_modules):
         alg = (m.hash_algorithm or SHA_BANK_OF_SIZE.get(len(m.authenticode_hash), "")).lower()
-        names = tuple(x for x in (m.authority_publisher, m.authority_issuer) if x)
-        signers = (names,) if names else ()
+        named = [(m.authority_publisher, m.authority_issuer)]
+        for c in m.conflicts:  # a deny list is checked against every signer any record names
+            if c.attribute in ("authority_publisher", "authority_issuer"):
+                named += [(v, None) for v in c.values]
+        signers = tuple(dict.fromkeys(
+            names for names in (tuple(x for x in pair if x) for pair in named) if names))
         label = m.file_path or f"Windows module #{i} (sha:{m.authenticode_hash.hex()[:16]}…)"
-        out.append(_Image(label, {alg: m.authenticode_hash}, signers, -1, 13, False))
+        site = next((x for x in m.sites if x.described), m.sites[0] if m.sites else None)
+        seq = site.seq if site is not None and site.seq is not None else -1
+        pcr = site.pcr if site is not None and site.pcr is not None else 13
+        refusal = _module_refusal(m, w, s)
+        approvable = m.signer if not refusal and m.signer is not None else ()
+        out.append(_Image(label, {alg: m.authenticode_hash}, signers, seq, pcr, False,
+                          approvable, refusal))
     return out
 
 
@@ -177,7 +214,7 @@ def check_code_integrity(spec: CodeIntegritySpec, s: Subject) -> list[RuleResult
     if spec.drivers is not None:
         drivers = _uefi_images(s, DRIVER_PCR)
         if w is not None:
-            drivers.extend(_windows_modules(w))
+            drivers.extend(_windows_modules(w, s))
         out.append(_judge_images(ids.CI_DRIVERS, "driver", spec.drivers, drivers, s))
     for rule, lst, modules in ((ids.CI_IMA_KERNEL_MODULES, spec.ima_kernel_modules, True),
                                (ids.CI_IMA_EXECUTABLES, spec.ima_executables, False)):
