@@ -6,9 +6,6 @@ compares the signed claims and still reproduces them (``services.verifier.audit_
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,45 +22,28 @@ from services.verifier.ear_key import (
     load_pkcs11_key,
 )
 from services.verifier.ear_token import keys_from_jwks, sign_claims, verify_token
-from tests.unit.test_issuer_pkcs11 import _module
+from tests.support.softhsm import TOKENS
 
-PIN = "2468-ear-pin"
 TOKEN = "hostgate-verifier"
+PIN = TOKENS[TOKEN].pin
 LABEL = "ear-signing"
 
 
 @pytest.fixture(scope="module")
-def module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def module(softhsm: Path) -> Path:
+    """The session's SoftHSM2 module (tests.support.softhsm), with this module's EAR key made
+    in its own token."""
     import pkcs11
     from pkcs11.util.ec import encode_named_curve_parameters
 
-    lib_path = _module()
-    util = shutil.which("softhsm2-util")
-    if util is None:
-        pytest.fail("softhsm2-util not found: `apt-get install softhsm2`")
-    base = tmp_path_factory.mktemp("softhsm-ear")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\n")
-    saved = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        subprocess.run([util, "--init-token", "--free", "--label", TOKEN, "--pin", PIN,
-                        "--so-pin", "1357-so"], check=True, capture_output=True, timeout=60)
-        tok = pkcs11.lib(str(lib_path)).get_token(token_label=TOKEN)
-        with tok.open(user_pin=PIN, rw=True) as session:
-            params = session.create_domain_parameters(
-                pkcs11.KeyType.EC,
-                {pkcs11.Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
-                local=True)
-            params.generate_keypair(store=True, label=LABEL)
-        yield lib_path
-    finally:
-        if saved is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = saved
+    tok = pkcs11.lib(str(softhsm)).get_token(token_label=TOKEN)
+    with tok.open(user_pin=PIN, rw=True) as session:
+        params = session.create_domain_parameters(
+            pkcs11.KeyType.EC,
+            {pkcs11.Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True)
+        params.generate_keypair(store=True, label=LABEL)
+    return softhsm
 
 
 @pytest.fixture

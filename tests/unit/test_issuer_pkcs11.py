@@ -7,9 +7,6 @@ the key pair is generated *inside* the token (CKA_SENSITIVE, not extractable).
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,66 +27,34 @@ from services.issuer.certificates import (
 )
 from services.issuer.errors import CaKeyError
 from services.issuer.extension import attestation_binding
+from tests.support.softhsm import TOKENS
 from tests.unit.issuer_support import APPRAISED, POLICY_DIGEST
 
-PIN = "4711-user-pin"
-SO_PIN = "9999-so-pin"
 TOKEN = "hostgate-ca"
+PIN, SO_PIN = TOKENS[TOKEN]
 KEY_LABEL = "issuing-ca"
 #: Where Debian's softhsm2 package puts the module (override with HOSTGATE_PKCS11_MODULE).
-MODULE_CANDIDATES = ("/usr/lib/softhsm/libsofthsm2.so",
-                     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-                     "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so")
-
-
-def _module() -> Path:
-    override = os.environ.get("HOSTGATE_PKCS11_MODULE")
-    for candidate in ([override] if override else []) + list(MODULE_CANDIDATES):
-        if Path(candidate).is_file():
-            return Path(candidate)
-    pytest.fail("SoftHSM2 is not installed: `apt-get install softhsm2` "
-                "(or set HOSTGATE_PKCS11_MODULE to a PKCS#11 module)")
-
-
 @pytest.fixture(scope="session")
-def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, bytes]]:
+def token(softhsm: Path) -> Iterator[tuple[Path, bytes]]:
     """(module, CA certificate PEM) of a fresh SoftHSM2 token holding the CA key."""
     import pkcs11
     from pkcs11.util.ec import encode_named_curve_parameters
 
-    module = _module()
-    util = shutil.which("softhsm2-util")
-    if util is None:
-        pytest.fail("softhsm2-util not found: `apt-get install softhsm2`")
-    base = tmp_path_factory.mktemp("softhsm")
-    (base / "tokens").mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {base / 'tokens'}\nobjectstore.backend = file\n"
-                    "log.level = ERROR\n")
-    saved = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        subprocess.run([util, "--init-token", "--free", "--label", TOKEN, "--pin", PIN,
-                        "--so-pin", SO_PIN], check=True, capture_output=True, timeout=60)
-        lib = pkcs11.lib(str(module))
-        tok = lib.get_token(token_label=TOKEN)
-        with tok.open(user_pin=PIN, rw=True) as session:
-            params = session.create_domain_parameters(
-                pkcs11.KeyType.EC,
-                {pkcs11.Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
-                local=True)
-            pub, priv = params.generate_keypair(store=True, label=KEY_LABEL)
-            public_key = _public_key(pub)
-            ca_key = _Pkcs11EcKey(priv, public_key, "test")
-            cert = self_signed_ca_certificate(ca_key, "hostgate HSM issuing CA",
-                                              APPRAISED - dt.timedelta(days=1))
-            assert priv[pkcs11.Attribute.SENSITIVE] and not priv[pkcs11.Attribute.EXTRACTABLE]
-        yield module, cert.public_bytes(serialization.Encoding.PEM)
-    finally:
-        if saved is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = saved
+    module = softhsm  # its token is the session's (tests.support.softhsm); the key is made here
+    lib = pkcs11.lib(str(module))
+    tok = lib.get_token(token_label=TOKEN)
+    with tok.open(user_pin=PIN, rw=True) as session:
+        params = session.create_domain_parameters(
+            pkcs11.KeyType.EC,
+            {pkcs11.Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True)
+        pub, priv = params.generate_keypair(store=True, label=KEY_LABEL)
+        public_key = _public_key(pub)
+        ca_key = _Pkcs11EcKey(priv, public_key, "test")
+        cert = self_signed_ca_certificate(ca_key, "hostgate HSM issuing CA",
+                                          APPRAISED - dt.timedelta(days=1))
+        assert priv[pkcs11.Attribute.SENSITIVE] and not priv[pkcs11.Attribute.EXTRACTABLE]
+    yield module, cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _public_key(pub: Any) -> ec.EllipticCurvePublicKey:
