@@ -36,7 +36,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
-from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -47,6 +46,7 @@ from services.issuer.certificates import CertificateProfile, CertificateSigner
 from services.issuer.errors import IssuerError
 from services.issuer.hoststate import MAX_HELD
 from services.issuer.sealing import SealedDelivery, new_host_key, seal_credential
+from services.pkcs11keys import parse_pkcs11_uri as parse_token_uri
 from services.runtime.topics import Topics
 from services.tpm.credential import PcrSelection, pcr_selection
 
@@ -102,25 +102,9 @@ class IssuerConfig:
 
 
 def parse_pkcs11_uri(uri: str) -> tuple[str, str]:
-    """``(token label, object label)`` from an RFC 7512 ``pkcs11:`` URI (path attributes
-    ``token`` and ``object``, percent-decoded; query attributes such as ``pin-value`` are
-    refused: the PIN comes from its file only)."""
-    if not uri.startswith("pkcs11:"):
-        raise ConfigError(f"{ENV_PKCS11_URI} does not start with 'pkcs11:'")
-    path, _, query = uri[len("pkcs11:"):].partition("?")
-    if "pin-value" in query:
-        raise ConfigError(f"{ENV_PKCS11_URI} carries a pin-value; give the PIN in "
-                          f"{ENV_PKCS11_PIN_FILE} instead")
-    attrs: dict[str, str] = {}
-    for part in filter(None, path.split(";")):
-        name, eq, value = part.partition("=")
-        if not eq:
-            raise ConfigError(f"{ENV_PKCS11_URI}: path attribute {name[:40]!r} has no value")
-        attrs[name] = unquote(value)
-    missing = [a for a in ("token", "object") if not attrs.get(a)]
-    if missing:
-        raise ConfigError(f"{ENV_PKCS11_URI} names no {' and no '.join(missing)}")
-    return attrs["token"], attrs["object"]
+    """``(token label, object label)`` of the issuer's ``HOSTGATE_ISSUER_PKCS11_URI``
+    (:func:`services.pkcs11keys.parse_pkcs11_uri`)."""
+    return parse_token_uri(uri, uri_env=ENV_PKCS11_URI, pin_env=ENV_PKCS11_PIN_FILE)
 
 
 def _path(env: Mapping[str, str], name: str) -> Path:

@@ -32,14 +32,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed, encode_dss_signature
 
 from services.errors import ConfigError, HostgateError
+from services.pkcs11keys import Pkcs11EcKey, open_token_key
+from services.pkcs11keys import parse_pkcs11_uri as parse_token_uri
 
 ENV_EAR_KEY: Final = "HOSTGATE_VERIFIER_EAR_KEY"
 ENV_EAR_PASSPHRASE_FILE: Final = "HOSTGATE_VERIFIER_EAR_PASSPHRASE_FILE"
@@ -103,65 +103,6 @@ class _DeterministicEcKey(ec.EllipticCurvePrivateKey):
 
     def __repr__(self) -> str:
         return "_DeterministicEcKey(<redacted>)"
-
-
-class _Pkcs11EcKey(ec.EllipticCurvePrivateKey):
-    """A P-256 key that stays in a PKCS#11 token: hashes here, raw CKM_ECDSA on the token (the
-    same adapter as ``services.issuer.ca_pkcs11``; stages do not import each other)."""
-
-    def __init__(self, key: Any, public: ec.EllipticCurvePublicKey, label: str) -> None:
-        self._key = key
-        self._public = public
-        self._label = label
-
-    def sign(self, data: bytes | bytearray | memoryview,
-             signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
-        import pkcs11
-
-        if not isinstance(signature_algorithm, ec.ECDSA):
-            raise EarKeyError(f"PKCS#11 key {self._label} signs ECDSA only")
-        algorithm = signature_algorithm.algorithm
-        if isinstance(algorithm, Prehashed):
-            digest = bytes(data)
-        else:
-            h = hashes.Hash(algorithm)
-            h.update(bytes(data))
-            digest = h.finalize()
-        raw = bytes(self._key.sign(digest, mechanism=pkcs11.Mechanism.ECDSA))
-        half = len(raw) // 2
-        return encode_dss_signature(int.from_bytes(raw[:half], "big"),
-                                    int.from_bytes(raw[half:], "big"))
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
-
-    @property
-    def curve(self) -> ec.EllipticCurve:
-        return self._public.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._public.curve.key_size
-
-    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
-        raise EarKeyError(f"PKCS#11 key {self._label} is for signing only")
-
-    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
-        raise EarKeyError(f"PKCS#11 key {self._label} is not extractable")
-
-    def private_bytes(self, encoding: serialization.Encoding,
-                      format: serialization.PrivateFormat,
-                      encryption_algorithm: serialization.KeySerializationEncryption) -> bytes:
-        raise EarKeyError(f"PKCS#11 key {self._label} is not extractable")
-
-    def __copy__(self) -> _Pkcs11EcKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> _Pkcs11EcKey:
-        return self
-
-    def __repr__(self) -> str:
-        return f"_Pkcs11EcKey(label={self._label!r})"
 
 
 def public_jwk(public: ec.EllipticCurvePublicKey) -> dict[str, str]:
@@ -266,50 +207,31 @@ def load_pkcs11_key(module: Path, token_label: str, key_label: str, pin: bytes
     """An :class:`EarSigningKey` whose P-256 key stays in a PKCS#11 token; its public key is
     the token's public-key object of the same label. One logged-in session is kept for the
     key's lifetime (:meth:`EarSigningKey.close` ends it)."""
-    import pkcs11
     from pkcs11 import exceptions as p11e
     from pkcs11.util.ec import encode_ec_public_key
 
     where = f"pkcs11:{token_label}/{key_label}"
+    found = open_token_key(module, token_label, key_label, pin, error=EarKeyError,
+                           with_public=True)
     try:
-        lib = pkcs11.lib(str(module))
-        token = lib.get_token(token_label=token_label)
-    except (RuntimeError, OSError) as exc:
-        raise EarKeyError(f"cannot load the PKCS#11 module {module}: {type(exc).__name__}"
-                          ) from None
-    except (p11e.NoSuchToken, p11e.MultipleTokensReturned):
-        raise EarKeyError(f"PKCS#11 token {token_label!r} not found (or not unique) in "
-                          f"{module}") from None
-    try:
-        session = token.open(user_pin=pin.decode())
-    except (p11e.PinIncorrect, p11e.PinInvalid, p11e.PinLenRange):
-        raise EarKeyError(f"PKCS#11 login to token {token_label!r} failed: wrong PIN") from None
-    except (p11e.PKCS11Error, UnicodeDecodeError) as exc:
-        raise EarKeyError(f"PKCS#11 login to token {token_label!r} failed: "
-                          f"{type(exc).__name__}") from None
-    try:
-        private = session.get_key(pkcs11.ObjectClass.PRIVATE_KEY, pkcs11.KeyType.EC,
-                                  label=key_label)
-        public_obj = session.get_key(pkcs11.ObjectClass.PUBLIC_KEY, pkcs11.KeyType.EC,
-                                     label=key_label)
         public = serialization.load_der_public_key(
-            encode_ec_public_key(public_obj))  # type: ignore[arg-type]
-    except (p11e.NoSuchKey, p11e.MultipleObjectsReturned, ValueError):
-        session.close()
-        raise EarKeyError(f"no unique EC key pair labelled {key_label!r} in token "
-                          f"{token_label!r}") from None
+            encode_ec_public_key(found.public))  # type: ignore[arg-type]
+    except ValueError:
+        found.close()
+        raise EarKeyError(f"the public key labelled {key_label!r} in token {token_label!r} "
+                          "does not decode") from None
     if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != CURVE:
-        session.close()
+        found.close()
         raise EarKeyError(f"PKCS#11 key {where} is not a P-256 EC key (ES256)")
-    signer = _Pkcs11EcKey(private, public, where)
+    signer = Pkcs11EcKey(found.private, public, where, EarKeyError)
     try:
         _check_pair(signer, where)
     except (EarKeyError, p11e.PKCS11Error) as exc:
-        session.close()
+        found.close()
         if isinstance(exc, EarKeyError):
             raise
         raise EarKeyError(f"PKCS#11 key {where} cannot sign: {type(exc).__name__}") from None
-    return EarSigningKey(signer, where, deterministic=False, _close=session.close)
+    return EarSigningKey(signer, where, deterministic=False, _close=found.close)
 
 
 # --- from the environment -----------------------------------------------------------------
@@ -340,24 +262,9 @@ def _secret(env: Mapping[str, str], name: str) -> bytes:
 
 
 def parse_pkcs11_uri(uri: str) -> tuple[str, str]:
-    """``(token label, object label)`` from an RFC 7512 ``pkcs11:`` URI (a ``pin-value`` is
-    refused: the PIN comes from its file only)."""
-    if not uri.startswith("pkcs11:"):
-        raise ConfigError(f"{ENV_PKCS11_URI} does not start with 'pkcs11:'")
-    path, _, query = uri[len("pkcs11:"):].partition("?")
-    if "pin-value" in query:
-        raise ConfigError(f"{ENV_PKCS11_URI} carries a pin-value; give the PIN in "
-                          f"{ENV_PKCS11_PIN_FILE} instead")
-    attrs: dict[str, str] = {}
-    for part in filter(None, path.split(";")):
-        name, eq, value = part.partition("=")
-        if not eq:
-            raise ConfigError(f"{ENV_PKCS11_URI}: path attribute {name[:40]!r} has no value")
-        attrs[name] = unquote(value)
-    missing = [a for a in ("token", "object") if not attrs.get(a)]
-    if missing:
-        raise ConfigError(f"{ENV_PKCS11_URI} names no {' and no '.join(missing)}")
-    return attrs["token"], attrs["object"]
+    """``(token label, object label)`` of ``HOSTGATE_VERIFIER_PKCS11_URI``
+    (:func:`services.pkcs11keys.parse_pkcs11_uri`)."""
+    return parse_token_uri(uri, uri_env=ENV_PKCS11_URI, pin_env=ENV_PKCS11_PIN_FILE)
 
 
 def load_ear_key_from_env(env: Mapping[str, str]) -> EarSigningKey | None:

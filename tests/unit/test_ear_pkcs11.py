@@ -18,6 +18,7 @@ from services.verifier.ear_key import (
     ENV_PKCS11_MODULE,
     ENV_PKCS11_PIN_FILE,
     ENV_PKCS11_URI,
+    EarKeyError,
     EarSigningKey,
     load_pkcs11_key,
 )
@@ -80,3 +81,12 @@ def test_config_loads_the_token_key_and_refuses_a_wrong_pin(module: Path, tmp_pa
     assert "0000" not in str(err.value)
     with pytest.raises(ConfigError, match="pin-value"):
         VerifierConfig.from_env({**env, ENV_PKCS11_URI: f"pkcs11:token={TOKEN}?pin-value=1"})
+
+
+def test_an_unknown_token_or_label_is_named(module: Path) -> None:
+    """The module loads; what is missing is the token or the key, and the error says which
+    (python-pkcs11's NoSuchToken is a RuntimeError: it must not read as a module failure)."""
+    with pytest.raises(EarKeyError, match="token 'nope' not found"):
+        load_pkcs11_key(module, "nope", LABEL, PIN.encode())
+    with pytest.raises(EarKeyError, match="no unique EC key pair labelled 'other'"):
+        load_pkcs11_key(module, TOKEN, "other", PIN.encode())

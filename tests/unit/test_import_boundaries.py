@@ -25,12 +25,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     "tpm": frozenset({"errors", "terminal"}),
     "wire": frozenset({"errors", "tpm"}),
     "ekid": frozenset({"tpm"}),
+    # EC signing keys in a PKCS#11 token: the issuer's CA and the verifier's EAR key.
+    "pkcs11keys": frozenset({"errors"}),
     "runtime": frozenset({"errors", "terminal", "wire"}),
     # The collector reads the policy in force to ask for its coverage (services.verifier.policy
     # and policy_in_force: the policy language, not the verifier's stage).
     "collector": frozenset({"errors", "ekid", "runtime", "tpm", "wire", "verifier"}),
-    "verifier": frozenset({"errors", "runtime", "terminal", "tpm", "wire"}),
-    "issuer": frozenset({"errors", "ekid", "runtime", "tpm", "wire"}),
+    "verifier": frozenset({"errors", "pkcs11keys", "runtime", "terminal", "tpm", "wire"}),
+    "issuer": frozenset({"errors", "ekid", "pkcs11keys", "runtime", "tpm", "wire"}),
     "incidents": frozenset({"errors", "runtime", "wire"}),
     # The agent speaks the collector's signed-request contract and opens the issuer's sealed
     # credential (services.collector.request_auth, services.issuer.sealing and its errors).

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from services.issuer.ca import IssuingCA, Secret, self_signed_ca_certificate
-from services.issuer.ca_pkcs11 import _Pkcs11EcKey, load_pkcs11_ca
+from services.issuer.ca_pkcs11 import load_pkcs11_ca
 from services.issuer.certificates import (
     CertificateProfile,
     HostCertificateRequest,
@@ -27,6 +27,7 @@ from services.issuer.certificates import (
 )
 from services.issuer.errors import CaKeyError
 from services.issuer.extension import attestation_binding
+from services.pkcs11keys import Pkcs11EcKey
 from tests.support.softhsm import TOKENS
 from tests.unit.issuer_support import APPRAISED, POLICY_DIGEST
 
@@ -50,7 +51,7 @@ def token(softhsm: Path) -> Iterator[tuple[Path, bytes]]:
             local=True)
         pub, priv = params.generate_keypair(store=True, label=KEY_LABEL)
         public_key = _public_key(pub)
-        ca_key = _Pkcs11EcKey(priv, public_key, "test")
+        ca_key = Pkcs11EcKey(priv, public_key, "test", CaKeyError)
         cert = self_signed_ca_certificate(ca_key, "hostgate HSM issuing CA",
                                           APPRAISED - dt.timedelta(days=1))
         assert priv[pkcs11.Attribute.SENSITIVE] and not priv[pkcs11.Attribute.EXTRACTABLE]
