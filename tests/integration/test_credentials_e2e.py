@@ -310,9 +310,10 @@ async def test_issue6_credentials_quarantine_incident_lifecycle_and_no_key_leaks
             validate(body)
             ce = read_binary_headers(r.headers)
             assert ce["content-type"] == "application/json" and ce["ce_subject"] == host
-        classes = [b["class_uid"] for b in bodies]
-        assert classes.count(2004) == 2  # Detection Finding: each failure
-        assert classes.count(2005) == 6  # Incident Finding: opened, updated, 4 steps
+        kinds = [(b["class_uid"], b["activity_id"]) for b in bodies]
+        assert kinds.count((2004, 1)) == 2  # Detection Finding: each failure ...
+        assert kinds.count((2004, 3)) == 2  # ... resolved when its incident closed
+        assert len([k for k in kinds if k[0] == 2005]) == 6  # opened, updated, 4 steps
 
         # -- 7. nothing it logged or wrote holds CA key material -----------------------------
         p.stop()
