@@ -16,5 +16,5 @@ fi
 cleanup() { [[ $started_here -eq 1 ]] && "$HG" kafka down; }
 trap cleanup EXIT INT TERM
 
-export HOSTGATE_BOOTSTRAP=$("$HG" kafka status --bootstrap)
+export HOSTGATE_BOOTSTRAP=$("$HG" kafka status --address)
 "$HG" demo "$@"

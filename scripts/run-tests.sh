@@ -16,7 +16,7 @@ fi
 cleanup() { [[ $started_here -eq 1 ]] && "$HG" kafka down; }
 trap cleanup EXIT INT TERM
 
-export HOSTGATE_BOOTSTRAP=$("$HG" kafka status --bootstrap)
+export HOSTGATE_BOOTSTRAP=$("$HG" kafka status --address)
 
 "$VENV/bin/ruff" check services tests bench || exit 1
 "$VENV/bin/mypy" || exit 1
