@@ -111,6 +111,9 @@ REASONS: Final[dict[str, str]] = {
     "tpm.secureboot.variable_after_separator": "a Secure Boot variable measured after PCR 7's separator",
     "tpm.secureboot.variable_outside_pcr7": "SecureBoot or a key database measured outside PCR 7 "
                                             "(a CCEL's MR 1): never believed, the log fails",
+    "tpm.event.fixed_content_relabelled": "an event whose data no check hashes carries the "
+                                          "digest of a separator value or an EFI action "
+                                          "string: it was one, under another label",
     "tpm.uefi.debug_mode": "EV_EFI_ACTION 'UEFI Debug Mode': a UEFI debugger was enabled",
     "tpm.sipa.module_conflict": "a Windows module (one Authenticode hash) measured with "
                                 "different attributes (path, size, signer...): one module, "

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Final, Literal
 
 from services.tpm import sipa
-from services.tpm.algorithms import hash_constructor
+from services.tpm.algorithms import SHA_BANKS, hash_constructor
 from services.tpm.binding_consequences import data_decides
 from services.tpm.bindings import BindingResult, bound_payload, check_binding_of_payload
 from services.tpm.claim_records import UNVERIFIED_DATA, BootOption, DecodedEvent, KeyEntry
@@ -361,17 +362,34 @@ _FIXED_CONTENTS: Final = (*sorted(SEPARATOR_VALUES | ERROR_SEPARATORS), WBCL_SEP
                           *sorted(EFI_ACTION_STRINGS))
 
 
+def _fixed_digests() -> Mapping[str, frozenset[bytes]]:
+    """bank -> the digests of every fixed content (:data:`_FIXED_CONTENTS`)."""
+    table: dict[str, frozenset[bytes]] = {}
+    for bank in SHA_BANKS:
+        ctor = hash_constructor(bank)
+        table[bank] = frozenset(ctor(content).digest() for content in _FIXED_CONTENTS)
+    return MappingProxyType(table)
+
+
+_FIXED_DIGESTS: Final = _fixed_digests()
+"""A constant of the spec's fixed contents, computed once at import (not a cache: it depends
+on no input)."""
+
+
 def _fixed_content(ev: Event) -> bool:
     """Whether ``ev``'s digest, in a bank, is that of a separator value or an EFI action string:
     its data then was one, whatever the (unhashed) label, and a decision reads it (an error
-    separator, 'UEFI Debug Mode'), so unbound data under an informational label must not hide
-    it. Only asked of data that does not bind."""
+    separator, 'UEFI Debug Mode'), so neither unbound data under an informational label nor a
+    label whose data no check hashes (a POST code) may hide it."""
     for bank, digest in ev.digests.items():
-        try:
-            ctor = hash_constructor(bank)
-        except Unsupported:
-            continue
-        if any(ctor(content).digest() == digest for content in _FIXED_CONTENTS):
+        known = _FIXED_DIGESTS.get(bank)
+        if known is None:  # a bank outside SHA_BANKS (SM3...): hashed here, if it can be
+            try:
+                ctor = hash_constructor(bank)
+            except Unsupported:
+                continue
+            known = frozenset(ctor(content).digest() for content in _FIXED_CONTENTS)
+        if digest in known:
             return True
     return False
 
@@ -416,6 +434,10 @@ def _read(ev: Event, registers: Registers, memo: Memo | None) -> Reading:
         return Reading((Flag("tpm.event.unexpected_data", problem, fatal),), usable=False)
     quirk = binding.quirk if binding.status == "quirk" else None
     opaque = binding.status == "not_bound"
+    if opaque and ev.extends and _fixed_content(ev):
+        return Reading((Flag("tpm.event.fixed_content_relabelled",
+                             f"{ev.type_name} carries the digest of a separator value or an "
+                             "EFI action string", True),), usable=False)
     try:
         if ipl is not None:
             fact: Fact = DecodedEvent(ev.pcr, t, ev.data, ipl=ipl)

@@ -411,3 +411,25 @@ def test_tdx_quirk_never_applies_to_a_tpm_log() -> None:
     text = _derived(raw, "A42").replace(
         "\n  evidence:\n", f"\n  evidence:\n    allowedQuirks:\n      - \"{TDX_QUIRK}\"\n", 1)
     assert not _appraise("A42", forged, text).passed
+
+
+@pytest.mark.parametrize("label", [T.EV_POST_CODE, T.EV_S_CRTM_CONTENTS, T.EV_NONHOST_INFO])
+def test_error_separator_relabelled_as_a_type_whose_data_is_never_hashed_is_an_error(
+        label: int) -> None:
+    """Attack: as above, but the error separator is relabelled as a type whose data no check
+    hashes (a POST code, the S-CRTM contents: their digests cover firmware, not the data), so
+    no binding fails at all. The digest is still that of the error value, and says what the
+    event was."""
+    raw = _log("A39")
+    sep = _find(raw, T.EV_SEPARATOR, 0)
+    error = b"\x01\x00\x00\x00"
+    honest = bytearray(_relabelled(raw, sep, sep.event_type, error))
+    for bank, digest in sep.digests.items():
+        at = honest.index(bytes(digest), sep.offset)
+        honest[at:at + len(digest)] = hashlib.new(bank, error).digest()
+    honest_log = bytes(honest)
+    text = _accepting_unverified(_derived(raw, "A39"))
+    sep = _find(honest_log, T.EV_SEPARATOR, 0)
+    forged = _relabelled(honest_log, sep, label)
+    assert golden_from_log(forged, "A39").claims.failed_closed
+    assert not _appraise("A39", forged, text).passed
