@@ -25,6 +25,7 @@ from typing import Any
 from services.errors import ConfigError, HostgateError
 from services.issuer.config import load_ca_from_env
 from services.runtime.cli_conventions import add_kafka_arguments, print_report
+from services.runtime.cli_parser import RemovedFlag
 from services.runtime.readers import (
     groupless_consumer,
     jsonable,
@@ -166,8 +167,8 @@ def _cmd_serve_crl(args: argparse.Namespace) -> int:
         service = CrlService(ca, args.bootstrap, _hosts_changelog(args),
                              interval=interval,
                              on_event=lambda event, facts: log.info(event, **facts))
-        await service.run(args.host, args.port, stop,
-                          started=lambda port: log.info("crl.listening", host=args.host,
+        await service.run(args.listen_address, args.port, stop,
+                          started=lambda port: log.info("crl.listening", host=args.listen_address,
                                                         port=port))
         return 0
 
@@ -208,7 +209,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                                     "signed into the CRL within a second; the CRL is re-signed "
                                     "at least every half --next-update-s. Stops on SIGTERM.")
     sp.add_argument("--port", type=int, required=True, help="TCP port (0: any free port)")
-    sp.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sp.add_argument("--listen-address", default="127.0.0.1", metavar="ADDRESS",
+                    help="address to listen on (default 127.0.0.1; 0.0.0.0 in a pod)")
+    sp.add_argument("--host", action=RemovedFlag,
+                    instead="is now --listen-address here (--host names a host id elsewhere)")
     interval(sp)
     add_kafka_arguments(sp, json_flag=False)
     sp.set_defaults(func=_cmd_serve_crl)

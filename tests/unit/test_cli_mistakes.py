@@ -9,6 +9,7 @@ broker).
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import subprocess
@@ -51,6 +52,32 @@ def test_kafka_status_bootstrap_was_renamed(capsys: pytest.CaptureFixture[str]) 
         "usage: hostgate kafka status [-h] [--json] [--quiet] [--address]",
         "hostgate kafka status: error: --bootstrap is now --address here (--bootstrap names "
         "Kafka servers elsewhere)"]
+
+
+def test_serve_crl_host_was_renamed(capsys: pytest.CaptureFixture[str]) -> None:
+    """--host is a host id in incidents and replay; the CRL server's listen address is
+    --listen-address."""
+    assert main(["issuer", "serve-crl", "--port", "0", "--host", "0.0.0.0"]) == ExitCode.USAGE
+    assert _err_lines(capsys)[-1] == (
+        "hostgate issuer serve-crl: error: --host is now --listen-address here (--host names "
+        "a host id elsewhere)")
+
+
+def test_every_host_flag_names_a_host_id() -> None:
+    from services.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, str | None]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += walk(sub, f"{path} {name}")
+            elif "--host" in action.option_strings and action.help != argparse.SUPPRESS:
+                found.append((path, action.help))
+        return found
+
+    hosts = walk(build_parser(), "hostgate")
+    assert hosts and all("host" in (h or "") and "address" not in (h or "") for _, h in hosts)
 
 
 def test_policy_publish_bootstrap_names_servers_not_a_first_version(
