@@ -18,6 +18,7 @@ from typing import Literal
 
 from services.errors import ConfigError
 from services.runtime.cli_conventions import print_json
+from services.runtime.cli_parser import RemovedFlag
 from services.tpm.claims import extract_claims
 from services.tpm.cli_conventions import add_json_flag, command_group
 from services.tpm.cli_inputs import (
@@ -63,7 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="golden binary event log")
     p.add_argument("--id", default="derived", help="metadata.id of the policy (default derived)")
-    p.add_argument("--version", default="1", help="metadata.version (default 1)")
+    p.add_argument("--policy-version", dest="version", default="1", metavar="VERSION",
+                   help="metadata.version (default 1)")
+    p.add_argument("--version", action=RemovedFlag,
+                   instead="is now --policy-version here (--version is hostgate's own)")
     p.add_argument("--description", default=None, help="metadata.description")
     p.add_argument("--ccel", action="store_true", help="the logs are Intel TDX CCEL logs "
                    "(detected automatically when the Spec ID event is in MR 1)")

@@ -32,6 +32,7 @@ from services.runtime.cli_conventions import (
     chosen_broker,
     print_json,
 )
+from services.runtime.cli_parser import RemovedFlag
 from services.runtime.codec import Codec
 from services.runtime.connection import client_kwargs
 from services.runtime.stage import GlobalTableSpec
@@ -88,14 +89,14 @@ def read_policy_text(path: Path) -> str:
 
 
 def choose_version(text: str, explicit: int | None) -> int:
-    """``--version`` if given, else the document's ``metadata.version`` when it is an integer."""
+    """``--policy-version`` if given, else the document's ``metadata.version`` when it is an integer."""
     if explicit is not None:
         if not 1 <= explicit < 2**31:
-            raise ConfigError("--version must be 1..2147483647")
+            raise ConfigError("--policy-version must be 1..2147483647")
         return explicit
     meta = load_policy(text).metadata.version
     if not _VERSION_RE.match(meta) or int(meta) < 1:
-        raise ConfigError(f"metadata.version {meta!r} is not a positive integer; pass --version")
+        raise ConfigError(f"metadata.version {meta!r} is not a positive integer; pass --policy-version")
     return int(meta)
 
 
@@ -132,7 +133,7 @@ async def publish(text: str, *, bootstrap: str, version: int, author: str,
     if current is not None and int(current["version"]) >= version:
         raise PublishRefused(f"policy {pid!r} version {version} is not newer than version "
                              f"{current['version']} already in {topics.policies}; the verifier "
-                             "would keep the newer one (pass a higher --version)")
+                             "would keep the newer one (pass a higher --policy-version)")
     value, key = codec.encode(POLICY_PUBLISHED, record), pid.encode("utf-8")
     producer = AIOKafkaProducer(**client_kwargs(bootstrap), enable_idempotence=True,
                                 acks="all", client_id="hostgate.policy-publish")
@@ -166,8 +167,11 @@ def add_publish_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore
     p.add_argument("policy", type=Path, metavar="POLICY", help="policy YAML file")
     p.add_argument("--first-version", action="store_true",
                    help="first publication: refuse if the policy id already has a version")
-    p.add_argument("--version", type=int, default=None,
+    p.add_argument("--policy-version", dest="version", type=int, default=None,
+                   metavar="VERSION",
                    help="version to publish (default: metadata.version, if an integer)")
+    p.add_argument("--version", action=RemovedFlag,
+                   instead="is now --policy-version here (--version is hostgate's own)")
     p.add_argument("--author", default=None, help="who publishes (default: the login name)")
     add_broker_argument(p, fallback="the local broker", hint=_FIRST_VERSION_HINT)
     p.add_argument("--allow-permissive", action="store_true",

@@ -229,3 +229,13 @@ def test_readme_lists_every_exit_status() -> None:
     readme = (ROOT / "README.md").read_text()
     for code in ExitCode:
         assert f"\n| {code.value} | " in readme, code
+
+
+@pytest.mark.parametrize("command", [["policy", "from-log", "x.bin"],
+                                     ["policy", "publish", "p.yaml"]])
+def test_a_policys_version_is_policy_version(command: list[str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--version is hostgate's own; a policy's version is --policy-version."""
+    assert main([*command, "--version", "3"]) == ExitCode.USAGE
+    assert _err_lines(capsys)[-1].endswith(
+        "error: --version is now --policy-version here (--version is hostgate's own)")

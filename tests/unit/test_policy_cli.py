@@ -31,7 +31,7 @@ def _log(entry_id: str) -> str:
 
 def test_from_log_check_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert _run(["policy", "from-log", _log("A36"), _log("A34"), "--id", "cos-fleet",
-                 "--version", "7"]) == 0
+                 "--policy-version", "7"]) == 0
     text = capsys.readouterr().out
     assert "# A36__go-tpm-tools__gce-cos-85-no-nonce.bin event 4" in text
     policy_file = tmp_path / "policy.yaml"

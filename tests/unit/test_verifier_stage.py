@@ -167,5 +167,5 @@ def test_publish_refuses_a_malformed_policy_with_line_and_reason(tmp_path: Any) 
     assert info.value.line == 4 and "not valid YAML" in str(info.value)
     odd = tmp_path / "odd.yaml"
     odd.write_text(POLICY.replace('version: "2"', 'version: "99999999999"'))
-    with pytest.raises(ConfigError, match="--version"):
+    with pytest.raises(ConfigError, match="--policy-version"):
         _policy_cli(["policy", "publish", str(odd), "--broker", "127.0.0.1:1"])
