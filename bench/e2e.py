@@ -126,7 +126,7 @@ def main() -> int:
         results = [appraise(r, sim.policy) for r in sample]
         core_rate = len(sample) / (time.perf_counter() - c0)
         passed = sum(v.passed for v in results)
-        asyncio.run(ensure_topics(bootstrap, specs=topics.all_specs(), layout=TopicLayout(6, 1)))
+        asyncio.run(ensure_topics(bootstrap, specs=topics.all_specs(), layout=TopicLayout(6)))
         policy_id = "bench-policy"
         text = sim.policy_text.replace('id: "fleet-baseline"', f'id: "{policy_id}"')
         asyncio.run(publish(text, bootstrap=bootstrap, version=1, author="bench",

@@ -358,6 +358,8 @@ def _stage_mounts(stage: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]
                 {"name": "HOSTGATE_ISSUER_CA_KEY", "value": "/etc/hostgate/issuer-ca/ca.key"},
                 {"name": "HOSTGATE_ISSUER_CA_PASSPHRASE_FILE",
                  "value": "/etc/hostgate/issuer-ca-passphrase/passphrase"},
+                # Issued certificates name where relying parties check revocation.
+                {"name": "HOSTGATE_ISSUER_CRL_URL", "value": crl_url()},
             ],
             [
                 _secret_volume("issuer-ca", "hostgate-issuer-ca"),
@@ -522,6 +524,93 @@ def liveness_ticker(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     }
 
 
+CRL_PORT: Final = 8080
+CRL_SERVICE: Final = "hostgate-crl"
+
+
+def crl_url(t: Topics = DEFAULT_TOPICS) -> str:
+    """Where relying parties fetch the CRL: the Service in front of ``issuer serve-crl``
+    (cluster DNS; put an Ingress in front of it for parties outside the cluster and set
+    ``HOSTGATE_ISSUER_CRL_URL`` to that name instead)."""
+    return f"http://{object_name(CRL_SERVICE, t)}.{NAMESPACE}.svc/crl"
+
+
+def crl_server(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
+    """``hostgate issuer serve-crl``: the signed CRL over HTTP, kept current from the issuer's
+    hosts changelog. It signs with the issuer's CA and reads as the issuer's principal (the one
+    that may read that changelog); it writes nothing to Kafka."""
+    labels = _labels("crl", t)
+    env, vols, mounts = _stage_mounts("issuer")
+    probe = {"port": "http", "scheme": "HTTP"}
+    container = {
+        "name": "crl",
+        "image": IMAGE,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["issuer", "serve-crl", "--port", str(CRL_PORT),
+                 "--listen-address", HTTP_HOST],
+        "ports": [{"name": "http", "containerPort": CRL_PORT, "protocol": "TCP"}],
+        "env": [
+            {"name": "HOSTGATE_BOOTSTRAP", "value": BOOTSTRAP},
+            *_namespace_env(t),
+            {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
+            {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
+            {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
+            {"name": "HOSTGATE_KAFKA_SSL_KEYFILE", "value": "/etc/hostgate/kafka-user/user.key"},
+            *env,
+        ],
+        "livenessProbe": {"httpGet": {"path": "/healthz", **probe},
+                          "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": {"path": "/healthz", **probe},
+                           "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
+        "resources": {"requests": {"cpu": "20m", "memory": "96Mi"},
+                      "limits": {"cpu": "250m", "memory": "256Mi"}},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "kafka-ca", "mountPath": "/etc/hostgate/kafka-ca", "readOnly": True},
+            {"name": "kafka-user", "mountPath": "/etc/hostgate/kafka-user", "readOnly": True},
+            *mounts,
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": object_name("hostgate-crl", t), "labels": labels},
+        "spec": {
+            "replicas": 2,  # stateless: each follows the changelog and signs the same CRL
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                    "volumes": [
+                        _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
+                        _secret_volume("kafka-user", object_name("hostgate-issuer", t)),
+                        *vols,
+                    ],
+                },
+            },
+        },
+    }
+
+
+def crl_service(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
+    """The Service :func:`crl_url` names: port 80 to the CRL servers' ``http`` port."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": object_name(CRL_SERVICE, t), "labels": _labels("crl", t)},
+        "spec": {"selector": _labels("crl", t),
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http",
+                            "protocol": "TCP"}]},
+    }
+
+
 def pod_disruption_budget(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
@@ -615,7 +704,7 @@ def render(partitions: int = DEFAULT_PARTITIONS, replicas: int = REPLICAS,
     for stage in STAGES:
         stage_docs += [deployment(stage, t), pod_disruption_budget(stage, t),
                        scaled_object(stage, partitions, t)]
-    stage_docs.append(liveness_ticker(t))
+    stage_docs += [liveness_ticker(t), crl_server(t), crl_service(t)]
     return {
         "topics.yaml": dump_all(kafka_topic(s, partitions, replicas) for s in specs),
         "users.yaml": dump_all(users(t)),

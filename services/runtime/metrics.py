@@ -47,6 +47,10 @@ class WorkerMetrics:
                          "offset", ["stage", "topic", "partition"], registry=r)
         self.tasks = Gauge("hostgate_tasks", "Tasks (input partitions) this worker runs",
                            ["stage"], registry=r)
+        self.txn_waiting = Gauge(
+            "hostgate_transaction_waiting_seconds", "How long a task's open transaction has "
+            "been waiting for the brokers (acks, offsets, commit; 0 once it is done)",
+            ["stage", "partition"], registry=r)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -12,9 +12,13 @@ moves a whole deployment, DLQs, changelogs and consumer groups included, and an 
 the names below. ``Topics.all_specs()`` is what ``hostgate topics ensure`` creates: the product's
 topics only (tests create their own stages' topics from ``Topics.stage_specs``).
 
-``ensure_topics`` creates what is missing and reports drift (partition counts or configs that
-differ from this declaration) without silently rewriting an operator's cluster; ``fix=True``
-applies what Kafka allows.
+``ensure_topics`` creates what is missing and reports drift (partition counts, replication
+factors or configs that differ from this declaration) without silently rewriting an operator's
+cluster; ``fix=True`` applies what Kafka allows (partitions, configs; not the replication factor,
+which takes a reassignment). The replication factor is ``HOSTGATE_REPLICATION`` if set, else
+detected from the cluster: 3 with min ISR 2 on three or more brokers, 1 and 1 on one (the
+brokers counted are the live ones, or the brokers' ``default.replication.factor`` if larger, so
+a broker being down does not give new topics fewer replicas).
 """
 
 from __future__ import annotations
@@ -320,24 +324,51 @@ def topics_from_args(args: argparse.Namespace) -> Topics:
     return Topics.from_env(namespace=args.topic_namespace)
 
 
+MAX_REPLICATION: Final = 3
+"""The replication factor hostgate asks for when it detects it: 3 (min ISR 2), or every broker
+of a smaller cluster."""
+
+
+def replication_for(brokers: int) -> int:
+    """The replication factor for a cluster of ``brokers`` live brokers: ``min(3, brokers)``."""
+    return max(1, min(MAX_REPLICATION, brokers))
+
+
 @dataclass(frozen=True)
 class TopicLayout:
-    """Deployment-wide topic settings (``HOSTGATE_PARTITIONS``, ``HOSTGATE_REPLICATION``)."""
+    """Deployment-wide topic settings (``HOSTGATE_PARTITIONS``, ``HOSTGATE_REPLICATION``).
+
+    ``replication=None`` (``HOSTGATE_REPLICATION`` unset): ``ensure_topics`` takes it from the
+    cluster's metadata, :func:`replication_for` its broker count (3 on three brokers, 1 on
+    one), and min ISR follows (:func:`min_insync`)."""
 
     partitions: int = 6
-    replication: int = 1
+    replication: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TopicLayout:
         env = os.environ if env is None else env
         try:
             partitions = int(env.get("HOSTGATE_PARTITIONS", "6"))
-            replication = int(env.get("HOSTGATE_REPLICATION", "1"))
+            raw = env.get("HOSTGATE_REPLICATION", "").strip()
+            replication = int(raw) if raw else None
         except ValueError as exc:
             raise ConfigError(f"HOSTGATE_PARTITIONS/HOSTGATE_REPLICATION: {exc}") from None
-        if partitions < 1 or replication < 1:
+        if partitions < 1 or (replication is not None and replication < 1):
             raise ConfigError("HOSTGATE_PARTITIONS and HOSTGATE_REPLICATION must be ≥ 1")
         return cls(partitions, replication)
+
+    def for_brokers(self, brokers: int) -> TopicLayout:
+        """This layout with the replication factor fixed: the configured one, else the one
+        ``brokers`` live brokers call for."""
+        if self.replication is not None:
+            return self
+        return replace(self, replication=replication_for(brokers))
+
+    @property
+    def rf(self) -> int:
+        """The replication factor (1 while it is still to be detected)."""
+        return self.replication or 1
 
 
 @dataclass
@@ -348,9 +379,12 @@ class EnsureReport:
     ok: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    replication: int = 0
+    """The replication factor checked against (configured or detected)."""
 
-    def to_dict(self) -> dict[str, list[str]]:
-        return {"created": self.created, "ok": self.ok, "drift": self.drift, "fixed": self.fixed}
+    def to_dict(self) -> dict[str, Any]:
+        return {"created": self.created, "ok": self.ok, "drift": self.drift, "fixed": self.fixed,
+                "replication": self.replication, "min_insync": min_insync(self.replication)}
 
 
 METADATA_SETTLE_S: Final = 10.0
@@ -376,6 +410,27 @@ async def _described(admin: Any, names: list[str]) -> dict[str, Any]:
         pause = min(pause * 2, 1.0)
 
 
+async def _cluster_size(admin: Any) -> int:
+    """The brokers the cluster is meant to have: the live ones in its metadata, or the brokers'
+    own ``default.replication.factor`` if that is larger. So a cluster with a broker down does
+    not get topics with too few replicas (KRaft places a replica on the fenced broker, which
+    catches up when it returns; a cluster that cannot place them refuses the creation)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    brokers = (await admin.describe_cluster())["brokers"]
+    configured = 1
+    if brokers:
+        node = str(brokers[0]["node_id"])
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, node)])
+        for resp in responses:
+            for res in resp.resources:
+                for entry in res[4]:
+                    if entry[0] == "default.replication.factor" and str(entry[1]).isdigit():
+                        configured = int(entry[1])
+    return max(len(brokers), configured)
+
+
 async def ensure_topics(
     bootstrap: str,
     specs: Iterable[TopicSpec] | None = None,
@@ -394,12 +449,15 @@ async def ensure_topics(
     admin = AIOKafkaAdminClient(**client_kwargs(bootstrap))
     await admin.start()
     try:
+        if layout.replication is None:
+            layout = layout.for_brokers(await _cluster_size(admin))
+        report.replication = layout.rf
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         if missing:
             response = await admin.create_topics([
-                NewTopic(s.name, s.partitions or layout.partitions, layout.replication,
-                         topic_configs=s.configs(layout.replication))
+                NewTopic(s.name, s.partitions or layout.partitions, layout.rf,
+                         topic_configs=s.configs(layout.rf))
                 for s in missing
             ])
             for name, code, message in response.topic_errors:
@@ -426,10 +484,16 @@ async def ensure_topics(
         for spec in present:
             problems: list[str] = []
             want_parts = spec.partitions or layout.partitions
-            have_parts = len(described.get(spec.name, {}).get("partitions", []))
+            partitions = described.get(spec.name, {}).get("partitions", [])
+            have_parts = len(partitions)
             if have_parts < want_parts:
                 problems.append(f"partitions {have_parts} < {want_parts}")
-            for key, want in spec.configs(layout.replication).items():
+            factors = sorted({len(p["replicas"]) for p in partitions})
+            if factors and factors != [layout.rf]:
+                # Not fixable here: changing it is a partition reassignment.
+                problems.append(f"replication factor {'/'.join(map(str, factors))} "
+                                f"(want {layout.rf})")
+            for key, want in spec.configs(layout.rf).items():
                 have = actual_cfg.get(spec.name, {}).get(key)
                 if have != want:
                     problems.append(f"{key}={have} (want {want})")
@@ -442,7 +506,7 @@ async def ensure_topics(
                     await admin.create_partitions({spec.name: NewPartitions(want_parts)})
                 await admin.alter_configs([
                     ConfigResource(ConfigResourceType.TOPIC, spec.name,
-                                   configs=spec.configs(layout.replication))
+                                   configs=spec.configs(layout.rf))
                 ])
                 report.fixed.append(spec.name)
     finally:

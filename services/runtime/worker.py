@@ -65,7 +65,7 @@ import contextlib
 import functools
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -104,6 +104,11 @@ LARGE_RECORD_PRODUCER: dict[str, Any] = {"max_request_size": PRODUCER_MAX_REQUES
 (``services.runtime.record_size``), compressed."""
 STOP_TIMEOUT_S = 10.0
 MAX_BACKOFF_S = 10.0
+TXN_WAIT_WARN_S: Final = 5.0
+"""A transaction step (acks, offsets, commit) still waiting for the brokers after this long is
+logged (``transaction.waiting``, again every as long) and shown in
+``hostgate_transaction_waiting_seconds``: on a cluster without enough in-sync replicas or without
+a controller quorum the producer retries silently, and the worker would look idle."""
 
 Tables = dict[str, dict[str, Mapping[str, Any]]]
 
@@ -123,6 +128,13 @@ _UNREADABLE_PROBES: Final = 64
 """Offsets tried past an unreadable record's fetch position (transaction markers between)."""
 _DRAIN_IDLE_POLLS: Final = 20
 """Empty polls after which a drain stops short of its end offset (the rest is read as usual)."""
+
+
+class TransactionStalled(HostgateError):
+    """A transaction step waited longer than the transaction timeout (the broker aborts such a
+    transaction anyway): the task is reset like after any other failed transaction."""
+
+    retriable = True
 
 
 class UnreadableInput(HostgateError):
@@ -558,12 +570,13 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
             total.outcomes.extend(plan.outcomes)
             total.next_offsets.update(plan.next_offsets)
         t_planned = time.monotonic()
-        await _all_acked(futures)  # 3
+        await self._broker_step(task, "acks", _all_acked(futures))  # 3
         t_acked = time.monotonic()
         offsets = {TopicPartition(t, p): o for (t, p), o in total.next_offsets.items()}
-        await producer.send_offsets_to_transaction(offsets, self.config.group_id)  # 4
+        await self._broker_step(task, "offsets", producer.send_offsets_to_transaction(
+            offsets, self.config.group_id))  # 4
         t_offsets = time.monotonic()
-        await producer.commit_transaction()  # 5
+        await self._broker_step(task, "commit", producer.commit_transaction())  # 5
         t_end = time.monotonic()
         self.log.debug("transaction.committed", partition=task.partition,
                        records=len(total.outcomes), plan_send_ms=_ms(t_planned - deadline_start),
@@ -571,6 +584,36 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                        commit_ms=_ms(t_end - t_offsets))
         task.committed.update(total.next_offsets)  # 6 (the caller merges state)
         return i, total, overlay.pending
+
+    async def _broker_step(self, task: Task, step: str, waiting: Awaitable[Any]) -> Any:
+        """Await one step of the commit path that waits for the brokers; every
+        :data:`TXN_WAIT_WARN_S` it is still waiting, say so (log and gauge); past the
+        transaction timeout give up (``TransactionStalled``: the task is reset)."""
+        fut = asyncio.ensure_future(waiting)
+        gauge = self.metrics.txn_waiting.labels(self.stage.name, str(task.partition))
+        limit_s = self.config.txn_timeout_ms / 1000
+        t0 = time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait({fut}, timeout=TXN_WAIT_WARN_S)
+                if done:
+                    return fut.result()
+                waited = time.monotonic() - t0
+                gauge.set(round(waited, 1))
+                self.log.warning("transaction.waiting", partition=task.partition, step=step,
+                                 waited_s=round(waited, 1), limit_s=limit_s,
+                                 hint="brokers down, or fewer in-sync replicas than "
+                                      "min.insync.replicas: nothing is committed meanwhile")
+                if waited >= limit_s:
+                    raise TransactionStalled(
+                        f"task {task.partition}: {step} still waiting after {waited:.0f}s "
+                        f"(transaction timeout {limit_s:.0f}s)")
+        finally:
+            gauge.set(0)
+            if not fut.done():
+                fut.cancel()
+                with contextlib.suppress(BaseException):
+                    await fut
 
     async def _at_least_once(self, task: Task, raws: Sequence[RawRecord],
                              start: int) -> tuple[int, BatchPlan, Any]:

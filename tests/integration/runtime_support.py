@@ -36,10 +36,12 @@ def fresh_topics(label: str) -> EostestTopics:
     return EostestTopics(f"eostest.{label}-{uuid.uuid4().hex[:8]}")
 
 
-async def create_topics(topics: EostestTopics, partitions: int = PARTITIONS) -> None:
+async def create_topics(topics: EostestTopics, partitions: int = PARTITIONS,
+                        replication: int | None = 1) -> None:
     """The test stage's topics, through the product's ``ensure_topics`` (which alone creates
-    only the product's)."""
-    await ensure_topics(bootstrap(), specs=topics.specs(), layout=TopicLayout(partitions, 1))
+    only the product's). ``replication=None``: as the cluster calls for (RF 3 on three)."""
+    await ensure_topics(bootstrap(), specs=topics.specs(),
+                        layout=TopicLayout(partitions, replication))
 
 
 async def delete_topics(topics: EostestTopics) -> None:
@@ -269,3 +271,42 @@ async def wait_until(predicate: Any, timeout_s: float, what: str, poll_s: float 
             return
         await asyncio.sleep(poll_s)
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+async def drain_and_check(topics: EostestTopics, workers: list[WorkerProcess], codec: Codec,
+                          timeout_s: float = 180) -> dict[str, int]:
+    """Wait until the group has no lag, stop the workers (each must exit 0 on SIGTERM), then
+    assert exactly once: one output per input, counters 1..n per key, final changelog
+    counters equal to the inputs per key. Returns :func:`check_exactly_once`'s summary."""
+    group = workers[0].group
+
+    async def drained() -> bool:
+        try:
+            return await group_lag(group, topics.input) == 0
+        except LookupError:
+            return False
+
+    await wait_until(drained, timeout_s, "consumer-group lag 0", poll_s=1.0)
+    for w in workers:
+        if w.alive():
+            assert w.terminate() == 0, f"{w.name} did not exit 0 on SIGTERM"
+    inputs = await read_committed(topics.input)
+    outputs = await read_committed(topics.output)
+    summary = check_exactly_once(topics, inputs, outputs, codec)
+    expected: Counter[str] = Counter(codec.decode(r.value or b"").record["key"] for r in inputs)
+    assert await final_counters(topics, codec) == dict(expected)
+    return summary
+
+
+async def committed_inputs(group: str, topic: str) -> int:
+    """Input records ``group`` has committed so far (sum of committed offsets; 0 if none or
+    the cluster does not answer)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap(), request_timeout_ms=5000)
+    try:
+        await admin.start()
+        offsets = await admin.list_consumer_group_offsets(group)
+    except Exception:
+        return 0
+    finally:
+        await admin.close()
+    return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)

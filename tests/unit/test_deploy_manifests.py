@@ -516,9 +516,9 @@ def test_deployments_match_users_groups_and_secrets(gen: ModuleType) -> None:
 
 def test_scaled_objects_follow_groups_and_partitions(gen: ModuleType) -> None:
     partitions = {d["spec"]["topicName"]: d["spec"]["partitions"] for d in docs_of("KafkaTopic")}
-    # Stage workers scale on lag; the liveness ticker is a fixed single replica.
+    # Stage workers scale on lag; the liveness ticker and the CRL servers are fixed replicas.
     deployments = {d["metadata"]["name"]: d for d in docs_of("Deployment")
-                   if d["metadata"]["name"] != "hostgate-liveness-ticker"}
+                   if d["metadata"]["name"] not in FIXED_REPLICAS}
     auths = {d["metadata"]["name"] for d in docs_of("TriggerAuthentication")}
     users = {d["metadata"]["name"] for d in docs_of("KafkaUser")}
     scaled = docs_of("ScaledObject")
@@ -610,7 +610,7 @@ def test_a_namespaced_render_names_everything_inside_the_namespace(gen: ModuleTy
         assert _ops(user, "transactionalId", f"{ns}.hostgate.{stage}.", "prefix") == {
             "Write", "Describe"}
     workloads = [d for d in files["stages.yaml"] if d["kind"] == "Deployment"]
-    assert len(workloads) == len(STAGES) + 1
+    assert len(workloads) == len(STAGES) + len(FIXED_REPLICAS)
     for dep in workloads:
         (container,) = dep["spec"]["template"]["spec"]["containers"]
         assert _env(container)["HOSTGATE_TOPIC_NAMESPACE"] == ns
@@ -622,6 +622,29 @@ def test_a_namespaced_render_names_everything_inside_the_namespace(gen: ModuleTy
 
 
 # --- compose and Dockerfile -------------------------------------------------------------------
+
+
+FIXED_REPLICAS = ("hostgate-liveness-ticker", "hostgate-crl")
+"""Deployments that do not scale on lag (no ScaledObject)."""
+
+
+def test_the_crl_is_served_in_the_cluster_and_certificates_name_it(gen: ModuleType) -> None:
+    """Relying parties can check revocation: a Service in front of ``issuer serve-crl``,
+    listening where its probes and the Service point, and the issuer names that URL."""
+    (crl,) = [d for d in docs_of("Deployment") if d["metadata"]["name"] == "hostgate-crl"]
+    (service,) = [d for d in docs_of("Service") if d["metadata"]["name"] == "hostgate-crl"]
+    (container,) = crl["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[:2] == ["issuer", "serve-crl"]
+    port = int(args[args.index("--port") + 1])
+    assert args[args.index("--listen-address") + 1] == "0.0.0.0"
+    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+    assert service["spec"]["selector"] == crl["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    (issuer,) = [d for d in docs_of("Deployment") if d["metadata"]["name"] == "hostgate-issuer"]
+    url = _env(issuer["spec"]["template"]["spec"]["containers"][0])["HOSTGATE_ISSUER_CRL_URL"]
+    assert url == f"http://hostgate-crl.{gen.NAMESPACE}.svc/crl"
 
 
 def documented_env() -> set[str]:
