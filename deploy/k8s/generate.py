@@ -6,7 +6,7 @@ runtime's ``hostgate topics ensure`` also uses), so the Kubernetes manifests can
 it: ``tests/unit/test_deploy_manifests.py`` renders them again and compares them with the
 committed files byte for byte.
 
-Writes three files under ``deploy/k8s/generated/``:
+Writes four files under ``deploy/k8s/generated/``:
 
 ``topics.yaml``
     one ``KafkaTopic`` per topic of ``Topics.all_specs()`` (the product's topics), with
@@ -19,6 +19,10 @@ Writes three files under ``deploy/k8s/generated/``:
 ``stages.yaml``
     per stage: a ``Deployment``, a ``PodDisruptionBudget`` and a KEDA ``ScaledObject`` on
     consumer lag; one ``TriggerAuthentication`` for KEDA's own TLS principal.
+``monitoring.yaml``
+    a Prometheus Operator ``PodMonitor`` for the stage pods, a ``PrometheusRule`` with the
+    alerts, and ``deploy/grafana/hostgate.json`` as a Grafana-sidecar ``ConfigMap``
+    (``deploy/k8s/monitoring.py``).
 
 Usage::
 
@@ -49,7 +53,8 @@ REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
-from services.errors import ConfigError  # noqa: E402  (needs the path above)
+from deploy.k8s import monitoring  # noqa: E402  (needs the path above)
+from services.errors import ConfigError  # noqa: E402
 from services.runtime.topics import (  # noqa: E402
     NAMESPACE_ENV,
     STAGES,
@@ -678,6 +683,25 @@ def scaled_object(stage: str, partitions: int, t: Topics = DEFAULT_TOPICS) -> di
     }
 
 
+# --- monitoring ------------------------------------------------------------------------------
+
+
+def monitoring_docs(t: Topics = DEFAULT_TOPICS) -> list[dict[str, Any]]:
+    """PodMonitor, PrometheusRule and dashboard ConfigMap (``deploy/k8s/monitoring.py``)."""
+    selector = {k: v for k, v in _labels(STAGES[0], t).items()
+                if k != monitoring.COMPONENT_LABEL}
+    labels = {"app.kubernetes.io/part-of": "hostgate", **selector}
+    pods = "|".join(object_name(f"hostgate-{stage}", t) for stage in STAGES)
+    return [
+        monitoring.pod_monitor(object_name("hostgate", t), selector, STAGES, "http", labels),
+        monitoring.prometheus_rule(object_name("hostgate", t), labels,
+                                   f"({pods})-[a-z0-9]+-[a-z0-9]+",
+                                   object_name("hostgate-liveness-ticker", t),
+                                   selector.get(monitoring.INSTANCE_LABEL, "")),
+        monitoring.dashboard_config_map(object_name("hostgate-grafana-dashboard", t), labels),
+    ]
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 HEADER: Final = (
@@ -686,9 +710,21 @@ HEADER: Final = (
 )
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (the dashboard JSON) as literal blocks, readable in a diff."""
+
+
+def _str_block(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data,
+                                   style="|" if "\n" in data else None)
+
+
+_BlockDumper.add_representer(str, _str_block)
+
+
 def dump_all(docs: Iterable[Mapping[str, Any]]) -> str:
-    body = yaml.safe_dump_all(list(docs), sort_keys=False, default_flow_style=False, width=100,
-                              explicit_start=True)
+    body = yaml.dump_all(list(docs), Dumper=_BlockDumper, sort_keys=False,
+                         default_flow_style=False, width=100, explicit_start=True)
     return HEADER + body
 
 
@@ -709,6 +745,7 @@ def render(partitions: int = DEFAULT_PARTITIONS, replicas: int = REPLICAS,
         "topics.yaml": dump_all(kafka_topic(s, partitions, replicas) for s in specs),
         "users.yaml": dump_all(users(t)),
         "stages.yaml": dump_all(stage_docs),
+        "monitoring.yaml": dump_all(monitoring_docs(t)),
     }
 
 

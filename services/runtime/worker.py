@@ -330,6 +330,7 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 task = self.tasks.pop(p, None)
                 if task is not None:
                     await self._close_producer(task)
+                self._forget_partition_metrics(p)
             self.metrics.tasks.labels(self.stage.name).set(len(self.tasks))
             self.log.info("tasks.revoked", partitions=sorted({tp.partition for tp in revoked}))
 
@@ -784,6 +785,15 @@ class Worker(ConsumerRebalanceListener):  # type: ignore[misc]
                 m.decisions.labels(name, *decision_labels(o.result, o.facts)).inc()
                 self.log.info("decision", key=o.key, topic=c.topic, partition=c.partition,
                               offset=c.offset, result=o.result, outputs=o.outputs, **o.facts)
+
+    def _forget_partition_metrics(self, partition: int) -> None:
+        """Drop a revoked partition's per-partition series: its new owner reports them now, and
+        a stale lag here would keep a lag alert firing until this pod restarts."""
+        for tp in self._input_tps(partition):
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(self.stage.name, tp.topic, str(tp.partition))
+        with contextlib.suppress(KeyError):
+            self.metrics.txn_waiting.remove(self.stage.name, str(partition))
 
     def _update_lag(self) -> None:
         assert self._consumer is not None

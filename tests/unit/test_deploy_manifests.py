@@ -6,6 +6,9 @@
   (``additionalProperties: false``) so a misspelt field fails, as ``kubeconform -strict`` would.
 * KEDA objects: no CRD is available offline, so a small schema of our own (below) checks their
   structure and the kafka trigger's metadata keys.
+* Prometheus Operator objects (``PodMonitor``, ``PrometheusRule``): no CRD offline either, so a
+  closed schema of our own for the fields hostgate uses (the rules' PromQL and the metrics it
+  names are checked in ``tests/unit/test_deploy_monitoring.py``).
 * Cross-references: secrets, groups, topics and users named by one manifest exist in another.
 * The compose file parses, references existing build files, and uses only documented env names.
 * The generated topic/user/stage YAML equals what ``deploy/k8s/generate.py`` renders now.
@@ -221,11 +224,84 @@ TRIGGER_AUTH_SCHEMA: Doc = {
 KEDA_SCHEMAS = {"ScaledObject": SCALED_OBJECT_SCHEMA,
                 "TriggerAuthentication": TRIGGER_AUTH_SCHEMA}
 
+# --- Prometheus Operator: our own structural schema (no CRD offline) --------------------------
+# Field names from the monitoring.coreos.com/v1 CRDs of prometheus-operator (a subset: the fields
+# a hostgate manifest may use; anything else fails, as a misspelt field would).
 
-def keda_errors(doc: Doc) -> list[str]:
-    schema = KEDA_SCHEMAS.get(doc["kind"])
+_LABEL_SELECTOR: Doc = {"type": "object", "additionalProperties": False, "properties": {
+    "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "matchExpressions": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["key", "operator"],
+        "properties": {"key": {"type": "string"},
+                       "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
+                       "values": {"type": "array", "items": {"type": "string"}}}}}}}
+_DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?"
+                                          r"(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+_STR_MAP: Doc = {"type": "object", "additionalProperties": {"type": "string"}}
+POD_MONITOR_SCHEMA: Doc = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PodMonitor"},
+        "metadata": _META,
+        "spec": {
+            "type": "object", "additionalProperties": False,
+            "required": ["selector", "podMetricsEndpoints"],
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "podTargetLabels": {"type": "array", "items": {"type": "string"}},
+                "selector": _LABEL_SELECTOR,
+                "namespaceSelector": {"type": "object", "additionalProperties": False,
+                                      "properties": {"any": {"type": "boolean"},
+                                                     "matchNames": {"type": "array"}}},
+                "sampleLimit": {"type": "integer", "minimum": 0},
+                "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False,
+                    "properties": {
+                        "port": {"type": "string"}, "path": {"type": "string"},
+                        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+                        "interval": _DURATION, "scrapeTimeout": _DURATION,
+                        "honorLabels": {"type": "boolean"},
+                        "relabelings": {"type": "array"},
+                        "metricRelabelings": {"type": "array"},
+                        "params": {"type": "object"}}}},
+            }},
+    },
+}
+PROMETHEUS_RULE_SCHEMA: Doc = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+        "metadata": _META,
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"],
+                 "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                     "type": "object", "additionalProperties": False,
+                     "required": ["name", "rules"],
+                     "properties": {
+                         "name": {"type": "string", "minLength": 1},
+                         "interval": _DURATION, "limit": {"type": "integer"},
+                         "labels": _STR_MAP,
+                         "rules": {"type": "array", "minItems": 1, "items": {
+                             "type": "object", "additionalProperties": False,
+                             "required": ["expr"],
+                             "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                             "properties": {
+                                 "alert": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+                                 "record": {"type": "string"},
+                                 "expr": {"type": "string", "minLength": 1},
+                                 "for": _DURATION, "keep_firing_for": _DURATION,
+                                 "labels": _STR_MAP, "annotations": _STR_MAP}}}}}}}},
+    },
+}
+MONITORING_SCHEMAS = {"PodMonitor": POD_MONITOR_SCHEMA, "PrometheusRule": PROMETHEUS_RULE_SCHEMA}
+
+
+def keda_errors(doc: Doc, schemas: dict[str, Doc] = KEDA_SCHEMAS,
+                family: str = "KEDA") -> list[str]:
+    schema = schemas.get(doc["kind"])
     if schema is None:
-        return [f"no schema for KEDA kind {doc['kind']}"]
+        return [f"no schema for {family} kind {doc['kind']}"]
     jsonschema.Draft7Validator.check_schema(schema)
     return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
             for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
@@ -247,6 +323,8 @@ def validation_errors(doc: Doc, crds: dict[tuple[str, str], Doc]) -> list[str]:
         return crd_errors(crds, doc)
     if api.startswith("keda.sh/"):
         return keda_errors(doc)
+    if api.startswith("monitoring.coreos.com/"):
+        return keda_errors(doc, MONITORING_SCHEMAS, "Prometheus Operator")
     return builtin_errors(doc)
 
 
@@ -256,7 +334,8 @@ def validation_errors(doc: Doc, crds: dict[tuple[str, str], Doc]) -> list[str]:
 def test_manifests_exist() -> None:
     kinds = {d["kind"] for _, d in all_docs()}
     for kind in ("Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Deployment",
-                 "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication", "Namespace"):
+                 "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication", "Namespace",
+                 "PodMonitor", "PrometheusRule", "ConfigMap"):
         assert kind in kinds, f"no {kind} under deploy/k8s"
 
 
@@ -338,6 +417,14 @@ def _typo_trigger_auth(d: Doc) -> None:
     _rename(d["spec"], "secretTargetRef", "secretTargetRefs")
 
 
+def _typo_pod_monitor(d: Doc) -> None:
+    _rename(d["spec"]["podMetricsEndpoints"][0], "path", "pth")
+
+
+def _typo_rule(d: Doc) -> None:
+    _rename(d["spec"]["groups"][0]["rules"][0], "for", "fro")
+
+
 def _wrong_type_topic(d: Doc) -> None:
     d["spec"]["replicas"] = "three"
 
@@ -356,6 +443,8 @@ BROKEN = [  # (kind, how to break it, what the error must mention)
     ("ScaledObject", _typo_trigger_key, "consumerGrop"),
     ("ScaledObject", _idle_consumers, "allowIdleConsumers"),
     ("TriggerAuthentication", _typo_trigger_auth, "secretTargetRefs"),
+    ("PodMonitor", _typo_pod_monitor, "pth"),
+    ("PrometheusRule", _typo_rule, "fro"),
 ]
 
 
