@@ -162,17 +162,26 @@ def _fleet_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary, indent=2, sort_keys=False)
         return 0
-    from rich.console import Console
+    print_simulation(summary)
+    return 0
 
+
+def print_simulation(summary: dict[str, Any]) -> None:
+    """``fleet simulate``'s result for a person: the hosts table and the timings, through
+    ``services.terminal`` (tab-separated and never cut when piped: the reason may quote a
+    digest)."""
+    from rich.markup import escape
+
+    rows = summary["hosts"]
     print_table(f"{len(rows)} simulated hosts",
                 ("host", "image", "tamper", "enrolled", "verdict", "reason"),
-                [(r["host_id"], r["image"], r["tamper"] or "-",
+                [(escape(r["host_id"]), escape(r["image"]), escape(r["tamper"] or "-"),
                   "yes" if r["enrolled"] else "[red]no[/]",
-                  "[green]pass[/]" if r["ok"] else f"[red]fail ({r['stage']})[/]",
-                  r["reason"][:70]) for r in rows])
+                  "[green]pass[/]" if r["ok"] else f"[red]fail ({escape(r['stage'])})[/]",
+                  escape(r["reason"])) for r in rows], fold=("host", "reason"))
     if summary["timings_s"]:
-        Console().print(f"timings (s): {summary['timings_s']}")
-    return 0
+        print_table("timings (s)", tuple(summary["timings_s"]),
+                    [tuple(str(v) for v in summary["timings_s"].values())])
 
 
 # -- hostgate agent enroll | attest: the Kafka side (services.agent.client) ------------------

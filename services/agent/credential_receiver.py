@@ -26,10 +26,10 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from services.agent.backoff import Backoff, Uniform
 from services.errors import HostgateError
 from services.issuer.certificates import HOST_URN_PREFIX
 from services.issuer.errors import SealedPayloadError
@@ -238,16 +239,39 @@ def open_delivery(record: Mapping[str, Any], tpm: Unsealer, *, host_id: str,
                               str(record.get("verdict_id", "")), cert, host_key, coordinates)
 
 
+Sleep = Callable[[float], Awaitable[None]]
+"""``asyncio.sleep``'s shape; tests pass one that records the waits instead of waiting."""
+
+
+async def wait_for_partitions(lookup: Callable[[], Awaitable[list[int]]], *, deadline: float,
+                              waits: Iterator[float], sleep: Sleep = asyncio.sleep,
+                              clock: Callable[[], float] = time.monotonic) -> list[int]:
+    """``lookup()`` until it names partitions (the topic exists) or ``deadline`` (``clock``
+    time) has passed, sleeping the next of ``waits`` between tries, never past the deadline;
+    the partitions, or ``[]`` at the deadline."""
+    parts = await lookup()
+    while not parts and clock() < deadline:
+        await sleep(max(0.0, min(next(waits), deadline - clock())))
+        parts = await lookup()
+    return parts
+
+
 async def receive_credential(bootstrap: str, host_id: str, tpm: Unsealer, *,
                              topic: str = CREDENTIALS_TOPIC, verdict_id: str | None = None,
                              ca_certificate: x509.Certificate | None = None,
-                             timeout_s: float = 60.0) -> ReceivedCredential:
+                             timeout_s: float = 60.0, backoff: Backoff | None = None,
+                             jitter: Uniform | None = None) -> ReceivedCredential:
     """Wait for this host's credential on ``topic`` and open it.
 
     With ``verdict_id``: the credential issued for that verdict. Without: the newest one for
     the host already on the topic, or else the next to arrive. Records for other hosts on the
     same partition are skipped unread; a record that does not decode is skipped (it cannot be
     ours: the issuer writes Avro). Raises ``CredentialNotDelivered`` after ``timeout_s``.
+
+    While the topic does not exist yet, and while the partition has nothing new, the waits are
+    the agent's jittered ``backoff`` (default ``Backoff()``) drawn with ``jitter`` (see
+    ``services.agent.backoff``), so a fleet waiting for its credentials after an outage does
+    not poll the broker in lockstep.
     """
     from aiokafka import TopicPartition
     from aiokafka.partitioner import DefaultPartitioner
@@ -255,48 +279,83 @@ async def receive_credential(bootstrap: str, host_id: str, tpm: Unsealer, *,
     from services.runtime.codec import Codec
 
     codec = Codec.load()
+    waits = (backoff or Backoff()).waits(jitter)
     async with groupless_consumer(bootstrap) as consumer:
         deadline = time.monotonic() + timeout_s
-        parts = await topic_partitions(bootstrap, topic)
-        while not parts and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            parts = await topic_partitions(bootstrap, topic)
+        parts = await wait_for_partitions(lambda: topic_partitions(bootstrap, topic),
+                                          deadline=deadline, waits=waits)
         if not parts:
             raise CredentialNotDelivered(f"topic {topic} does not exist at {bootstrap}")
         key = host_id.encode("utf-8")
         tp = TopicPartition(topic, DefaultPartitioner()(key, parts, parts))
         end = (await rewind(consumer, [tp]))[tp]
-        newest: tuple[Mapping[str, Any], str] | None = None
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for rec in batch.get(tp, []):
-                if rec.key != key or rec.value is None:
-                    continue
-                try:
-                    decoded = codec.decode(rec.value, expected={CREDENTIAL_ISSUED})
-                except HostgateError:
-                    continue
-                where = f"{rec.topic}[{rec.partition}]@{rec.offset}"
-                if verdict_id is None or decoded.record.get("verdict_id") == verdict_id:
-                    newest = (decoded.record, where)
-                    if verdict_id is not None or rec.offset >= end:
-                        break
-            if newest is not None and (verdict_id is not None
-                                       or await consumer.position(tp) >= end):
-                return open_delivery(newest[0], tpm, host_id=host_id,
-                                     ca_certificate=ca_certificate, coordinates=newest[1])
+        found = await poll_for_record(consumer, tp, key, end, deadline=deadline, waits=waits,
+                                      accept=lambda rec: _credential_of(codec, rec, verdict_id),
+                                      newest=verdict_id is None)
+        if found is not None:
+            return open_delivery(found[0], tpm, host_id=host_id, ca_certificate=ca_certificate,
+                                 coordinates=found[1])
         raise CredentialNotDelivered(
             f"no credential for host {host_id}"
             + (f" and verdict {verdict_id}" if verdict_id else "")
             + f" on {topic} within {timeout_s:.0f}s")
 
 
+def _credential_of(codec: Any, rec: Any, verdict_id: str | None) -> Mapping[str, Any] | None:
+    try:
+        decoded = codec.decode(rec.value, expected={CREDENTIAL_ISSUED})
+    except HostgateError:
+        return None
+    if verdict_id is None or decoded.record.get("verdict_id") == verdict_id:
+        return cast(Mapping[str, Any], decoded.record)
+    return None
+
+
+class PartitionReader(Protocol):
+    """What :func:`poll_for_record` needs of a consumer assigned ``tp`` (aiokafka's has it)."""
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0) -> dict[Any, list[Any]]: ...
+
+    async def position(self, partition: Any) -> int: ...
+
+
+async def poll_for_record(consumer: PartitionReader, tp: Any, key: bytes, end: int, *,
+                          deadline: float, waits: Iterator[float],
+                          accept: Callable[[Any], Mapping[str, Any] | None], newest: bool,
+                          clock: Callable[[], float] = time.monotonic,
+                          ) -> tuple[Mapping[str, Any], str] | None:
+    """Read ``tp`` for a record keyed ``key`` that ``accept`` turns into a credential record.
+
+    ``newest``: the last accepted one at or before ``end`` (the partition's end when reading
+    began), else the first one after it; not ``newest``: the first accepted one. Each fetch
+    waits at most the next of ``waits`` (never past ``deadline``) for records; the record and
+    its coordinates, or None at the deadline."""
+    found: tuple[Mapping[str, Any], str] | None = None
+    while clock() < deadline:
+        wait_ms = max(1, int(min(next(waits), deadline - clock()) * 1000))
+        batch = await consumer.getmany(tp, timeout_ms=wait_ms)
+        for rec in batch.get(tp, []):
+            if rec.key != key or rec.value is None:
+                continue
+            record = accept(rec)
+            if record is not None:
+                found = (record, f"{rec.topic}[{rec.partition}]@{rec.offset}")
+                if not newest or rec.offset >= end:
+                    break
+        if found is not None and (not newest or await consumer.position(tp) >= end):
+            return found
+    return None
+
+
 __all__ = [
     "CredentialNotDelivered",
     "CredentialRejected",
+    "PartitionReader",
     "ReceivedCredential",
     "Unsealer",
     "open_delivery",
+    "poll_for_record",
     "receive_credential",
     "untrusted_sealed_from_record",
+    "wait_for_partitions",
 ]

@@ -7,16 +7,20 @@ import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from services.errors import ConfigError
 from services.runtime.cli_conventions import add_json_flag, print_json
 from services.runtime.topics import add_namespace_argument, topics_from_args
 
+if TYPE_CHECKING:
+    from services.demo.report import DemoRun
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.demo.live import LiveView, final_table
+    from services.demo.live import LiveView
     from services.demo.orchestrator import DemoConfig, parse_tampers, run_demo
     from services.demo.report import render_html, to_json
 
@@ -39,14 +43,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         print_json(doc)
     else:
-        out = Console(width=None if sys.stdout.isatty() else 200)
-        out.print(final_table(run))
-        counts = ", ".join(f"{k} {n}" for k, n in sorted(run.counts().items()))
-        out.print(f"{len(run.hosts)} hosts: {counts}. Report: {st.run_dir / 'report.html'} "
-                  f"(JSON beside it); stage logs in {st.run_dir}.")
-        for note in run.notes:
-            out.print(f"note: {note}")
+        print_outcome(run, st.run_dir)
     return 0 if run.ok else 1
+
+
+def print_outcome(run: DemoRun, run_dir: Path) -> None:
+    """The run for a person: the final table (``services.terminal``: never cut when piped),
+    the counts, where the reports are, the notes; plain lines, so no path or id is wrapped."""
+    from services.demo.live import print_final_table
+
+    print_final_table(run)
+    counts = ", ".join(f"{k} {n}" for k, n in sorted(run.counts().items()))
+    print(f"{len(run.hosts)} hosts: {counts}. Report: {run_dir / 'report.html'} "
+          f"(JSON beside it); stage logs in {run_dir}.")
+    for note in run.notes:
+        print(f"note: {note}")
 
 
 def default_mix_help() -> str:

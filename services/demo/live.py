@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -24,6 +25,7 @@ from services.demo.report import (
     refusal_summary,
     tamper_cell,
 )
+from services.terminal import print_table
 
 _STYLE = {"TRUSTED": "bold green", "PASS": "green", "QUARANTINED": "bold red", "FAIL": "red",
           "REJECTED": "red", "PENDING": "dim", "REVOKED": "yellow"}
@@ -34,10 +36,39 @@ def _bar(done: int, total: int, width: int = 32) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
+COLUMNS: tuple[str, ...] = ("host", "image", "tamper profile", "verdict",
+                            "failed rules (plain words)", "outcome",
+                            "credential opened in TPM")
+"""The fleet table's columns (the final table adds ``check``)."""
+
+
+def host_cells(hosts: list[HostOutcome], checks: list[str] | None = None, *,
+               short: bool = True) -> list[list[tuple[str, str]]]:
+    """The fleet table's cells, one list per host: ``(plain text, rich style)`` (``""``: none)
+    in :data:`COLUMNS` order, then the check when ``checks`` is given. ``short`` clips the
+    credential's serial and reason (the live view's narrow column)."""
+    out = []
+    for i, h in enumerate(hosts):
+        verdict = h.verdict or "…"
+        if h.attack_sent is not None or len(h.rejections) > 1:  # many records refused
+            verdict = f"rejected: {refusal_summary(h.rejections) or '…'}"
+        elif h.rejection:  # both: a passing round, then a refused one (replayed_nonce)
+            verdict = f"{h.verdict}; rejected: {h.rejection}" if h.verdict else \
+                f"rejected: {h.rejection}"
+        row = [(h.host_id, ""), (h.image, ""), (tamper_cell(h), ""), (verdict, ""),
+               (plain_rules(h) or "—", ""), (outcome_cell(h), _STYLE.get(h.status, "")),
+               (credential_cell(h, short=short), "dim" if h.credential_opened is None
+                else "green" if h.credential_opened else "bold red")]
+        if checks is not None:
+            row.append((checks[i], ""))
+        out.append(row)
+    return out
+
+
 def host_table(hosts: list[HostOutcome], *, title: str, checks: list[str] | None = None
                ) -> Table:
-    """The fleet table: host, image, tamper profile, verdict, failed rules, outcome, whether
-    the host's TPM opened its credential."""
+    """The fleet table of the live view: host, image, tamper profile, verdict, failed rules,
+    outcome, whether the host's TPM opened its credential."""
     table = Table(title=title, expand=True)
     table.add_column("host", no_wrap=True)
     table.add_column("image", no_wrap=True)
@@ -49,21 +80,8 @@ def host_table(hosts: list[HostOutcome], *, title: str, checks: list[str] | None
     table.add_column("credential opened in TPM", ratio=1, overflow="fold")
     if checks is not None:
         table.add_column("check", ratio=2, overflow="fold")
-    for i, h in enumerate(hosts):
-        verdict = h.verdict or "…"
-        if h.attack_sent is not None or len(h.rejections) > 1:  # many records refused
-            verdict = f"rejected: {refusal_summary(h.rejections) or '…'}"
-        elif h.rejection:  # both: a passing round, then a refused one (replayed_nonce)
-            verdict = f"{h.verdict}; rejected: {h.rejection}" if h.verdict else \
-                f"rejected: {h.rejection}"
-        row: list[RenderableType] = [
-            h.host_id, h.image, tamper_cell(h), verdict, plain_rules(h) or "—",
-            Text(outcome_cell(h), style=_STYLE.get(h.status, "")),
-            Text(credential_cell(h, short=True), style="dim" if h.credential_opened is None
-                 else "green" if h.credential_opened else "bold red")]
-        if checks is not None:
-            row.append(checks[i])
-        table.add_row(*row)
+    for row in host_cells(hosts, checks):
+        table.add_row(*(Text(text, style=style) for text, style in row))
     return table
 
 
@@ -77,12 +95,22 @@ def render(st: RunState) -> RenderableType:
     return Group(head, host_table(list(st.rows.values()), title="fleet"))
 
 
-def final_table(run: DemoRun) -> Table:
-    """The final table with the self-check column."""
-    checks = [("✔ " if j.ok else "✘ ") + j.why for j in run.judgements()]
+def _checks(run: DemoRun) -> list[str]:
+    return [("✔ " if j.ok else "✘ ") + j.why for j in run.judgements()]
+
+
+def _final_title(run: DemoRun) -> str:
     status = "matches the tamper mix" if run.ok else "DOES NOT match the tamper mix"
-    return host_table(list(run.hosts), title=f"hostgate demo {run.run_id}: {status}",
-                      checks=checks)
+    return f"hostgate demo {run.run_id}: {status}"
+
+
+def print_final_table(run: DemoRun) -> None:
+    """The final table on stdout through ``services.terminal``: boxed on a terminal,
+    tab-separated when piped, with no value cut or wrapped (ids, serials, digests)."""
+    rows = [[f"[{style}]{escape(text)}[/]" if style else escape(text) for text, style in row]
+            for row in host_cells(list(run.hosts), _checks(run), short=False)]
+    columns = (*COLUMNS, "check")
+    print_table(_final_title(run), columns, rows, fold=columns[2:])
 
 
 class LiveView:
@@ -113,4 +141,5 @@ class LiveView:
             self.console.print(f"[demo {st.run_id}] {st.phase}")
 
 
-__all__ = ["LiveView", "final_table", "host_table", "judge", "render"]
+__all__ = ["COLUMNS", "LiveView", "host_cells", "host_table", "judge",
+           "print_final_table", "render"]

@@ -21,10 +21,18 @@ import json
 import socket
 import sys
 import time
-import uuid
+from pathlib import Path
 from typing import Any
 
-from services.errors import HostgateError
+from services.errors import ConfigError, HostgateError
+from services.incidents.commands import (
+    ACTIONS,
+    MAX_COMMAND_JSON_BYTES,
+    BadCommandJson,
+    CommandRequest,
+    parse_command_json,
+    remediation_record,
+)
 from services.runtime.cli_conventions import add_kafka_arguments, print_report, publish_record
 from services.runtime.connection import client_kwargs
 from services.runtime.readers import (
@@ -36,9 +44,6 @@ from services.runtime.readers import (
 )
 from services.runtime.topics import topics_from_args
 from services.wire import subjects
-
-ACTIONS = {"ack": "ACKNOWLEDGE", "root-cause": "ROOT_CAUSE", "remediate": "REMEDIATE",
-           "close": "CLOSE"}
 
 
 class IncidentNotFound(HostgateError):
@@ -212,28 +217,53 @@ def _cmd_tick(args: argparse.Namespace) -> int:
         return 0
 
 
+def command_request(args: argparse.Namespace) -> CommandRequest:
+    """The command a write sub-command's arguments give: the flags of ``ack|root-cause|
+    remediate|close``, or the JSON document of ``command --json-file``."""
+    if args.incidents_cmd == "command":
+        return parse_command_json(_read_json_file(args.json_file),
+                                  source="stdin" if args.json_file == "-" else args.json_file)
+    return CommandRequest(incident_id=args.incident_id, action=ACTIONS[args.incidents_cmd],
+                          actor=args.actor, reason=args.reason, host_id=args.host)
+
+
+def _read_json_file(name: str) -> str:
+    try:
+        raw = (sys.stdin.buffer.read(MAX_COMMAND_JSON_BYTES + 1) if name == "-" else
+               Path(name).read_bytes()[:MAX_COMMAND_JSON_BYTES + 1])
+    except OSError as exc:
+        raise ConfigError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    source = "stdin" if name == "-" else name
+    if len(raw) > MAX_COMMAND_JSON_BYTES:
+        raise BadCommandJson(f"{source}: larger than {MAX_COMMAND_JSON_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadCommandJson(f"{source}: not UTF-8 (byte offset {exc.start})") from None
+
+
 def _cmd_write(args: argparse.Namespace) -> int:
     from services.runtime.codec import Codec
 
+    request = command_request(args)
     topics = topics_from_args(args)
-    host = args.host
+    host = request.host_id
     if host is None:
         rows = asyncio.run(_read_all(args.bootstrap, topics.incidents))
-        hosts = {r["host_id"] for r in rows if r["incident_id"] == args.incident_id}
+        hosts = {r["host_id"] for r in rows if r["incident_id"] == request.incident_id}
         if len(hosts) != 1:
-            raise IncidentNotFound(f"no incident {args.incident_id} on {topics.incidents} "
-                                   "(give --host if it is too new to be there)")
+            give = "host_id" if args.incidents_cmd == "command" else "--host"
+            raise IncidentNotFound(f"no incident {request.incident_id} on {topics.incidents} "
+                                   f"(give {give} if it is too new to be there)")
         host = hosts.pop()
-    record = {"command_id": f"cli-{uuid.uuid4()}", "incident_id": args.incident_id,
-              "host_id": host, "action": ACTIONS[args.incidents_cmd], "actor": args.actor,
-              "reason": args.reason, "issued_at": int(time.time() * 1000)}
+    record = remediation_record(request, host_id=host, issued_at_ms=int(time.time() * 1000))
     value = Codec.load().encode(subjects.REMEDIATION_COMMAND, record)
     asyncio.run(publish_record(args.bootstrap, topics.remediation, host, value,
                                error=BrokerUnavailable))
     summary = {k: record[k] for k in ("command_id", "incident_id", "host_id", "action")}
     print_report(args, summary, [f"published {record['action']} {record['command_id']} for "
-                           f"{args.incident_id} (host {host}); the stage's answer appears in "
-                           f"`hostgate incidents show {args.incident_id}`"])
+                           f"{request.incident_id} (host {host}); the stage's answer appears in "
+                           f"`hostgate incidents show {request.incident_id}`"])
     return 0
 
 
@@ -290,3 +320,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         sp.add_argument("--host", help="the incident's host (default: looked up)")
         add_kafka_arguments(sp)
         sp.set_defaults(func=_cmd_write)
+    sp = sub.add_parser(
+        "command", help="publish a remediation command given as JSON (a SOAR playbook's form)",
+        description="Read one JSON remediation command and publish the same RemediationCommand "
+                    "the ack/root-cause/remediate/close flags would. The document: "
+                    '{"incident_id": ..., "action": "ACKNOWLEDGE|ROOT_CAUSE|REMEDIATE|CLOSE", '
+                    '"actor": ..., "reason": ..., "host_id": ... (optional: looked up), '
+                    '"command_id": ... (optional: a fresh id; a repeated one is refused as '
+                    "DUPLICATE, so a retried playbook step is applied once)}. Unknown keys are "
+                    "refused. The JSON Schema is in the README (For the SOC).")
+    sp.add_argument("--json-file", required=True, metavar="FILE",
+                    help="the JSON command, or - for stdin")
+    add_kafka_arguments(sp)
+    sp.set_defaults(func=_cmd_write)

@@ -12,7 +12,7 @@ from typing import Any
 from services.tpm import ima, ima_replay
 from services.tpm.algorithms import SHA_BANKS
 from services.tpm.cli_conventions import add_json_flag, command_group, print_json
-from services.tpm.cli_inputs import add_pcrs_argument, load_quoted_pcrs, read_log_file
+from services.tpm.cli_inputs import add_pcrs_argument, load_quoted_pcrs, parse_ima_file
 
 __all__ = ["register", "register_ima"]
 
@@ -80,9 +80,8 @@ register_ima = register
 
 
 def _load(args: argparse.Namespace) -> ima.ImaList:
-    data = read_log_file(args.file, ima.DEFAULT_LIMITS.max_input_bytes)
     quirks = [ima.QUIRK_TRUNCATED_TAIL] if args.truncated_tail else []
-    return ima.parse(data, quirks=quirks)
+    return parse_ima_file(args.file, quirks=quirks)
 
 
 def _entry_json(e: ima.ImaEntry) -> dict[str, Any]:

@@ -1,20 +1,23 @@
-"""Reading the files the ``hostgate log``/``ima``/``policy`` commands are given: boot logs (read
-bounded, so the parser reports an oversized one) and quoted PCR values (JSON or YAML), and the
-flags that name the PCR values and the replay quirks allowed with them."""
+"""Reading the files the ``hostgate log``/``ima``/``policy`` commands are given: boot logs and IMA
+lists (read bounded, so the parser reports an oversized one; a file of another kind is named),
+quoted PCR values (JSON or YAML), and the flags that name the PCR values and the replay quirks
+allowed with them."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from services.errors import ConfigError, ExitCode
+from services.tpm import ima
 from services.tpm.algorithms import alg_by_name
 from services.tpm.errors import MalformedInput, TpmError
 from services.tpm.eventlog import EventLog, parse_event_log
-from services.tpm.filetype import guess_file_type
+from services.tpm.filetype import IMA_LIST, guess_file_type
 from services.tpm.limits import DEFAULT_LIMITS
 
 
@@ -47,6 +50,28 @@ def parse_boot_log_file(path: Path) -> EventLog:
         if kind is None:
             raise
         raise NotABootLog(f"{path} is not a TCG boot event log: it looks like {kind}") from exc
+
+
+class NotAnImaList(TpmError):
+    """A file given where a Linux IMA measurement list was expected is something else (a boot
+    log, an image, JSON...); the parser's own error is its ``__cause__``."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+def parse_ima_file(path: Path, *, quirks: Iterable[str] = ()) -> ima.ImaList:
+    """Parse ``path`` as an IMA measurement list, ASCII or binary (untrusted until replayed
+    against a quote). A file that does not parse and looks like another kind of file raises
+    :class:`NotAnImaList` naming that kind, rather than the parser's complaint."""
+    data = read_log_file(path, ima.DEFAULT_LIMITS.max_input_bytes)
+    try:
+        return ima.parse(data, quirks=quirks)
+    except MalformedInput as exc:
+        kind = guess_file_type(data, expected=IMA_LIST)
+        if kind is None:
+            raise
+        raise NotAnImaList(f"{path} is not a Linux IMA measurement list: it looks like "
+                           f"{kind}") from exc
 
 
 def _to_bytes(value: Any, bank: str, pcr: int) -> bytes:

@@ -1,6 +1,7 @@
-"""What a file that failed to parse as a TCG boot event log most likely is, so the CLI can say
-"this is an IMA list" instead of "PCR index 824193073 out of range" (the ASCII ``10 1`` an IMA
-list starts with, read as a little-endian PCR index).
+"""What a file that failed to parse as a TCG boot event log (or as an IMA list) most likely is, so
+the CLI can say "this is an IMA list" instead of "PCR index 824193073 out of range" (the ASCII
+``10 1`` an IMA list starts with, read as a little-endian PCR index), and "this is a boot log"
+where an IMA list was expected.
 
 Only a hint for a person: the guess is made after parsing has already failed, and nothing is
 decided on it.
@@ -10,8 +11,14 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Literal
 
-__all__ = ["guess_file_type"]
+__all__ = ["BOOT_LOG", "IMA_LIST", "Expected", "guess_file_type"]
+
+Expected = Literal["boot log", "IMA list"]
+"""What the command reads: a guess of that same kind is no hint (the file is one, a broken one)."""
+BOOT_LOG: Expected = "boot log"
+IMA_LIST: Expected = "IMA list"
 
 _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "a PNG image"),
@@ -40,25 +47,55 @@ def _is_binary_ima(data: bytes) -> bool:
     return pcr < 24 and 0 < name_len <= 16 and data[28:28 + name_len] in _IMA_TEMPLATES
 
 
+# TCG PC Client Platform Firmware Profile 2.0 (r1.05), 10.2.1 TCG_PCClientPCREvent: the first
+# event of either log format is in the SHA-1 layout: u32 PCRIndex, u32 EventType, 20-byte digest,
+# u32 EventSize, event. A crypto-agile log's first event is EV_NO_ACTION "Spec ID Event03".
+_SPEC_ID = b"Spec ID Event"
+_EV_NO_ACTION = 0x3
+_MAX_PC_EVENT = 0x12  # EV_PREBOOT_CERT .. EV_OMIT_BOOT_DEVICE_EVENTS
+_EV_EFI_RANGE = range(0x80000000, 0x80000100)  # EV_EFI_EVENT_BASE ..
+
+
+def _is_boot_log(data: bytes) -> bool:
+    if len(data) < 32:
+        return False
+    pcr, event_type = struct.unpack_from("<II", data, 0)
+    size, = struct.unpack_from("<I", data, 28)
+    if pcr >= 24 or size > len(data) - 32:
+        return False
+    if event_type == _EV_NO_ACTION and data[32:32 + len(_SPEC_ID)] == _SPEC_ID:
+        return True
+    return event_type <= _MAX_PC_EVENT or event_type in _EV_EFI_RANGE
+
+
 def _is_text(data: bytes) -> bool:
     return bool(data) and all(b in b"\t\n\r" or 32 <= b < 127 for b in data[:512])
 
 
-def guess_file_type(data: bytes) -> str | None:
+def guess_file_type(data: bytes, *, expected: Expected = BOOT_LOG) -> str | None:
     """A phrase naming what ``data`` looks like (``"a Linux IMA measurement list (ASCII)"``),
-    or None when nothing recognisable."""
+    or None when nothing recognisable or when it looks like the ``expected`` kind itself (a
+    malformed one: the parser's own error says more)."""
     for magic, what in _MAGIC:
         if data.startswith(magic):
             return what
-    if _IMA_ASCII.match(data[:512]):
-        return "a Linux IMA measurement list (ASCII); read it with `hostgate ima show`"
-    if _is_binary_ima(data):
-        return "a Linux IMA measurement list (binary); read it with `hostgate ima show`"
+    if _IMA_ASCII.match(data[:512]) or _is_binary_ima(data):
+        if expected == IMA_LIST:
+            return None
+        form = "ASCII" if _IMA_ASCII.match(data[:512]) else "binary"
+        return f"a Linux IMA measurement list ({form}); read it with `hostgate ima show`"
+    if _is_boot_log(data):
+        if expected == BOOT_LOG:
+            return None
+        return ("a TCG boot event log (binary_bios_measurements); read it with "
+                "`hostgate log show`")
     if not data:
         return "an empty file"
     head = data.lstrip()[:1]
     if _is_text(data) and head in (b"{", b"["):
         return "a JSON document"
     if _is_text(data):
-        return "a text file (a boot log is binary: binary_bios_measurements)"
+        # an ASCII IMA list is text too: where one is expected, the parser names the bad line
+        return None if expected == IMA_LIST else \
+            "a text file (a boot log is binary: binary_bios_measurements)"
     return None

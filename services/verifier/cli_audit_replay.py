@@ -36,6 +36,7 @@ from services.runtime.cli_conventions import (
     add_json_flag,
     chosen_broker,
     print_json,
+    print_table,
 )
 from services.runtime.connection import client_kwargs
 from services.runtime.readers import groupless_consumer, read_to_end, rewind
@@ -214,46 +215,44 @@ def load_what_if_policy(text: str) -> Any:
 
 # --- output ---------------------------------------------------------------------------------
 def _print_audit(report: AuditReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The audit report as tables (``services.terminal``: boxed on a terminal, tab-separated
+    and never cut when piped, so digests and coordinates stay whole)."""
+    from rich.markup import escape
 
-    console = Console()
-    summary = Table(title="audit replay", show_header=False)
-    summary.add_row("evidence records read", str(report.evidences))
-    summary.add_row("recorded verdicts", str(report.verdicts))
-    summary.add_row("reproduced exactly", f"[green]{report.reproduced}[/green]")
-    summary.add_row("by result", ", ".join(f"{k} {n}" for k, n in sorted(
-        report.by_result.items())) or "-")
     colour = "green" if report.ok else "red"
-    summary.add_row("findings", f"[{colour}]{len(report.findings)}[/{colour}]")
-    console.print(summary)
+    print_table("audit replay", ("item", "value"), [
+        ("evidence records read", str(report.evidences)),
+        ("recorded verdicts", str(report.verdicts)),
+        ("reproduced exactly", f"[green]{report.reproduced}[/green]"),
+        ("by result", escape(", ".join(f"{k} {n}" for k, n in sorted(
+            report.by_result.items())) or "-")),
+        ("findings", f"[{colour}]{len(report.findings)}[/{colour}]")])
     if report.findings:
-        table = Table(title="findings")
-        for col in ("kind", "host", "where", "what"):
-            table.add_column(col, overflow="fold")
+        rows = []
         for f in report.findings:
             what = f.message + "".join(f"\n  {d.field}: recorded {d.recorded} / replayed "
                                        f"{d.replayed}" for d in f.diffs[:6])
-            table.add_row(f.kind.value, f.host_id, f.where, what)
-        console.print(table)
+            rows.append(tuple(escape(c) for c in (f.kind.value, f.host_id, f.where, what)))
+        print_table("findings", ("kind", "host", "where", "what"), rows,
+                    fold=("kind", "host", "where", "what"))
 
 
 def _print_what_if(report: WhatIfReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """The what-if report: one summary line, then a table of the verdicts that would change
+    (through ``services.terminal``, as :func:`_print_audit`)."""
+    from rich.markup import escape
 
-    console = Console()
-    console.print(f"what-if under {report.policy}: {report.evidences} evidence records, "
-                  f"{len(report.changes)} would change ({len(report.hosts)} hosts)")
+    print(f"what-if under {report.policy}: {report.evidences} evidence records, "
+          f"{len(report.changes)} would change ({len(report.hosts)} hosts)")
     if report.changes:
-        table = Table(title="verdicts that would change")
-        for col in ("host", "evidence", "recorded", "would be", "why"):
-            table.add_column(col, overflow="fold")
+        rows = []
         for c in report.changes:
             why = "; ".join(c.sentences) or (
                 "no longer fails: " + ", ".join(c.removed_rules) if c.removed_rules else "-")
-            table.add_row(c.host_id, c.where, c.recorded, c.would_be, why)
-        console.print(table)
+            rows.append(tuple(escape(v) for v in (c.host_id, c.where, c.recorded, c.would_be,
+                                                   why)))
+        columns = ("host", "evidence", "recorded", "would be", "why")
+        print_table("verdicts that would change", columns, rows, fold=columns)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

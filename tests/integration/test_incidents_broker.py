@@ -43,11 +43,11 @@ def _decoded(recs: list[Rec]) -> list[dict[str, Any]]:
     return out
 
 
-def _cli(t: Topics, *argv: str) -> subprocess.CompletedProcess[str]:
+def _cli(t: Topics, *argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", "incidents", *argv,
          "--bootstrap", bootstrap(), "--topic-namespace", t.namespace],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False, input=stdin)
 
 
 async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
@@ -92,7 +92,12 @@ async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
         steps = [("ack", "ACKNOWLEDGED"), ("root-cause", "ROOT_CAUSED"),
                  ("remediate", "REMEDIATED"), ("close", "CLOSED")]
         for n, (cmd, status) in enumerate(steps, start=3):
-            done = _cli(t, cmd, inc_id, "--actor", "carol", "--reason", f"step {cmd}")
+            if cmd == "remediate":  # as a SOAR playbook sends it: JSON on stdin, host looked up
+                done = _cli(t, "command", "--json-file", "-", stdin=json.dumps({
+                    "incident_id": inc_id, "action": "REMEDIATE", "actor": "carol",
+                    "reason": f"step {cmd}"}))
+            else:
+                done = _cli(t, cmd, inc_id, "--actor", "carol", "--reason", f"step {cmd}")
             assert done.returncode == 0, done.stderr
             await wait_until(lambda n=n: has(n), 60, f"{cmd} to be applied")  # type: ignore[misc]
             last = (await events())[-1]
@@ -132,5 +137,5 @@ async def test_failed_verdict_opens_one_incident_and_the_cli_walks_it_to_closed(
 def test_cli_help_names_every_command() -> None:
     out = subprocess.run([sys.executable, "-m", "services.cli", "incidents", "--help"],
                          cwd=REPO, capture_output=True, text=True, timeout=60, check=True).stdout
-    for cmd in ("list", "show", "tail", "ack", "root-cause", "remediate", "close"):
+    for cmd in ("list", "show", "tail", "ack", "root-cause", "remediate", "close", "command"):
         assert cmd in out

@@ -37,8 +37,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # The agent speaks the collector's signed-request contract and opens the issuer's sealed
     # credential (services.collector.request_auth, services.issuer.sealing and its errors).
     "agent": frozenset({"errors", "runtime", "terminal", "tpm", "wire", "collector", "issuer"}),
-    "demo": frozenset({"errors", "runtime", "tpm", "wire", "agent", "issuer", "verifier",
-                       "collector", "incidents"}),
+    "demo": frozenset({"errors", "runtime", "terminal", "tpm", "wire", "agent", "issuer",
+                       "verifier", "collector", "incidents"}),
     "cli": frozenset({"errors", "runtime", "terminal", "tpm", "wire", "agent", "collector",
                       "verifier", "issuer", "incidents", "demo"}),
 }
