@@ -118,6 +118,9 @@ REASONS: Final[dict[str, str]] = {
     "tpm.sipa.module_conflict": "a Windows module (one Authenticode hash) measured with "
                                 "different attributes (path, size, signer...): one module, "
                                 "whose disputed attributes are unknown",
+    "tpm.sipa.after_separator": "a SIPA block measured in PCR 12-14 after that PCR's WBCL "
+                                "separator: the Windows loader had handed over, so whatever "
+                                "extended it (any root process) is not the loader",
 }
 
 _FAIL_CLOSED: Final = {"tpm": frozenset({7, 12, 13, 14}), "ccel": frozenset({1, 3})}
@@ -343,6 +346,13 @@ def _event_tag(ev: Event, fact: Fact, st: _State) -> None:
         if fact == "load_options":
             st.load_options.append(LoadOptions(ev.seq, dict(ev.digests)))
     elif isinstance(fact, SipaFact):
+        if ev.pcr in st.separators:
+            # The boot manager and winload close PCRs 12-14 with the WBCL separator when they
+            # hand over; a later block was extended by the running system, which may describe
+            # any module any way (a record naming a signer for a hash the loader measured
+            # without one): fatal, never read as the loader's.
+            st.flag(ev, "tpm.sipa.after_separator", f"SIPA block at event {ev.seq} after PCR "
+                    f"{ev.pcr}'s separator", fatal=True)
         if fact.summary is not None:
             st.sipa_blocks.append((ev, fact.summary))
         elif st.sipa_error is None and fact.fold_error is not None:

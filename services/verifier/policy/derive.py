@@ -317,9 +317,10 @@ def _code_integrity(golden: Sequence[Golden], win: Sequence[Golden]) -> dict[str
 
 def _signer_trusted(g: Golden) -> bool:
     """Whether ``g``'s module records can approve by signer: the drivers rule takes a signer
-    only with Secure Boot and code integrity measured on."""
+    only with Secure Boot and code integrity measured on and test signing measured off."""
     w = g.claims.windows
-    return g.claims.secure_boot is True and w is not None and w.code_integrity is True
+    return (g.claims.secure_boot is True and w is not None and w.code_integrity is True
+            and w.test_signing is False)
 
 
 def _windows_modules(golden: Sequence[Golden], drivers: _Collector) -> list[Any]:
@@ -349,8 +350,18 @@ def _windows_modules(golden: Sequence[Golden], drivers: _Collector) -> list[Any]
                         f"{_why_digest(g, m)})")
     return [Commented(name, f"signs {count} Windows module(s) in the golden logs, first "
                       f"{where}; approves any module it signs while Secure Boot and code "
-                      "integrity are on: review")
+                      "integrity are on" + _THIRD_PARTY.get(name, "") + ": review")
             for name, (where, count) in sorted(publishers.items())]
+
+
+_THIRD_PARTY: Final = {
+    "Microsoft Windows Hardware Compatibility Publisher": (
+        ". Microsoft signs other vendors' drivers under this name (WHQL and attestation "
+        "signing), so this approves any vendor's driver Microsoft signed, known-vulnerable ones "
+        "included, not only these modules: approve them by digest instead unless that is meant"),
+}
+"""Publishers under which Microsoft signs third parties' drivers: approving one by name approves
+every vendor it signs for, which the derived comment must say."""
 
 
 def _module_where(g: Golden, m: Any) -> str:
@@ -360,7 +371,8 @@ def _module_where(g: Golden, m: Any) -> str:
 
 def _why_digest(g: Golden, m: Any) -> str:
     if not _signer_trusted(g):
-        return "Secure Boot or code integrity not on, so approved by digest"
+        return ("Secure Boot or code integrity not on, or test signing not off, so approved "
+                "by digest")
     if m.signer is None:
         return "no undisputed, validated signer measured, so approved by digest"
     return "another golden log measured it without one, so approved by digest"

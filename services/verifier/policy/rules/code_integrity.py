@@ -62,7 +62,7 @@ class _Image:
     approvable: tuple[str, ...] = ()
     """The names by which an allow-list of signers may approve it (a Windows module's
     :attr:`~services.tpm.sipa.WindowsModule.signer`, when Secure Boot and code integrity were
-    measured on); empty: only its digest can."""
+    measured on and test signing off); empty: only its digest can."""
     refusal: str = ""
     """Why it cannot be approved by signer, when :attr:`approvable` is empty."""
 
@@ -147,6 +147,9 @@ def _module_refusal(m: WindowsModule, w: WindowsBootConfig, s: Subject) -> str:
     if w.code_integrity is not True:
         return ("code integrity was not measured on, so the loader did not refuse unsigned "
                 "images")
+    if w.test_signing is not False:
+        return ("test signing was not measured off, so the loader accepted images signed by "
+                "any certificate, naming whatever signer it chose")
     if m.signer is not None:
         return ""
     disputed = [c.attribute for c in m.conflicts if c.attribute in SIGNER_ATTRIBUTES]
