@@ -384,6 +384,30 @@ def _namespace_env(t: Topics) -> list[dict[str, str]]:
     return [{"name": NAMESPACE_ENV, "value": t.namespace}] if t.namespace else []
 
 
+KAFKA_TLS_ENV: Final = (
+    {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
+    {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
+    {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
+    {"name": "HOSTGATE_KAFKA_SSL_KEYFILE", "value": "/etc/hostgate/kafka-user/user.key"},
+)
+"""mTLS to the Strimzi cluster, from the cluster CA and the pod's KafkaUser secrets."""
+KAFKA_TLS_MOUNTS: Final = (
+    {"name": "kafka-ca", "mountPath": "/etc/hostgate/kafka-ca", "readOnly": True},
+    {"name": "kafka-user", "mountPath": "/etc/hostgate/kafka-user", "readOnly": True},
+)
+CONTAINER_SECURITY: Final = {
+    "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+}
+"""Every hostgate container: non-root, read-only root, no privileges or capabilities."""
+
+
+def _kafka_volumes(user: str) -> list[dict[str, Any]]:
+    """The cluster CA and the KafkaUser secret ``user`` behind :data:`KAFKA_TLS_MOUNTS`."""
+    return [_secret_volume("kafka-ca", CLUSTER_CA_SECRET), _secret_volume("kafka-user", user)]
+
+
 def deployment(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     cpu_req, cpu_lim, mem_req, mem_lim = RESOURCES[stage]
     extra_env, extra_vols, extra_mounts = _stage_mounts(stage)
@@ -396,10 +420,7 @@ def deployment(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
         # scrapes come to the pod IP.
         {"name": "HOSTGATE_HTTP_HOST", "value": HTTP_HOST},
         {"name": "HOSTGATE_HTTP_PORT", "value": str(HTTP_PORT)},
-        {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
-        {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
-        {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
-        {"name": "HOSTGATE_KAFKA_SSL_KEYFILE", "value": "/etc/hostgate/kafka-user/user.key"},
+        *KAFKA_TLS_ENV,
         *extra_env,
     ]
     probe = {"port": "http", "scheme": "HTTP"}
@@ -418,19 +439,10 @@ def deployment(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
                            "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
         "resources": {"requests": {"cpu": cpu_req, "memory": mem_req},
                       "limits": {"cpu": cpu_lim, "memory": mem_lim}},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": UID,
-            "runAsGroup": UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "kafka-ca", "mountPath": "/etc/hostgate/kafka-ca", "readOnly": True},
-            {"name": "kafka-user", "mountPath": "/etc/hostgate/kafka-user", "readOnly": True},
+            *KAFKA_TLS_MOUNTS,
             *extra_mounts,
         ],
     }
@@ -467,8 +479,7 @@ def deployment(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
                     "containers": [container],
                     "volumes": [
                         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
-                        _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
-                        _secret_volume("kafka-user", object_name(f"hostgate-{stage}", t)),
+                        *_kafka_volumes(object_name(f"hostgate-{stage}", t)),
                         *extra_vols,
                     ],
                 },
@@ -489,21 +500,13 @@ def liveness_ticker(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
         "env": [
             {"name": "HOSTGATE_BOOTSTRAP", "value": BOOTSTRAP},
             *_namespace_env(t),
-            {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
-            {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
-            {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
-            {"name": "HOSTGATE_KAFKA_SSL_KEYFILE", "value": "/etc/hostgate/kafka-user/user.key"},
+            *KAFKA_TLS_ENV,
         ],
         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"},
                       "limits": {"cpu": "100m", "memory": "128Mi"}},
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [
-            {"name": "kafka-ca", "mountPath": "/etc/hostgate/kafka-ca", "readOnly": True},
-            {"name": "kafka-user", "mountPath": "/etc/hostgate/kafka-user", "readOnly": True},
+            *KAFKA_TLS_MOUNTS,
         ],
     }
     return {
@@ -520,8 +523,7 @@ def liveness_ticker(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
                     "enableServiceLinks": False,
                     "containers": [container],
                     "volumes": [
-                        _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
-                        _secret_volume("kafka-user", object_name("hostgate-soc", t)),
+                        *_kafka_volumes(object_name("hostgate-soc", t)),
                     ],
                 },
             },
@@ -557,10 +559,7 @@ def crl_server(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
         "env": [
             {"name": "HOSTGATE_BOOTSTRAP", "value": BOOTSTRAP},
             *_namespace_env(t),
-            {"name": "HOSTGATE_KAFKA_SECURITY_PROTOCOL", "value": "SSL"},
-            {"name": "HOSTGATE_KAFKA_SSL_CAFILE", "value": "/etc/hostgate/kafka-ca/ca.crt"},
-            {"name": "HOSTGATE_KAFKA_SSL_CERTFILE", "value": "/etc/hostgate/kafka-user/user.crt"},
-            {"name": "HOSTGATE_KAFKA_SSL_KEYFILE", "value": "/etc/hostgate/kafka-user/user.key"},
+            *KAFKA_TLS_ENV,
             *env,
         ],
         "livenessProbe": {"httpGet": {"path": "/healthz", **probe},
@@ -569,14 +568,9 @@ def crl_server(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
                            "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 2},
         "resources": {"requests": {"cpu": "20m", "memory": "96Mi"},
                       "limits": {"cpu": "250m", "memory": "256Mi"}},
-        "securityContext": {
-            "runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID,
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [
-            {"name": "kafka-ca", "mountPath": "/etc/hostgate/kafka-ca", "readOnly": True},
-            {"name": "kafka-user", "mountPath": "/etc/hostgate/kafka-user", "readOnly": True},
+            *KAFKA_TLS_MOUNTS,
             *mounts,
         ],
     }
@@ -594,8 +588,7 @@ def crl_server(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
                     "enableServiceLinks": False,
                     "containers": [container],
                     "volumes": [
-                        _secret_volume("kafka-ca", CLUSTER_CA_SECRET),
-                        _secret_volume("kafka-user", object_name("hostgate-issuer", t)),
+                        *_kafka_volumes(object_name("hostgate-issuer", t)),
                         *vols,
                     ],
                 },

@@ -56,14 +56,11 @@ def _repo_deploy_dir() -> Path:
 
 
 @dataclass(frozen=True)
-class BrokerPaths:
-    """Where the local broker keeps its jars, data, logs and PID file."""
+class NodePaths:
+    """Where one broker process keeps its data, logs, config and PID file (the single broker,
+    or one node of the local cluster: ``services.runtime.localcluster``)."""
 
     root: Path
-
-    @property
-    def lib(self) -> Path:
-        return self.root / "lib"
 
     @property
     def data(self) -> Path:
@@ -88,6 +85,15 @@ class BrokerPaths:
     @property
     def pid_file(self) -> Path:
         return self.root / "kafka.pid"
+
+
+@dataclass(frozen=True)
+class BrokerPaths(NodePaths):
+    """The single broker's :class:`NodePaths`, plus the jars and its cluster id."""
+
+    @property
+    def lib(self) -> Path:
+        return self.root / "lib"
 
     @property
     def cluster_id_file(self) -> Path:

@@ -55,35 +55,7 @@ def min_isr_for(replication: int) -> int:
     return min_insync(replication)
 
 
-@dataclass(frozen=True)
-class NodePaths:
-    """Where one node keeps its data, logs, config and PID file."""
-
-    root: Path
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def server_log(self) -> Path:
-        return self.logs / "server.log"
-
-    @property
-    def stdout_log(self) -> Path:
-        return self.logs / "kafka.out"
-
-    @property
-    def properties(self) -> Path:
-        return self.root / "server.properties"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "kafka.pid"
+NodePaths = localbroker.NodePaths
 
 
 @dataclass(frozen=True)
