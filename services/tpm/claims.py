@@ -414,9 +414,12 @@ def _note(ev: Event, reading: Reading, st: _State) -> bool:
     return reading.usable
 
 
-def _windows(st: _State) -> sipa.WindowsBootConfig | None:
+def _windows(st: _State, memo: Memo | None = None) -> sipa.WindowsBootConfig | None:
     """The SIPA blocks merged, with each block's own flags as provenance; None (and one fatal
-    anomaly) if any block could not be summarised."""
+    anomaly) if any block could not be summarised. With ``memo``, the merge is looked up and
+    remembered in ``memo.windows_merges`` by the blocks' exact inputs: each block's (PCR, seq,
+    type, data) under the log's registers, which is all its summary and site are made of (a
+    fleet's Windows hosts log the same blocks at the same places)."""
     if st.sipa_error is not None:
         seq, message = st.sipa_error
         st.anomalies.append(Anomaly("tpm.event.undecodable", seq, 12, "EV_EVENT_TAG", message,
@@ -427,8 +430,17 @@ def _windows(st: _State) -> sipa.WindowsBootConfig | None:
     for ev, summary in st.sipa_blocks:
         st.decoded[ev.seq] = DecodedEvent(ev.pcr, ev.event_type, ev.data,
                                           windows_flags=summary.own_flags)
-    win = sipa.merge_blocks((summary for _, summary in st.sipa_blocks),
-                            sites=[(ev.pcr, ev.seq) for ev, _ in st.sipa_blocks])
+    key: tuple[object, ...] | None = None
+    win: sipa.WindowsBootConfig | None = None
+    if memo is not None:
+        key = (st.registers, *((ev.pcr, ev.seq, ev.event_type, ev.data)
+                               for ev, _ in st.sipa_blocks))
+        win = memo.windows_merges.get(key)
+    if win is None:
+        win = sipa.merge_blocks((summary for _, summary in st.sipa_blocks),
+                                sites=[(ev.pcr, ev.seq) for ev, _ in st.sipa_blocks])
+        if memo is not None and key is not None:
+            memo.windows_merges.put(key, win, sum(len(ev.data) for ev, _ in st.sipa_blocks))
     for m in win.loaded_modules:
         if m.conflicts:
             _module_conflict(m, st)
@@ -521,7 +533,7 @@ def extract_claims(
         fold = folds.get(ev.event_type)
         if fold is not None:
             fold(ev, reading.fact, st)
-    win = _windows(st)
+    win = _windows(st, memo)
     return Claims(
         replay_verified=verified,
         banks=bank_names,

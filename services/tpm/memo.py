@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from services.tpm.eventlog import SpecIdEvent
     from services.tpm.keys import PublicKey, TpmPublic
     from services.tpm.readings import Reading
+    from services.tpm.sipa import WindowsBootConfig
 
 __all__ = ["BOUNDS", "Bound", "Memo", "MemoTable"]
 
@@ -51,6 +52,7 @@ BOUNDS: Final[Mapping[str, Bound]] = MappingProxyType({
     "extends": Bound(32_768, 4 * _MIB),
     "tpm_publics": Bound(4_096, 4 * _MIB),
     "crypto_keys": Bound(4_096, 4 * _MIB),
+    "windows_merges": Bound(256, 8 * _MIB),
 })
 """The default bound of each table of a :class:`Memo` (``extends``: per bank). Weights are the
 bytes of the input an entry stands for (an event's data, a variable value, a DER, a public
@@ -110,7 +112,7 @@ class Memo:
     """
 
     __slots__ = ("_bounds", "_extends", "crypto_keys", "device_paths", "key_entries",
-                 "readings", "spec_ids", "tpm_publics", "x509_subjects")
+                 "readings", "spec_ids", "tpm_publics", "windows_merges", "x509_subjects")
 
     def __init__(self, bounds: Mapping[str, Bound] = BOUNDS) -> None:
         unknown = set(bounds) - set(BOUNDS)
@@ -127,6 +129,8 @@ class Memo:
         self.spec_ids: MemoTable[tuple[bytes, int], SpecIdEvent] = MemoTable(b["spec_ids"])
         self.tpm_publics: MemoTable[bytes, TpmPublic] = MemoTable(b["tpm_publics"])
         self.crypto_keys: MemoTable[tuple[object, ...], PublicKey] = MemoTable(b["crypto_keys"])
+        self.windows_merges: MemoTable[tuple[object, ...], WindowsBootConfig] = MemoTable(
+            b["windows_merges"])
         self._extends: dict[str, MemoTable[tuple[bytes, bytes], bytes]] = {}
 
     def extends(self, bank: str) -> MemoTable[tuple[bytes, bytes], bytes]:

@@ -47,6 +47,7 @@ tagged event's digest, so skipping their meaning is safe). Untrusted until repla
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -554,6 +555,11 @@ def _shown(value: object) -> str | None:
     return str(value)
 
 
+_describing: Final = operator.attrgetter(*MODULE_ATTRIBUTES)
+"""A measurement's describing attributes as a tuple (C speed: a Windows log holds hundreds)."""
+_NOTHING: Final = (None,) * len(MODULE_ATTRIBUTES)
+
+
 def merge_modules(
     measured: Iterable[tuple[int | None, int | None, LoadedModule]],
 ) -> tuple[WindowsModule, ...]:
@@ -566,18 +572,29 @@ def merge_modules(
         groups.setdefault(m.authenticode_hash or i, []).append((pcr, seq, m))
     out: list[WindowsModule] = []
     for group in groups.values():
-        described = [m for _, _, m in group if m.describes]
-        values: dict[str, object] = {}
+        # Each measurement's describing attributes, read once (a fleet's Windows log holds
+        # hundreds of measurements; most hashes are described once or identically).
+        rows = [(pcr, seq, m, _describing(m)) for pcr, seq, m in group]
+        described = [row for *_, row in rows if row != _NOTHING]
+        distinct = list(dict.fromkeys(described))
         conflicts: list[ModuleConflict] = []
-        for attr in MODULE_ATTRIBUTES:
-            seen = list(dict.fromkeys(getattr(m, attr) for m in described))
-            if len(seen) > 1:
-                shown = sorted({_shown(v) for v in seen}, key=lambda t: (t is not None, t or ""))
-                conflicts.append(ModuleConflict(attr, tuple(shown)))
-            values[attr] = seen[0] if len(seen) == 1 else None
+        if len(distinct) <= 1:
+            agreed: tuple[object, ...] = distinct[0] if distinct else _NOTHING
+        else:
+            merged: list[object] = []
+            for index, attr in enumerate(MODULE_ATTRIBUTES):
+                seen = list(dict.fromkeys(row[index] for row in described))
+                if len(seen) > 1:
+                    shown = sorted({_shown(v) for v in seen},
+                                   key=lambda t: (t is not None, t or ""))
+                    conflicts.append(ModuleConflict(attr, tuple(shown)))
+                merged.append(seen[0] if len(seen) == 1 else None)
+            agreed = tuple(merged)
+        values = dict(zip(MODULE_ATTRIBUTES, agreed, strict=True))
         out.append(WindowsModule(
             authenticode_hash=group[0][2].authenticode_hash,
-            sites=tuple(ModuleSite(pcr, seq, m.image_base, m.describes) for pcr, seq, m in group),
+            sites=tuple(ModuleSite(pcr, seq, m.image_base, row != _NOTHING)
+                        for pcr, seq, m, row in rows),
             conflicts=tuple(conflicts),
             **values,  # type: ignore[arg-type]
         ))
