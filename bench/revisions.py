@@ -22,7 +22,7 @@ Work compared, per item on one core:
 
 Memoisation, as each revision's verifier does it: a revision with ``services.verifier.memo``
 gets one ``VerifierMemo`` per workload set, passed (``memo=``) to every call that takes one,
-the way ``services.verifier.stage`` hands its memo to ``appraise``; an older revision keeps its
+the way ``services.verifier.core.decide`` hands its memo to ``appraise``; an older revision keeps its
 module-level caches, warmed the same way.
 """
 

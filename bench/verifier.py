@@ -13,8 +13,8 @@ cProfile of the full appraisal.
 
 Memoisation as in the verifier stage: one :class:`~services.verifier.memo.VerifierMemo`, made
 once, is passed (``memo=``) to ``appraise`` and to the quote, parse and replay calls of the
-partial variants, the way ``services.verifier.stage.build_stage`` hands its memo to every
-appraisal; the agent's selfcheck takes none (the agent keeps no memo).
+partial variants, the way ``VerifierConfig.from_env`` makes the stage's memo and
+``services.verifier.core.decide`` hands it to every appraisal; the agent's selfcheck takes none (the agent keeps no memo).
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ Appraiser = Callable[[Mapping[str, Any], PolicyInForce | PolicyUnusable | None,
 def reappraise(collected: Mapping[str, Any], policy: PolicyInForce | PolicyUnusable | None,
                coordinates: Mapping[str, Any], *, memo: VerifierMemo | None = None
                ) -> core.VerdictRecord:
-    """What the verifier stage does for one record (``services.verifier.stage``): appraise, and
+    """What the verifier stage does for one record (``services.verifier.core.decide``): appraise, and
     if appraisal raises, the same fail-closed ``verifier.internal_error`` verdict."""
     try:
         return core.appraise(collected, policy, collected_at=coordinates, memo=memo)
