@@ -488,6 +488,30 @@ def deployment(stage: str, t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     }
 
 
+def _fixed_deployment(name: str, labels: dict[str, str], replicas: int,
+                      container: dict[str, Any], volumes: list[dict[str, Any]]
+                      ) -> dict[str, Any]:
+    """A Deployment of ``replicas`` pods that does not scale on lag (no ScaledObject)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
 def liveness_ticker(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
     """One ``hostgate incidents tick`` process (SOC identity): stale-host checks on partitions
     that carry no traffic. A second one is harmless, so a plain single-replica Deployment."""
@@ -509,26 +533,8 @@ def liveness_ticker(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
             *KAFKA_TLS_MOUNTS,
         ],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": object_name("hostgate-liveness-ticker", t), "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "containers": [container],
-                    "volumes": [
-                        *_kafka_volumes(object_name("hostgate-soc", t)),
-                    ],
-                },
-            },
-        },
-    }
+    return _fixed_deployment(object_name("hostgate-liveness-ticker", t), labels, 1, container,
+                             _kafka_volumes(object_name("hostgate-soc", t)))
 
 
 CRL_PORT: Final = 8080
@@ -574,27 +580,9 @@ def crl_server(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:
             *mounts,
         ],
     }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": object_name("hostgate-crl", t), "labels": labels},
-        "spec": {
-            "replicas": 2,  # stateless: each follows the changelog and signs the same CRL
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "containers": [container],
-                    "volumes": [
-                        *_kafka_volumes(object_name("hostgate-issuer", t)),
-                        *vols,
-                    ],
-                },
-            },
-        },
-    }
+    # Two replicas: stateless, each follows the changelog and signs the same CRL.
+    return _fixed_deployment(object_name("hostgate-crl", t), labels, 2, container,
+                             [*_kafka_volumes(object_name("hostgate-issuer", t)), *vols])
 
 
 def crl_service(t: Topics = DEFAULT_TOPICS) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from services.verifier.ear_key import (
     jwk_thumbprint,
     load_ear_key_from_env,
     public_jwk,
+    read_bounded,
 )
 from services.verifier.ear_token import (
     MAX_TOKEN_CHARS,
@@ -76,19 +77,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=_verify)
 
 
-def _read_small(path: Path, flag: str) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            raw = fh.read(MAX_PEM_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"{flag} {path}: {exc.strerror}") from None
-    if len(raw) > MAX_PEM_BYTES:
-        raise ConfigError(f"{flag} {path} is over {MAX_PEM_BYTES} bytes")
-    return raw
-
-
 def _pem_public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    raw = _read_small(path, "--key")
+    raw = read_bounded(path, MAX_PEM_BYTES, "key", "--key")
     try:
         if b"CERTIFICATE" in raw:
             public: Any = x509.load_pem_x509_certificate(raw).public_key()
@@ -135,7 +125,7 @@ def _jwks(args: argparse.Namespace) -> int:
 def _trusted_keys(args: argparse.Namespace) -> tuple[VerificationKey, ...]:
     if args.jwks is not None:
         try:
-            return keys_from_jwks(json.loads(_read_small(args.jwks, "--jwks")))
+            return keys_from_jwks(json.loads(read_bounded(args.jwks, MAX_PEM_BYTES, "JWKS", "--jwks")))
         except (ValueError, UnicodeDecodeError, AttributeError, TypeError) as exc:
             raise ConfigError(f"--jwks {args.jwks}: {exc}") from None
     if args.key is not None:

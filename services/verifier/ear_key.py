@@ -242,7 +242,9 @@ def _path(env: Mapping[str, str], name: str) -> Path:
     return Path(value)
 
 
-def _read(path: Path, limit: int, what: str, name: str) -> bytes:
+def read_bounded(path: Path, limit: int, what: str, name: str) -> bytes:
+    """At most ``limit`` bytes of ``path``; a larger or unreadable file is a ``ConfigError``
+    naming ``name`` (a variable or flag) and the path, never the content."""
     try:
         with path.open("rb") as fh:
             raw = fh.read(limit + 1)
@@ -254,7 +256,7 @@ def _read(path: Path, limit: int, what: str, name: str) -> bytes:
 
 
 def _secret(env: Mapping[str, str], name: str) -> bytes:
-    value = _read(_path(env, name), MAX_SECRET_BYTES, "file", name)
+    value = read_bounded(_path(env, name), MAX_SECRET_BYTES, "file", name)
     value = value.removesuffix(b"\n").removesuffix(b"\r")
     if not value:
         raise ConfigError(f"{name}: the file is empty")
@@ -281,7 +283,7 @@ def load_ear_key_from_env(env: Mapping[str, str]) -> EarSigningKey | None:
         if pem:
             key_file = _path(env, ENV_EAR_KEY)
             passphrase = _secret(env, ENV_EAR_PASSPHRASE_FILE)
-            key_pem = _read(key_file, MAX_PEM_BYTES, "key", ENV_EAR_KEY)
+            key_pem = read_bounded(key_file, MAX_PEM_BYTES, "key", ENV_EAR_KEY)
             return load_pem_key(key_pem, passphrase, where=str(key_file))
         token, label = parse_pkcs11_uri(env.get(ENV_PKCS11_URI, ""))
         pin = _secret(env, ENV_PKCS11_PIN_FILE)
@@ -304,4 +306,5 @@ __all__ = [
     "load_pkcs11_key",
     "parse_pkcs11_uri",
     "public_jwk",
+    "read_bounded",
 ]
