@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from services.tpm.claims import Claims
+from services.tpm.claims import Anomaly, Claims
 from services.tpm.eventlog import Event
 from services.verifier.policy import cel, ids
 from services.verifier.policy.coverage import Coverage, coverage, rule_pcrs
@@ -102,16 +102,14 @@ def _unconfirmed(results: list[RuleResult], needs: Mapping[str, frozenset[int]],
 _CLAIM_FIELDS: Final = tuple(f.name for f in dataclasses.fields(Claims))
 
 
-def _reads_unverified(expression: str, s: Subject) -> str | None:
+def _reads_unverified(expression: str, unverified: Mapping[str, Anomaly]) -> str | None:
     """Why a custom rule cannot be confirmed, or None: it names a claim read from event data
-    that does not hash to its digest (``Claims.unverified_claim``). The claim then lacks what
-    that event said, so the rule's outcome would rest on absent evidence. Any mention of the
-    field's name counts (CEL can reach it as ``claims.x`` or ``claims["x"]``)."""
-    for name in _CLAIM_FIELDS:
-        if not re.search(rf"\b{name}\b", expression):
-            continue
-        a = s.claims.unverified_claim(name)
-        if a is not None:
+    that does not hash to its digest (``unverified``: claim name -> the anomaly, from
+    ``Claims.unverified_claim``). The claim then lacks what that event said, so the rule's
+    outcome would rest on absent evidence. Any mention of the field's name counts (CEL can
+    reach it as ``claims.x`` or ``claims["x"]``)."""
+    for name, a in unverified.items():
+        if re.search(rf"\b{name}\b", expression):
             return (f"it reads {name}, and event {a.seq} ({a.event_type} in PCR {a.pcr}) that "
                     "claim is read from has data that does not hash to its digest.")
     return None
@@ -122,10 +120,10 @@ def _custom(prepared: PreparedPolicy, s: Subject, max_steps: int,
     if not prepared.programs:
         return []
     out: list[RuleResult] = []
-    claims_json = s.claims.to_json_dict()
-    for name in _CLAIM_FIELDS:  # absent, not empty: a rule reaching one by any path fails
-        if name in claims_json and s.claims.unverified_claim(name) is not None:
-            del claims_json[name]
+    unverified = {name: a for name in _CLAIM_FIELDS
+                  if (a := s.claims.unverified_claim(name)) is not None}
+    # absent, not empty: a rule reaching one by any path fails
+    claims_json = {k: v for k, v in s.claims.to_json_dict().items() if k not in unverified}
     try:
         data = cel.prepare_input(claims_json)
     except cel.InputTooLarge as exc:
@@ -133,7 +131,7 @@ def _custom(prepared: PreparedPolicy, s: Subject, max_steps: int,
                            f"Custom rule {r.name} could not run: {exc.message}.")
                 for r, _ in prepared.programs]
     for rule, program in prepared.programs:
-        unconfirmed = _reads_unverified(rule.expression, s)
+        unconfirmed = _reads_unverified(rule.expression, unverified)
         if unconfirmed is not None:
             out.append(RuleResult(ids.custom_rule_id(rule.name), Outcome.FAIL,
                                   f"Custom rule {rule.name} cannot be confirmed: {unconfirmed}"))
